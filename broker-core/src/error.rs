@@ -1,0 +1,85 @@
+//! The one error type of broker-core.
+
+use std::fmt;
+
+/// Everything a [`Broker`](crate::Broker) operation can refuse.
+///
+/// Each variant's `Display` is a sentence a user can act on; the HTTP layer
+/// maps variants to status codes in one place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// The topic name is not 1–128 characters of `[A-Za-z0-9._-]`.
+    InvalidTopic {
+        /// Why the name was refused.
+        reason: &'static str,
+    },
+    /// The publisher name is empty, too long or holds control characters.
+    InvalidPublisherName {
+        /// Why the name was refused.
+        reason: &'static str,
+    },
+    /// The subscriber's URL, method or headers were refused.
+    InvalidEndpoint {
+        /// Why the endpoint was refused.
+        reason: String,
+    },
+    /// No topic of that name is registered.
+    TopicNotFound,
+    /// No publisher with that id is registered on the topic.
+    PublisherNotFound,
+    /// No subscriber with that id is registered on the topic.
+    SubscriberNotFound,
+    /// The publisher token is missing, malformed or unknown.
+    Unauthorized,
+    /// The publisher token is valid, but for another topic.
+    Forbidden,
+    /// A subscriber with the same method and URL exists with other settings.
+    SubscriberConflict {
+        /// The id of the existing subscriber.
+        existing: String,
+    },
+    /// A configured registry limit would be exceeded.
+    LimitExceeded {
+        /// What is limited, e.g. "topics".
+        what: &'static str,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The broker is shutting down and accepts no more publishes.
+    Closed,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidTopic { reason } => write!(f, "invalid topic name: {reason}"),
+            Error::InvalidPublisherName { reason } => {
+                write!(f, "invalid publisher name: {reason}")
+            }
+            Error::InvalidEndpoint { reason } => write!(f, "invalid subscriber endpoint: {reason}"),
+            Error::TopicNotFound => f.write_str("no topic of that name is registered"),
+            Error::PublisherNotFound => {
+                f.write_str("no publisher with that id is registered on this topic")
+            }
+            Error::SubscriberNotFound => {
+                f.write_str("no subscriber with that id is registered on this topic")
+            }
+            Error::Unauthorized => f.write_str(
+                "a valid publisher token is required: send `Authorization: Bearer <token>`",
+            ),
+            Error::Forbidden => f.write_str("this publisher token is not valid for this topic"),
+            Error::SubscriberConflict { existing } => write!(
+                f,
+                "subscriber {existing} already has this method and URL with other settings; \
+                 deregister it first to change them"
+            ),
+            Error::LimitExceeded { what, limit } => {
+                write!(f, "limit reached: at most {limit} {what}")
+            }
+            Error::Closed => f.write_str("the broker is shutting down and accepts no publishes"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}

@@ -1,0 +1,74 @@
+//! The core of a webhook pub/sub broker: an in-memory registry of topics,
+//! publishers and subscribers, and a publish path that hands each message,
+//! with a snapshot of its topic's subscribers, to a pluggable [`Notifier`].
+//!
+//! No I/O happens here: the HTTP delivery lives in `broker-http`'s
+//! `WebhookNotifier`; tests and benchmarks plug in their own notifier.
+//!
+//! - Registration is idempotent: a publisher is keyed by (topic, name), a
+//!   subscriber by (topic, method, canonical URL).
+//! - Only a registered publisher's token (256 random bits, compared in
+//!   constant time) may publish, and only on its own topic.
+//! - A publish reads the registry under a short read lock, copies out the
+//!   subscriber snapshot (one `Arc`), and calls the notifier once with the
+//!   whole fan-out. The payload is a shared [`bytes::Bytes`].
+//!
+//! # Examples
+//!
+//! ```
+//! use std::sync::atomic::{AtomicUsize, Ordering};
+//! use std::sync::Arc;
+//! use broker_core::{Broker, Endpoint, Error, Notifier, Publish};
+//!
+//! #[derive(Default)]
+//! struct Count(AtomicUsize);
+//!
+//! #[async_trait::async_trait]
+//! impl Notifier for Count {
+//!     async fn notify(&self, publish: Publish) {
+//!         self.0.fetch_add(publish.subscribers.len(), Ordering::Relaxed);
+//!     }
+//! }
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let count = Arc::new(Count::default());
+//! let broker = Broker::new(count.clone());
+//! let token = broker.register_publisher("orders", "checkout")?.item.token().expose().to_owned();
+//! for port in [9001, 9002] {
+//!     let url = format!("http://127.0.0.1:{port}/hook");
+//!     let none: [(&str, &str); 0] = [];
+//!     broker.register_subscriber("orders", Endpoint::new(&url, None, none, broker.limits())?)?;
+//! }
+//! broker.publish("orders", &token, None, "{}".into()).await?;
+//! assert_eq!(count.0.load(Ordering::Relaxed), 2);
+//!
+//! // Another topic's token is refused.
+//! broker.register_publisher("audit", "auditor")?;
+//! let err = broker.publish("audit", &token, None, "{}".into()).await.unwrap_err();
+//! assert_eq!(err, Error::Forbidden);
+//! # Ok::<_, Error>(())
+//! # }).unwrap();
+//! ```
+
+mod broker;
+mod endpoint;
+mod error;
+mod limits;
+mod message;
+mod notifier;
+mod publisher;
+mod registry;
+mod secret;
+mod subscriber;
+mod topic;
+
+pub use broker::{Broker, Registration, TopicDetail, TopicSummary};
+pub use endpoint::Endpoint;
+pub use error::Error;
+pub use limits::Limits;
+pub use message::{Message, Publish, Receipt, Subscribers};
+pub use notifier::Notifier;
+pub use publisher::Publisher;
+pub use secret::{PublisherToken, SigningSecret};
+pub use subscriber::{DeliveryCounts, DeliveryStats, Subscriber};
+pub use topic::{TopicName, MAX_TOPIC_LEN};

@@ -1,0 +1,48 @@
+//! Registry limits: every collection the broker keeps is bounded.
+
+/// Bounds on what the registry accepts. Exceeding one is refused with
+/// [`Error::LimitExceeded`](crate::Error::LimitExceeded) (or
+/// [`Error::InvalidEndpoint`](crate::Error::InvalidEndpoint) for endpoint
+/// sizes); nothing already registered is affected.
+///
+/// # Examples
+///
+/// ```
+/// use broker_core::Limits;
+///
+/// let limits = Limits { max_topics: 100, ..Limits::default() };
+/// assert_eq!(limits.max_subscribers_per_topic, 100_000);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Topics registered at once (a topic exists while it has a publisher or
+    /// a subscriber). Default 10,000.
+    pub max_topics: usize,
+    /// Publishers on one topic. Default 1,000.
+    pub max_publishers_per_topic: usize,
+    /// Subscribers on one topic. Default 100,000.
+    pub max_subscribers_per_topic: usize,
+    /// Length of a subscriber URL in bytes. Default 2,048.
+    pub max_url_len: usize,
+    /// Number of custom headers on one subscriber. Default 32.
+    pub max_headers: usize,
+    /// Sum of the lengths of a subscriber's header names and values, in
+    /// bytes. Default 8 KiB.
+    pub max_header_bytes: usize,
+    /// Length of a publisher name in bytes. Default 128.
+    pub max_publisher_name_len: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_topics: 10_000,
+            max_publishers_per_topic: 1_000,
+            max_subscribers_per_topic: 100_000,
+            max_url_len: 2_048,
+            max_headers: 32,
+            max_header_bytes: 8 * 1024,
+            max_publisher_name_len: 128,
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! Published messages and what a notifier is handed.
+
+use std::{ops::Deref, sync::Arc, time::SystemTime};
+
+use bytes::Bytes;
+use http::HeaderValue;
+
+use crate::{Subscriber, TopicName};
+
+/// One published message. Shared by every delivery of it: the payload is
+/// never copied per subscriber.
+#[derive(Debug)]
+pub struct Message {
+    pub(crate) id: String,
+    pub(crate) topic: TopicName,
+    pub(crate) content_type: Option<HeaderValue>,
+    pub(crate) payload: Bytes,
+    pub(crate) published_at: SystemTime,
+}
+
+impl Message {
+    /// The message id (`msg_…`), the same in every delivery (`webhook-id`).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+    /// The topic it was published on.
+    pub fn topic(&self) -> &TopicName {
+        &self.topic
+    }
+    /// The publisher's `Content-Type`, if it gave one.
+    pub fn content_type(&self) -> Option<&HeaderValue> {
+        self.content_type.as_ref()
+    }
+    /// The payload, verbatim.
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+    /// When the broker accepted it.
+    pub fn published_at(&self) -> SystemTime {
+        self.published_at
+    }
+}
+
+/// The subscribers of a topic at the moment of a publish: an immutable,
+/// shared snapshot (cloning it is one reference-count increment).
+#[derive(Debug, Clone, Default)]
+pub struct Subscribers(pub(crate) Arc<Vec<Arc<Subscriber>>>);
+
+impl Deref for Subscribers {
+    type Target = [Arc<Subscriber>];
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+/// One publish, handed whole to the [`Notifier`](crate::Notifier): the
+/// message and the snapshot of the subscribers it goes to.
+#[derive(Debug, Clone)]
+pub struct Publish {
+    /// The message.
+    pub message: Arc<Message>,
+    /// Who it goes to.
+    pub subscribers: Subscribers,
+}
+
+/// What the publisher is told: the message id and how many subscribers it
+/// was handed to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// The message id.
+    pub id: String,
+    /// How many subscribers it goes to.
+    pub subscribers: usize,
+}

@@ -1,0 +1,54 @@
+//! The pluggable delivery side of the broker.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::Publish;
+
+/// Receives every publish, with the snapshot of the topic's subscribers, and
+/// gets it to them.
+///
+/// Shaped like a `Service`: `&self` and a `Send` future, with impls for
+/// `Arc<N>` and `Box<N>`. One call per publish (not per subscriber), so a
+/// notifier can fan out without an allocation per delivery.
+///
+/// [`Broker::publish`](crate::Broker::publish) awaits `notify` before it
+/// answers the publisher, so an implementation must only hand the work off
+/// (enqueue it) and never wait on a subscriber's I/O.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use broker_core::{Notifier, Publish};
+///
+/// #[derive(Default)]
+/// struct Counting(AtomicUsize);
+///
+/// #[async_trait::async_trait]
+/// impl Notifier for Counting {
+///     async fn notify(&self, publish: Publish) {
+///         self.0.fetch_add(publish.subscribers.len(), Ordering::Relaxed);
+///     }
+/// }
+/// ```
+#[async_trait]
+pub trait Notifier: Send + Sync + 'static {
+    /// Hands one publish over for delivery.
+    async fn notify(&self, publish: Publish);
+}
+
+#[async_trait]
+impl<N: Notifier + ?Sized> Notifier for Arc<N> {
+    async fn notify(&self, publish: Publish) {
+        (**self).notify(publish).await
+    }
+}
+
+#[async_trait]
+impl<N: Notifier + ?Sized> Notifier for Box<N> {
+    async fn notify(&self, publish: Publish) {
+        (**self).notify(publish).await
+    }
+}

@@ -1,0 +1,140 @@
+//! Random identifiers, publisher tokens and signing secrets.
+
+use std::fmt;
+
+use base64::{
+    engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD},
+    Engine as _,
+};
+use subtle::ConstantTimeEq;
+
+/// Fills an array from the operating system's random source.
+///
+/// # Panics
+///
+/// When the operating system has no random source to give, which leaves
+/// nothing safe to mint tokens from.
+pub(crate) fn random<const N: usize>() -> [u8; N] {
+    let mut buf = [0u8; N];
+    getrandom::fill(&mut buf).expect("the operating system's random source failed");
+    buf
+}
+
+/// A new random id: `prefix` followed by 24 hex digits (96 bits).
+pub(crate) fn new_id(prefix: &str) -> String {
+    let bytes: [u8; 12] = random();
+    let mut id = String::with_capacity(prefix.len() + 24);
+    id.push_str(prefix);
+    for b in bytes {
+        id.push(char::from(HEX[usize::from(b >> 4)]));
+        id.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    id
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// A publisher's bearer token: `{publisher id}.{256 random bits, base64url}`.
+///
+/// The id part lets the broker find the publisher without comparing secrets
+/// one by one; the whole token is then compared in constant time.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PublisherToken(String);
+
+impl PublisherToken {
+    pub(crate) fn generate(publisher_id: &str) -> Self {
+        let secret: [u8; 32] = random();
+        PublisherToken(format!("{publisher_id}.{}", URL_SAFE_NO_PAD.encode(secret)))
+    }
+
+    /// The publisher id a presented token claims, if it has the token shape.
+    pub(crate) fn claimed_id(presented: &str) -> Option<&str> {
+        presented.split_once('.').map(|(id, _)| id)
+    }
+
+    /// Whether `presented` is this token, compared in constant time.
+    pub fn verify(&self, presented: &str) -> bool {
+        self.0.as_bytes().ct_eq(presented.as_bytes()).into()
+    }
+
+    /// The token, to hand to the publisher once.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for PublisherToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PublisherToken(..)")
+    }
+}
+
+/// A subscriber's Standard Webhooks signing secret: `whsec_` followed by the
+/// base64 of 32 random bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SigningSecret {
+    key: [u8; 32],
+    encoded: String,
+}
+
+impl SigningSecret {
+    pub(crate) fn generate() -> Self {
+        let key: [u8; 32] = random();
+        SigningSecret {
+            encoded: format!("whsec_{}", STANDARD.encode(key)),
+            key,
+        }
+    }
+
+    /// The raw HMAC key.
+    pub fn key(&self) -> &[u8] {
+        &self.key
+    }
+
+    /// The `whsec_…` form, to hand to the subscriber once.
+    pub fn expose(&self) -> &str {
+        &self.encoded
+    }
+}
+
+impl fmt::Debug for SigningSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SigningSecret(..)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_random_and_verify_only_themselves() {
+        let a = PublisherToken::generate("pub_1");
+        let b = PublisherToken::generate("pub_1");
+        assert_ne!(a, b);
+        assert!(a.verify(a.expose()));
+        assert!(!a.verify(b.expose()));
+        assert!(!a.verify(""));
+        assert!(!a.verify(&a.expose()[..a.expose().len() - 1]));
+        assert_eq!(PublisherToken::claimed_id(a.expose()), Some("pub_1"));
+        // 256 random bits in base64url without padding.
+        assert_eq!(a.expose().len(), "pub_1.".len() + 43);
+        assert!(!format!("{a:?}").contains(a.expose()));
+    }
+
+    #[test]
+    fn secrets_have_the_standard_webhooks_shape() {
+        let s = SigningSecret::generate();
+        let b64 = s.expose().strip_prefix("whsec_").unwrap();
+        assert_eq!(STANDARD.decode(b64).unwrap(), s.key());
+        assert_ne!(s, SigningSecret::generate());
+    }
+
+    #[test]
+    fn ids_are_prefixed_hex() {
+        let id = new_id("sub_");
+        assert_eq!(id.len(), 28);
+        assert!(id[4..].bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(id, new_id("sub_"));
+    }
+}

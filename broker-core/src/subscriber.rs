@@ -1,0 +1,181 @@
+//! Registered subscribers and their delivery counters.
+
+use std::{
+    any::Any,
+    fmt,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        OnceLock,
+    },
+};
+
+use crate::{secret::SigningSecret, Endpoint, TopicName};
+
+/// A subscriber registered on a topic: its endpoint, its signing secret,
+/// whether it is still registered, and what happened to its deliveries.
+pub struct Subscriber {
+    pub(crate) id: String,
+    pub(crate) topic: TopicName,
+    pub(crate) endpoint: Endpoint,
+    pub(crate) secret: SigningSecret,
+    pub(crate) active: AtomicBool,
+    pub(crate) stats: DeliveryStats,
+    /// State a notifier keeps per subscriber (a queue, a keyed MAC, ...).
+    /// Lives and dies with the subscriber, so the notifier needs no map of
+    /// its own and no lock to find it on the hot path.
+    notifier_state: OnceLock<Box<dyn Any + Send + Sync>>,
+}
+
+impl Subscriber {
+    pub(crate) fn new(
+        id: String,
+        topic: TopicName,
+        endpoint: Endpoint,
+        secret: SigningSecret,
+    ) -> Self {
+        Subscriber {
+            id,
+            topic,
+            endpoint,
+            secret,
+            active: AtomicBool::new(true),
+            stats: DeliveryStats::default(),
+            notifier_state: OnceLock::new(),
+        }
+    }
+
+    /// The subscriber's id (`sub_…`).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Its topic.
+    pub fn topic(&self) -> &TopicName {
+        &self.topic
+    }
+
+    /// Where and how deliveries go.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// The secret deliveries are signed with.
+    pub fn secret(&self) -> &SigningSecret {
+        &self.secret
+    }
+
+    /// False once the subscriber is deregistered: a notifier drops what it
+    /// still has queued for it.
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Delivery counters, for the notifier to update and for topic details.
+    pub fn stats(&self) -> &DeliveryStats {
+        &self.stats
+    }
+
+    /// The notifier's own per-subscriber state, created by `init` on first
+    /// use. Returns `None` if a value of another type is already there (a
+    /// subscriber serves one notifier).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use broker_core::{Broker, Endpoint, Notifier, Publish};
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// # struct N;
+    /// # #[async_trait::async_trait] impl Notifier for N { async fn notify(&self, _: Publish) {} }
+    /// # let broker = Broker::new(N);
+    /// # let endpoint = Endpoint::new("http://127.0.0.1:9/", None, [("a", "b")], broker.limits()).unwrap();
+    /// let subscriber = broker.register_subscriber("t", endpoint).unwrap().item;
+    /// let seen = subscriber.notifier_state(|| AtomicU64::new(0)).unwrap();
+    /// seen.fetch_add(1, Ordering::Relaxed);
+    /// assert_eq!(subscriber.notifier_state(|| AtomicU64::new(0)).unwrap().load(Ordering::Relaxed), 1);
+    /// ```
+    pub fn notifier_state<T: Any + Send + Sync>(&self, init: impl FnOnce() -> T) -> Option<&T> {
+        self.notifier_state
+            .get_or_init(|| Box::new(init()))
+            .downcast_ref()
+    }
+}
+
+impl fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscriber")
+            .field("id", &self.id)
+            .field("topic", &self.topic)
+            .field("endpoint", &self.endpoint)
+            .field("active", &self.is_active())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What happened to a subscriber's deliveries, counted by the notifier.
+#[derive(Debug, Default)]
+pub struct DeliveryStats {
+    delivered: AtomicU64,
+    failed: AtomicU64,
+    dropped: AtomicU64,
+    refused: AtomicU64,
+    retried: AtomicU64,
+}
+
+/// A point-in-time copy of [`DeliveryStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeliveryCounts {
+    /// Answered with a 2xx status.
+    pub delivered: u64,
+    /// Given up on: an error status, a timeout, a connection failure.
+    pub failed: u64,
+    /// Discarded without an attempt: the subscriber's queue was full, it was
+    /// deregistered, or the broker shut down first.
+    pub dropped: u64,
+    /// Not sent because the destination policy refused it.
+    pub refused: u64,
+    /// Attempts made again after a failure.
+    pub retried: u64,
+}
+
+impl DeliveryStats {
+    /// Counts `n` successful deliveries.
+    pub fn record_delivered(&self, n: u64) {
+        self.delivered.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Counts `n` failed deliveries.
+    pub fn record_failed(&self, n: u64) {
+        self.failed.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Counts `n` dropped deliveries.
+    pub fn record_dropped(&self, n: u64) {
+        self.dropped.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Counts `n` deliveries refused by policy.
+    pub fn record_refused(&self, n: u64) {
+        self.refused.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Counts `n` retried attempts.
+    pub fn record_retried(&self, n: u64) {
+        self.retried.fetch_add(n, Ordering::Relaxed);
+    }
+    /// A copy of the counters.
+    pub fn snapshot(&self) -> DeliveryCounts {
+        DeliveryCounts {
+            delivered: self.delivered.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+            retried: self.retried.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl std::ops::AddAssign for DeliveryCounts {
+    fn add_assign(&mut self, o: Self) {
+        self.delivered += o.delivered;
+        self.failed += o.failed;
+        self.dropped += o.dropped;
+        self.refused += o.refused;
+        self.retried += o.retried;
+    }
+}

@@ -1,0 +1,174 @@
+//! Webhook delivery: the [`WebhookNotifier`] and its settings.
+//!
+//! Each subscriber gets its own bounded queue and at most
+//! [`DeliveryConfig::max_in_flight`] requests at a time, served by a worker
+//! task that exists only while the queue has work (see `queue.rs`). So a
+//! slow, hanging or dead endpoint fills only its own queue, and an idle
+//! subscriber costs no task.
+
+mod queue;
+pub mod signature;
+
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use broker_core::{Notifier, Publish};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::{TokioExecutor, TokioTimer},
+};
+use tokio::sync::Notify;
+
+/// Settings of webhook delivery.
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// Deliveries queued per subscriber. When full, the oldest queued
+    /// delivery is dropped (and counted) to make room for the new one: a
+    /// subscriber that comes back gets the freshest messages. Default 1024.
+    pub queue_capacity: usize,
+    /// Requests in flight per subscriber. Default 8.
+    pub max_in_flight: usize,
+    /// Time to establish a TCP connection. Default 2 s.
+    pub connect_timeout: Duration,
+    /// Time for a whole attempt: connect, send, response head and the
+    /// capped body read. Default 10 s.
+    pub request_timeout: Duration,
+    /// The most of a response body that is read; the rest is discarded
+    /// with its connection. Default 64 KiB.
+    pub max_response_bytes: usize,
+    /// How long an idle keep-alive connection is kept. Default 90 s.
+    pub pool_idle_timeout: Duration,
+    /// Idle keep-alive connections kept per host. Default 32.
+    pub pool_max_idle_per_host: usize,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            queue_capacity: 1024,
+            max_in_flight: 8,
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(10),
+            max_response_bytes: 64 * 1024,
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: 32,
+        }
+    }
+}
+
+/// Delivers each published message to each subscriber's URL with its
+/// method and headers, signed per Standard Webhooks. Fire-and-forget:
+/// `notify` only enqueues.
+///
+/// Cheap to clone; clones share queues, connections and counters. Must be
+/// used inside a Tokio runtime (it spawns its workers there).
+///
+/// # Examples
+///
+/// ```
+/// use broker_core::Broker;
+/// use broker_http::{DeliveryConfig, WebhookNotifier};
+///
+/// let notifier = WebhookNotifier::new(DeliveryConfig {
+///     queue_capacity: 256,
+///     ..DeliveryConfig::default()
+/// });
+/// let broker = Broker::new(notifier.clone());
+/// assert_eq!(notifier.pending(), 0);
+/// ```
+#[derive(Clone)]
+pub struct WebhookNotifier {
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    client: Client<HttpConnector, Full<Bytes>>,
+    config: DeliveryConfig,
+    /// Deliveries queued or in flight, across all subscribers.
+    pending: AtomicUsize,
+    /// Signalled when `pending` drops to zero.
+    idle: Notify,
+}
+
+impl Shared {
+    /// Marks `n` deliveries as done (sent, failed or dropped).
+    fn finished(&self, n: usize) {
+        if n > 0 && self.pending.fetch_sub(n, Ordering::AcqRel) == n {
+            self.idle.notify_waiters();
+        }
+    }
+}
+
+impl WebhookNotifier {
+    /// A notifier with its own connection pool.
+    pub fn new(mut config: DeliveryConfig) -> Self {
+        config.queue_capacity = config.queue_capacity.max(1);
+        config.max_in_flight = config.max_in_flight.max(1);
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .pool_max_idle_per_host(config.pool_max_idle_per_host)
+            .build(connector);
+        WebhookNotifier {
+            shared: Arc::new(Shared {
+                client,
+                config,
+                pending: AtomicUsize::new(0),
+                idle: Notify::new(),
+            }),
+        }
+    }
+
+    /// Deliveries queued or in flight right now.
+    pub fn pending(&self) -> usize {
+        self.shared.pending.load(Ordering::Acquire)
+    }
+
+    /// Waits until every queued delivery is done or `deadline` has passed,
+    /// and returns how many were still pending. Call it after
+    /// [`Broker::close`](broker_core::Broker::close) so no new ones arrive.
+    pub async fn drain(&self, deadline: Duration) -> usize {
+        let all_done = async {
+            loop {
+                let idle = self.shared.idle.notified();
+                tokio::pin!(idle);
+                idle.as_mut().enable();
+                if self.pending() == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        };
+        let _ = tokio::time::timeout(deadline, all_done).await;
+        self.pending()
+    }
+}
+
+impl std::fmt::Debug for WebhookNotifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookNotifier")
+            .field("config", &self.shared.config)
+            .field("pending", &self.pending())
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Notifier for WebhookNotifier {
+    async fn notify(&self, publish: Publish) {
+        for subscriber in publish.subscribers.iter() {
+            queue::push(subscriber, &publish.message, &self.shared);
+        }
+    }
+}

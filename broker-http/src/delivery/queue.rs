@@ -1,0 +1,189 @@
+//! The delivery worker: one bounded queue per subscriber, drained by a
+//! task that runs only while there is work.
+
+use std::{
+    collections::VecDeque,
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use broker_core::{Message, Subscriber};
+use futures_util::{stream::FuturesUnordered, StreamExt};
+use http::{header, HeaderName, HeaderValue, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use parking_lot::Mutex;
+
+use super::{signature::Signer, Shared};
+
+static WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
+static WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
+static WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
+const USER_AGENT: HeaderValue =
+    HeaderValue::from_static(concat!("webhook-broker/", env!("CARGO_PKG_VERSION")));
+
+/// A subscriber's delivery state, kept in its notifier slot.
+pub(crate) struct Queue {
+    /// Held to push or pop one item, never across an `.await`.
+    state: Mutex<QueueState>,
+    signer: Signer,
+}
+
+struct QueueState {
+    items: VecDeque<Arc<Message>>,
+    /// Whether a worker task is draining `items`.
+    running: bool,
+}
+
+fn queue_of(subscriber: &Subscriber) -> Option<&Queue> {
+    subscriber.notifier_state(|| Queue {
+        state: Mutex::new(QueueState {
+            items: VecDeque::new(),
+            running: false,
+        }),
+        signer: Signer::new(subscriber.secret().key()),
+    })
+}
+
+/// Enqueues `message` for `subscriber`, dropping its oldest queued delivery
+/// if the queue is full, and starts a worker if none runs. Never blocks on
+/// anything but the queue's own short lock.
+pub(crate) fn push(subscriber: &Arc<Subscriber>, message: &Arc<Message>, shared: &Arc<Shared>) {
+    if !subscriber.is_active() {
+        return;
+    }
+    let Some(queue) = queue_of(subscriber) else {
+        return;
+    };
+    let start_worker = {
+        let mut state = queue.state.lock();
+        if state.items.len() >= shared.config.queue_capacity {
+            state.items.pop_front();
+            subscriber.stats().record_dropped(1);
+        } else {
+            shared
+                .pending
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
+        state.items.push_back(message.clone());
+        !std::mem::replace(&mut state.running, true)
+    };
+    if start_worker {
+        tokio::spawn(run(subscriber.clone(), shared.clone()));
+    }
+}
+
+/// Drains one subscriber's queue with at most `max_in_flight` requests at
+/// once, and exits when the queue is empty or the subscriber is gone.
+async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
+    let Some(queue) = queue_of(&subscriber) else {
+        return;
+    };
+    let mut in_flight = FuturesUnordered::new();
+    loop {
+        while in_flight.len() < shared.config.max_in_flight {
+            let message = {
+                let mut state = queue.state.lock();
+                if !subscriber.is_active() {
+                    // Deregistered: what is queued or in flight is dropped.
+                    let n = state.items.len() + in_flight.len();
+                    state.items = VecDeque::new();
+                    state.running = false;
+                    drop(state);
+                    subscriber.stats().record_dropped(n as u64);
+                    shared.finished(n);
+                    return;
+                }
+                match state.items.pop_front() {
+                    Some(message) => message,
+                    None if in_flight.is_empty() => {
+                        state.running = false;
+                        // Give back the memory of a past backlog.
+                        state.items.shrink_to(16);
+                        return;
+                    }
+                    None => break,
+                }
+            };
+            in_flight.push(deliver(&subscriber, queue, message, &shared));
+        }
+        in_flight.next().await;
+    }
+}
+
+/// One attempt at one delivery, bounded by the request timeout; counts the
+/// outcome.
+async fn deliver(subscriber: &Subscriber, queue: &Queue, message: Arc<Message>, shared: &Shared) {
+    let attempt = attempt(subscriber, queue, &message, shared);
+    let outcome = tokio::time::timeout(shared.config.request_timeout, attempt).await;
+    let stats = subscriber.stats();
+    match outcome {
+        Ok(Ok(status)) if status.is_success() => stats.record_delivered(1),
+        Ok(Ok(status)) => {
+            tracing::debug!(subscriber = subscriber.id(), %status, "delivery refused by endpoint");
+            stats.record_failed(1);
+        }
+        Ok(Err(error)) => {
+            tracing::debug!(subscriber = subscriber.id(), %error, "delivery failed");
+            stats.record_failed(1);
+        }
+        Err(_) => {
+            tracing::debug!(subscriber = subscriber.id(), "delivery timed out");
+            stats.record_failed(1);
+        }
+    }
+    shared.finished(1);
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+async fn attempt(
+    subscriber: &Subscriber,
+    queue: &Queue,
+    message: &Message,
+    shared: &Shared,
+) -> Result<StatusCode, BoxError> {
+    let request = build_request(subscriber, queue, message)?;
+    let response = shared.client.request(request).await?;
+    let status = response.status();
+    // Read a bounded amount so the connection can go back to the pool; a
+    // longer body is abandoned with its connection.
+    let _ = Limited::new(response.into_body(), shared.config.max_response_bytes)
+        .collect()
+        .await;
+    Ok(status)
+}
+
+fn build_request(
+    subscriber: &Subscriber,
+    queue: &Queue,
+    message: &Message,
+) -> Result<Request<Full<bytes::Bytes>>, BoxError> {
+    let endpoint = subscriber.endpoint();
+    let timestamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let signature = queue
+        .signer
+        .sign(message.id(), timestamp, message.payload());
+
+    let mut request = Request::new(Full::new(message.payload().clone()));
+    *request.method_mut() = endpoint.method().clone();
+    *request.uri_mut() = endpoint.url().clone();
+    let headers = request.headers_mut();
+    headers.reserve(endpoint.headers().len() + 5);
+    headers.extend(
+        endpoint
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
+    headers.insert(header::USER_AGENT, USER_AGENT);
+    if let Some(content_type) = message.content_type() {
+        headers.insert(header::CONTENT_TYPE, content_type.clone());
+    }
+    headers.insert(WEBHOOK_ID.clone(), HeaderValue::from_str(message.id())?);
+    headers.insert(WEBHOOK_TIMESTAMP.clone(), HeaderValue::from(timestamp));
+    headers.insert(WEBHOOK_SIGNATURE.clone(), HeaderValue::from_str(&signature)?);
+    Ok(request)
+}

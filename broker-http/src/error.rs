@@ -1,0 +1,174 @@
+//! The one error type of broker-http, and the one place that maps errors to
+//! HTTP statuses and JSON error bodies.
+
+use std::fmt;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+use serde::Serialize;
+
+/// Why a request was refused.
+///
+/// [`ApiError::status`] and [`ApiError::code`] are the single mapping from
+/// errors to what the client sees; every response body is
+/// `{"error":{"code":"…","message":"…"}}`.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// A refusal from the broker itself (validation, auth, not found, …).
+    Broker(broker_core::Error),
+    /// The request body is not valid JSON of the expected shape.
+    InvalidJson(serde_json::Error),
+    /// The request body could not be read (the client went away, or sent a
+    /// malformed body).
+    BadBody,
+    /// A JSON endpoint was sent another media type.
+    UnsupportedMediaType,
+    /// The body is larger than the limit, in bytes.
+    PayloadTooLarge(usize),
+    /// Management calls need the admin token.
+    AdminUnauthorized,
+    /// No route has this path.
+    NotFound,
+    /// The route exists, but not with this method; the `Allow` value.
+    MethodNotAllowed(&'static str),
+}
+
+impl ApiError {
+    /// The status code this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        use broker_core::Error as E;
+        match self {
+            ApiError::Broker(e) => match e {
+                E::InvalidTopic { .. } | E::InvalidPublisherName { .. } | E::InvalidEndpoint { .. } => {
+                    StatusCode::BAD_REQUEST
+                }
+                E::TopicNotFound | E::PublisherNotFound | E::SubscriberNotFound => {
+                    StatusCode::NOT_FOUND
+                }
+                E::Unauthorized => StatusCode::UNAUTHORIZED,
+                E::Forbidden => StatusCode::FORBIDDEN,
+                E::SubscriberConflict { .. } | E::LimitExceeded { .. } => StatusCode::CONFLICT,
+                E::Closed => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            ApiError::InvalidJson(_) | ApiError::BadBody => StatusCode::BAD_REQUEST,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::AdminUnauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    /// The machine-readable `code` of the error body.
+    pub fn code(&self) -> &'static str {
+        use broker_core::Error as E;
+        match self {
+            ApiError::Broker(e) => match e {
+                E::InvalidTopic { .. } => "invalid_topic",
+                E::InvalidPublisherName { .. } => "invalid_publisher_name",
+                E::InvalidEndpoint { .. } => "invalid_endpoint",
+                E::TopicNotFound => "topic_not_found",
+                E::PublisherNotFound => "publisher_not_found",
+                E::SubscriberNotFound => "subscriber_not_found",
+                E::Unauthorized => "unauthorized",
+                E::Forbidden => "forbidden",
+                E::SubscriberConflict { .. } => "subscriber_conflict",
+                E::LimitExceeded { .. } => "limit_exceeded",
+                E::Closed => "shutting_down",
+                _ => "internal",
+            },
+            ApiError::InvalidJson(_) => "invalid_json",
+            ApiError::BadBody => "bad_body",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::AdminUnauthorized => "unauthorized",
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+        }
+    }
+
+    /// The JSON error response.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            error: Inner<'a>,
+        }
+        #[derive(Serialize)]
+        struct Inner<'a> {
+            code: &'a str,
+            message: String,
+        }
+        let status = self.status();
+        // A 500 never carries the cause: it is logged, not shown.
+        let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %self, "internal error");
+            "internal error".to_owned()
+        } else {
+            self.to_string()
+        };
+        let body = serde_json::to_vec(&Body {
+            error: Inner {
+                code: self.code(),
+                message,
+            },
+        })
+        .unwrap_or_default();
+        let mut response = crate::json::response(status, body);
+        match self {
+            ApiError::MethodNotAllowed(allow) => {
+                response
+                    .headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            ApiError::AdminUnauthorized | ApiError::Broker(broker_core::Error::Unauthorized) => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApiError::Broker(e) => e.fmt(f),
+            ApiError::InvalidJson(e) => write!(f, "the request body is not valid JSON for this call: {e}"),
+            ApiError::BadBody => f.write_str("the request body could not be read"),
+            ApiError::UnsupportedMediaType => {
+                f.write_str("this call takes a JSON body: send `Content-Type: application/json`")
+            }
+            ApiError::PayloadTooLarge(limit) => {
+                write!(f, "the request body is larger than the limit of {limit} bytes")
+            }
+            ApiError::AdminUnauthorized => f.write_str(
+                "management calls need the admin token: send `Authorization: Bearer <admin token>`",
+            ),
+            ApiError::NotFound => f.write_str("no such path; the API lives under /v1"),
+            ApiError::MethodNotAllowed(allow) => {
+                write!(f, "this path does not take that method; it takes {allow}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ApiError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ApiError::Broker(e) => Some(e),
+            ApiError::InvalidJson(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<broker_core::Error> for ApiError {
+    fn from(e: broker_core::Error) -> Self {
+        ApiError::Broker(e)
+    }
+}

@@ -1,0 +1,191 @@
+//! One plain function per API call.
+
+use bytes::Bytes;
+use http::{header, HeaderMap, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Body;
+
+use crate::{
+    json::{self, reply},
+    Api, ApiError,
+};
+use broker_core::{DeliveryCounts, Endpoint};
+
+type Reply = Result<Response<Full<Bytes>>, ApiError>;
+
+fn created_or_ok(created: bool) -> StatusCode {
+    if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    }
+}
+
+/// `GET /healthz`
+pub(crate) fn health() -> Response<Full<Bytes>> {
+    reply(StatusCode::OK, &json::Health { status: "ok" })
+}
+
+/// `POST /v1/topics/{topic}/publishers`
+pub(crate) async fn register_publisher<B>(api: &Api, topic: &str, h: &HeaderMap, body: B) -> Reply
+where
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let req: json::PublisherRequest = json::read_json(h, body, api.config().max_json_bytes).await?;
+    let reg = api.broker().register_publisher(topic, &req.name)?;
+    let p = &reg.item;
+    Ok(reply(
+        created_or_ok(reg.created),
+        &json::PublisherCreated {
+            id: p.id(),
+            topic: p.topic().as_str(),
+            name: p.name(),
+            token: p.token().expose(),
+        },
+    ))
+}
+
+/// `DELETE /v1/topics/{topic}/publishers/{id}`
+pub(crate) fn deregister_publisher(api: &Api, topic: &str, id: &str) -> Reply {
+    api.broker().deregister_publisher(topic, id)?;
+    Ok(no_content())
+}
+
+/// `POST /v1/topics/{topic}/subscribers`
+pub(crate) async fn register_subscriber<B>(api: &Api, topic: &str, h: &HeaderMap, body: B) -> Reply
+where
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let req: json::SubscriberRequest = json::read_json(h, body, api.config().max_json_bytes).await?;
+    let broker = api.broker();
+    // Validate the topic first, so a bad topic is reported as such even
+    // when the endpoint is bad too.
+    broker_core::TopicName::new(topic)?;
+    let endpoint = Endpoint::new(
+        &req.url,
+        req.method.as_deref(),
+        req.headers.unwrap_or_default().0,
+        broker.limits(),
+    )?;
+    let reg = broker.register_subscriber(topic, endpoint)?;
+    let s = &reg.item;
+    let e = s.endpoint();
+    Ok(reply(
+        created_or_ok(reg.created),
+        &json::SubscriberCreated {
+            id: s.id(),
+            topic: s.topic().as_str(),
+            url: e.url().to_string(),
+            method: e.method().as_str(),
+            headers: e
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.to_str().unwrap_or_default()))
+                .collect(),
+            secret: s.secret().expose(),
+        },
+    ))
+}
+
+/// `DELETE /v1/topics/{topic}/subscribers/{id}`
+pub(crate) fn deregister_subscriber(api: &Api, topic: &str, id: &str) -> Reply {
+    api.broker().deregister_subscriber(topic, id)?;
+    Ok(no_content())
+}
+
+/// `POST /v1/topics/{topic}/messages`
+pub(crate) async fn publish<B>(api: &Api, topic: &str, h: &HeaderMap, body: B) -> Reply
+where
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let token = bearer(h).ok_or(broker_core::Error::Unauthorized)?;
+    // Refuse a bad topic or token before reading a large body.
+    broker_core::TopicName::new(topic)?;
+    let payload = json::read_body(h, body, api.config().max_body_bytes).await?;
+    let content_type = h.get(header::CONTENT_TYPE).cloned();
+    let receipt = api
+        .broker()
+        .publish(topic, token, content_type, payload)
+        .await?;
+    Ok(reply(
+        StatusCode::ACCEPTED,
+        &json::Published {
+            id: &receipt.id,
+            subscribers: receipt.subscribers,
+        },
+    ))
+}
+
+/// `GET /v1/topics`
+pub(crate) fn list_topics(api: &Api) -> Response<Full<Bytes>> {
+    let topics = api.broker().topics();
+    reply(
+        StatusCode::OK,
+        &json::TopicList {
+            topics: topics
+                .iter()
+                .map(|t| json::TopicListItem {
+                    name: t.name.as_str(),
+                    publishers: t.publishers,
+                    subscribers: t.subscribers,
+                })
+                .collect(),
+        },
+    )
+}
+
+/// `GET /v1/topics/{topic}`: never shows tokens or secrets.
+pub(crate) fn topic_detail(api: &Api, topic: &str) -> Reply {
+    let t = api.broker().topic(topic)?;
+    let mut total = DeliveryCounts::default();
+    let subscribers = t
+        .subscribers
+        .iter()
+        .map(|s| {
+            let counts = s.stats().snapshot();
+            total += counts;
+            json::SubscriberItem {
+                id: s.id(),
+                url: s.endpoint().url().to_string(),
+                method: s.endpoint().method().as_str(),
+                counters: counts.into(),
+            }
+        })
+        .collect();
+    Ok(reply(
+        StatusCode::OK,
+        &json::TopicDetail {
+            name: t.name.as_str(),
+            publishers: t
+                .publishers
+                .iter()
+                .map(|p| json::PublisherItem {
+                    id: p.id(),
+                    name: p.name(),
+                })
+                .collect(),
+            subscribers,
+            counters: json::TopicCounters {
+                published: t.published,
+                deliveries: total.into(),
+            },
+        },
+    ))
+}
+
+fn no_content() -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::default());
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    r
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+pub(crate) fn bearer(h: &HeaderMap) -> Option<&str> {
+    let value = h.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}

@@ -1,0 +1,222 @@
+//! Request bodies in, JSON out: size limits, media types, and the wire
+//! shapes of the v1 API.
+
+use std::{collections::BTreeMap, fmt};
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Body;
+use serde::{
+    de::{MapAccess, Visitor},
+    Deserialize, Deserializer, Serialize,
+};
+
+use crate::ApiError;
+
+/// A response with a JSON body.
+pub(crate) fn response(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Serialises `value` as the JSON body of a `status` response.
+pub(crate) fn reply<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
+    // Serialising these plain structs cannot fail.
+    response(status, serde_json::to_vec(value).unwrap_or_default())
+}
+
+/// Reads a whole body of at most `limit` bytes.
+///
+/// A `Content-Length` over the limit is refused before anything is read; a
+/// body without one (or lying about it) is cut off at the limit.
+pub(crate) async fn read_body<B>(headers: &HeaderMap, body: B, limit: usize) -> Result<Bytes, ApiError>
+where
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(ApiError::PayloadTooLarge(limit)),
+        Err(_) => Err(ApiError::BadBody),
+    }
+}
+
+/// Whether the request says its body is JSON (`application/json` or any
+/// `application/*+json`, parameters allowed).
+pub(crate) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let media = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+    match media.as_deref() {
+        Some("application/json") => Ok(()),
+        Some(m) if m.starts_with("application/") && m.ends_with("+json") => Ok(()),
+        _ => Err(ApiError::UnsupportedMediaType),
+    }
+}
+
+/// Reads a JSON body of at most `limit` bytes into `T`.
+pub(crate) async fn read_json<T, B>(headers: &HeaderMap, body: B, limit: usize) -> Result<T, ApiError>
+where
+    T: for<'de> Deserialize<'de>,
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    require_json(headers)?;
+    let bytes = read_body(headers, body, limit).await?;
+    serde_json::from_slice(&bytes).map_err(ApiError::InvalidJson)
+}
+
+// ---- requests ------------------------------------------------------------
+// Unknown fields are refused: a misspelt field ("header" for "headers")
+// fails loudly instead of registering something the caller did not mean.
+
+/// `POST /v1/topics/{topic}/publishers`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PublisherRequest {
+    pub(crate) name: String,
+}
+
+/// `POST /v1/topics/{topic}/subscribers`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SubscriberRequest {
+    pub(crate) url: String,
+    #[serde(default)]
+    pub(crate) method: Option<String>,
+    #[serde(default)]
+    pub(crate) headers: Option<HeaderList>,
+}
+
+/// A JSON object of header names to string values, kept in order and with
+/// repeated keys intact, so that `{"X-A":"1","x-a":"2"}` can be refused
+/// rather than silently collapsed.
+#[derive(Default)]
+pub(crate) struct HeaderList(pub(crate) Vec<(String, String)>);
+
+impl<'de> Deserialize<'de> for HeaderList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = HeaderList;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of header names to string values")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<HeaderList, A::Error> {
+                let mut list = Vec::new();
+                while let Some(entry) = map.next_entry::<String, String>()? {
+                    list.push(entry);
+                }
+                Ok(HeaderList(list))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+// ---- responses -----------------------------------------------------------
+
+#[derive(Serialize)]
+pub(crate) struct PublisherCreated<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) topic: &'a str,
+    pub(crate) name: &'a str,
+    pub(crate) token: &'a str,
+}
+
+#[derive(Serialize)]
+pub(crate) struct SubscriberCreated<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) topic: &'a str,
+    pub(crate) url: String,
+    pub(crate) method: &'a str,
+    pub(crate) headers: BTreeMap<&'a str, &'a str>,
+    pub(crate) secret: &'a str,
+}
+
+#[derive(Serialize)]
+pub(crate) struct Published<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) subscribers: usize,
+}
+
+#[derive(Serialize)]
+pub(crate) struct TopicList<'a> {
+    pub(crate) topics: Vec<TopicListItem<'a>>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct TopicListItem<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) publishers: usize,
+    pub(crate) subscribers: usize,
+}
+
+#[derive(Serialize)]
+pub(crate) struct TopicDetail<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) publishers: Vec<PublisherItem<'a>>,
+    pub(crate) subscribers: Vec<SubscriberItem<'a>>,
+    pub(crate) counters: TopicCounters,
+}
+
+#[derive(Serialize)]
+pub(crate) struct PublisherItem<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) name: &'a str,
+}
+
+#[derive(Serialize)]
+pub(crate) struct SubscriberItem<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) url: String,
+    pub(crate) method: &'a str,
+    pub(crate) counters: DeliveryCounters,
+}
+
+#[derive(Serialize)]
+pub(crate) struct TopicCounters {
+    pub(crate) published: u64,
+    #[serde(flatten)]
+    pub(crate) deliveries: DeliveryCounters,
+}
+
+#[derive(Serialize)]
+pub(crate) struct DeliveryCounters {
+    pub(crate) delivered: u64,
+    pub(crate) failed: u64,
+    pub(crate) dropped: u64,
+    pub(crate) refused: u64,
+    pub(crate) retried: u64,
+}
+
+impl From<broker_core::DeliveryCounts> for DeliveryCounters {
+    fn from(c: broker_core::DeliveryCounts) -> Self {
+        DeliveryCounters {
+            delivered: c.delivered,
+            failed: c.failed,
+            dropped: c.dropped,
+            refused: c.refused,
+            retried: c.retried,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub(crate) struct Health {
+    pub(crate) status: &'static str,
+}

@@ -1,0 +1,199 @@
+//! The HTTP side of the webhook broker, on hyper 1.x with no framework:
+//!
+//! - [`Api`]: the v1 API as a hyper `Service` over a [`broker_core::Broker`]
+//!   (route table in `routes.rs`, one function per call in `handlers.rs`);
+//! - [`WebhookNotifier`]: the [`broker_core::Notifier`] that delivers each
+//!   message to each subscriber's URL, signed per Standard Webhooks, through
+//!   a bounded queue per subscriber (`delivery/`);
+//! - [`serve`]: accepts connections on a listener the caller bound, until a
+//!   shutdown future the caller supplies completes.
+//!
+//! # Examples
+//!
+//! Embedding the broker in another service:
+//!
+//! ```no_run
+//! use broker_core::Broker;
+//! use broker_http::{serve, Api, ApiConfig, DeliveryConfig, ServerConfig, WebhookNotifier};
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let notifier = WebhookNotifier::new(DeliveryConfig::default());
+//! let broker = Broker::new(notifier.clone());
+//! let api = Api::new(broker.clone(), ApiConfig::default());
+//!
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! serve(listener, api, ServerConfig::default(), async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! })
+//! .await?;
+//!
+//! broker.close();
+//! let undelivered = notifier.drain(std::time::Duration::from_secs(10)).await;
+//! println!("{undelivered} deliveries left undelivered");
+//! # Ok(()) }
+//! ```
+
+mod delivery;
+mod error;
+mod handlers;
+mod json;
+mod routes;
+mod server;
+
+use std::{convert::Infallible, future::Future, pin::Pin, sync::Arc};
+
+use broker_core::Broker;
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response};
+use http_body_util::Full;
+use hyper::body::Body;
+use subtle::ConstantTimeEq;
+
+pub use delivery::{signature, DeliveryConfig, WebhookNotifier};
+pub use error::ApiError;
+pub use server::{serve, ServerConfig};
+
+/// Settings of the HTTP API.
+#[derive(Clone)]
+pub struct ApiConfig {
+    /// When set, every management call (register, deregister, list,
+    /// detail) needs `Authorization: Bearer <admin token>`. Publishing
+    /// always takes a publisher token.
+    pub admin_token: Option<String>,
+    /// The largest message body accepted, in bytes. Default 1 MiB.
+    pub max_body_bytes: usize,
+    /// The largest JSON body of a management call, in bytes. Default 64 KiB.
+    pub max_json_bytes: usize,
+}
+
+impl ApiConfig {
+    /// The defaults: no admin token, 1 MiB messages, 64 KiB JSON bodies.
+    pub fn new() -> Self {
+        ApiConfig {
+            admin_token: None,
+            max_body_bytes: 1024 * 1024,
+            max_json_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field("admin_token", &self.admin_token.as_ref().map(|_| ".."))
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_json_bytes", &self.max_json_bytes)
+            .finish()
+    }
+}
+
+/// The v1 HTTP API over a broker: a hyper `Service`, cheap to clone.
+///
+/// Call [`Api::handle`] directly (tests do, with no socket) or hand it to
+/// [`serve`].
+///
+/// # Examples
+///
+/// ```
+/// use broker_core::Broker;
+/// use broker_http::{Api, ApiConfig, DeliveryConfig, WebhookNotifier};
+/// use http_body_util::{BodyExt, Full};
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let broker = Broker::new(WebhookNotifier::new(DeliveryConfig::default()));
+/// let api = Api::new(broker, ApiConfig::new());
+/// let request = http::Request::post("/v1/topics/orders/publishers")
+///     .header("content-type", "application/json")
+///     .body(Full::new(bytes::Bytes::from_static(br#"{"name":"checkout"}"#)))
+///     .unwrap();
+/// let response = api.handle(request).await;
+/// assert_eq!(response.status(), 201);
+/// let body = response.into_body().collect().await.unwrap().to_bytes();
+/// let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+/// assert_eq!(json["name"], "checkout");
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct Api {
+    inner: Arc<ApiInner>,
+}
+
+struct ApiInner {
+    broker: Broker,
+    config: ApiConfig,
+}
+
+impl Api {
+    /// Serves `broker` with `config`.
+    pub fn new(broker: Broker, config: ApiConfig) -> Self {
+        Api {
+            inner: Arc::new(ApiInner { broker, config }),
+        }
+    }
+
+    /// The broker behind the API.
+    pub fn broker(&self) -> &Broker {
+        &self.inner.broker
+    }
+
+    /// The API's settings.
+    pub fn config(&self) -> &ApiConfig {
+        &self.inner.config
+    }
+
+    /// Answers one request. Every error becomes a JSON error response, so
+    /// this never fails.
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: Body,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        match routes::dispatch(self, req).await {
+            Ok(response) => response,
+            Err(e) => e.into_response(),
+        }
+    }
+
+    fn require_admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(expected) = &self.inner.config.admin_token else {
+            return Ok(());
+        };
+        match handlers::bearer(headers) {
+            Some(presented) if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) => {
+                Ok(())
+            }
+            _ => Err(ApiError::AdminUnauthorized),
+        }
+    }
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api")
+            .field("broker", &self.inner.broker)
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+impl<B> hyper::service::Service<Request<B>> for Api
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<B>) -> Self::Future {
+        let api = self.clone();
+        Box::pin(async move { Ok(api.handle(req).await) })
+    }
+}

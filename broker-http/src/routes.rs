@@ -1,0 +1,132 @@
+//! The route table of the v1 API: one `match` on method and path.
+
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use http_body_util::Full;
+use hyper::body::Body;
+
+use crate::{handlers, Api, ApiError};
+
+/// A recognised path, with its parameters borrowed from the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route<'a> {
+    Health,
+    Topics,
+    Topic(&'a str),
+    Publishers(&'a str),
+    Publisher(&'a str, &'a str),
+    Subscribers(&'a str),
+    Subscriber(&'a str, &'a str),
+    Messages(&'a str),
+}
+
+impl<'a> Route<'a> {
+    /// Recognises `path`. Parameters are taken verbatim (no percent
+    /// decoding): topic names and ids never need escaping, so an escaped
+    /// one is simply invalid.
+    pub(crate) fn recognise(path: &'a str) -> Option<Self> {
+        let rest = path.strip_prefix('/')?;
+        let mut segments = rest.split('/');
+        let parts: [Option<&str>; 6] = std::array::from_fn(|_| segments.next());
+        if segments.next().is_some() {
+            return None;
+        }
+        Some(match parts {
+            [Some("healthz"), None, ..] => Route::Health,
+            [Some("v1"), Some("topics"), None, ..] => Route::Topics,
+            [Some("v1"), Some("topics"), Some(t), None, ..] => Route::Topic(t),
+            [Some("v1"), Some("topics"), Some(t), Some("publishers"), None, _] => {
+                Route::Publishers(t)
+            }
+            [Some("v1"), Some("topics"), Some(t), Some("publishers"), Some(id), None] => {
+                Route::Publisher(t, id)
+            }
+            [Some("v1"), Some("topics"), Some(t), Some("subscribers"), None, _] => {
+                Route::Subscribers(t)
+            }
+            [Some("v1"), Some("topics"), Some(t), Some("subscribers"), Some(id), None] => {
+                Route::Subscriber(t, id)
+            }
+            [Some("v1"), Some("topics"), Some(t), Some("messages"), None, _] => Route::Messages(t),
+            _ => return None,
+        })
+    }
+
+    /// The methods this route takes, as an `Allow` header value.
+    pub(crate) fn allow(self) -> &'static str {
+        match self {
+            Route::Health | Route::Topics | Route::Topic(_) => "GET",
+            Route::Publishers(_) | Route::Subscribers(_) | Route::Messages(_) => "POST",
+            Route::Publisher(..) | Route::Subscriber(..) => "DELETE",
+        }
+    }
+}
+
+/// Routes one request to its handler.
+pub(crate) async fn dispatch<B>(api: &Api, req: Request<B>) -> Result<Response<Full<Bytes>>, ApiError>
+where
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (parts, body) = req.into_parts();
+    let route = Route::recognise(parts.uri.path()).ok_or(ApiError::NotFound)?;
+    let h = &parts.headers;
+    match (&parts.method, route) {
+        (&Method::GET, Route::Health) => Ok(handlers::health()),
+        (&Method::POST, Route::Messages(topic)) => handlers::publish(api, topic, h, body).await,
+        (method, route) => {
+            // Everything else is management: the admin token guards it.
+            api.require_admin(h)?;
+            match (method, route) {
+                (&Method::GET, Route::Topics) => Ok(handlers::list_topics(api)),
+                (&Method::GET, Route::Topic(t)) => handlers::topic_detail(api, t),
+                (&Method::POST, Route::Publishers(t)) => {
+                    handlers::register_publisher(api, t, h, body).await
+                }
+                (&Method::DELETE, Route::Publisher(t, id)) => {
+                    handlers::deregister_publisher(api, t, id)
+                }
+                (&Method::POST, Route::Subscribers(t)) => {
+                    handlers::register_subscriber(api, t, h, body).await
+                }
+                (&Method::DELETE, Route::Subscriber(t, id)) => {
+                    handlers::deregister_subscriber(api, t, id)
+                }
+                (_, route) => Err(ApiError::MethodNotAllowed(route.allow())),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Route::{self, *};
+
+    #[test]
+    fn recognises_every_route() {
+        let cases = [
+            ("/healthz", Some(Health)),
+            ("/v1/topics", Some(Topics)),
+            ("/v1/topics/a", Some(Topic("a"))),
+            ("/v1/topics/a/publishers", Some(Publishers("a"))),
+            ("/v1/topics/a/publishers/p", Some(Publisher("a", "p"))),
+            ("/v1/topics/a/subscribers", Some(Subscribers("a"))),
+            ("/v1/topics/a/subscribers/s", Some(Subscriber("a", "s"))),
+            ("/v1/topics/a/messages", Some(Messages("a"))),
+            ("/v1/topics//publishers", Some(Publishers(""))),
+            ("/v1/topics/%2F/messages", Some(Messages("%2F"))),
+            ("", None),
+            ("/", None),
+            ("/v1", None),
+            ("/v1/topics/a/messages/x", None),
+            ("/v1/topics/a/b/c/d/e", None),
+            ("/v1/topics/a/publishers/p/q", None),
+            ("/v2/topics", None),
+            ("healthz", None),
+            ("/healthz/", None),
+        ];
+        for (path, want) in cases {
+            assert_eq!(Route::recognise(path), want, "{path:?}");
+        }
+    }
+}

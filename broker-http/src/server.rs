@@ -1,0 +1,120 @@
+//! Accepting connections: `serve(listener, api, config, shutdown)`, where
+//! the caller binds the socket and decides when to stop.
+
+use std::{future::Future, io, sync::Arc, time::Duration};
+
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+};
+use tokio::{net::TcpListener, sync::Semaphore};
+
+use crate::Api;
+
+/// Settings of the HTTP server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Time a client has to send a request's headers. Default 10 s.
+    pub header_read_timeout: Duration,
+    /// Headers per request. Default 64.
+    pub max_headers: usize,
+    /// Connections served at once; more wait in the listen backlog.
+    /// Default 10,000.
+    pub max_connections: usize,
+    /// After shutdown is signalled, time for in-flight requests to finish
+    /// before their connections are dropped. Default 10 s.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            header_read_timeout: Duration::from_secs(10),
+            max_headers: 64,
+            max_connections: 10_000,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serves `api` on `listener` (HTTP/1.1, and HTTP/2 with prior knowledge)
+/// until `shutdown` completes; then stops accepting, lets in-flight
+/// requests finish within [`ServerConfig::shutdown_grace`], and returns.
+///
+/// Accept errors (such as running out of file descriptors) are logged and
+/// retried after a pause; they never end the server.
+///
+/// # Errors
+///
+/// None today; the `io::Result` leaves room for listener setup failures.
+pub async fn serve<F>(
+    listener: TcpListener,
+    api: Api,
+    config: ServerConfig,
+    shutdown: F,
+) -> io::Result<()>
+where
+    F: Future<Output = ()>,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Without a timer hyper's timeouts silently do nothing.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .max_headers(config.max_headers);
+    builder.http2().timer(TokioTimer::new());
+
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    tokio::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(e) => {
+                    back_off(&e).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), api.clone())
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(config.shutdown_grace) => {
+            tracing::warn!("connections still open after the shutdown grace period; dropping them");
+        }
+    }
+    Ok(())
+}
+
+/// Pauses after an accept error: not at all for errors of one connection,
+/// a moment for resource exhaustion (EMFILE, ENFILE, ENOBUFS).
+async fn back_off(error: &io::Error) {
+    use io::ErrorKind::*;
+    if matches!(
+        error.kind(),
+        ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted
+    ) {
+        return;
+    }
+    tracing::warn!(%error, "accept failed; retrying in 100 ms");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}

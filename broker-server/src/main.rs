@@ -1,0 +1,116 @@
+//! The webhook broker as a standalone server: binds a port, serves the v1
+//! API over an in-memory broker, and drains deliveries on SIGTERM/Ctrl-C.
+
+use std::{net::SocketAddr, process::ExitCode, time::Duration};
+
+use broker_core::Broker;
+use broker_http::{serve, Api, ApiConfig, DeliveryConfig, ServerConfig, WebhookNotifier};
+use clap::Parser;
+use tokio::net::TcpListener;
+
+/// A webhook pub/sub broker: publishers post events on a topic once; the
+/// broker pushes them over HTTP to every subscriber's endpoint.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "BROKER_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+
+    /// Bearer token required for management calls (register, deregister,
+    /// list, detail). Without it, management is open to anyone who can
+    /// reach the port.
+    #[arg(long, env = "BROKER_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+
+    /// Largest accepted message body, in bytes.
+    #[arg(long, env = "BROKER_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    max_body_bytes: usize,
+
+    /// Seconds to finish queued deliveries on shutdown before exiting.
+    #[arg(long, env = "BROKER_DRAIN_TIMEOUT", default_value_t = 10)]
+    drain_timeout: u64,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "could not start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "the server stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> std::io::Result<()> {
+    let listener = TcpListener::bind(args.listen).await?;
+    let notifier = WebhookNotifier::new(DeliveryConfig::default());
+    let broker = Broker::new(notifier.clone());
+    if args.admin_token.is_none() {
+        tracing::warn!(
+            "no admin token set (--admin-token / BROKER_ADMIN_TOKEN): \
+             anyone who can reach this port may register and deregister"
+        );
+    }
+    let api = Api::new(
+        broker.clone(),
+        ApiConfig {
+            admin_token: args.admin_token,
+            max_body_bytes: args.max_body_bytes,
+            ..ApiConfig::default()
+        },
+    );
+    tracing::info!(addr = %listener.local_addr()?, "listening");
+    serve(listener, api, ServerConfig::default(), shutdown_signal()).await?;
+
+    broker.close();
+    let deadline = Duration::from_secs(args.drain_timeout);
+    tracing::info!(pending = notifier.pending(), ?deadline, "draining deliveries");
+    let left = notifier.drain(deadline).await;
+    if left == 0 {
+        tracing::info!("all deliveries drained; bye");
+    } else {
+        tracing::warn!(undelivered = left, "drain deadline passed; exiting with deliveries undelivered");
+    }
+    Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown signalled; no longer accepting connections");
+}

@@ -29,7 +29,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 service_fn(move |req: Request<Incoming>| {
                     let tx = tx.clone();
                     async move {
-                        let id = req.headers()["webhook-id"].to_str().unwrap_or("").to_owned();
+                        let id = req.headers()["webhook-id"]
+                            .to_str()
+                            .unwrap_or("")
+                            .to_owned();
                         let body = req.into_body().collect().await.map(|b| b.to_bytes());
                         let _ = tx.send((id, body.unwrap_or_default())).await;
                         Ok::<_, Infallible>(Response::new(Full::<Bytes>::default()))
@@ -42,10 +45,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The broker, embedded.
     let notifier = WebhookNotifier::new(DeliveryConfig::default());
     let broker = Broker::new(notifier.clone());
-    let publisher = broker.register_publisher("orders", "embedded-service")?.item;
-    let endpoint = Endpoint::new(&receiver_url, None, [("X-Source", "embed-example")], broker.limits())?;
+    let publisher = broker
+        .register_publisher("orders", "embedded-service")?
+        .item;
+    let endpoint = Endpoint::new(
+        &receiver_url,
+        None,
+        [("X-Source", "embed-example")],
+        broker.limits(),
+    )?;
     let subscriber = broker.register_subscriber("orders", endpoint)?.item;
-    println!("subscriber {} will be signed with {}", subscriber.id(), subscriber.secret().expose());
+    println!(
+        "subscriber {} will be signed with {}",
+        subscriber.id(),
+        subscriber.secret().expose()
+    );
 
     // Its HTTP API, on a port of our own, until we are done.
     let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -65,7 +79,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Bytes::from_static(br#"{"order":42}"#),
         )
         .await?;
-    println!("published {} to {} subscriber(s)", receipt.id, receipt.subscribers);
+    println!(
+        "published {} to {} subscriber(s)",
+        receipt.id, receipt.subscribers
+    );
 
     let (id, body) = tokio::time::timeout(Duration::from_secs(5), received.recv())
         .await?

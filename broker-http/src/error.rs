@@ -41,9 +41,9 @@ impl ApiError {
         use broker_core::Error as E;
         match self {
             ApiError::Broker(e) => match e {
-                E::InvalidTopic { .. } | E::InvalidPublisherName { .. } | E::InvalidEndpoint { .. } => {
-                    StatusCode::BAD_REQUEST
-                }
+                E::InvalidTopic { .. }
+                | E::InvalidPublisherName { .. }
+                | E::InvalidEndpoint { .. } => StatusCode::BAD_REQUEST,
                 E::TopicNotFound | E::PublisherNotFound | E::SubscriberNotFound => {
                     StatusCode::NOT_FOUND
                 }
@@ -138,13 +138,18 @@ impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ApiError::Broker(e) => e.fmt(f),
-            ApiError::InvalidJson(e) => write!(f, "the request body is not valid JSON for this call: {e}"),
+            ApiError::InvalidJson(e) => {
+                write!(f, "the request body is not valid JSON for this call: {e}")
+            }
             ApiError::BadBody => f.write_str("the request body could not be read"),
             ApiError::UnsupportedMediaType => {
                 f.write_str("this call takes a JSON body: send `Content-Type: application/json`")
             }
             ApiError::PayloadTooLarge(limit) => {
-                write!(f, "the request body is larger than the limit of {limit} bytes")
+                write!(
+                    f,
+                    "the request body is larger than the limit of {limit} bytes"
+                )
             }
             ApiError::AdminUnauthorized => f.write_str(
                 "management calls need the admin token: send `Authorization: Bearer <admin token>`",

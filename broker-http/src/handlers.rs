@@ -58,7 +58,8 @@ where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let req: json::SubscriberRequest = json::read_json(h, body, api.config().max_json_bytes).await?;
+    let req: json::SubscriberRequest =
+        json::read_json(h, body, api.config().max_json_bytes).await?;
     let broker = api.broker();
     // Validate the topic first, so a bad topic is reported as such even
     // when the endpoint is bad too.

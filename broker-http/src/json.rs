@@ -35,7 +35,11 @@ pub(crate) fn reply<T: Serialize>(status: StatusCode, value: &T) -> Response<Ful
 ///
 /// A `Content-Length` over the limit is refused before anything is read; a
 /// body without one (or lying about it) is cut off at the limit.
-pub(crate) async fn read_body<B>(headers: &HeaderMap, body: B, limit: usize) -> Result<Bytes, ApiError>
+pub(crate) async fn read_body<B>(
+    headers: &HeaderMap,
+    body: B,
+    limit: usize,
+) -> Result<Bytes, ApiError>
 where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -60,7 +64,13 @@ pub(crate) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     let media = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
     match media.as_deref() {
         Some("application/json") => Ok(()),
         Some(m) if m.starts_with("application/") && m.ends_with("+json") => Ok(()),
@@ -69,7 +79,11 @@ pub(crate) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 /// Reads a JSON body of at most `limit` bytes into `T`.
-pub(crate) async fn read_json<T, B>(headers: &HeaderMap, body: B, limit: usize) -> Result<T, ApiError>
+pub(crate) async fn read_json<T, B>(
+    headers: &HeaderMap,
+    body: B,
+    limit: usize,
+) -> Result<T, ApiError>
 where
     T: for<'de> Deserialize<'de>,
     B: Body,

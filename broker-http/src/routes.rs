@@ -63,7 +63,10 @@ impl<'a> Route<'a> {
 }
 
 /// Routes one request to its handler.
-pub(crate) async fn dispatch<B>(api: &Api, req: Request<B>) -> Result<Response<Full<Bytes>>, ApiError>
+pub(crate) async fn dispatch<B>(
+    api: &Api,
+    req: Request<B>,
+) -> Result<Response<Full<Bytes>>, ApiError>
 where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,

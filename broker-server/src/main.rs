@@ -40,6 +40,10 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A closed stderr must not take the server down: tracing would
+        // report the failed write with `eprintln!`, which panics.
+        .log_internal_errors(false)
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -75,42 +79,51 @@ async fn run(args: Args) -> std::io::Result<()> {
             ..ApiConfig::default()
         },
     );
+    let shutdown = shutdown_signal()?;
     tracing::info!(addr = %listener.local_addr()?, "listening");
-    serve(listener, api, ServerConfig::default(), shutdown_signal()).await?;
+    serve(listener, api, ServerConfig::default(), shutdown).await?;
 
     broker.close();
     let deadline = Duration::from_secs(args.drain_timeout);
-    tracing::info!(pending = notifier.pending(), ?deadline, "draining deliveries");
+    tracing::info!(
+        pending = notifier.pending(),
+        ?deadline,
+        "draining deliveries"
+    );
     let left = notifier.drain(deadline).await;
     if left == 0 {
         tracing::info!("all deliveries drained; bye");
     } else {
-        tracing::warn!(undelivered = left, "drain deadline passed; exiting with deliveries undelivered");
+        tracing::warn!(
+            undelivered = left,
+            "drain deadline passed; exiting with deliveries undelivered"
+        );
     }
     Ok(())
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
+/// Completes on Ctrl-C (SIGINT) or SIGTERM. The handlers are installed
+/// here, before the server says it listens, so an early signal is never
+/// met by the default action (killing the process without a drain).
+#[cfg(unix)]
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
-    tracing::info!("shutdown signalled; no longer accepting connections");
+        tracing::info!("shutdown signalled; no longer accepting connections");
+    })
+}
+
+/// Completes on Ctrl-C.
+#[cfg(not(unix))]
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutdown signalled; no longer accepting connections");
+    })
 }

@@ -184,6 +184,9 @@ fn build_request(
     }
     headers.insert(WEBHOOK_ID.clone(), HeaderValue::from_str(message.id())?);
     headers.insert(WEBHOOK_TIMESTAMP.clone(), HeaderValue::from(timestamp));
-    headers.insert(WEBHOOK_SIGNATURE.clone(), HeaderValue::from_str(&signature)?);
+    headers.insert(
+        WEBHOOK_SIGNATURE.clone(),
+        HeaderValue::from_str(&signature)?,
+    );
     Ok(request)
 }

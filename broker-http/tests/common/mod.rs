@@ -1,0 +1,296 @@
+//! Test harness: the real server on 127.0.0.1:0, a plain hyper client, and
+//! webhook sinks on 127.0.0.1:0 that record what they receive.
+#![allow(dead_code, unreachable_pub)]
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+
+use broker_core::Broker;
+use broker_http::{serve, Api, ApiConfig, DeliveryConfig, ServerConfig, WebhookNotifier};
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::{body::Incoming, service::service_fn, Response};
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::{TokioExecutor, TokioIo},
+};
+use serde_json::Value;
+use tokio::{
+    net::TcpListener,
+    sync::{mpsc, oneshot, Semaphore},
+    task::JoinHandle,
+};
+
+/// How long a test waits for something that should happen at once before
+/// declaring it did not happen.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub broker: Broker,
+    pub notifier: WebhookNotifier,
+    client: Client<HttpConnector, Full<Bytes>>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// Asserts the status and the JSON error shape; returns the code.
+    pub fn error_code(&self, status: u16) -> String {
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "body: {}",
+            String::from_utf8_lossy(&self.body)
+        );
+        assert_eq!(self.headers["content-type"], "application/json");
+        let json = self.json();
+        let message = json["error"]["message"].as_str().expect("error.message");
+        assert!(!message.is_empty());
+        let code = json["error"]["code"].as_str().expect("error.code");
+        assert!(
+            code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+            "{code}"
+        );
+        code.to_owned()
+    }
+}
+
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::with_config(ApiConfig::default(), DeliveryConfig::default()).await
+    }
+
+    pub async fn with_config(api: ApiConfig, delivery: DeliveryConfig) -> Self {
+        let notifier = WebhookNotifier::new(delivery);
+        let broker = Broker::new(notifier.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let api = Api::new(broker.clone(), api);
+        let task = tokio::spawn(serve(listener, api, ServerConfig::default(), async {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            addr,
+            broker,
+            notifier,
+            client: client(),
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Sends one request; `headers` are (name, value) pairs.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Reply {
+        let mut req = Request::builder()
+            .method(Method::from_bytes(method.as_bytes()).unwrap())
+            .uri(format!("http://{}{}", self.addr, path));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(body.into())).unwrap();
+        let res = tokio::time::timeout(PATIENCE, self.client.request(req))
+            .await
+            .expect("the server answered in time")
+            .expect("the request went through");
+        let (parts, body) = res.into_parts();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body: body.collect().await.unwrap().to_bytes(),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.call("GET", path, &[], Bytes::new()).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Reply {
+        self.call("DELETE", path, &[], Bytes::new()).await
+    }
+
+    pub async fn post_json(&self, path: &str, json: Value) -> Reply {
+        self.call(
+            "POST",
+            path,
+            &[("content-type", "application/json")],
+            json.to_string(),
+        )
+        .await
+    }
+
+    /// Registers a publisher and returns its token.
+    pub async fn publisher(&self, topic: &str, name: &str) -> String {
+        let r = self
+            .post_json(
+                &format!("/v1/topics/{topic}/publishers"),
+                serde_json::json!({ "name": name }),
+            )
+            .await;
+        assert!(r.status.is_success(), "{:?}", r.body);
+        r.json()["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Registers a subscriber and returns its JSON.
+    pub async fn subscriber(&self, topic: &str, body: Value) -> Value {
+        let r = self
+            .post_json(&format!("/v1/topics/{topic}/subscribers"), body)
+            .await;
+        assert!(r.status.is_success(), "{:?}", r.body);
+        r.json()
+    }
+
+    pub async fn publish(
+        &self,
+        topic: &str,
+        token: &str,
+        content_type: &str,
+        body: &'static str,
+    ) -> Reply {
+        let auth = format!("Bearer {token}");
+        self.call(
+            "POST",
+            &format!("/v1/topics/{topic}/messages"),
+            &[("authorization", &auth), ("content-type", content_type)],
+            body,
+        )
+        .await
+    }
+
+    /// Waits until every delivery is done; panics if they take too long.
+    pub async fn settle(&self) {
+        assert_eq!(
+            self.notifier.drain(PATIENCE).await,
+            0,
+            "deliveries did not settle"
+        );
+    }
+
+    /// Asserts the server still answers.
+    pub async fn assert_alive(&self) {
+        assert_eq!(self.get("/healthz").await.status, StatusCode::OK);
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap().unwrap();
+    }
+}
+
+/// One request a sink received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: Method,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// What a sink does with a request once recorded.
+#[derive(Clone)]
+pub enum Behaviour {
+    /// Answer at once with this status.
+    Status(u16),
+    /// Hold every request until the gate gives a permit.
+    Gated(Arc<Semaphore>),
+}
+
+/// A webhook receiver on 127.0.0.1:0.
+pub struct Sink {
+    pub addr: SocketAddr,
+    pub received: mpsc::UnboundedReceiver<Received>,
+}
+
+impl Sink {
+    pub async fn start(behaviour: Behaviour) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, received) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let tx = tx.clone();
+                let behaviour = behaviour.clone();
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let tx = tx.clone();
+                    let behaviour = behaviour.clone();
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let body = body
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        let _ = tx.send(Received {
+                            method: parts.method,
+                            path: parts.uri.path().to_owned(),
+                            headers: parts.headers,
+                            body,
+                        });
+                        let status = match behaviour {
+                            Behaviour::Status(s) => s,
+                            Behaviour::Gated(gate) => {
+                                gate.acquire().await.unwrap().forget();
+                                200
+                            }
+                        };
+                        let mut res = Response::new(Full::<Bytes>::default());
+                        *res.status_mut() = StatusCode::from_u16(status).unwrap();
+                        Ok::<_, Infallible>(res)
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+        Sink { addr, received }
+    }
+
+    pub async fn ok() -> Self {
+        Self::start(Behaviour::Status(200)).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// The next request, waiting for it.
+    pub async fn next(&mut self) -> Received {
+        tokio::time::timeout(PATIENCE, self.received.recv())
+            .await
+            .expect("a delivery arrived in time")
+            .expect("the sink is running")
+    }
+
+    /// Everything received so far, without waiting.
+    pub fn drain_now(&mut self) -> Vec<Received> {
+        let mut all = Vec::new();
+        while let Ok(r) = self.received.try_recv() {
+            all.push(r);
+        }
+        all
+    }
+}

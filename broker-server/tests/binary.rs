@@ -1,0 +1,190 @@
+//! The real binary: starts on 127.0.0.1:0, serves, and exits 0 on SIGTERM.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::Duration,
+};
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Starts the binary and returns it with the address it logged, the log
+/// lines up to that one, and a channel of its further log lines.
+fn start(extra: &[&str]) -> (Running, String, Vec<String>, mpsc::Receiver<String>) {
+    let child = Command::new(env!("CARGO_BIN_EXE_broker-server"))
+        .args(["--listen", "127.0.0.1:0"])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .env_remove("BROKER_ADMIN_TOKEN")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("the binary starts");
+    let mut child = Running(child);
+    let stderr = child.0.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut early = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(PATIENCE)
+            .expect("the server logs where it listens");
+        if let Some(rest) = line.split("addr=").nth(1) {
+            let addr = rest.split_whitespace().next().unwrap().to_owned();
+            return (child, addr, early, rx);
+        }
+        early.push(line);
+    }
+}
+
+/// The server process; killed and reaped if a test fails half-way.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 exchange; returns the status line and the body.
+fn http(addr: &str, method: &str, path: &str, headers: &str, body: &str) -> (String, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    )
+}
+
+fn wait_for_exit(child: &mut Running) -> std::process::ExitStatus {
+    let child = &mut child.0;
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not exit"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn sigterm(child: &Running) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+#[test]
+fn serves_and_exits_zero_on_sigterm() {
+    let (mut child, addr, _, logs) = start(&[]);
+    let (status, body) = http(&addr, "GET", "/healthz", "", "");
+    assert!(status.contains("200"), "{status}");
+    assert!(body.contains("ok"));
+    let (status, body) = http(
+        &addr,
+        "POST",
+        "/v1/topics/t/publishers",
+        "Content-Type: application/json\r\n",
+        r#"{"name":"p"}"#,
+    );
+    assert!(status.contains("201"), "{status} {body}");
+
+    sigterm(&child);
+    assert!(wait_for_exit(&mut child).success());
+    let rest: Vec<String> = logs.try_iter().collect();
+    assert!(
+        rest.iter().any(|l| l.contains("all deliveries drained")),
+        "{rest:#?}"
+    );
+}
+
+#[test]
+fn warns_when_management_is_open_and_not_with_a_token() {
+    let (mut open, _, open_early, _open_logs) = start(&[]);
+    sigterm(&open);
+    let exit = wait_for_exit(&mut open);
+    assert!(exit.success(), "{exit:?}");
+    assert!(
+        open_early
+            .iter()
+            .any(|l| l.contains("WARN") && l.contains("no admin token")),
+        "{open_early:#?}"
+    );
+
+    let (mut guarded, addr, guarded_early, guarded_logs) = start(&["--admin-token", "s3cret"]);
+    assert!(
+        guarded_early.iter().all(|l| !l.contains("no admin token")),
+        "{guarded_early:#?}"
+    );
+    let (status, _) = http(&addr, "GET", "/v1/topics", "", "");
+    assert!(status.contains("401"), "{status}");
+    let (status, _) = http(
+        &addr,
+        "GET",
+        "/v1/topics",
+        "Authorization: Bearer s3cret\r\n",
+        "",
+    );
+    assert!(status.contains("200"), "{status}");
+    sigterm(&guarded);
+    let exit = wait_for_exit(&mut guarded);
+    let mut guarded_logs: Vec<String> = guarded_logs.try_iter().collect();
+    assert!(exit.success(), "{exit:?} {guarded_logs:#?}");
+    guarded_logs.extend(guarded_early);
+    assert!(
+        guarded_logs.iter().all(|l| !l.contains("s3cret")),
+        "the token is never logged"
+    );
+}
+
+#[test]
+fn a_closed_stderr_does_not_take_the_server_down() {
+    let child = Command::new(env!("CARGO_BIN_EXE_broker-server"))
+        .args(["--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = Running(child);
+    let mut lines = BufReader::new(child.0.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("a log line").unwrap();
+        if let Some(rest) = line.split("addr=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    // Close the read end: every later log line hits a broken pipe.
+    drop(lines);
+    let (status, _) = http(&addr, "GET", "/healthz", "", "");
+    assert!(status.contains("200"), "{status}");
+    sigterm(&child);
+    let exit = wait_for_exit(&mut child);
+    assert!(exit.success(), "{exit:?}");
+}

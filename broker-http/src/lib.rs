@@ -197,3 +197,9 @@ where
         Box::pin(async move { Ok(api.handle(req).await) })
     }
 }
+
+/// Compiles the Rust examples of README.md as doctests, so the README
+/// cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

@@ -24,7 +24,7 @@ struct Counting;
 impl Notifier for Counting {
     async fn notify(&self, publish: Publish) {
         for subscriber in publish.subscribers.iter() {
-            subscriber.stats().record_delivered(1);
+            subscriber.record(broker_core::Outcome::Delivered, 1);
         }
     }
 }

@@ -13,8 +13,8 @@ use http::HeaderValue;
 use parking_lot::RwLock;
 
 use crate::{
-    registry::Registry, secret::random, Endpoint, Error, Limits, Message, Notifier, Publish,
-    Publisher, Receipt, Subscriber, TopicName,
+    registry::Registry, secret::random, DeliveryCounts, DeliveryStats, Endpoint, Error, Limits,
+    Message, Notifier, Publish, Publisher, Receipt, Subscriber, TopicName,
 };
 
 /// The in-memory broker. Cheap to clone: every clone is a handle to the same
@@ -74,6 +74,9 @@ struct Shared {
 #[derive(Debug, Default)]
 pub(crate) struct TopicStats {
     pub(crate) published: AtomicU64,
+    /// Outcomes of all deliveries on the topic, including those of
+    /// subscribers since deregistered.
+    pub(crate) deliveries: DeliveryStats,
 }
 
 /// The result of a registration: the registered item and whether this call
@@ -123,6 +126,8 @@ pub struct TopicDetail {
     pub subscribers: Vec<Arc<Subscriber>>,
     /// Messages published on it since it was created.
     pub published: u64,
+    /// Outcomes of its deliveries since it was created.
+    pub deliveries: DeliveryCounts,
 }
 
 impl Broker {
@@ -316,6 +321,7 @@ impl Broker {
             publishers,
             subscribers: t.subscribers.to_vec(),
             published: t.stats.published.load(Ordering::Relaxed),
+            deliveries: t.stats.deliveries.snapshot(),
         })
     }
 }

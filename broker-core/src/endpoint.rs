@@ -32,6 +32,7 @@ pub struct Endpoint {
     url: Uri,
     method: Method,
     headers: HeaderMap,
+    max_attempts: u32,
 }
 
 /// Header names the broker sets itself or that belong to one connection.
@@ -93,7 +94,38 @@ impl Endpoint {
             url,
             method,
             headers,
+            max_attempts: 1,
         })
+    }
+
+    /// Opts in to retries: each delivery is attempted up to `max_attempts`
+    /// times in all (1, the default, is the spec's fire-and-forget).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidEndpoint`] when `max_attempts` is 0 or more than
+    /// [`Limits::max_delivery_attempts`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use broker_core::{Endpoint, Limits};
+    ///
+    /// let limits = Limits::default();
+    /// let none: [(&str, &str); 0] = [];
+    /// let endpoint = Endpoint::new("http://h/", None, none, &limits)?.with_max_attempts(5, &limits)?;
+    /// assert_eq!(endpoint.max_attempts(), 5);
+    /// # Ok::<_, broker_core::Error>(())
+    /// ```
+    pub fn with_max_attempts(mut self, max_attempts: u32, limits: &Limits) -> Result<Self, Error> {
+        if max_attempts == 0 || max_attempts > limits.max_delivery_attempts {
+            return Err(invalid(format!(
+                "retry.max_attempts must be between 1 and {}",
+                limits.max_delivery_attempts
+            )));
+        }
+        self.max_attempts = max_attempts;
+        Ok(self)
     }
 
     /// The canonical URL.
@@ -109,6 +141,11 @@ impl Endpoint {
     /// The subscriber's own headers, sent with every delivery.
     pub fn headers(&self) -> &HeaderMap {
         &self.headers
+    }
+
+    /// How many attempts each delivery gets in all (1: no retry).
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts
     }
 }
 

@@ -70,5 +70,5 @@ pub use message::{Message, Publish, Receipt, Subscribers};
 pub use notifier::Notifier;
 pub use publisher::Publisher;
 pub use secret::{PublisherToken, SigningSecret};
-pub use subscriber::{DeliveryCounts, DeliveryStats, Subscriber};
+pub use subscriber::{DeliveryCounts, DeliveryStats, Outcome, Subscriber};
 pub use topic::{TopicName, MAX_TOPIC_LEN};

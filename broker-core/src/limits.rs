@@ -31,6 +31,8 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Length of a publisher name in bytes. Default 128.
     pub max_publisher_name_len: usize,
+    /// Attempts a subscriber may ask for per delivery. Default 10.
+    pub max_delivery_attempts: u32,
 }
 
 impl Default for Limits {
@@ -43,6 +45,7 @@ impl Default for Limits {
             max_headers: 32,
             max_header_bytes: 8 * 1024,
             max_publisher_name_len: 128,
+            max_delivery_attempts: 10,
         }
     }
 }

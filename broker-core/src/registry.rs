@@ -161,6 +161,7 @@ impl Registry {
             t.name.clone(),
             endpoint,
             SigningSecret::generate(),
+            t.stats.clone(),
         ));
         Arc::make_mut(&mut t.subscribers.0).push(subscriber.clone());
         t.subscriber_keys.insert(key, subscriber.clone());

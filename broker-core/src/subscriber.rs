@@ -5,11 +5,11 @@ use std::{
     fmt,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        OnceLock,
+        Arc, OnceLock,
     },
 };
 
-use crate::{secret::SigningSecret, Endpoint, TopicName};
+use crate::{broker::TopicStats, secret::SigningSecret, Endpoint, TopicName};
 
 /// A subscriber registered on a topic: its endpoint, its signing secret,
 /// whether it is still registered, and what happened to its deliveries.
@@ -20,6 +20,8 @@ pub struct Subscriber {
     pub(crate) secret: SigningSecret,
     pub(crate) active: AtomicBool,
     pub(crate) stats: DeliveryStats,
+    /// The topic's counters, which outlive the subscriber.
+    topic_stats: Arc<TopicStats>,
     /// State a notifier keeps per subscriber (a queue, a keyed MAC, ...).
     /// Lives and dies with the subscriber, so the notifier needs no map of
     /// its own and no lock to find it on the hot path.
@@ -32,6 +34,7 @@ impl Subscriber {
         topic: TopicName,
         endpoint: Endpoint,
         secret: SigningSecret,
+        topic_stats: Arc<TopicStats>,
     ) -> Self {
         Subscriber {
             id,
@@ -40,6 +43,7 @@ impl Subscriber {
             secret,
             active: AtomicBool::new(true),
             stats: DeliveryStats::default(),
+            topic_stats,
             notifier_state: OnceLock::new(),
         }
     }
@@ -70,9 +74,16 @@ impl Subscriber {
         self.active.load(Ordering::Acquire)
     }
 
-    /// Delivery counters, for the notifier to update and for topic details.
+    /// This subscriber's delivery counters.
     pub fn stats(&self) -> &DeliveryStats {
         &self.stats
+    }
+
+    /// Counts `n` deliveries with `outcome`, for this subscriber and for its
+    /// topic (whose counters outlive it).
+    pub fn record(&self, outcome: Outcome, n: u64) {
+        self.stats.record(outcome, n);
+        self.topic_stats.deliveries.record(outcome, n);
     }
 
     /// The notifier's own per-subscriber state, created by `init` on first
@@ -126,38 +137,47 @@ pub struct DeliveryStats {
 pub struct DeliveryCounts {
     /// Answered with a 2xx status.
     pub delivered: u64,
-    /// Given up on: an error status, a timeout, a connection failure.
+    /// Given up on after the last attempt: an error status, a timeout, a
+    /// connection failure.
     pub failed: u64,
     /// Discarded without an attempt: the subscriber's queue was full, it was
     /// deregistered, or the broker shut down first.
     pub dropped: u64,
     /// Not sent because the destination policy refused it.
     pub refused: u64,
-    /// Attempts made again after a failure.
+    /// Attempts made again after a failure (not deliveries: one delivery
+    /// retried twice counts 2 here and 1 in `delivered` or `failed`).
     pub retried: u64,
 }
 
+/// What became of deliveries, for [`Subscriber::record`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Answered with a 2xx status.
+    Delivered,
+    /// Given up on after its last attempt.
+    Failed,
+    /// Discarded without an attempt (queue full, deregistered, shutdown).
+    Dropped,
+    /// Not sent: the destination policy refused it.
+    Refused,
+    /// An attempt made again after a failure.
+    Retried,
+}
+
 impl DeliveryStats {
-    /// Counts `n` successful deliveries.
-    pub fn record_delivered(&self, n: u64) {
-        self.delivered.fetch_add(n, Ordering::Relaxed);
+    /// Counts `n` deliveries with `outcome`.
+    pub fn record(&self, outcome: Outcome, n: u64) {
+        let counter = match outcome {
+            Outcome::Delivered => &self.delivered,
+            Outcome::Failed => &self.failed,
+            Outcome::Dropped => &self.dropped,
+            Outcome::Refused => &self.refused,
+            Outcome::Retried => &self.retried,
+        };
+        counter.fetch_add(n, Ordering::Relaxed);
     }
-    /// Counts `n` failed deliveries.
-    pub fn record_failed(&self, n: u64) {
-        self.failed.fetch_add(n, Ordering::Relaxed);
-    }
-    /// Counts `n` dropped deliveries.
-    pub fn record_dropped(&self, n: u64) {
-        self.dropped.fetch_add(n, Ordering::Relaxed);
-    }
-    /// Counts `n` deliveries refused by policy.
-    pub fn record_refused(&self, n: u64) {
-        self.refused.fetch_add(n, Ordering::Relaxed);
-    }
-    /// Counts `n` retried attempts.
-    pub fn record_retried(&self, n: u64) {
-        self.retried.fetch_add(n, Ordering::Relaxed);
-    }
+
     /// A copy of the counters.
     pub fn snapshot(&self) -> DeliveryCounts {
         DeliveryCounts {
@@ -167,15 +187,5 @@ impl DeliveryStats {
             refused: self.refused.load(Ordering::Relaxed),
             retried: self.retried.load(Ordering::Relaxed),
         }
-    }
-}
-
-impl std::ops::AddAssign for DeliveryCounts {
-    fn add_assign(&mut self, o: Self) {
-        self.delivered += o.delivered;
-        self.failed += o.failed;
-        self.dropped += o.dropped;
-        self.refused += o.refused;
-        self.retried += o.retried;
     }
 }

@@ -9,7 +9,7 @@ use crate::{
     json::{self, reply},
     Api, ApiError,
 };
-use broker_core::{DeliveryCounts, Endpoint};
+use broker_core::Endpoint;
 
 type Reply = Result<Response<Full<Bytes>>, ApiError>;
 
@@ -64,12 +64,15 @@ where
     // Validate the topic first, so a bad topic is reported as such even
     // when the endpoint is bad too.
     broker_core::TopicName::new(topic)?;
-    let endpoint = Endpoint::new(
+    let mut endpoint = Endpoint::new(
         &req.url,
         req.method.as_deref(),
         req.headers.unwrap_or_default().0,
         broker.limits(),
     )?;
+    if let Some(retry) = req.retry {
+        endpoint = endpoint.with_max_attempts(retry.max_attempts, broker.limits())?;
+    }
     let reg = broker.register_subscriber(topic, endpoint)?;
     let s = &reg.item;
     let e = s.endpoint();
@@ -85,6 +88,9 @@ where
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.to_str().unwrap_or_default()))
                 .collect(),
+            retry: json::RetryRequest {
+                max_attempts: e.max_attempts(),
+            },
             secret: s.secret().expose(),
         },
     ))
@@ -141,19 +147,17 @@ pub(crate) fn list_topics(api: &Api) -> Response<Full<Bytes>> {
 /// `GET /v1/topics/{topic}`: never shows tokens or secrets.
 pub(crate) fn topic_detail(api: &Api, topic: &str) -> Reply {
     let t = api.broker().topic(topic)?;
-    let mut total = DeliveryCounts::default();
     let subscribers = t
         .subscribers
         .iter()
-        .map(|s| {
-            let counts = s.stats().snapshot();
-            total += counts;
-            json::SubscriberItem {
-                id: s.id(),
-                url: s.endpoint().url().to_string(),
-                method: s.endpoint().method().as_str(),
-                counters: counts.into(),
-            }
+        .map(|s| json::SubscriberItem {
+            id: s.id(),
+            url: s.endpoint().url().to_string(),
+            method: s.endpoint().method().as_str(),
+            retry: json::RetryRequest {
+                max_attempts: s.endpoint().max_attempts(),
+            },
+            counters: s.stats().snapshot().into(),
         })
         .collect();
     Ok(reply(
@@ -171,7 +175,7 @@ pub(crate) fn topic_detail(api: &Api, topic: &str) -> Reply {
             subscribers,
             counters: json::TopicCounters {
                 published: t.published,
-                deliveries: total.into(),
+                deliveries: t.deliveries.into(),
             },
         },
     ))

@@ -114,6 +114,15 @@ pub(crate) struct SubscriberRequest {
     pub(crate) method: Option<String>,
     #[serde(default)]
     pub(crate) headers: Option<HeaderList>,
+    #[serde(default)]
+    pub(crate) retry: Option<RetryRequest>,
+}
+
+/// Opting in to retries: `{"max_attempts": N}`, attempts in all.
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RetryRequest {
+    pub(crate) max_attempts: u32,
 }
 
 /// A JSON object of header names to string values, kept in order and with
@@ -159,6 +168,7 @@ pub(crate) struct SubscriberCreated<'a> {
     pub(crate) url: String,
     pub(crate) method: &'a str,
     pub(crate) headers: BTreeMap<&'a str, &'a str>,
+    pub(crate) retry: RetryRequest,
     pub(crate) secret: &'a str,
 }
 
@@ -199,6 +209,7 @@ pub(crate) struct SubscriberItem<'a> {
     pub(crate) id: &'a str,
     pub(crate) url: String,
     pub(crate) method: &'a str,
+    pub(crate) retry: RetryRequest,
     pub(crate) counters: DeliveryCounters,
 }
 

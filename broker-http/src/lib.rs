@@ -49,8 +49,9 @@ use http_body_util::Full;
 use hyper::body::Body;
 use subtle::ConstantTimeEq;
 
-pub use delivery::{signature, DeliveryConfig, WebhookNotifier};
+pub use delivery::{signature, DeliveryConfig, DestinationPolicy, WebhookNotifier};
 pub use error::ApiError;
+pub use rustls;
 pub use server::{serve, ServerConfig};
 
 /// Settings of the HTTP API.

@@ -6,8 +6,12 @@
 //! slow, hanging or dead endpoint fills only its own queue, and an idle
 //! subscriber costs no task.
 
+mod policy;
 mod queue;
+mod retry;
 pub mod signature;
+
+pub use policy::DestinationPolicy;
 
 use std::{
     sync::{
@@ -21,11 +25,14 @@ use async_trait::async_trait;
 use broker_core::{Notifier, Publish};
 use bytes::Bytes;
 use http_body_util::Full;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::{
-    client::legacy::{connect::HttpConnector, Client},
+    client::legacy::Client,
     rt::{TokioExecutor, TokioTimer},
 };
 use tokio::sync::Notify;
+
+use policy::PolicyConnector;
 
 /// Settings of webhook delivery.
 #[derive(Debug, Clone)]
@@ -48,6 +55,19 @@ pub struct DeliveryConfig {
     pub pool_idle_timeout: Duration,
     /// Idle keep-alive connections kept per host. Default 32.
     pub pool_max_idle_per_host: usize,
+    /// Which addresses deliveries may connect to (checked on the resolved
+    /// addresses at every connect). Default: all but link-local, metadata,
+    /// unspecified and multicast addresses.
+    pub destination_policy: DestinationPolicy,
+    /// The first retry (for subscribers that opted in) waits between half
+    /// this and this; each further one twice as long. Default 1 s.
+    pub retry_base_delay: Duration,
+    /// No retry waits longer than this, whatever the backoff or a
+    /// `Retry-After` says. Default 5 min.
+    pub retry_max_delay: Duration,
+    /// TLS settings for `https://` subscribers. Default (`None`): the
+    /// webpki root certificates, TLS 1.2 and 1.3.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Default for DeliveryConfig {
@@ -60,6 +80,10 @@ impl Default for DeliveryConfig {
             max_response_bytes: 64 * 1024,
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 32,
+            destination_policy: DestinationPolicy::default(),
+            retry_base_delay: Duration::from_secs(1),
+            retry_max_delay: Duration::from_secs(300),
+            tls: None,
         }
     }
 }
@@ -90,7 +114,7 @@ pub struct WebhookNotifier {
 }
 
 pub(crate) struct Shared {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<PolicyConnector>, Full<Bytes>>,
     config: DeliveryConfig,
     /// Deliveries queued or in flight, across all subscribers.
     pending: AtomicUsize,
@@ -112,9 +136,15 @@ impl WebhookNotifier {
     pub fn new(mut config: DeliveryConfig) -> Self {
         config.queue_capacity = config.queue_capacity.max(1);
         config.max_in_flight = config.max_in_flight.max(1);
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
+        let tls = config.tls.clone().unwrap_or_else(default_tls);
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config((*tls).clone())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(PolicyConnector {
+                policy: config.destination_policy,
+                connect_timeout: config.connect_timeout,
+            });
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(config.pool_idle_timeout)
@@ -153,6 +183,21 @@ impl WebhookNotifier {
         let _ = tokio::time::timeout(deadline, all_done).await;
         self.pending()
     }
+}
+
+/// TLS 1.2 and 1.3 with the webpki root certificates, on the ring provider.
+fn default_tls() -> Arc<rustls::ClientConfig> {
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("the ring provider supports the default TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Arc::new(config)
 }
 
 impl std::fmt::Debug for WebhookNotifier {

@@ -7,13 +7,18 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use broker_core::{Message, Subscriber};
+use broker_core::{Message, Outcome, Subscriber};
 use futures_util::{stream::FuturesUnordered, StreamExt};
-use http::{header, HeaderName, HeaderValue, Request, StatusCode};
+use http::{header, HeaderName, HeaderValue, Request};
 use http_body_util::{BodyExt, Full, Limited};
 use parking_lot::Mutex;
 
-use super::{signature::Signer, Shared};
+use super::{
+    policy::is_refusal,
+    retry::{with_retries, Attempt, Backoff},
+    signature::Signer,
+    Shared,
+};
 
 static WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
 static WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
@@ -54,25 +59,29 @@ pub(crate) fn push(subscriber: &Arc<Subscriber>, message: &Arc<Message>, shared:
     let Some(queue) = queue_of(subscriber) else {
         return;
     };
-    let start_worker = {
+    let (start_worker, dropped) = {
         let mut state = queue.state.lock();
-        if state.items.len() >= shared.config.queue_capacity {
+        let dropped = if state.items.len() >= shared.config.queue_capacity {
             state.items.pop_front();
-            subscriber.stats().record_dropped(1);
+            true
         } else {
             shared
                 .pending
                 .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        }
+            false
+        };
         state.items.push_back(message.clone());
-        !std::mem::replace(&mut state.running, true)
+        (!std::mem::replace(&mut state.running, true), dropped)
     };
+    if dropped {
+        subscriber.record(Outcome::Dropped, 1);
+    }
     if start_worker {
         tokio::spawn(run(subscriber.clone(), shared.clone()));
     }
 }
 
-/// Drains one subscriber's queue with at most `max_in_flight` requests at
+/// Drains one subscriber's queue with at most `max_in_flight` deliveries at
 /// once, and exits when the queue is empty or the subscriber is gone.
 async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
     let Some(queue) = queue_of(&subscriber) else {
@@ -89,7 +98,7 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
                     state.items = VecDeque::new();
                     state.running = false;
                     drop(state);
-                    subscriber.stats().record_dropped(n as u64);
+                    subscriber.record(Outcome::Dropped, n as u64);
                     shared.finished(n);
                     return;
                 }
@@ -110,49 +119,97 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
     }
 }
 
-/// One attempt at one delivery, bounded by the request timeout; counts the
-/// outcome.
+/// One delivery: its attempts (more than one only if the subscriber opted
+/// in to retries), each bounded by the request timeout; counts the outcome.
 async fn deliver(subscriber: &Subscriber, queue: &Queue, message: Arc<Message>, shared: &Shared) {
-    let attempt = attempt(subscriber, queue, &message, shared);
-    let outcome = tokio::time::timeout(shared.config.request_timeout, attempt).await;
-    let stats = subscriber.stats();
-    match outcome {
-        Ok(Ok(status)) if status.is_success() => stats.record_delivered(1),
-        Ok(Ok(status)) => {
-            tracing::debug!(subscriber = subscriber.id(), %status, "delivery refused by endpoint");
-            stats.record_failed(1);
-        }
-        Ok(Err(error)) => {
-            tracing::debug!(subscriber = subscriber.id(), %error, "delivery failed");
-            stats.record_failed(1);
-        }
-        Err(_) => {
-            tracing::debug!(subscriber = subscriber.id(), "delivery timed out");
-            stats.record_failed(1);
-        }
+    let backoff = Backoff {
+        base: shared.config.retry_base_delay,
+        max: shared.config.retry_max_delay,
+    };
+    let finished = with_retries(
+        subscriber.endpoint().max_attempts(),
+        backoff,
+        || subscriber.is_active(),
+        || attempt(subscriber, queue, &message, shared),
+    )
+    .await;
+    if finished.retries > 0 {
+        subscriber.record(Outcome::Retried, u64::from(finished.retries));
     }
+    let outcome = match finished.last {
+        Attempt::Delivered => Outcome::Delivered,
+        Attempt::Refused => {
+            let refused = subscriber.stats().snapshot().refused;
+            // Log the first refusal and then ever more rarely, so a hostile
+            // subscriber cannot flood the log.
+            if refused.is_power_of_two() || refused == 0 {
+                tracing::warn!(
+                    subscriber = subscriber.id(),
+                    topic = %subscriber.topic(),
+                    url = %subscriber.endpoint().url(),
+                    refused_so_far = refused + 1,
+                    "delivery refused by the destination policy"
+                );
+            }
+            Outcome::Refused
+        }
+        Attempt::Failed { .. } => Outcome::Failed,
+    };
+    subscriber.record(outcome, 1);
     shared.finished(1);
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
+/// One attempt, bounded by the request timeout.
 async fn attempt(
     subscriber: &Subscriber,
     queue: &Queue,
     message: &Message,
     shared: &Shared,
-) -> Result<StatusCode, BoxError> {
-    let request = build_request(subscriber, queue, message)?;
-    let response = shared.client.request(request).await?;
-    let status = response.status();
-    // Read a bounded amount so the connection can go back to the pool; a
-    // longer body is abandoned with its connection.
-    let _ = Limited::new(response.into_body(), shared.config.max_response_bytes)
-        .collect()
-        .await;
-    Ok(status)
+) -> Attempt {
+    let send = async {
+        let request = build_request(subscriber, queue, message)?;
+        let response = shared.client.request(request).await?;
+        let attempt = Attempt::from_response(response.status(), response.headers());
+        // Read a bounded amount so the connection can go back to the pool;
+        // a longer body is abandoned with its connection.
+        let _ = Limited::new(response.into_body(), shared.config.max_response_bytes)
+            .collect()
+            .await;
+        Ok::<_, BoxError>(attempt)
+    };
+    match tokio::time::timeout(shared.config.request_timeout, send).await {
+        Ok(Ok(attempt)) => {
+            if let Attempt::Failed { .. } = attempt {
+                tracing::debug!(
+                    subscriber = subscriber.id(),
+                    ?attempt,
+                    "delivery attempt failed"
+                );
+            }
+            attempt
+        }
+        Ok(Err(error)) if is_refusal(&*error) => Attempt::Refused,
+        Ok(Err(error)) => {
+            tracing::debug!(subscriber = subscriber.id(), %error, "delivery attempt failed");
+            Attempt::Failed {
+                retryable: true,
+                retry_after: None,
+            }
+        }
+        Err(_) => {
+            tracing::debug!(subscriber = subscriber.id(), "delivery attempt timed out");
+            Attempt::Failed {
+                retryable: true,
+                retry_after: None,
+            }
+        }
+    }
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The request of one attempt: a fresh timestamp and signature each time,
+/// the same `webhook-id` always.
 fn build_request(
     subscriber: &Subscriber,
     queue: &Queue,

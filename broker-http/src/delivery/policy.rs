@@ -1,0 +1,253 @@
+//! Where deliveries may go: the destination (SSRF) policy, enforced in the
+//! connector on the addresses a host actually resolves to, at every
+//! connect, so DNS tricks (a name that resolves elsewhere after
+//! registration, or to several addresses) cannot get around it.
+
+use std::{
+    fmt,
+    future::Future,
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use http::Uri;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// Which destination addresses deliveries may connect to.
+///
+/// Always refused: link-local addresses (169.254.0.0/16, fe80::/10, where
+/// cloud metadata services live), the AWS metadata address fd00:ec2::254,
+/// unspecified (0.0.0.0/8, ::), broadcast and multicast. IPv4-mapped IPv6
+/// addresses are judged as the IPv4 address they carry.
+///
+/// Loopback and private ranges are allowed by default (internal services
+/// are the normal subscribers); [`DestinationPolicy::deny_private`] refuses
+/// them too, for multi-tenant deployments.
+///
+/// # Examples
+///
+/// ```
+/// use broker_http::DestinationPolicy;
+///
+/// let open = DestinationPolicy::default();
+/// assert!(open.allows("127.0.0.1".parse().unwrap()));
+/// assert!(!open.allows("169.254.169.254".parse().unwrap()));
+/// assert!(!open.allows("::ffff:169.254.169.254".parse().unwrap()));
+///
+/// let strict = DestinationPolicy { deny_private: true };
+/// assert!(!strict.allows("10.1.2.3".parse().unwrap()));
+/// assert!(strict.allows("93.184.216.34".parse().unwrap()));
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DestinationPolicy {
+    /// Also refuse loopback (127.0.0.0/8, ::1), private (10/8, 172.16/12,
+    /// 192.168/16, fc00::/7), shared (100.64/10) and other non-public
+    /// special-purpose ranges.
+    pub deny_private: bool,
+}
+
+impl DestinationPolicy {
+    /// Whether a delivery may connect to `ip`.
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        if always_refused(ip) {
+            return false;
+        }
+        !(self.deny_private && is_private(ip))
+    }
+}
+
+fn always_refused(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            v4.is_link_local() || v4.octets()[0] == 0 || v4.is_broadcast() || v4.is_multicast()
+        }
+        IpAddr::V6(v6) => {
+            (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6 == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
+                || v6.is_unspecified()
+                || v6.is_multicast()
+        }
+    }
+}
+
+fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || (a == 100 && (b & 0xc0) == 64) // 100.64.0.0/10, shared address space
+                || (a == 192 && b == 0 && c == 0) // 192.0.0.0/24, IETF protocol assignments
+                || (a == 198 && (b & 0xfe) == 18) // 198.18.0.0/15, benchmarking
+                || a >= 240 // 240.0.0.0/4, reserved
+                || v4 == Ipv4Addr::new(192, 0, 0, 170)
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || (first & 0xfe00) == 0xfc00 // fc00::/7, unique local
+                || (first & 0xffc0) == 0xfec0 // fec0::/10, old site-local
+        }
+    }
+}
+
+/// A delivery the policy refused: no address of the host was allowed.
+#[derive(Debug)]
+pub(crate) struct Refused {
+    host: String,
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "destination {} is refused by the destination policy",
+            self.host
+        )
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// Whether `error`, or anything it was caused by, is a policy refusal.
+pub(crate) fn is_refusal(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if e.is::<Refused>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// Resolves, applies the policy, and connects over TCP with a timeout.
+/// Wrapped by the TLS connector for `https://` URLs.
+#[derive(Clone)]
+pub(crate) struct PolicyConnector {
+    pub(crate) policy: DestinationPolicy,
+    pub(crate) connect_timeout: Duration,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<Uri> for PolicyConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let stream = tokio::time::timeout(this.connect_timeout, this.connect(&uri))
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+            Ok(TokioIo::new(stream))
+        })
+    }
+}
+
+impl PolicyConnector {
+    async fn connect(&self, uri: &Uri) -> Result<TcpStream, BoxError> {
+        let host = uri.host().ok_or("the URL has no host")?;
+        let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+            Some("https") => 443,
+            _ => 80,
+        });
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let resolved: Vec<SocketAddr> = match bare.parse::<IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, port)],
+            Err(_) => tokio::net::lookup_host((bare, port)).await?.collect(),
+        };
+        let allowed: Vec<SocketAddr> = resolved
+            .into_iter()
+            .filter(|addr| self.policy.allows(addr.ip()))
+            .collect();
+        if allowed.is_empty() {
+            return Err(Box::new(Refused {
+                host: host.to_owned(),
+            }));
+        }
+        let mut last_error = None;
+        for addr in allowed {
+            match TcpStream::connect(addr).await {
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    return Ok(stream);
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error
+            .map(Into::into)
+            .unwrap_or_else(|| "no address to connect to".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allowed(policy: DestinationPolicy, ip: &str) -> bool {
+        policy.allows(ip.parse().unwrap())
+    }
+
+    #[test]
+    fn refuses_metadata_and_link_local_always() {
+        for policy in [
+            DestinationPolicy::default(),
+            DestinationPolicy { deny_private: true },
+        ] {
+            for ip in [
+                "169.254.169.254",
+                "169.254.0.1",
+                "fe80::1",
+                "febf::1",
+                "fd00:ec2::254",
+                "::ffff:169.254.169.254",
+                "0.0.0.0",
+                "0.1.2.3",
+                "::",
+                "255.255.255.255",
+                "224.0.0.1",
+                "ff02::1",
+            ] {
+                assert!(!allowed(policy, ip), "{ip} with {policy:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn private_ranges_follow_the_flag() {
+        let open = DestinationPolicy::default();
+        let strict = DestinationPolicy { deny_private: true };
+        for ip in [
+            "127.0.0.1",
+            "127.9.9.9",
+            "::1",
+            "::ffff:127.0.0.1",
+            "10.0.0.1",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "100.64.0.1",
+            "fc00::1",
+            "fd12:3456::1",
+        ] {
+            assert!(allowed(open, ip), "{ip} open");
+            assert!(!allowed(strict, ip), "{ip} strict");
+        }
+        for ip in ["8.8.8.8", "172.32.0.1", "2606:4700::1111", "100.128.0.1"] {
+            assert!(allowed(strict, ip), "{ip} is public");
+        }
+    }
+}

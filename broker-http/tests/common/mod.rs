@@ -2,13 +2,24 @@
 //! webhook sinks on 127.0.0.1:0 that record what they receive.
 #![allow(dead_code, unreachable_pub)]
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::VecDeque,
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
 
 use broker_core::Broker;
 use broker_http::{serve, Api, ApiConfig, DeliveryConfig, ServerConfig, WebhookNotifier};
 use bytes::Bytes;
+use futures_util::stream;
 use http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::{body::Incoming, service::service_fn, Response};
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
@@ -213,23 +224,107 @@ pub struct Received {
 pub enum Behaviour {
     /// Answer at once with this status.
     Status(u16),
-    /// Hold every request until the gate gives a permit.
+    /// Hold every request until the gate gives a permit, then answer 200.
     Gated(Arc<Semaphore>),
+    /// Never answer.
+    Hang,
+    /// Answer 307 to this location.
+    Redirect(String),
+    /// Answer 200 with a body of this many bytes, streamed.
+    Huge(u64),
+    /// Answer each request with the next (status, Retry-After) of the
+    /// script, then 200 once it is used up.
+    Script(Arc<Mutex<VecDeque<Step>>>),
+}
+
+/// A scripted answer: a status and an optional `Retry-After`.
+pub type Step = (u16, Option<&'static str>);
+
+impl Behaviour {
+    pub fn script(steps: &[Step]) -> Self {
+        Behaviour::Script(Arc::new(Mutex::new(steps.iter().copied().collect())))
+    }
+}
+
+type SinkBody = BoxBody<Bytes, Infallible>;
+
+async fn respond(behaviour: &Behaviour) -> Response<SinkBody> {
+    let status = |code: u16| {
+        let mut res = Response::new(Full::<Bytes>::default().boxed());
+        *res.status_mut() = StatusCode::from_u16(code).unwrap();
+        res
+    };
+    match behaviour {
+        Behaviour::Status(code) => status(*code),
+        Behaviour::Gated(gate) => {
+            gate.acquire().await.unwrap().forget();
+            status(200)
+        }
+        Behaviour::Hang => std::future::pending().await,
+        Behaviour::Redirect(location) => {
+            let mut res = status(307);
+            res.headers_mut()
+                .insert("location", location.parse().unwrap());
+            res
+        }
+        Behaviour::Huge(len) => {
+            const CHUNK: usize = 64 * 1024;
+            let chunk = Bytes::from(vec![b'z'; CHUNK]);
+            let chunks = len.div_ceil(CHUNK as u64) as usize;
+            let body = StreamBody::new(stream::iter(
+                std::iter::repeat_n(chunk, chunks).map(|c| Ok::<_, Infallible>(Frame::data(c))),
+            ));
+            Response::new(BodyExt::boxed(body))
+        }
+        Behaviour::Script(steps) => {
+            let step = steps.lock().unwrap().pop_front();
+            match step {
+                None => status(200),
+                Some((code, retry_after)) => {
+                    let mut res = status(code);
+                    if let Some(after) = retry_after {
+                        res.headers_mut()
+                            .insert("retry-after", after.parse().unwrap());
+                    }
+                    res
+                }
+            }
+        }
+    }
 }
 
 /// A webhook receiver on 127.0.0.1:0.
 pub struct Sink {
     pub addr: SocketAddr,
     pub received: mpsc::UnboundedReceiver<Received>,
+    /// Connections accepted so far.
+    pub connections: Arc<AtomicUsize>,
 }
 
 impl Sink {
     pub async fn start(behaviour: Behaviour) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(listener, behaviour)
+    }
+
+    /// Serves on a listener the caller bound (plain HTTP).
+    pub fn serve(listener: TcpListener, behaviour: Behaviour) -> Self {
+        Self::serve_with(listener, behaviour, None)
+    }
+
+    /// Serves HTTPS with `tls`.
+    pub fn serve_with(
+        listener: TcpListener,
+        behaviour: Behaviour,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Self {
         let addr = listener.local_addr().unwrap();
         let (tx, received) = mpsc::unbounded_channel();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let count = connections.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
                 let tx = tx.clone();
                 let behaviour = behaviour.clone();
                 let service = service_fn(move |req: Request<Incoming>| {
@@ -248,25 +343,34 @@ impl Sink {
                             headers: parts.headers,
                             body,
                         });
-                        let status = match behaviour {
-                            Behaviour::Status(s) => s,
-                            Behaviour::Gated(gate) => {
-                                gate.acquire().await.unwrap().forget();
-                                200
-                            }
-                        };
-                        let mut res = Response::new(Full::<Bytes>::default());
-                        *res.status_mut() = StatusCode::from_u16(status).unwrap();
-                        Ok::<_, Infallible>(res)
+                        Ok::<_, Infallible>(respond(&behaviour).await)
                     }
                 });
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service),
-                );
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let builder = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        None => {
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = builder
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await;
+                            }
+                        }
+                    }
+                });
             }
         });
-        Sink { addr, received }
+        Sink {
+            addr,
+            received,
+            connections,
+        }
     }
 
     pub async fn ok() -> Self {
@@ -293,4 +397,17 @@ impl Sink {
         }
         all
     }
+}
+
+/// A port on 127.0.0.1 with nothing listening.
+pub async fn dead_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// This process's resident memory, in bytes (Linux).
+pub fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
 }

@@ -1,0 +1,436 @@
+//! The delivery engine against real endpoints on 127.0.0.1: isolation,
+//! bounded queues, pooling, timeouts, redirects, huge bodies, retries,
+//! HTTPS, the destination policy and drain.
+
+mod common;
+
+use std::{
+    sync::{atomic::Ordering, Arc},
+    time::Duration,
+};
+
+use broker_http::{ApiConfig, DeliveryConfig, DestinationPolicy};
+use common::{dead_port, resident_bytes, Behaviour, Sink, TestServer, PATIENCE};
+use serde_json::{json, Value};
+use tokio::{net::TcpListener, sync::Semaphore};
+
+async fn server(delivery: DeliveryConfig) -> TestServer {
+    TestServer::with_config(ApiConfig::default(), delivery).await
+}
+
+/// The counters of the subscriber registered with `url` on `topic`.
+async fn counters_of(s: &TestServer, topic: &str, url: &str) -> Value {
+    let detail = s.get(&format!("/v1/topics/{topic}")).await.json();
+    detail["subscribers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|sub| sub["url"] == url)
+        .unwrap_or_else(|| panic!("no subscriber {url} in {detail}"))["counters"]
+        .clone()
+}
+
+fn counts(delivered: u64, failed: u64, dropped: u64, refused: u64, retried: u64) -> Value {
+    json!({"delivered": delivered, "failed": failed, "dropped": dropped, "refused": refused, "retried": retried})
+}
+
+#[tokio::test]
+async fn a_hanging_endpoint_delays_no_one_else() {
+    let s = server(DeliveryConfig::default()).await;
+    let gate = Arc::new(Semaphore::new(0));
+    let mut hanging = Sink::start(Behaviour::Gated(gate.clone())).await;
+    let mut healthy = Sink::ok().await;
+    let token = s.publisher("t", "p").await;
+    s.subscriber("t", json!({"url": hanging.url("/")})).await;
+    s.subscriber("t", json!({"url": healthy.url("/")})).await;
+
+    for i in 0..100 {
+        let r = s.publish("t", &token, "text/plain", "m").await;
+        assert_eq!(r.status, 202, "publish {i}");
+    }
+    for _ in 0..100 {
+        healthy.next().await;
+    }
+    // While the healthy one got everything, the hanging one holds no more
+    // than its in-flight limit; the rest waits in its own queue.
+    let held = hanging.drain_now().len();
+    assert!(held <= 8, "{held} requests in flight to one endpoint");
+    assert!(s.notifier.pending() >= 100 - 8);
+    gate.add_permits(usize::MAX >> 4);
+    s.settle().await;
+    assert_eq!(
+        counters_of(&s, "t", &hanging.url("/")).await,
+        counts(100, 0, 0, 0, 0)
+    );
+}
+
+#[tokio::test]
+async fn every_kind_of_bad_endpoint_on_one_topic() {
+    let s = server(DeliveryConfig {
+        request_timeout: Duration::from_millis(300),
+        ..DeliveryConfig::default()
+    })
+    .await;
+    let mut redirect_target = Sink::ok().await;
+    let hanging = Sink::start(Behaviour::Hang).await;
+    let failing = Sink::start(Behaviour::Status(500)).await;
+    let redirecting = Sink::start(Behaviour::Redirect(redirect_target.url("/target"))).await;
+    let huge = Sink::start(Behaviour::Huge(100 * 1024 * 1024)).await;
+    let mut healthy = Sink::ok().await;
+    let dead = format!("http://{}/", dead_port().await);
+    let token = s.publisher("t", "p").await;
+    for sink in [&hanging, &failing, &redirecting, &huge, &healthy] {
+        s.subscriber("t", json!({"url": sink.url("/")})).await;
+    }
+    s.subscriber("t", json!({"url": dead})).await;
+
+    let rss_before = resident_bytes();
+    const N: u64 = 20;
+    for _ in 0..N {
+        assert_eq!(s.publish("t", &token, "text/plain", "m").await.status, 202);
+    }
+    for _ in 0..N {
+        healthy.next().await;
+    }
+    s.settle().await;
+    // A 100 MiB answer per delivery was not buffered.
+    let grown = resident_bytes().saturating_sub(rss_before);
+    assert!(grown < 64 * 1024 * 1024, "memory grew by {grown} bytes");
+
+    let failed_all = counts(0, N, 0, 0, 0);
+    assert_eq!(
+        counters_of(&s, "t", &healthy.url("/")).await,
+        counts(N, 0, 0, 0, 0)
+    );
+    assert_eq!(
+        counters_of(&s, "t", &hanging.url("/")).await,
+        failed_all,
+        "timed out"
+    );
+    assert_eq!(counters_of(&s, "t", &failing.url("/")).await, failed_all);
+    assert_eq!(
+        counters_of(&s, "t", &redirecting.url("/")).await,
+        failed_all
+    );
+    assert_eq!(counters_of(&s, "t", &dead).await, failed_all);
+    assert_eq!(
+        counters_of(&s, "t", &huge.url("/")).await,
+        counts(N, 0, 0, 0, 0)
+    );
+    let topic = s.get("/v1/topics/t").await.json();
+    assert_eq!(
+        topic["counters"],
+        json!({"published": N, "delivered": 2 * N, "failed": 4 * N, "dropped": 0, "refused": 0, "retried": 0})
+    );
+    // Redirects are not followed.
+    assert!(redirect_target.drain_now().is_empty());
+    s.assert_alive().await;
+}
+
+#[tokio::test]
+async fn a_full_queue_drops_the_oldest_and_counts_it() {
+    let s = server(DeliveryConfig {
+        queue_capacity: 4,
+        max_in_flight: 1,
+        ..DeliveryConfig::default()
+    })
+    .await;
+    let gate = Arc::new(Semaphore::new(0));
+    let mut slow = Sink::start(Behaviour::Gated(gate.clone())).await;
+    let token = s.publisher("t", "p").await;
+    s.subscriber("t", json!({"url": slow.url("/")})).await;
+
+    let auth = format!("Bearer {token}");
+    // The first is taken in flight before the rest arrive.
+    s.call(
+        "POST",
+        "/v1/topics/t/messages",
+        &[("authorization", &auth)],
+        "0",
+    )
+    .await;
+    assert_eq!(slow.next().await.body, "0");
+    for i in 1..20 {
+        s.call(
+            "POST",
+            "/v1/topics/t/messages",
+            &[("authorization", &auth)],
+            i.to_string(),
+        )
+        .await;
+    }
+    assert_eq!(s.notifier.pending(), 5, "one in flight and a full queue");
+    gate.add_permits(100);
+    s.settle().await;
+    let bodies: Vec<_> = slow.drain_now().into_iter().map(|r| r.body).collect();
+    assert_eq!(
+        bodies,
+        ["16", "17", "18", "19"],
+        "the newest four were kept"
+    );
+    assert_eq!(
+        counters_of(&s, "t", &slow.url("/")).await,
+        counts(5, 0, 15, 0, 0)
+    );
+}
+
+#[tokio::test]
+async fn deregistering_stops_queued_deliveries() {
+    let s = server(DeliveryConfig {
+        max_in_flight: 1,
+        ..DeliveryConfig::default()
+    })
+    .await;
+    let gate = Arc::new(Semaphore::new(0));
+    let mut slow = Sink::start(Behaviour::Gated(gate.clone())).await;
+    let token = s.publisher("t", "p").await;
+    let sub = s.subscriber("t", json!({"url": slow.url("/")})).await;
+    for _ in 0..10 {
+        s.publish("t", &token, "text/plain", "m").await;
+    }
+    slow.next().await;
+    let path = format!("/v1/topics/t/subscribers/{}", sub["id"].as_str().unwrap());
+    assert_eq!(s.delete(&path).await.status, 204);
+    gate.add_permits(100);
+    s.settle().await;
+    assert!(
+        slow.drain_now().is_empty(),
+        "nothing after the one in flight"
+    );
+    let topic = s.get("/v1/topics/t").await.json();
+    assert_eq!(topic["counters"]["delivered"], 1);
+    assert_eq!(topic["counters"]["dropped"], 9);
+}
+
+#[tokio::test]
+async fn connections_are_reused() {
+    let s = server(DeliveryConfig::default()).await;
+    let mut sink = Sink::ok().await;
+    let token = s.publisher("t", "p").await;
+    s.subscriber("t", json!({"url": sink.url("/")})).await;
+    for _ in 0..200 {
+        s.publish("t", &token, "text/plain", "m").await;
+    }
+    for _ in 0..200 {
+        sink.next().await;
+    }
+    s.settle().await;
+    let opened = sink.connections.load(Ordering::SeqCst);
+    assert!(
+        (1..=8).contains(&opened),
+        "{opened} connections for 200 deliveries"
+    );
+}
+
+#[tokio::test]
+async fn opted_in_retries_keep_the_id_and_re_sign() {
+    let s = server(DeliveryConfig {
+        retry_base_delay: Duration::from_millis(20),
+        ..DeliveryConfig::default()
+    })
+    .await;
+    let mut flaky = Sink::start(Behaviour::script(&[
+        (500, None),
+        (503, Some("0")),
+        (429, Some("0")),
+    ]))
+    .await;
+    let mut refusing = Sink::start(Behaviour::Status(400)).await;
+    let mut no_opt_in = Sink::start(Behaviour::Status(500)).await;
+    let token = s.publisher("t", "p").await;
+    let sub = s
+        .subscriber(
+            "t",
+            json!({"url": flaky.url("/"), "retry": {"max_attempts": 5}}),
+        )
+        .await;
+    assert_eq!(sub["retry"]["max_attempts"], 5);
+    s.subscriber(
+        "t",
+        json!({"url": refusing.url("/"), "retry": {"max_attempts": 5}}),
+    )
+    .await;
+    s.subscriber("t", json!({"url": no_opt_in.url("/")})).await;
+
+    let r = s
+        .publish("t", &token, "application/json", "{\"n\":1}")
+        .await;
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    s.settle().await;
+
+    let attempts = flaky.drain_now();
+    assert_eq!(attempts.len(), 4);
+    let verifier = standardwebhooks::Webhook::new(sub["secret"].as_str().unwrap()).unwrap();
+    for a in &attempts {
+        assert_eq!(a.headers["webhook-id"], id.as_str());
+        verifier
+            .verify(&a.body, &a.headers)
+            .expect("every attempt is signed");
+    }
+    assert_eq!(
+        counters_of(&s, "t", &flaky.url("/")).await,
+        counts(1, 0, 0, 0, 3)
+    );
+    assert_eq!(refusing.drain_now().len(), 1, "4xx is not retried");
+    assert_eq!(
+        counters_of(&s, "t", &refusing.url("/")).await,
+        counts(0, 1, 0, 0, 0)
+    );
+    assert_eq!(no_opt_in.drain_now().len(), 1, "no retry without opting in");
+
+    for bad in [
+        json!({"max_attempts": 0}),
+        json!({"max_attempts": 11}),
+        json!({"max": 2}),
+        json!(3),
+    ] {
+        let r = s
+            .post_json(
+                "/v1/topics/t/subscribers",
+                json!({"url": "http://127.0.0.1:9/r", "retry": bad}),
+            )
+            .await;
+        assert_eq!(r.status, 400, "{bad}");
+    }
+}
+
+fn test_certificate() -> (
+    rcgen::CertifiedKey<rcgen::KeyPair>,
+    rustls::pki_types::CertificateDer<'static>,
+) {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .unwrap();
+    let der = certified.cert.der().clone();
+    (certified, der)
+}
+
+#[tokio::test]
+async fn https_deliveries_work_and_are_verified() {
+    let (certified, der) = test_certificate();
+    let key =
+        rustls::pki_types::PrivateKeyDer::try_from(certified.signing_key.serialize_der()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server_tls = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![der.clone()], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_tls));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut sink = Sink::serve_with(listener, Behaviour::Status(200), Some(acceptor));
+    let url = format!("https://localhost:{}/secure", sink.addr.port());
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der).unwrap();
+    let client_tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let trusting = server(DeliveryConfig {
+        tls: Some(Arc::new(client_tls)),
+        ..DeliveryConfig::default()
+    })
+    .await;
+    let token = trusting.publisher("t", "p").await;
+    trusting.subscriber("t", json!({"url": url})).await;
+    trusting
+        .publish("t", &token, "text/plain", "over tls")
+        .await;
+    let got = sink.next().await;
+    assert_eq!(got.body, "over tls");
+    assert_eq!(got.path, "/secure");
+    trusting.settle().await;
+    assert_eq!(
+        counters_of(&trusting, "t", &url).await,
+        counts(1, 0, 0, 0, 0)
+    );
+
+    // With the default roots the self-signed certificate is not trusted.
+    let default_roots = server(DeliveryConfig::default()).await;
+    let token = default_roots.publisher("t", "p").await;
+    default_roots.subscriber("t", json!({"url": url})).await;
+    default_roots.publish("t", &token, "text/plain", "x").await;
+    default_roots.settle().await;
+    assert_eq!(
+        counters_of(&default_roots, "t", &url).await,
+        counts(0, 1, 0, 0, 0)
+    );
+    assert!(sink.drain_now().is_empty());
+}
+
+#[tokio::test]
+async fn the_destination_policy_refuses_on_resolved_addresses() {
+    let open = server(DeliveryConfig {
+        connect_timeout: Duration::from_millis(300),
+        ..DeliveryConfig::default()
+    })
+    .await;
+    let mut local = Sink::ok().await;
+    let token = open.publisher("t", "p").await;
+    let metadata = "http://169.254.169.254/latest/meta-data/";
+    open.subscriber("t", json!({"url": metadata})).await;
+    open.subscriber("t", json!({"url": "http://[::ffff:169.254.169.254]/"}))
+        .await;
+    open.subscriber("t", json!({"url": local.url("/")})).await;
+    open.publish("t", &token, "text/plain", "x").await;
+    local.next().await;
+    open.settle().await;
+    assert_eq!(
+        counters_of(&open, "t", metadata).await,
+        counts(0, 0, 0, 1, 0)
+    );
+    assert_eq!(
+        counters_of(&open, "t", "http://[::ffff:169.254.169.254]/").await,
+        counts(0, 0, 0, 1, 0)
+    );
+    assert_eq!(
+        counters_of(&open, "t", &local.url("/")).await,
+        counts(1, 0, 0, 0, 0)
+    );
+
+    let strict = server(DeliveryConfig {
+        destination_policy: DestinationPolicy { deny_private: true },
+        ..DeliveryConfig::default()
+    })
+    .await;
+    let token = strict.publisher("t", "p").await;
+    // By address, and by a name that resolves to loopback.
+    let by_name = format!("http://localhost:{}/", local.addr.port());
+    strict.subscriber("t", json!({"url": local.url("/")})).await;
+    strict.subscriber("t", json!({"url": by_name})).await;
+    strict.publish("t", &token, "text/plain", "x").await;
+    strict.settle().await;
+    assert_eq!(
+        counters_of(&strict, "t", &local.url("/")).await,
+        counts(0, 0, 0, 1, 0)
+    );
+    assert_eq!(
+        counters_of(&strict, "t", &by_name).await,
+        counts(0, 0, 0, 1, 0)
+    );
+    assert!(local.drain_now().is_empty(), "nothing was sent");
+}
+
+#[tokio::test]
+async fn drain_finishes_what_it_can_within_the_deadline() {
+    let s = server(DeliveryConfig::default()).await;
+    let gate = Arc::new(Semaphore::new(0));
+    let mut stuck = Sink::start(Behaviour::Gated(gate.clone())).await;
+    let mut healthy = Sink::ok().await;
+    let token = s.publisher("t", "p").await;
+    s.subscriber("t", json!({"url": stuck.url("/")})).await;
+    s.subscriber("t", json!({"url": healthy.url("/")})).await;
+    for _ in 0..3 {
+        s.publish("t", &token, "text/plain", "m").await;
+    }
+    stuck.next().await;
+    s.broker.close();
+    let left = s.notifier.drain(Duration::from_millis(200)).await;
+    assert_eq!(left, 3, "the stuck endpoint's three are left");
+    assert_eq!(healthy.drain_now().len(), 3);
+    gate.add_permits(10);
+    assert_eq!(s.notifier.drain(PATIENCE).await, 0);
+}

@@ -4,7 +4,9 @@
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
 use broker_core::Broker;
-use broker_http::{serve, Api, ApiConfig, DeliveryConfig, ServerConfig, WebhookNotifier};
+use broker_http::{
+    serve, Api, ApiConfig, DeliveryConfig, DestinationPolicy, ServerConfig, WebhookNotifier,
+};
 use clap::Parser;
 use tokio::net::TcpListener;
 
@@ -27,9 +29,50 @@ struct Args {
     #[arg(long, env = "BROKER_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     max_body_bytes: usize,
 
-    /// Seconds to finish queued deliveries on shutdown before exiting.
-    #[arg(long, env = "BROKER_DRAIN_TIMEOUT", default_value_t = 10)]
-    drain_timeout: u64,
+    /// Time to finish queued deliveries on shutdown before exiting
+    /// (`10s`, `500ms`, `1m`; a bare number is seconds).
+    #[arg(long, env = "BROKER_DRAIN_TIMEOUT", default_value = "10s", value_parser = duration)]
+    drain_timeout: Duration,
+
+    /// Deliveries queued per subscriber; when full, the oldest is dropped.
+    #[arg(long, env = "BROKER_QUEUE_CAPACITY", default_value_t = 1024)]
+    queue_capacity: usize,
+
+    /// Requests in flight per subscriber.
+    #[arg(long, env = "BROKER_MAX_IN_FLIGHT", default_value_t = 8)]
+    max_in_flight: usize,
+
+    /// Time to connect to a subscriber.
+    #[arg(long, env = "BROKER_CONNECT_TIMEOUT", default_value = "2s", value_parser = duration)]
+    connect_timeout: Duration,
+
+    /// Time for one whole delivery attempt.
+    #[arg(long, env = "BROKER_REQUEST_TIMEOUT", default_value = "10s", value_parser = duration)]
+    request_timeout: Duration,
+
+    /// Refuse deliveries to loopback and private addresses too (for
+    /// multi-tenant deployments). Link-local and metadata addresses are
+    /// always refused.
+    #[arg(long, env = "BROKER_DENY_PRIVATE_DESTINATIONS")]
+    deny_private_destinations: bool,
+}
+
+/// Parses `10s`, `500ms`, `2m`, or a bare number of seconds.
+fn duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 10s, 500ms or 2m"))?;
+    match unit.trim() {
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "ms" => Ok(Duration::from_millis(n)),
+        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
+        other => Err(format!("unknown unit {other:?}: use ms, s or m")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -63,7 +106,16 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> std::io::Result<()> {
     let listener = TcpListener::bind(args.listen).await?;
-    let notifier = WebhookNotifier::new(DeliveryConfig::default());
+    let notifier = WebhookNotifier::new(DeliveryConfig {
+        queue_capacity: args.queue_capacity,
+        max_in_flight: args.max_in_flight,
+        connect_timeout: args.connect_timeout,
+        request_timeout: args.request_timeout,
+        destination_policy: DestinationPolicy {
+            deny_private: args.deny_private_destinations,
+        },
+        ..DeliveryConfig::default()
+    });
     let broker = Broker::new(notifier.clone());
     if args.admin_token.is_none() {
         tracing::warn!(
@@ -84,7 +136,7 @@ async fn run(args: Args) -> std::io::Result<()> {
     serve(listener, api, ServerConfig::default(), shutdown).await?;
 
     broker.close();
-    let deadline = Duration::from_secs(args.drain_timeout);
+    let deadline = args.drain_timeout;
     tracing::info!(
         pending = notifier.pending(),
         ?deadline,
@@ -126,4 +178,26 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
         let _ = tokio::signal::ctrl_c().await;
         tracing::info!("shutdown signalled; no longer accepting connections");
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(duration("2m"), Ok(Duration::from_secs(120)));
+        for bad in ["", "s", "1h", "-1s", "1.5s", "ten"] {
+            assert!(duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        use clap::CommandFactory;
+        Args::command().debug_assert();
+    }
 }

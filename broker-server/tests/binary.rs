@@ -117,7 +117,7 @@ fn serves_and_exits_zero_on_sigterm() {
 
     sigterm(&child);
     assert!(wait_for_exit(&mut child).success());
-    let rest: Vec<String> = logs.try_iter().collect();
+    let rest: Vec<String> = logs.iter().collect();
     assert!(
         rest.iter().any(|l| l.contains("all deliveries drained")),
         "{rest:#?}"
@@ -154,7 +154,7 @@ fn warns_when_management_is_open_and_not_with_a_token() {
     assert!(status.contains("200"), "{status}");
     sigterm(&guarded);
     let exit = wait_for_exit(&mut guarded);
-    let mut guarded_logs: Vec<String> = guarded_logs.try_iter().collect();
+    let mut guarded_logs: Vec<String> = guarded_logs.iter().collect();
     assert!(exit.success(), "{exit:?} {guarded_logs:#?}");
     guarded_logs.extend(guarded_early);
     assert!(
@@ -187,4 +187,52 @@ fn a_closed_stderr_does_not_take_the_server_down() {
     sigterm(&child);
     let exit = wait_for_exit(&mut child);
     assert!(exit.success(), "{exit:?}");
+}
+
+#[test]
+fn sigterm_with_deliveries_stuck_drains_until_the_deadline_and_exits_zero() {
+    // An endpoint that accepts connections and never answers.
+    let hanging = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hanging_addr = hanging.local_addr().unwrap();
+    thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in hanging.incoming().take(16) {
+            held.push(stream);
+        }
+    });
+
+    let (mut child, addr, _, logs) = start(&["--drain-timeout", "300ms"]);
+    let json = "Content-Type: application/json\r\n";
+    let (_, body) = http(
+        &addr,
+        "POST",
+        "/v1/topics/t/publishers",
+        json,
+        r#"{"name":"p"}"#,
+    );
+    let token = body
+        .split("\"token\":\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    let subscriber = format!(r#"{{"url":"http://{hanging_addr}/"}}"#);
+    let (status, _) = http(&addr, "POST", "/v1/topics/t/subscribers", json, &subscriber);
+    assert!(status.contains("201"), "{status}");
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    for _ in 0..3 {
+        let (status, _) = http(&addr, "POST", "/v1/topics/t/messages", &auth, "stuck");
+        assert!(status.contains("202"), "{status}");
+    }
+
+    sigterm(&child);
+    let exit = wait_for_exit(&mut child);
+    assert!(exit.success(), "{exit:?}");
+    let rest: Vec<String> = logs.iter().collect();
+    assert!(
+        rest.iter().any(|l| l.contains("undelivered=3")),
+        "the undelivered count is reported: {rest:#?}"
+    );
 }

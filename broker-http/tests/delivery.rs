@@ -34,15 +34,22 @@ fn counts(delivered: u64, failed: u64, dropped: u64, refused: u64, retried: u64)
     json!({"delivered": delivered, "failed": failed, "dropped": dropped, "refused": refused, "retried": retried})
 }
 
+/// A topic "t" with a publisher (its token returned), an endpoint that
+/// holds every request until the gate opens, and a healthy one.
+async fn stuck_and_healthy(s: &TestServer) -> (String, Arc<Semaphore>, Sink, Sink) {
+    let gate = Arc::new(Semaphore::new(0));
+    let stuck = Sink::start(Behaviour::Gated(gate.clone())).await;
+    let healthy = Sink::ok().await;
+    let token = s.publisher("t", "p").await;
+    s.subscriber("t", json!({"url": stuck.url("/")})).await;
+    s.subscriber("t", json!({"url": healthy.url("/")})).await;
+    (token, gate, stuck, healthy)
+}
+
 #[tokio::test]
 async fn a_hanging_endpoint_delays_no_one_else() {
     let s = server(DeliveryConfig::default()).await;
-    let gate = Arc::new(Semaphore::new(0));
-    let mut hanging = Sink::start(Behaviour::Gated(gate.clone())).await;
-    let mut healthy = Sink::ok().await;
-    let token = s.publisher("t", "p").await;
-    s.subscriber("t", json!({"url": hanging.url("/")})).await;
-    s.subscriber("t", json!({"url": healthy.url("/")})).await;
+    let (token, gate, mut hanging, mut healthy) = stuck_and_healthy(&s).await;
 
     for i in 0..100 {
         let r = s.publish("t", &token, "text/plain", "m").await;
@@ -417,12 +424,7 @@ async fn the_destination_policy_refuses_on_resolved_addresses() {
 #[tokio::test]
 async fn drain_finishes_what_it_can_within_the_deadline() {
     let s = server(DeliveryConfig::default()).await;
-    let gate = Arc::new(Semaphore::new(0));
-    let mut stuck = Sink::start(Behaviour::Gated(gate.clone())).await;
-    let mut healthy = Sink::ok().await;
-    let token = s.publisher("t", "p").await;
-    s.subscriber("t", json!({"url": stuck.url("/")})).await;
-    s.subscriber("t", json!({"url": healthy.url("/")})).await;
+    let (token, gate, mut stuck, mut healthy) = stuck_and_healthy(&s).await;
     for _ in 0..3 {
         s.publish("t", &token, "text/plain", "m").await;
     }

@@ -27,6 +27,8 @@ pub enum ApiError {
     UnsupportedMediaType,
     /// The body is larger than the limit, in bytes.
     PayloadTooLarge(usize),
+    /// The body did not arrive in time.
+    BodyTimeout,
     /// Management calls need the admin token.
     AdminUnauthorized,
     /// No route has this path.
@@ -56,6 +58,7 @@ impl ApiError {
             ApiError::InvalidJson(_) | ApiError::BadBody => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::AdminUnauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -84,6 +87,7 @@ impl ApiError {
             ApiError::BadBody => "bad_body",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::BodyTimeout => "request_timeout",
             ApiError::AdminUnauthorized => "unauthorized",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
@@ -150,6 +154,9 @@ impl fmt::Display for ApiError {
                     f,
                     "the request body is larger than the limit of {limit} bytes"
                 )
+            }
+            ApiError::BodyTimeout => {
+                f.write_str("the request body did not arrive in time; send it without pausing")
             }
             ApiError::AdminUnauthorized => f.write_str(
                 "management calls need the admin token: send `Authorization: Bearer <admin token>`",

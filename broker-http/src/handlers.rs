@@ -32,7 +32,13 @@ where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let req: json::PublisherRequest = json::read_json(h, body, api.config().max_json_bytes).await?;
+    let req: json::PublisherRequest = json::read_json(
+        h,
+        body,
+        api.config().max_json_bytes,
+        api.config().body_timeout,
+    )
+    .await?;
     let reg = api.broker().register_publisher(topic, &req.name)?;
     let p = &reg.item;
     Ok(reply(
@@ -58,8 +64,13 @@ where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let req: json::SubscriberRequest =
-        json::read_json(h, body, api.config().max_json_bytes).await?;
+    let req: json::SubscriberRequest = json::read_json(
+        h,
+        body,
+        api.config().max_json_bytes,
+        api.config().body_timeout,
+    )
+    .await?;
     let broker = api.broker();
     // Validate the topic first, so a bad topic is reported as such even
     // when the endpoint is bad too.
@@ -111,7 +122,13 @@ where
     let token = bearer(h).ok_or(broker_core::Error::Unauthorized)?;
     // Refuse a bad topic or token before reading a large body.
     broker_core::TopicName::new(topic)?;
-    let payload = json::read_body(h, body, api.config().max_body_bytes).await?;
+    let payload = json::read_body(
+        h,
+        body,
+        api.config().max_body_bytes,
+        api.config().body_timeout,
+    )
+    .await?;
     let content_type = h.get(header::CONTENT_TYPE).cloned();
     let receipt = api
         .broker()

@@ -1,7 +1,7 @@
 //! Request bodies in, JSON out: size limits, media types, and the wire
 //! shapes of the v1 API.
 
-use std::{collections::BTreeMap, fmt};
+use std::{collections::BTreeMap, fmt, time::Duration};
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
@@ -31,14 +31,16 @@ pub(crate) fn reply<T: Serialize>(status: StatusCode, value: &T) -> Response<Ful
     response(status, serde_json::to_vec(value).unwrap_or_default())
 }
 
-/// Reads a whole body of at most `limit` bytes.
+/// Reads a whole body of at most `limit` bytes within `timeout`.
 ///
 /// A `Content-Length` over the limit is refused before anything is read; a
-/// body without one (or lying about it) is cut off at the limit.
+/// body without one (or lying about it) is cut off at the limit; a body
+/// that stalls is given up on after `timeout`.
 pub(crate) async fn read_body<B>(
     headers: &HeaderMap,
     body: B,
     limit: usize,
+    timeout: Duration,
 ) -> Result<Bytes, ApiError>
 where
     B: Body,
@@ -51,10 +53,11 @@ where
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::PayloadTooLarge(limit));
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(ApiError::PayloadTooLarge(limit)),
-        Err(_) => Err(ApiError::BadBody),
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(ApiError::PayloadTooLarge(limit)),
+        Ok(Err(_)) => Err(ApiError::BadBody),
+        Err(_) => Err(ApiError::BodyTimeout),
     }
 }
 
@@ -83,6 +86,7 @@ pub(crate) async fn read_json<T, B>(
     headers: &HeaderMap,
     body: B,
     limit: usize,
+    timeout: Duration,
 ) -> Result<T, ApiError>
 where
     T: for<'de> Deserialize<'de>,
@@ -90,7 +94,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     require_json(headers)?;
-    let bytes = read_body(headers, body, limit).await?;
+    let bytes = read_body(headers, body, limit, timeout).await?;
     serde_json::from_slice(&bytes).map_err(ApiError::InvalidJson)
 }
 

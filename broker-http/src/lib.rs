@@ -65,6 +65,9 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// The largest JSON body of a management call, in bytes. Default 64 KiB.
     pub max_json_bytes: usize,
+    /// Time a client has to send a whole request body once its headers
+    /// are in; a body that stalls is answered `408`. Default 30 s.
+    pub body_timeout: std::time::Duration,
 }
 
 impl ApiConfig {
@@ -74,6 +77,7 @@ impl ApiConfig {
             admin_token: None,
             max_body_bytes: 1024 * 1024,
             max_json_bytes: 64 * 1024,
+            body_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -90,6 +94,7 @@ impl std::fmt::Debug for ApiConfig {
             .field("admin_token", &self.admin_token.as_ref().map(|_| ".."))
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_json_bytes", &self.max_json_bytes)
+            .field("body_timeout", &self.body_timeout)
             .finish()
     }
 }

@@ -18,6 +18,9 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     /// Headers per request. Default 64.
     pub max_headers: usize,
+    /// Bytes of a request's head (request line and headers); a larger one
+    /// is answered `431`. At least 8 KiB. Default 64 KiB.
+    pub max_header_bytes: usize,
     /// Connections served at once; more wait in the listen backlog.
     /// Default 10,000.
     pub max_connections: usize,
@@ -31,6 +34,7 @@ impl Default for ServerConfig {
         ServerConfig {
             header_read_timeout: Duration::from_secs(10),
             max_headers: 64,
+            max_header_bytes: 64 * 1024,
             max_connections: 10_000,
             shutdown_grace: Duration::from_secs(10),
         }
@@ -62,8 +66,12 @@ where
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
-        .max_headers(config.max_headers);
-    builder.http2().timer(TokioTimer::new());
+        .max_headers(config.max_headers)
+        .max_buf_size(config.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
 
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));

@@ -14,9 +14,10 @@ pub mod signature;
 pub use policy::DestinationPolicy;
 
 use std::{
+    collections::HashMap,
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Arc,
+        Arc, Weak,
     },
     time::Duration,
 };
@@ -30,7 +31,8 @@ use hyper_util::{
     client::legacy::Client,
     rt::{TokioExecutor, TokioTimer},
 };
-use tokio::sync::Notify;
+use parking_lot::Mutex;
+use tokio::sync::{Notify, Semaphore};
 
 use policy::PolicyConnector;
 
@@ -55,6 +57,10 @@ pub struct DeliveryConfig {
     pub pool_idle_timeout: Duration,
     /// Idle keep-alive connections kept per host. Default 32.
     pub pool_max_idle_per_host: usize,
+    /// Attempts in flight to one host (scheme, host and port) across all
+    /// its subscribers, so that many subscribers on one host cannot open
+    /// a connection each at once. Default 256.
+    pub max_connections_per_host: usize,
     /// Which addresses deliveries may connect to (checked on the resolved
     /// addresses at every connect). Default: all but link-local, metadata,
     /// unspecified and multicast addresses.
@@ -80,6 +86,7 @@ impl Default for DeliveryConfig {
             max_response_bytes: 64 * 1024,
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 32,
+            max_connections_per_host: 256,
             destination_policy: DestinationPolicy::default(),
             retry_base_delay: Duration::from_secs(1),
             retry_max_delay: Duration::from_secs(300),
@@ -120,9 +127,32 @@ pub(crate) struct Shared {
     pending: AtomicUsize,
     /// Signalled when `pending` drops to zero.
     idle: Notify,
+    /// Per-host attempt slots. Weak, so a host's entry dies with the last
+    /// subscriber queue that uses it; dead entries are swept as the map
+    /// doubles.
+    hosts: Mutex<HashMap<String, Weak<Semaphore>>>,
 }
 
 impl Shared {
+    /// The attempt slots of the host `url` points at.
+    fn host_slots(&self, url: &http::Uri) -> Arc<Semaphore> {
+        let key = format!(
+            "{}://{}",
+            url.scheme_str().unwrap_or("http"),
+            url.authority().map_or("", |a| a.as_str())
+        );
+        let mut hosts = self.hosts.lock();
+        if let Some(slots) = hosts.get(&key).and_then(Weak::upgrade) {
+            return slots;
+        }
+        if hosts.len() >= 64 && hosts.len().is_power_of_two() {
+            hosts.retain(|_, slots| slots.strong_count() > 0);
+        }
+        let slots = Arc::new(Semaphore::new(self.config.max_connections_per_host.max(1)));
+        hosts.insert(key, Arc::downgrade(&slots));
+        slots
+    }
+
     /// Marks `n` deliveries as done (sent, failed or dropped).
     fn finished(&self, n: usize) {
         if n > 0 && self.pending.fetch_sub(n, Ordering::AcqRel) == n {
@@ -156,6 +186,7 @@ impl WebhookNotifier {
                 config,
                 pending: AtomicUsize::new(0),
                 idle: Notify::new(),
+                hosts: Mutex::default(),
             }),
         }
     }

@@ -12,6 +12,7 @@ use futures_util::{stream::FuturesUnordered, StreamExt};
 use http::{header, HeaderName, HeaderValue, Request};
 use http_body_util::{BodyExt, Full, Limited};
 use parking_lot::Mutex;
+use tokio::sync::Semaphore;
 
 use super::{
     policy::is_refusal,
@@ -31,6 +32,8 @@ pub(crate) struct Queue {
     /// Held to push or pop one item, never across an `.await`.
     state: Mutex<QueueState>,
     signer: Signer,
+    /// Attempt slots shared with every subscriber on the same host.
+    host_slots: Arc<Semaphore>,
 }
 
 struct QueueState {
@@ -39,13 +42,14 @@ struct QueueState {
     running: bool,
 }
 
-fn queue_of(subscriber: &Subscriber) -> Option<&Queue> {
+fn queue_of<'s>(subscriber: &'s Subscriber, shared: &Shared) -> Option<&'s Queue> {
     subscriber.notifier_state(|| Queue {
         state: Mutex::new(QueueState {
             items: VecDeque::new(),
             running: false,
         }),
         signer: Signer::new(subscriber.secret().key()),
+        host_slots: shared.host_slots(subscriber.endpoint().url()),
     })
 }
 
@@ -56,7 +60,7 @@ pub(crate) fn push(subscriber: &Arc<Subscriber>, message: &Arc<Message>, shared:
     if !subscriber.is_active() {
         return;
     }
-    let Some(queue) = queue_of(subscriber) else {
+    let Some(queue) = queue_of(subscriber, shared) else {
         return;
     };
     let (start_worker, dropped) = {
@@ -84,7 +88,7 @@ pub(crate) fn push(subscriber: &Arc<Subscriber>, message: &Arc<Message>, shared:
 /// Drains one subscriber's queue with at most `max_in_flight` deliveries at
 /// once, and exits when the queue is empty or the subscriber is gone.
 async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
-    let Some(queue) = queue_of(&subscriber) else {
+    let Some(queue) = queue_of(&subscriber, &shared) else {
         return;
     };
     let mut in_flight = FuturesUnordered::new();
@@ -159,13 +163,16 @@ async fn deliver(subscriber: &Subscriber, queue: &Queue, message: Arc<Message>, 
     shared.finished(1);
 }
 
-/// One attempt, bounded by the request timeout.
+/// One attempt, bounded by the request timeout once its host has a free
+/// slot (waiting for one is queueing, not attempting).
 async fn attempt(
     subscriber: &Subscriber,
     queue: &Queue,
     message: &Message,
     shared: &Shared,
 ) -> Attempt {
+    // The semaphore is never closed; `ok()` only avoids a panic path.
+    let _slot = queue.host_slots.acquire().await.ok();
     let send = async {
         let request = build_request(subscriber, queue, message)?;
         let response = shared.client.request(request).await?;

@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use broker_core::Broker;
+use broker_core::{Broker, Limits};
 use broker_http::{serve, Api, ApiConfig, DeliveryConfig, ServerConfig, WebhookNotifier};
 use bytes::Bytes;
 use futures_util::stream;
@@ -88,13 +88,22 @@ impl TestServer {
     }
 
     pub async fn with_config(api: ApiConfig, delivery: DeliveryConfig) -> Self {
+        Self::with_all(api, delivery, ServerConfig::default(), Limits::default()).await
+    }
+
+    pub async fn with_all(
+        api: ApiConfig,
+        delivery: DeliveryConfig,
+        server: ServerConfig,
+        limits: Limits,
+    ) -> Self {
         let notifier = WebhookNotifier::new(delivery);
-        let broker = Broker::new(notifier.clone());
+        let broker = Broker::with_limits(notifier.clone(), limits);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let api = Api::new(broker.clone(), api);
-        let task = tokio::spawn(serve(listener, api, ServerConfig::default(), async {
+        let task = tokio::spawn(serve(listener, api, server, async {
             let _ = stopped.await;
         }));
         TestServer {

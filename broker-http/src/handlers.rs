@@ -32,6 +32,8 @@ where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    // The path is checked before the body is read.
+    broker_core::TopicName::new(topic)?;
     let req: json::PublisherRequest = json::read_json(
         h,
         body,
@@ -64,6 +66,7 @@ where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    broker_core::TopicName::new(topic)?;
     let req: json::SubscriberRequest = json::read_json(
         h,
         body,
@@ -72,9 +75,6 @@ where
     )
     .await?;
     let broker = api.broker();
-    // Validate the topic first, so a bad topic is reported as such even
-    // when the endpoint is bad too.
-    broker_core::TopicName::new(topic)?;
     let mut endpoint = Endpoint::new(
         &req.url,
         req.method.as_deref(),

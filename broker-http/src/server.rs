@@ -92,12 +92,20 @@ where
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), api.clone())
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let (builder, api, watcher) = (builder.clone(), api.clone(), graceful.watcher());
+        let first_byte_timeout = config.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            // hyper's header timeout starts with the first byte; a client
+            // that connects and sends nothing gets no longer than one that
+            // dribbles its headers. (`peek`, not `readable`: the latter can
+            // report a fresh socket ready before any byte came.)
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(first_byte_timeout, stream.peek(&mut first)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+            let connection = builder.serve_connection(TokioIo::new(stream), api);
+            if let Err(error) = watcher.watch(connection.into_owned()).await {
                 tracing::debug!(%error, "connection ended with an error");
             }
             drop(slot);

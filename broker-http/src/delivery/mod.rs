@@ -55,11 +55,10 @@ pub struct DeliveryConfig {
     pub max_response_bytes: usize,
     /// How long an idle keep-alive connection is kept. Default 90 s.
     pub pool_idle_timeout: Duration,
-    /// Idle keep-alive connections kept per host. Default 32.
-    pub pool_max_idle_per_host: usize,
     /// Attempts in flight to one host (scheme, host and port) across all
-    /// its subscribers, so that many subscribers on one host cannot open
-    /// a connection each at once. Default 256.
+    /// its subscribers, and so connections open to it: many subscribers on
+    /// one host share them. As many are kept alive when idle, so that
+    /// connections are reused rather than churned. Default 256.
     pub max_connections_per_host: usize,
     /// Which addresses deliveries may connect to (checked on the resolved
     /// addresses at every connect). Default: all but link-local, metadata,
@@ -85,7 +84,6 @@ impl Default for DeliveryConfig {
             request_timeout: Duration::from_secs(10),
             max_response_bytes: 64 * 1024,
             pool_idle_timeout: Duration::from_secs(90),
-            pool_max_idle_per_host: 32,
             max_connections_per_host: 256,
             destination_policy: DestinationPolicy::default(),
             retry_base_delay: Duration::from_secs(1),
@@ -178,7 +176,7 @@ impl WebhookNotifier {
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(config.pool_idle_timeout)
-            .pool_max_idle_per_host(config.pool_max_idle_per_host)
+            .pool_max_idle_per_host(config.max_connections_per_host)
             .build(connector);
         WebhookNotifier {
             shared: Arc::new(Shared {

@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
-use broker_core::Broker;
+use broker_core::{Broker, Limits};
 use broker_http::{
     serve, Api, ApiConfig, DeliveryConfig, DestinationPolicy, ServerConfig, WebhookNotifier,
 };
@@ -55,6 +55,43 @@ struct Args {
     /// always refused.
     #[arg(long, env = "BROKER_DENY_PRIVATE_DESTINATIONS")]
     deny_private_destinations: bool,
+
+    /// Time a client has to send a request's headers (and its first byte);
+    /// also how long an idle keep-alive connection is kept.
+    #[arg(long, env = "BROKER_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration)]
+    header_read_timeout: Duration,
+
+    /// Time a client has to send a request body.
+    #[arg(long, env = "BROKER_BODY_TIMEOUT", default_value = "30s", value_parser = duration)]
+    body_timeout: Duration,
+
+    /// Client connections served at once; more wait in the listen backlog.
+    #[arg(long, env = "BROKER_MAX_CONNECTIONS", default_value_t = 10_000)]
+    max_connections: usize,
+
+    /// Topics registered at once.
+    #[arg(long, env = "BROKER_MAX_TOPICS", default_value_t = Limits::default().max_topics)]
+    max_topics: usize,
+
+    /// Publishers on one topic.
+    #[arg(long, env = "BROKER_MAX_PUBLISHERS_PER_TOPIC", default_value_t = Limits::default().max_publishers_per_topic)]
+    max_publishers_per_topic: usize,
+
+    /// Subscribers on one topic.
+    #[arg(long, env = "BROKER_MAX_SUBSCRIBERS_PER_TOPIC", default_value_t = Limits::default().max_subscribers_per_topic)]
+    max_subscribers_per_topic: usize,
+
+    /// Length of a subscriber URL, in bytes.
+    #[arg(long, env = "BROKER_MAX_URL_LENGTH", default_value_t = Limits::default().max_url_len)]
+    max_url_length: usize,
+
+    /// Custom headers on one subscriber.
+    #[arg(long, env = "BROKER_MAX_SUBSCRIBER_HEADERS", default_value_t = Limits::default().max_headers)]
+    max_subscriber_headers: usize,
+
+    /// Total bytes of one subscriber's custom headers.
+    #[arg(long, env = "BROKER_MAX_SUBSCRIBER_HEADER_BYTES", default_value_t = Limits::default().max_header_bytes)]
+    max_subscriber_header_bytes: usize,
 }
 
 /// Parses `10s`, `500ms`, `2m`, or a bare number of seconds.
@@ -116,7 +153,16 @@ async fn run(args: Args) -> std::io::Result<()> {
         },
         ..DeliveryConfig::default()
     });
-    let broker = Broker::new(notifier.clone());
+    let limits = Limits {
+        max_topics: args.max_topics,
+        max_publishers_per_topic: args.max_publishers_per_topic,
+        max_subscribers_per_topic: args.max_subscribers_per_topic,
+        max_url_len: args.max_url_length,
+        max_headers: args.max_subscriber_headers,
+        max_header_bytes: args.max_subscriber_header_bytes,
+        ..Limits::default()
+    };
+    let broker = Broker::with_limits(notifier.clone(), limits);
     if args.admin_token.is_none() {
         tracing::warn!(
             "no admin token set (--admin-token / BROKER_ADMIN_TOKEN): \
@@ -128,12 +174,18 @@ async fn run(args: Args) -> std::io::Result<()> {
         ApiConfig {
             admin_token: args.admin_token,
             max_body_bytes: args.max_body_bytes,
+            body_timeout: args.body_timeout,
             ..ApiConfig::default()
         },
     );
+    let server = ServerConfig {
+        header_read_timeout: args.header_read_timeout,
+        max_connections: args.max_connections,
+        ..ServerConfig::default()
+    };
     let shutdown = shutdown_signal()?;
     tracing::info!(addr = %listener.local_addr()?, "listening");
-    serve(listener, api, ServerConfig::default(), shutdown).await?;
+    serve(listener, api, server, shutdown).await?;
 
     broker.close();
     let deadline = args.drain_timeout;

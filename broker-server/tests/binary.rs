@@ -236,3 +236,58 @@ fn sigterm_with_deliveries_stuck_drains_until_the_deadline_and_exits_zero() {
         "the undelivered count is reported: {rest:#?}"
     );
 }
+
+#[test]
+fn running_out_of_file_descriptors_backs_off_and_recovers() {
+    // A low descriptor limit: the server's accepts fail with EMFILE while
+    // the clients below hold connections open.
+    let child = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "ulimit -n 64 && exec {} --listen 127.0.0.1:0 --header-read-timeout 60s",
+                env!("CARGO_BIN_EXE_broker-server")
+            ),
+        ])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = Running(child);
+    let (tx, logs) = mpsc::channel();
+    let stderr = child.0.stderr.take().unwrap();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let addr = loop {
+        let line = logs.recv_timeout(PATIENCE).expect("the server starts");
+        if let Some(rest) = line.split("addr=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    let mut held: Vec<TcpStream> = (0..100).filter_map(|_| TcpStream::connect(&addr).ok()).collect();
+    for stream in &mut held {
+        let _ = stream.write_all(b"G");
+    }
+    let saw_backoff = loop {
+        match logs.recv_timeout(PATIENCE) {
+            Ok(line) if line.contains("accept failed") => break true,
+            Ok(_) => continue,
+            Err(_) => break false,
+        }
+    };
+    assert!(saw_backoff, "the accept error was logged");
+    drop(held);
+    // Recovered: still running and serving.
+    let (status, _) = http(&addr, "GET", "/healthz", "", "");
+    assert!(status.contains("200"), "{status}");
+    assert!(child.0.try_wait().unwrap().is_none());
+    sigterm(&child);
+    let exit = wait_for_exit(&mut child);
+    assert!(exit.success(), "{exit:?}");
+}

@@ -747,3 +747,94 @@ async fn concurrent_churn_of_the_same_names() {
     f.s = Arc::into_inner(s).unwrap();
     f.assert_intact().await;
 }
+
+#[tokio::test]
+async fn oversized_heads_are_refused() {
+    let mut f = Fixture::new().await;
+    let big = format!("X-Big: {}\r\n", "b".repeat(70 * 1024));
+    let many: String = (0..80).map(|i| format!("X-H{i}: v\r\n")).collect();
+    for extra in [big, many] {
+        let mut c = f.raw().await;
+        let req = format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n");
+        let _ = c.write_all(req.as_bytes()).await;
+        let r = read_to_close(&mut c).await;
+        assert_eq!(status_of(&r), 431, "{}", &r[..r.len().min(200)]);
+    }
+    f.assert_intact().await;
+}
+
+#[tokio::test]
+async fn registry_limits_refuse_clearly_and_keep_the_rest() {
+    let limits = Limits {
+        max_topics: 2,
+        max_publishers_per_topic: 2,
+        max_subscribers_per_topic: 2,
+        max_url_len: 64,
+        max_headers: 2,
+        max_header_bytes: 32,
+        ..Limits::default()
+    };
+    let s = TestServer::with_all(
+        ApiConfig::default(),
+        DeliveryConfig::default(),
+        ServerConfig::default(),
+        limits,
+    )
+    .await;
+    s.publisher("a", "p1").await;
+    s.publisher("a", "p2").await;
+    let r = s
+        .post_json("/v1/topics/a/publishers", json!({"name": "p3"}))
+        .await;
+    assert_eq!(r.error_code(409), "limit_exceeded");
+    s.publisher("b", "p1").await;
+    let r = s
+        .post_json("/v1/topics/c/publishers", json!({"name": "p1"}))
+        .await;
+    assert_eq!(r.error_code(409), "limit_exceeded");
+    for i in 0..2 {
+        s.subscriber("a", json!({"url": format!("http://127.0.0.1:9/{i}")}))
+            .await;
+    }
+    let r = s
+        .post_json(
+            "/v1/topics/a/subscribers",
+            json!({"url": "http://127.0.0.1:9/x"}),
+        )
+        .await;
+    assert_eq!(r.error_code(409), "limit_exceeded");
+    let r = s
+        .post_json(
+            "/v1/topics/b/subscribers",
+            json!({"url": format!("http://127.0.0.1:9/{}", "u".repeat(64))}),
+        )
+        .await;
+    assert_eq!(r.error_code(400), "invalid_endpoint");
+    let r = s
+        .post_json(
+            "/v1/topics/b/subscribers",
+            json!({"url": "http://h/", "headers": {"a": "1", "b": "2", "c": "3"}}),
+        )
+        .await;
+    assert_eq!(r.error_code(400), "invalid_endpoint");
+    let r = s
+        .post_json(
+            "/v1/topics/b/subscribers",
+            json!({"url": "http://h/", "headers": {"a": "x".repeat(40)}}),
+        )
+        .await;
+    assert_eq!(r.error_code(400), "invalid_endpoint");
+    // Replays still answer at the limit; nothing registered was lost.
+    let r = s
+        .post_json("/v1/topics/a/publishers", json!({"name": "p1"}))
+        .await;
+    assert_eq!(r.status, 200);
+    let topics = s.get("/v1/topics").await.json();
+    assert_eq!(
+        topics,
+        json!({"topics": [
+            {"name": "a", "publishers": 2, "subscribers": 2},
+            {"name": "b", "publishers": 1, "subscribers": 0},
+        ]})
+    );
+}

@@ -270,7 +270,9 @@ fn running_out_of_file_descriptors_backs_off_and_recovers() {
             break rest.split_whitespace().next().unwrap().to_owned();
         }
     };
-    let mut held: Vec<TcpStream> = (0..100).filter_map(|_| TcpStream::connect(&addr).ok()).collect();
+    let mut held: Vec<TcpStream> = (0..100)
+        .filter_map(|_| TcpStream::connect(&addr).ok())
+        .collect();
     for stream in &mut held {
         let _ = stream.write_all(b"G");
     }

@@ -1,0 +1,142 @@
+//! The fuzz harnesses, shared by the `cargo fuzz` targets and by the
+//! workspace test that replays the corpus (`tests/fuzz_corpus.rs`).
+//!
+//! Inputs are text, so seeds are readable:
+//! - `api_request`: `METHOD PATH`, then `name: value` header lines, a blank
+//!   line, and the body;
+//! - `endpoint`: the URL, the method, then `name: value` header lines.
+
+use std::sync::OnceLock;
+
+use broker_core::{Broker, Endpoint, Limits, Notifier, Publish};
+use broker_http::{Api, ApiConfig};
+use bytes::Bytes;
+use http_body_util::Full;
+
+/// Takes every publish and sends nothing: fuzzing must never make network
+/// requests, whatever URLs it registers.
+struct Discard;
+
+#[async_trait::async_trait]
+impl Notifier for Discard {
+    async fn notify(&self, _: Publish) {}
+}
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a runtime")
+    })
+}
+
+fn api() -> &'static Api {
+    static API: OnceLock<Api> = OnceLock::new();
+    API.get_or_init(|| {
+        let broker = Broker::new(Discard);
+        // A publisher and a subscriber to hit, so publishes get past auth
+        // when the input carries this token.
+        broker.register_publisher("t", "fuzz").expect("registers");
+        let none: [(&str, &str); 0] = [];
+        let endpoint = Endpoint::new("http://127.0.0.1:9/", None, none, broker.limits())
+            .expect("valid endpoint");
+        broker
+            .register_subscriber("t", endpoint)
+            .expect("registers");
+        Api::new(
+            broker,
+            ApiConfig {
+                admin_token: None,
+                ..ApiConfig::default()
+            },
+        )
+    })
+}
+
+/// Sends one request built from `data` through the whole API. Panics (a
+/// finding) if the API panics or answers 5xx, or answers an error without
+/// the JSON error shape.
+pub fn api_request(data: &[u8]) {
+    let (head, body) = match data.windows(2).position(|w| w == b"\n\n") {
+        Some(i) => (&data[..i], &data[i + 2..]),
+        None => (data, &b""[..]),
+    };
+    let mut lines = head.split(|&b| b == b'\n');
+    let first = lines.next().unwrap_or_default();
+    let mut parts = first.splitn(2, |&b| b == b' ');
+    let method = parts.next().unwrap_or_default();
+    let path = parts.next().unwrap_or(b"/");
+    let mut builder = http::Request::builder();
+    match http::Method::from_bytes(method) {
+        Ok(m) => builder = builder.method(m),
+        Err(_) => return,
+    }
+    match http::Uri::try_from(path) {
+        Ok(uri) => builder = builder.uri(uri),
+        Err(_) => return,
+    }
+    for line in lines {
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        if let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(name),
+            http::HeaderValue::from_bytes(value),
+        ) {
+            builder = builder.header(n, v);
+        }
+    }
+    let Ok(request) = builder.body(Full::new(Bytes::copy_from_slice(body))) else {
+        return;
+    };
+    let response = runtime().block_on(api().handle(request));
+    let status = response.status();
+    assert!(
+        !status.is_server_error(),
+        "{status} for {:?}",
+        String::from_utf8_lossy(data)
+    );
+    if status.is_client_error() {
+        let body = runtime()
+            .block_on(http_body_util::BodyExt::collect(response.into_body()))
+            .expect("a full body")
+            .to_bytes();
+        let text = String::from_utf8_lossy(&body);
+        assert!(
+            text.starts_with(r#"{"error":{"code":""#) && text.contains(r#""message":""#),
+            "{status} without a JSON error: {text}"
+        );
+    }
+}
+
+/// Validates an endpoint built from `data`. Panics (a finding) if
+/// validation panics, or if an accepted URL does not come back unchanged
+/// when validated again (the canonical form is a fixed point).
+pub fn endpoint(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let mut lines = text.split('\n');
+    let url = lines.next().unwrap_or_default();
+    let method = lines.next().filter(|m| !m.is_empty());
+    let headers: Vec<(&str, &str)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n, v.trim()))
+        .collect();
+    let limits = Limits::default();
+    if let Ok(endpoint) = Endpoint::new(url, method, headers.clone(), &limits) {
+        let canonical = endpoint.url().to_string();
+        let again = Endpoint::new(&canonical, method, headers, &limits)
+            .unwrap_or_else(|e| panic!("canonical {canonical:?} of {url:?} refused: {e}"));
+        assert_eq!(
+            again.url().to_string(),
+            canonical,
+            "not a fixed point: {url:?}"
+        );
+        assert_eq!(again, endpoint);
+    }
+    let _ = broker_core::TopicName::new(url);
+}

@@ -174,6 +174,8 @@ impl WebhookNotifier {
                 connect_timeout: config.connect_timeout,
             });
         let client = Client::builder(TokioExecutor::new())
+            // Each queue carries its subscriber's Host header, built once.
+            .set_host(false)
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(config.pool_idle_timeout)
             .pool_max_idle_per_host(config.max_connections_per_host)
@@ -241,8 +243,12 @@ impl std::fmt::Debug for WebhookNotifier {
 #[async_trait]
 impl Notifier for WebhookNotifier {
     async fn notify(&self, publish: Publish) {
+        // What every delivery of this message shares, built once.
+        let Some(outgoing) = queue::Outgoing::new(publish.message) else {
+            return;
+        };
         for subscriber in publish.subscribers.iter() {
-            queue::push(subscriber, &publish.message, &self.shared);
+            queue::push(subscriber, &outgoing, &self.shared);
         }
     }
 }

@@ -9,7 +9,7 @@ use std::{
 
 use broker_core::{Message, Outcome, Subscriber};
 use futures_util::{stream::FuturesUnordered, StreamExt};
-use http::{header, HeaderName, HeaderValue, Request};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Request};
 use http_body_util::{BodyExt, Full, Limited};
 use parking_lot::Mutex;
 use tokio::sync::Semaphore;
@@ -27,17 +27,39 @@ static WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signatur
 const USER_AGENT: HeaderValue =
     HeaderValue::from_static(concat!("webhook-broker/", env!("CARGO_PKG_VERSION")));
 
+/// A message on its way, with what all its deliveries share.
+pub(crate) struct Outgoing {
+    message: Arc<Message>,
+    /// `webhook-id`.
+    id: HeaderValue,
+}
+
+impl Outgoing {
+    pub(crate) fn new(message: Arc<Message>) -> Option<Arc<Self>> {
+        match HeaderValue::from_str(message.id()) {
+            Ok(id) => Some(Arc::new(Outgoing { message, id })),
+            Err(_) => {
+                tracing::error!(id = message.id(), "message id is not a valid header value");
+                None
+            }
+        }
+    }
+}
+
 /// A subscriber's delivery state, kept in its notifier slot.
 pub(crate) struct Queue {
     /// Held to push or pop one item, never across an `.await`.
     state: Mutex<QueueState>,
     signer: Signer,
+    /// The subscriber's headers, `Host` and `User-Agent`: every request
+    /// starts from a clone of these.
+    base_headers: HeaderMap,
     /// Attempt slots shared with every subscriber on the same host.
     host_slots: Arc<Semaphore>,
 }
 
 struct QueueState {
-    items: VecDeque<Arc<Message>>,
+    items: VecDeque<Arc<Outgoing>>,
     /// Whether a worker task is draining `items`.
     running: bool,
 }
@@ -49,14 +71,55 @@ fn queue_of<'s>(subscriber: &'s Subscriber, shared: &Shared) -> Option<&'s Queue
             running: false,
         }),
         signer: Signer::new(subscriber.secret().key()),
+        base_headers: base_headers(subscriber),
         host_slots: shared.host_slots(subscriber.endpoint().url()),
+    })
+}
+
+fn base_headers(subscriber: &Subscriber) -> HeaderMap {
+    let endpoint = subscriber.endpoint();
+    let mut headers = HeaderMap::with_capacity(endpoint.headers().len() + 6);
+    if let Some(host) = endpoint
+        .url()
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        headers.insert(header::HOST, host);
+    }
+    headers.insert(header::USER_AGENT, USER_AGENT);
+    headers.extend(
+        endpoint
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
+    headers
+}
+
+/// The current unix time in seconds as a header value, rebuilt at most
+/// once a second per thread.
+fn timestamp_header() -> HeaderValue {
+    thread_local! {
+        static CACHE: std::cell::RefCell<(u64, HeaderValue)> =
+            std::cell::RefCell::new((u64::MAX, HeaderValue::from_static("0")));
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.0 != now {
+            *cache = (now, HeaderValue::from(now));
+        }
+        cache.1.clone()
     })
 }
 
 /// Enqueues `message` for `subscriber`, dropping its oldest queued delivery
 /// if the queue is full, and starts a worker if none runs. Never blocks on
 /// anything but the queue's own short lock.
-pub(crate) fn push(subscriber: &Arc<Subscriber>, message: &Arc<Message>, shared: &Arc<Shared>) {
+pub(crate) fn push(subscriber: &Arc<Subscriber>, outgoing: &Arc<Outgoing>, shared: &Arc<Shared>) {
     if !subscriber.is_active() {
         return;
     }
@@ -74,7 +137,7 @@ pub(crate) fn push(subscriber: &Arc<Subscriber>, message: &Arc<Message>, shared:
                 .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
             false
         };
-        state.items.push_back(message.clone());
+        state.items.push_back(outgoing.clone());
         (!std::mem::replace(&mut state.running, true), dropped)
     };
     if dropped {
@@ -110,8 +173,8 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
                     Some(message) => message,
                     None if in_flight.is_empty() => {
                         state.running = false;
-                        // Give back the memory of a past backlog.
-                        state.items.shrink_to(16);
+                        // An idle subscriber keeps no queue memory.
+                        state.items = VecDeque::new();
                         return;
                     }
                     None => break,
@@ -125,7 +188,7 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
 
 /// One delivery: its attempts (more than one only if the subscriber opted
 /// in to retries), each bounded by the request timeout; counts the outcome.
-async fn deliver(subscriber: &Subscriber, queue: &Queue, message: Arc<Message>, shared: &Shared) {
+async fn deliver(subscriber: &Subscriber, queue: &Queue, message: Arc<Outgoing>, shared: &Shared) {
     let backoff = Backoff {
         base: shared.config.retry_base_delay,
         max: shared.config.retry_max_delay,
@@ -168,13 +231,13 @@ async fn deliver(subscriber: &Subscriber, queue: &Queue, message: Arc<Message>, 
 async fn attempt(
     subscriber: &Subscriber,
     queue: &Queue,
-    message: &Message,
+    message: &Outgoing,
     shared: &Shared,
 ) -> Attempt {
     // The semaphore is never closed; `ok()` only avoids a panic path.
     let _slot = queue.host_slots.acquire().await.ok();
     let send = async {
-        let request = build_request(subscriber, queue, message)?;
+        let request = build_request(queue, subscriber.endpoint(), message)?;
         let response = shared.client.request(request).await?;
         let attempt = Attempt::from_response(response.status(), response.headers());
         // Read a bounded amount so the connection can go back to the pool;
@@ -218,39 +281,31 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The request of one attempt: a fresh timestamp and signature each time,
 /// the same `webhook-id` always.
 fn build_request(
-    subscriber: &Subscriber,
     queue: &Queue,
-    message: &Message,
+    endpoint: &broker_core::Endpoint,
+    outgoing: &Outgoing,
 ) -> Result<Request<Full<bytes::Bytes>>, BoxError> {
-    let endpoint = subscriber.endpoint();
-    let timestamp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default();
-    let signature = queue
-        .signer
-        .sign(message.id(), timestamp, message.payload());
+    let message = &outgoing.message;
+    let timestamp = timestamp_header();
+    let signature = queue.signer.sign_raw(
+        outgoing.id.as_bytes(),
+        timestamp.as_bytes(),
+        message.payload(),
+    );
 
     let mut request = Request::new(Full::new(message.payload().clone()));
     *request.method_mut() = endpoint.method().clone();
     *request.uri_mut() = endpoint.url().clone();
     let headers = request.headers_mut();
-    headers.reserve(endpoint.headers().len() + 5);
-    headers.extend(
-        endpoint
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone())),
-    );
-    headers.insert(header::USER_AGENT, USER_AGENT);
+    *headers = queue.base_headers.clone();
     if let Some(content_type) = message.content_type() {
         headers.insert(header::CONTENT_TYPE, content_type.clone());
     }
-    headers.insert(WEBHOOK_ID.clone(), HeaderValue::from_str(message.id())?);
-    headers.insert(WEBHOOK_TIMESTAMP.clone(), HeaderValue::from(timestamp));
+    headers.insert(WEBHOOK_ID.clone(), outgoing.id.clone());
+    headers.insert(WEBHOOK_TIMESTAMP.clone(), timestamp);
     headers.insert(
         WEBHOOK_SIGNATURE.clone(),
-        HeaderValue::from_str(&signature)?,
+        HeaderValue::from_bytes(&signature)?,
     );
     Ok(request)
 }

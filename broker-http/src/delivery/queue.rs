@@ -101,7 +101,7 @@ fn base_headers(subscriber: &Subscriber) -> HeaderMap {
 fn timestamp_header() -> HeaderValue {
     thread_local! {
         static CACHE: std::cell::RefCell<(u64, HeaderValue)> =
-            std::cell::RefCell::new((u64::MAX, HeaderValue::from_static("0")));
+            const { std::cell::RefCell::new((u64::MAX, HeaderValue::from_static("0"))) };
     }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -269,7 +269,16 @@ async fn main() {
         o.rate
     };
     let interval = (rate > 0.0).then(|| Duration::from_secs_f64(o.connections as f64 / rate));
-    received.measuring.store(true, Ordering::SeqCst);
+    // Room for every sample up front: growing the vector mid-run would
+    // stall the sinks and show up as latency.
+    received.latencies.lock().reserve(4_000_000);
+    // Latency is sampled after a warm-up second (connections opened,
+    // workers started); throughput counts the whole window.
+    let warm = received.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        warm.measuring.store(true, Ordering::SeqCst);
+    });
     let deadline = Instant::now() + run_for;
     let started = Instant::now();
     let auth = format!("Bearer {token}");

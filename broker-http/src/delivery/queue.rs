@@ -213,7 +213,9 @@ async fn deliver(subscriber: &Subscriber, queue: &Queue, message: Arc<Outgoing>,
                 tracing::warn!(
                     subscriber = subscriber.id(),
                     topic = %subscriber.topic(),
-                    url = %subscriber.endpoint().url(),
+                    // The host only: a URL's path or query may carry a
+                    // credential of the subscriber's.
+                    host = subscriber.endpoint().url().host().unwrap_or_default(),
                     refused_so_far = refused + 1,
                     "delivery refused by the destination policy"
                 );

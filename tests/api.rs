@@ -746,3 +746,17 @@ async fn graceful_stop_after_deliveries() {
     s.settle().await;
     s.stop().await;
 }
+
+#[tokio::test]
+async fn readiness_flips_when_draining() {
+    let s = TestServer::start().await;
+    let r = s.get("/readyz").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["status"], "ready");
+    s.broker.close();
+    let r = s.get("/readyz").await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["status"], "draining");
+    // Liveness is unaffected.
+    assert_eq!(s.get("/healthz").await.status, 200);
+}

@@ -26,6 +26,19 @@ pub(crate) fn health() -> Response<Full<Bytes>> {
     reply(StatusCode::OK, &json::Health { status: "ok" })
 }
 
+/// `GET /readyz`: ready to accept publishes; `503` once the broker is
+/// closed for draining.
+pub(crate) fn ready(api: &Api) -> Response<Full<Bytes>> {
+    if api.broker().is_closed() {
+        reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json::Health { status: "draining" },
+        )
+    } else {
+        reply(StatusCode::OK, &json::Health { status: "ready" })
+    }
+}
+
 /// `POST /v1/topics/{topic}/publishers`
 pub(crate) async fn register_publisher<B>(api: &Api, topic: &str, h: &HeaderMap, body: B) -> Reply
 where

@@ -11,6 +11,7 @@ use crate::{handlers, Api, ApiError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Route<'a> {
     Health,
+    Ready,
     Topics,
     Topic(&'a str),
     Publishers(&'a str),
@@ -33,6 +34,7 @@ impl<'a> Route<'a> {
         }
         Some(match parts {
             [Some("healthz"), None, ..] => Route::Health,
+            [Some("readyz"), None, ..] => Route::Ready,
             [Some("v1"), Some("topics"), None, ..] => Route::Topics,
             [Some("v1"), Some("topics"), Some(t), None, ..] => Route::Topic(t),
             [Some("v1"), Some("topics"), Some(t), Some("publishers"), None, _] => {
@@ -55,7 +57,7 @@ impl<'a> Route<'a> {
     /// The methods this route takes, as an `Allow` header value.
     pub(crate) fn allow(self) -> &'static str {
         match self {
-            Route::Health | Route::Topics | Route::Topic(_) => "GET",
+            Route::Health | Route::Ready | Route::Topics | Route::Topic(_) => "GET",
             Route::Publishers(_) | Route::Subscribers(_) | Route::Messages(_) => "POST",
             Route::Publisher(..) | Route::Subscriber(..) => "DELETE",
         }
@@ -76,6 +78,7 @@ where
     let h = &parts.headers;
     match (&parts.method, route) {
         (&Method::GET, Route::Health) => Ok(handlers::health()),
+        (&Method::GET, Route::Ready) => Ok(handlers::ready(api)),
         (&Method::POST, Route::Messages(topic)) => handlers::publish(api, topic, h, body).await,
         (method, route) => {
             // Everything else is management: the admin token guards it.
@@ -109,6 +112,7 @@ mod tests {
     fn recognises_every_route() {
         let cases = [
             ("/healthz", Some(Health)),
+            ("/readyz", Some(Ready)),
             ("/v1/topics", Some(Topics)),
             ("/v1/topics/a", Some(Topic("a"))),
             ("/v1/topics/a/publishers", Some(Publishers("a"))),

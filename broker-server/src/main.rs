@@ -21,6 +21,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
+    /// Log format: `human` (default) or `json` (one object per line, for
+    /// log pipelines). `RUST_LOG` filters either (default `info`).
+    #[arg(long, env = "BROKER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+
     /// Address to listen on.
     #[arg(long, env = "BROKER_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
@@ -100,6 +105,30 @@ struct Args {
     max_subscriber_header_bytes: usize,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+/// Installs the log subscriber on stderr.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // A closed stderr must not take the server down: tracing would
+        // report the failed write with `eprintln!`, which panics.
+        .log_internal_errors(false);
+    match format {
+        LogFormat::Human => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
+}
+
 /// Parses `10s`, `500ms`, `2m`, or a bare number of seconds.
 fn duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -120,17 +149,7 @@ fn duration(text: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        // A closed stderr must not take the server down: tracing would
-        // report the failed write with `eprintln!`, which panics.
-        .log_internal_errors(false)
-        .init();
+    init_logging(args.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -189,11 +208,17 @@ async fn run(args: Args) -> std::io::Result<()> {
         max_connections: args.max_connections,
         ..ServerConfig::default()
     };
-    let shutdown = shutdown_signal()?;
+    let signal = shutdown_signal()?;
+    let closing = broker.clone();
+    let shutdown = async move {
+        signal.await;
+        // From here publishes get 503 and /readyz says draining, while
+        // in-flight requests finish.
+        closing.close();
+    };
     tracing::info!(addr = %listener.local_addr()?, "listening");
     serve(listener, api, server, shutdown).await?;
 
-    broker.close();
     let deadline = args.drain_timeout;
     tracing::info!(
         pending = notifier.pending(),

@@ -39,12 +39,20 @@ fn start(extra: &[&str]) -> (Running, String, Vec<String>, mpsc::Receiver<String
         let line = rx
             .recv_timeout(PATIENCE)
             .expect("the server logs where it listens");
-        if let Some(rest) = line.split("addr=").nth(1) {
-            let addr = rest.split_whitespace().next().unwrap().to_owned();
+        if let Some(addr) = listening_addr(&line) {
             return (child, addr, early, rx);
         }
         early.push(line);
     }
+}
+
+/// The address in the "listening" log line, human or JSON.
+fn listening_addr(line: &str) -> Option<String> {
+    if let Some(rest) = line.split("addr=").nth(1) {
+        return rest.split_whitespace().next().map(str::to_owned);
+    }
+    let json: serde_json::Value = serde_json::from_str(line).ok()?;
+    json["fields"]["addr"].as_str().map(str::to_owned)
 }
 
 /// The server process; killed and reaped if a test fails half-way.
@@ -292,4 +300,85 @@ fn running_out_of_file_descriptors_backs_off_and_recovers() {
     sigterm(&child);
     let exit = wait_for_exit(&mut child);
     assert!(exit.success(), "{exit:?}");
+}
+
+#[test]
+fn json_logs_never_carry_tokens_or_secrets() {
+    let (mut child, addr, early, logs) = start(&[
+        "--log-format",
+        "json",
+        "--admin-token",
+        "admin-s3cret-token",
+    ]);
+    let admin = "Authorization: Bearer admin-s3cret-token\r\n";
+    let json = format!("{admin}Content-Type: application/json\r\n");
+    let (_, body) = http(
+        &addr,
+        "POST",
+        "/v1/topics/t/publishers",
+        &json,
+        r#"{"name":"p"}"#,
+    );
+    let token = body
+        .split("\"token\":\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    // A refused destination is logged (with a warning), its secret is not.
+    let (_, body) = http(
+        &addr,
+        "POST",
+        "/v1/topics/t/subscribers",
+        &json,
+        r#"{"url":"http://169.254.169.254/latest?key=query-credential"}"#,
+    );
+    let secret = body
+        .split("\"secret\":\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    let (status, _) = http(&addr, "POST", "/v1/topics/t/messages", &auth, "payload");
+    assert!(status.contains("202"), "{status}");
+    // Wait until the refusal is counted, so its log line has been written.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let (_, detail) = http(&addr, "GET", "/v1/topics/t", admin, "");
+        if detail.contains("\"refused\":1") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the delivery was not refused"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    sigterm(&child);
+    assert!(wait_for_exit(&mut child).success());
+
+    let mut lines = early;
+    lines.extend(logs.iter());
+    assert!(
+        lines.iter().any(|l| l.contains("destination policy")),
+        "{lines:#?}"
+    );
+    for line in &lines {
+        let parsed: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(parsed["level"].is_string(), "{line}");
+        for secret in [
+            token.as_str(),
+            secret.as_str(),
+            "admin-s3cret-token",
+            "query-credential",
+        ] {
+            assert!(!line.contains(secret), "a secret was logged: {line}");
+        }
+    }
 }

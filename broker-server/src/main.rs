@@ -30,6 +30,12 @@ struct Args {
     #[arg(long, env = "BROKER_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
 
+    /// Instead of serving: ask the server on the `--listen` port of this
+    /// host for `/healthz` and exit 0 if it answers 200 (for container
+    /// health checks, with no curl in the image).
+    #[arg(long)]
+    health_check: bool,
+
     /// Bearer token required for management calls (register, deregister,
     /// list, detail). Without it, management is open to anyone who can
     /// reach the port.
@@ -129,6 +135,25 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// `GET /healthz` on this host's `listen` port, within 3 s.
+fn health_check(listen: SocketAddr) -> ExitCode {
+    use std::io::{Read, Write};
+    let target = SocketAddr::from(([127, 0, 0, 1], listen.port()));
+    let timeout = Duration::from_secs(3);
+    let answer = std::net::TcpStream::connect_timeout(&target, timeout).and_then(|mut stream| {
+        stream.set_read_timeout(Some(timeout))?;
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head)?;
+        Ok(head)
+    });
+    match answer {
+        Ok(head) if head.starts_with(b"HTTP/1.1 200") => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    }
+}
+
 /// Parses `10s`, `500ms`, `2m`, or a bare number of seconds.
 fn duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -149,6 +174,9 @@ fn duration(text: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.health_check {
+        return health_check(args.listen);
+    }
     init_logging(args.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

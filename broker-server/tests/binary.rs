@@ -382,3 +382,18 @@ fn json_logs_never_carry_tokens_or_secrets() {
         }
     }
 }
+
+#[test]
+fn health_check_mode_reports_the_server() {
+    let (child, addr, _, _logs) = start(&[]);
+    let check = |listen: &str| {
+        Command::new(env!("CARGO_BIN_EXE_broker-server"))
+            .args(["--health-check", "--listen", listen])
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(check(&addr), "healthy server");
+    drop(child);
+    assert!(!check(&addr), "no server");
+}

@@ -113,6 +113,10 @@ pub struct TopicSummary {
     pub publishers: usize,
     /// How many subscribers are registered on it.
     pub subscribers: usize,
+    /// Messages published on it since it was created.
+    pub published: u64,
+    /// Outcomes of its deliveries since it was created.
+    pub deliveries: DeliveryCounts,
 }
 
 /// Everything registered on one topic.
@@ -299,6 +303,8 @@ impl Broker {
                 name: t.name.clone(),
                 publishers: t.publishers.len(),
                 subscribers: t.subscribers.len(),
+                published: t.stats.published.load(Ordering::Relaxed),
+                deliveries: t.stats.deliveries.snapshot(),
             })
             .collect();
         topics.sort_by(|a, b| a.name.cmp(&b.name));

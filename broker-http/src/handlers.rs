@@ -26,6 +26,19 @@ pub(crate) fn health() -> Response<Full<Bytes>> {
     reply(StatusCode::OK, &json::Health { status: "ok" })
 }
 
+/// `GET /metrics`, in the Prometheus text format.
+pub(crate) fn metrics(api: &Api) -> Reply {
+    let metrics = api.config().metrics.as_ref().ok_or(ApiError::NotFound)?;
+    let mut response = Response::new(Full::new(Bytes::from(metrics.render())));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static(
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+    );
+    Ok(response)
+}
+
 /// `GET /readyz`: ready to accept publishes; `503` once the broker is
 /// closed for draining.
 pub(crate) fn ready(api: &Api) -> Response<Full<Bytes>> {

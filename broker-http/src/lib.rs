@@ -37,6 +37,7 @@ mod delivery;
 mod error;
 mod handlers;
 mod json;
+mod metrics;
 mod routes;
 mod server;
 
@@ -51,6 +52,7 @@ use subtle::ConstantTimeEq;
 
 pub use delivery::{signature, DeliveryConfig, DestinationPolicy, WebhookNotifier};
 pub use error::ApiError;
+pub use metrics::Metrics;
 pub use rustls;
 pub use server::{serve, ServerConfig};
 
@@ -68,6 +70,9 @@ pub struct ApiConfig {
     /// Time a client has to send a whole request body once its headers
     /// are in; a body that stalls is answered `408`. Default 30 s.
     pub body_timeout: std::time::Duration,
+    /// Served at `GET /metrics` (behind the admin token, when one is set);
+    /// `None`, the default: no `/metrics`.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl ApiConfig {
@@ -78,6 +83,7 @@ impl ApiConfig {
             max_body_bytes: 1024 * 1024,
             max_json_bytes: 64 * 1024,
             body_timeout: std::time::Duration::from_secs(30),
+            metrics: None,
         }
     }
 }
@@ -95,6 +101,7 @@ impl std::fmt::Debug for ApiConfig {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_json_bytes", &self.max_json_bytes)
             .field("body_timeout", &self.body_timeout)
+            .field("metrics", &self.metrics.is_some())
             .finish()
     }
 }
@@ -160,7 +167,26 @@ impl Api {
         B: Body,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        match routes::dispatch(self, req).await {
+        let route = routes::Route::recognise(req.uri().path());
+        let (route, is_publish) = (
+            route.map_or("unknown", routes::Route::name),
+            matches!(route, Some(routes::Route::Messages(_))),
+        );
+        let outcome = routes::dispatch(self, req).await;
+        if let Some(metrics) = &self.inner.config.metrics {
+            let status = match &outcome {
+                Ok(response) => response.status(),
+                Err(e) => e.status(),
+            };
+            metrics.http_request(route, status.as_u16());
+            if is_publish {
+                metrics.publish(match &outcome {
+                    Ok(_) => "accepted",
+                    Err(e) => e.code(),
+                });
+            }
+        }
+        match outcome {
             Ok(response) => response,
             Err(e) => e.into_response(),
         }

@@ -12,6 +12,7 @@ use crate::{handlers, Api, ApiError};
 pub(crate) enum Route<'a> {
     Health,
     Ready,
+    Metrics,
     Topics,
     Topic(&'a str),
     Publishers(&'a str),
@@ -35,6 +36,7 @@ impl<'a> Route<'a> {
         Some(match parts {
             [Some("healthz"), None, ..] => Route::Health,
             [Some("readyz"), None, ..] => Route::Ready,
+            [Some("metrics"), None, ..] => Route::Metrics,
             [Some("v1"), Some("topics"), None, ..] => Route::Topics,
             [Some("v1"), Some("topics"), Some(t), None, ..] => Route::Topic(t),
             [Some("v1"), Some("topics"), Some(t), Some("publishers"), None, _] => {
@@ -54,10 +56,28 @@ impl<'a> Route<'a> {
         })
     }
 
+    /// The route's name, for metrics labels (bounded: no parameters).
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Route::Health => "healthz",
+            Route::Ready => "readyz",
+            Route::Metrics => "metrics",
+            Route::Topics => "topics",
+            Route::Topic(_) => "topic",
+            Route::Publishers(_) => "publishers",
+            Route::Publisher(..) => "publisher",
+            Route::Subscribers(_) => "subscribers",
+            Route::Subscriber(..) => "subscriber",
+            Route::Messages(_) => "messages",
+        }
+    }
+
     /// The methods this route takes, as an `Allow` header value.
     pub(crate) fn allow(self) -> &'static str {
         match self {
-            Route::Health | Route::Ready | Route::Topics | Route::Topic(_) => "GET",
+            Route::Health | Route::Ready | Route::Metrics | Route::Topics | Route::Topic(_) => {
+                "GET"
+            }
             Route::Publishers(_) | Route::Subscribers(_) | Route::Messages(_) => "POST",
             Route::Publisher(..) | Route::Subscriber(..) => "DELETE",
         }
@@ -85,6 +105,7 @@ where
             api.require_admin(h)?;
             match (method, route) {
                 (&Method::GET, Route::Topics) => Ok(handlers::list_topics(api)),
+                (&Method::GET, Route::Metrics) => handlers::metrics(api),
                 (&Method::GET, Route::Topic(t)) => handlers::topic_detail(api, t),
                 (&Method::POST, Route::Publishers(t)) => {
                     handlers::register_publisher(api, t, h, body).await

@@ -1,11 +1,12 @@
 //! The webhook broker as a standalone server: binds a port, serves the v1
 //! API over an in-memory broker, and drains deliveries on SIGTERM/Ctrl-C.
 
-use std::{net::SocketAddr, process::ExitCode, time::Duration};
+use std::{net::SocketAddr, process::ExitCode, sync::Arc, time::Duration};
 
 use broker_core::{Broker, Limits};
 use broker_http::{
-    serve, Api, ApiConfig, DeliveryConfig, DestinationPolicy, ServerConfig, WebhookNotifier,
+    serve, Api, ApiConfig, DeliveryConfig, DestinationPolicy, Metrics, ServerConfig,
+    WebhookNotifier,
 };
 use clap::Parser;
 use tokio::net::TcpListener;
@@ -228,6 +229,7 @@ async fn run(args: Args) -> std::io::Result<()> {
             admin_token: args.admin_token,
             max_body_bytes: args.max_body_bytes,
             body_timeout: args.body_timeout,
+            metrics: Some(Arc::new(Metrics::new(&broker, Some(&notifier)))),
             ..ApiConfig::default()
         },
     );

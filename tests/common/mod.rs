@@ -14,7 +14,7 @@ use std::{
 };
 
 use broker_core::{Broker, Limits};
-use broker_http::{serve, Api, ApiConfig, DeliveryConfig, ServerConfig, WebhookNotifier};
+use broker_http::{serve, Api, ApiConfig, DeliveryConfig, Metrics, ServerConfig, WebhookNotifier};
 use bytes::Bytes;
 use futures_util::stream;
 use http::{HeaderMap, Method, Request, StatusCode};
@@ -99,6 +99,10 @@ impl TestServer {
     ) -> Self {
         let notifier = WebhookNotifier::new(delivery);
         let broker = Broker::with_limits(notifier.clone(), limits);
+        let mut api = api;
+        if api.metrics.is_none() {
+            api.metrics = Some(Arc::new(Metrics::new(&broker, Some(&notifier))));
+        }
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();

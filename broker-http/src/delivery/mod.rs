@@ -129,6 +129,7 @@ pub(crate) struct Shared {
     /// subscriber queue that uses it; dead entries are swept as the map
     /// doubles.
     hosts: Mutex<HashMap<String, Weak<Semaphore>>>,
+    metrics: crate::metrics::DeliveryMetrics,
 }
 
 impl Shared {
@@ -187,8 +188,13 @@ impl WebhookNotifier {
                 pending: AtomicUsize::new(0),
                 idle: Notify::new(),
                 hosts: Mutex::default(),
+                metrics: crate::metrics::DeliveryMetrics::default(),
             }),
         }
+    }
+
+    pub(crate) fn metrics(&self) -> &crate::metrics::DeliveryMetrics {
+        &self.shared.metrics
     }
 
     /// Deliveries queued or in flight right now.

@@ -249,7 +249,13 @@ async fn attempt(
             .await;
         Ok::<_, BoxError>(attempt)
     };
-    match tokio::time::timeout(shared.config.request_timeout, send).await {
+    let metrics = &shared.metrics;
+    metrics.in_flight.inc();
+    let started = std::time::Instant::now();
+    let outcome = tokio::time::timeout(shared.config.request_timeout, send).await;
+    metrics.latency.observe(started.elapsed().as_secs_f64());
+    metrics.in_flight.dec();
+    match outcome {
         Ok(Ok(attempt)) => {
             if let Attempt::Failed { .. } = attempt {
                 tracing::debug!(

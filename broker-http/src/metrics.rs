@@ -1,0 +1,216 @@
+//! Prometheus metrics, through `prometheus-client`: request and publish
+//! counters kept as they happen, delivery latency and in-flight kept by the
+//! notifier, and the broker's registry and per-topic delivery counters read
+//! at each scrape.
+
+use std::fmt;
+
+use broker_core::Broker;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::{ConstGauge, Gauge},
+        histogram::{exponential_buckets, Histogram},
+        MetricType,
+    },
+    registry::Registry,
+};
+
+use crate::WebhookNotifier;
+
+/// What the notifier measures per attempt. Cheap to clone: the metrics are
+/// shared.
+#[derive(Clone, Debug)]
+pub(crate) struct DeliveryMetrics {
+    pub(crate) latency: Histogram,
+    pub(crate) in_flight: Gauge,
+}
+
+impl Default for DeliveryMetrics {
+    fn default() -> Self {
+        DeliveryMetrics {
+            // 0.5 ms to ~16 s.
+            latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            in_flight: Gauge::default(),
+        }
+    }
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// The metrics of one broker, served at `GET /metrics` when set in
+/// [`ApiConfig::metrics`](crate::ApiConfig::metrics).
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::Arc;
+/// use broker_core::Broker;
+/// use broker_http::{Api, ApiConfig, DeliveryConfig, Metrics, WebhookNotifier};
+///
+/// let notifier = WebhookNotifier::new(DeliveryConfig::default());
+/// let broker = Broker::new(notifier.clone());
+/// let metrics = Arc::new(Metrics::new(&broker, Some(&notifier)));
+/// let api = Api::new(broker, ApiConfig { metrics: Some(metrics.clone()), ..ApiConfig::default() });
+/// assert!(metrics.render().contains("broker_topics"));
+/// ```
+pub struct Metrics {
+    registry: Registry,
+    http_requests: Family<Labels, Counter>,
+    publishes: Family<Labels, Counter>,
+}
+
+impl Metrics {
+    /// Metrics over `broker`, and over `notifier`'s deliveries if given.
+    pub fn new(broker: &Broker, notifier: Option<&WebhookNotifier>) -> Self {
+        let mut registry = Registry::with_prefix("broker");
+        let http_requests = Family::<Labels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by route and status",
+            http_requests.clone(),
+        );
+        let publishes = Family::<Labels, Counter>::default();
+        registry.register(
+            "publishes",
+            "Publish calls, by result: accepted, or the error code they were refused with",
+            publishes.clone(),
+        );
+        if let Some(notifier) = notifier {
+            let delivery = notifier.metrics();
+            registry.register(
+                "delivery_duration_seconds",
+                "Time of one delivery attempt, from connect to the end of the capped response read",
+                delivery.latency.clone(),
+            );
+            registry.register(
+                "deliveries_in_flight",
+                "Delivery attempts in flight",
+                delivery.in_flight.clone(),
+            );
+        }
+        registry.register_collector(Box::new(State {
+            broker: broker.clone(),
+            notifier: notifier.cloned(),
+        }));
+        Metrics {
+            registry,
+            http_requests,
+            publishes,
+        }
+    }
+
+    /// Counts one answered request.
+    pub(crate) fn http_request(&self, route: &'static str, status: u16) {
+        self.http_requests
+            .get_or_create(&vec![
+                ("route", route.to_owned()),
+                ("status", status.to_string()),
+            ])
+            .inc();
+    }
+
+    /// Counts one publish call.
+    pub(crate) fn publish(&self, result: &'static str) {
+        self.publishes
+            .get_or_create(&vec![("result", result.to_owned())])
+            .inc();
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// Reads the broker's state at each scrape: no bookkeeping on the hot path.
+#[derive(Debug)]
+struct State {
+    broker: Broker,
+    notifier: Option<WebhookNotifier>,
+}
+
+impl Collector for State {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let topics = self.broker.topics();
+        let gauge = |encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64| {
+            let g = ConstGauge::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, g.metric_type())?;
+            g.encode(metric)
+        };
+        gauge(
+            &mut encoder,
+            "topics",
+            "Registered topics",
+            topics.len() as i64,
+        )?;
+        let publishers: usize = topics.iter().map(|t| t.publishers).sum();
+        gauge(
+            &mut encoder,
+            "publishers",
+            "Registered publishers",
+            publishers as i64,
+        )?;
+        let subscribers: usize = topics.iter().map(|t| t.subscribers).sum();
+        gauge(
+            &mut encoder,
+            "subscribers",
+            "Registered subscribers",
+            subscribers as i64,
+        )?;
+        if let Some(notifier) = &self.notifier {
+            let in_flight = notifier.metrics().in_flight.get().max(0) as usize;
+            let queued = notifier.pending().saturating_sub(in_flight);
+            gauge(
+                &mut encoder,
+                "delivery_queue_depth",
+                "Deliveries queued, not yet in flight, across all subscribers",
+                queued as i64,
+            )?;
+        }
+
+        let mut published = encoder.encode_descriptor(
+            "messages_published",
+            "Messages published, by topic (reset when a topic is removed)",
+            None,
+            MetricType::Counter,
+        )?;
+        for t in &topics {
+            let labels = [("topic", t.name.as_str())];
+            ConstCounter::new(t.published).encode(published.encode_family(&labels)?)?;
+        }
+        let mut deliveries = encoder.encode_descriptor(
+            "deliveries",
+            "Delivery outcomes, by topic: delivered, failed, dropped (queue full, deregistered), \
+             refused (destination policy), retried (extra attempts)",
+            None,
+            MetricType::Counter,
+        )?;
+        for t in &topics {
+            let d = t.deliveries;
+            for (outcome, value) in [
+                ("delivered", d.delivered),
+                ("failed", d.failed),
+                ("dropped", d.dropped),
+                ("refused", d.refused),
+                ("retried", d.retried),
+            ] {
+                let labels = [("topic", t.name.as_str()), ("outcome", outcome)];
+                ConstCounter::new(value).encode(deliveries.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -399,7 +399,10 @@ async fn the_destination_policy_refuses_on_resolved_addresses() {
     );
 
     let strict = server(DeliveryConfig {
-        destination_policy: DestinationPolicy { deny_private: true },
+        destination_policy: DestinationPolicy {
+            deny_private: true,
+            ..DestinationPolicy::default()
+        },
         ..DeliveryConfig::default()
     })
     .await;
@@ -435,4 +438,45 @@ async fn drain_finishes_what_it_can_within_the_deadline() {
     assert_eq!(healthy.drain_now().len(), 3);
     gate.add_permits(10);
     assert_eq!(s.notifier.drain(PATIENCE).await, 0);
+}
+
+#[tokio::test]
+async fn loopback_only_resolves_no_name_and_sends_nowhere_else() {
+    let s = server(DeliveryConfig {
+        destination_policy: DestinationPolicy {
+            loopback_only: true,
+            ..DestinationPolicy::default()
+        },
+        ..DeliveryConfig::default()
+    })
+    .await;
+    let mut local = Sink::ok().await;
+    let token = s.publisher("t", "p").await;
+    let by_name = format!("http://localhost:{}/", local.addr.port());
+    for url in [
+        local.url("/"),
+        by_name.clone(),
+        "http://10.255.255.1/".to_owned(),
+        "http://example.invalid/".to_owned(),
+    ] {
+        s.subscriber("t", json!({"url": url})).await;
+    }
+    s.publish("t", &token, "text/plain", "x").await;
+    assert_eq!(local.next().await.body, "x");
+    s.settle().await;
+    assert_eq!(
+        counters_of(&s, "t", &local.url("/")).await,
+        counts(1, 0, 0, 0, 0)
+    );
+    for url in [
+        by_name.as_str(),
+        "http://10.255.255.1/",
+        "http://example.invalid/",
+    ] {
+        assert_eq!(
+            counters_of(&s, "t", url).await,
+            counts(0, 0, 0, 1, 0),
+            "{url}"
+        );
+    }
 }

@@ -74,6 +74,11 @@ struct Args {
     #[arg(long, env = "BROKER_DENY_PRIVATE_DESTINATIONS")]
     deny_private_destinations: bool,
 
+    /// Deliver to loopback IP literals only, resolving no names (for
+    /// tests that register arbitrary URLs).
+    #[arg(long, env = "BROKER_LOOPBACK_ONLY_DESTINATIONS")]
+    loopback_only_destinations: bool,
+
     /// Time a client has to send a request's headers (and its first byte);
     /// also how long an idle keep-alive connection is kept.
     #[arg(long, env = "BROKER_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration)]
@@ -204,6 +209,7 @@ async fn run(args: Args) -> std::io::Result<()> {
         request_timeout: args.request_timeout,
         destination_policy: DestinationPolicy {
             deny_private: args.deny_private_destinations,
+            loopback_only: args.loopback_only_destinations,
         },
         ..DeliveryConfig::default()
     });

@@ -38,7 +38,7 @@ use tokio::net::TcpStream;
 /// assert!(!open.allows("169.254.169.254".parse().unwrap()));
 /// assert!(!open.allows("::ffff:169.254.169.254".parse().unwrap()));
 ///
-/// let strict = DestinationPolicy { deny_private: true };
+/// let strict = DestinationPolicy { deny_private: true, ..DestinationPolicy::default() };
 /// assert!(!strict.allows("10.1.2.3".parse().unwrap()));
 /// assert!(strict.allows("93.184.216.34".parse().unwrap()));
 /// ```
@@ -48,12 +48,19 @@ pub struct DestinationPolicy {
     /// 192.168/16, fc00::/7), shared (100.64/10) and other non-public
     /// special-purpose ranges.
     pub deny_private: bool,
+    /// Allow nothing but loopback IP literals (`127.0.0.0/8`, `[::1]`),
+    /// without resolving any name: for tests and fuzzing that register
+    /// arbitrary URLs, so no delivery ever leaves the machine.
+    pub loopback_only: bool,
 }
 
 impl DestinationPolicy {
     /// Whether a delivery may connect to `ip`.
     pub fn allows(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
+        if self.loopback_only {
+            return ip.is_loopback();
+        }
         if always_refused(ip) {
             return false;
         }
@@ -166,6 +173,9 @@ impl PolicyConnector {
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         let resolved: Vec<SocketAddr> = match bare.parse::<IpAddr>() {
             Ok(ip) => vec![SocketAddr::new(ip, port)],
+            // Loopback-only resolves no name at all: not even a DNS query
+            // leaves the machine.
+            Err(_) if self.policy.loopback_only => Vec::new(),
             Err(_) => tokio::net::lookup_host((bare, port)).await?.collect(),
         };
         let allowed: Vec<SocketAddr> = resolved
@@ -205,7 +215,10 @@ mod tests {
     fn refuses_metadata_and_link_local_always() {
         for policy in [
             DestinationPolicy::default(),
-            DestinationPolicy { deny_private: true },
+            DestinationPolicy {
+                deny_private: true,
+                ..DestinationPolicy::default()
+            },
         ] {
             for ip in [
                 "169.254.169.254",
@@ -227,9 +240,33 @@ mod tests {
     }
 
     #[test]
+    fn loopback_only_allows_nothing_else() {
+        let only = DestinationPolicy {
+            loopback_only: true,
+            ..DestinationPolicy::default()
+        };
+        for ip in ["127.0.0.1", "127.1.2.3", "::1", "::ffff:127.0.0.1"] {
+            assert!(allowed(only, ip), "{ip}");
+        }
+        for ip in [
+            "10.0.0.1",
+            "192.168.0.1",
+            "8.8.8.8",
+            "169.254.169.254",
+            "fc00::1",
+            "0.0.0.0",
+        ] {
+            assert!(!allowed(only, ip), "{ip}");
+        }
+    }
+
+    #[test]
     fn private_ranges_follow_the_flag() {
         let open = DestinationPolicy::default();
-        let strict = DestinationPolicy { deny_private: true };
+        let strict = DestinationPolicy {
+            deny_private: true,
+            ..DestinationPolicy::default()
+        };
         for ip in [
             "127.0.0.1",
             "127.9.9.9",

@@ -109,3 +109,44 @@ async fn metrics_are_behind_the_admin_token() {
         .await;
     assert_eq!(r.status, 200);
 }
+
+#[tokio::test]
+async fn the_openapi_document_is_served_and_covers_every_route() {
+    let s = TestServer::start().await;
+    let r = s.get("/v1/openapi.json").await;
+    assert_eq!(r.status, 200);
+    let served = r.json();
+    let file: serde_json::Value =
+        serde_json::from_str(include_str!("../docs/openapi.json")).unwrap();
+    assert_eq!(served, file);
+    assert_eq!(served["openapi"], "3.1.0");
+    let paths = served["paths"].as_object().unwrap();
+    for (path, methods) in [
+        ("/healthz", &["get"][..]),
+        ("/readyz", &["get"]),
+        ("/metrics", &["get"]),
+        ("/v1/openapi.json", &["get"]),
+        ("/v1/topics", &["get"]),
+        ("/v1/topics/{topic}", &["get"]),
+        ("/v1/topics/{topic}/publishers", &["post"]),
+        ("/v1/topics/{topic}/publishers/{id}", &["delete"]),
+        ("/v1/topics/{topic}/subscribers", &["post"]),
+        ("/v1/topics/{topic}/subscribers/{id}", &["delete"]),
+        ("/v1/topics/{topic}/messages", &["post"]),
+    ] {
+        let item = paths
+            .get(path)
+            .unwrap_or_else(|| panic!("{path} is not documented"));
+        for m in methods {
+            assert!(item.get(*m).is_some(), "{m} {path} is not documented");
+        }
+        // And the server answers each documented path (not 404 for an
+        // unknown route).
+        let concrete = path.replace("{topic}", "t").replace("{id}", "x");
+        let r = s.call(&methods[0].to_uppercase(), &concrete, &[], "").await;
+        if r.status == 404 {
+            assert_ne!(r.json()["error"]["code"], "not_found", "{path}");
+        }
+    }
+    assert_eq!(paths.len(), 11, "a documented path the test does not know");
+}

@@ -26,6 +26,14 @@ pub(crate) fn health() -> Response<Full<Bytes>> {
     reply(StatusCode::OK, &json::Health { status: "ok" })
 }
 
+/// The OpenAPI 3.1 document of the API, `docs/openapi.json` in the repo.
+pub(crate) const OPENAPI: &str = include_str!("../../docs/openapi.json");
+
+/// `GET /v1/openapi.json`
+pub(crate) fn openapi() -> Response<Full<Bytes>> {
+    json::response(StatusCode::OK, OPENAPI.as_bytes().to_vec())
+}
+
 /// `GET /metrics`, in the Prometheus text format.
 pub(crate) fn metrics(api: &Api) -> Reply {
     let metrics = api.config().metrics.as_ref().ok_or(ApiError::NotFound)?;

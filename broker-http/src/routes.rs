@@ -13,6 +13,7 @@ pub(crate) enum Route<'a> {
     Health,
     Ready,
     Metrics,
+    OpenApi,
     Topics,
     Topic(&'a str),
     Publishers(&'a str),
@@ -37,6 +38,7 @@ impl<'a> Route<'a> {
             [Some("healthz"), None, ..] => Route::Health,
             [Some("readyz"), None, ..] => Route::Ready,
             [Some("metrics"), None, ..] => Route::Metrics,
+            [Some("v1"), Some("openapi.json"), None, ..] => Route::OpenApi,
             [Some("v1"), Some("topics"), None, ..] => Route::Topics,
             [Some("v1"), Some("topics"), Some(t), None, ..] => Route::Topic(t),
             [Some("v1"), Some("topics"), Some(t), Some("publishers"), None, _] => {
@@ -62,6 +64,7 @@ impl<'a> Route<'a> {
             Route::Health => "healthz",
             Route::Ready => "readyz",
             Route::Metrics => "metrics",
+            Route::OpenApi => "openapi",
             Route::Topics => "topics",
             Route::Topic(_) => "topic",
             Route::Publishers(_) => "publishers",
@@ -75,9 +78,12 @@ impl<'a> Route<'a> {
     /// The methods this route takes, as an `Allow` header value.
     pub(crate) fn allow(self) -> &'static str {
         match self {
-            Route::Health | Route::Ready | Route::Metrics | Route::Topics | Route::Topic(_) => {
-                "GET"
-            }
+            Route::Health
+            | Route::Ready
+            | Route::Metrics
+            | Route::OpenApi
+            | Route::Topics
+            | Route::Topic(_) => "GET",
             Route::Publishers(_) | Route::Subscribers(_) | Route::Messages(_) => "POST",
             Route::Publisher(..) | Route::Subscriber(..) => "DELETE",
         }
@@ -99,6 +105,7 @@ where
     match (&parts.method, route) {
         (&Method::GET, Route::Health) => Ok(handlers::health()),
         (&Method::GET, Route::Ready) => Ok(handlers::ready(api)),
+        (&Method::GET, Route::OpenApi) => Ok(handlers::openapi()),
         (&Method::POST, Route::Messages(topic)) => handlers::publish(api, topic, h, body).await,
         (method, route) => {
             // Everything else is management: the admin token guards it.
@@ -134,6 +141,8 @@ mod tests {
         let cases = [
             ("/healthz", Some(Health)),
             ("/readyz", Some(Ready)),
+            ("/metrics", Some(Metrics)),
+            ("/v1/openapi.json", Some(OpenApi)),
             ("/v1/topics", Some(Topics)),
             ("/v1/topics/a", Some(Topic("a"))),
             ("/v1/topics/a/publishers", Some(Publishers("a"))),

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The API contract: schemathesis (from PyPI) drives the running server with
+# docs/openapi.json, so the implementation and the document cannot drift.
+# Run by .ci/run after the tests; usable alone: bash .ci/contract.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SCHEMATHESIS_VERSION=4.32.5
+venv=target/schemathesis-venv
+if [ ! -x "$venv/bin/st" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+
+cargo build --locked -p broker-server
+log=$(mktemp)
+# Loopback-only: schemathesis registers arbitrary URLs, and no delivery may
+# leave the machine (no name is even resolved).
+target/debug/broker-server --listen 127.0.0.1:0 --admin-token contract-admin \
+  --loopback-only-destinations 2>"$log" &
+server=$!
+trap 'kill "$server" 2>/dev/null || true; rm -f "$log"' EXIT
+addr=""
+for _ in $(seq 100); do
+  addr=$(grep -o 'addr=[0-9.:]*' "$log" | head -n1 | cut -d= -f2 || true)
+  [ -n "$addr" ] && break
+  sleep 0.1
+done
+[ -n "$addr" ] || { echo "the server did not start:" >&2; cat "$log" >&2; exit 1; }
+
+# positive_data_acceptance is left out: the server refuses more than JSON
+# Schema can say (reserved header names, invalid ports, duplicate headers
+# in other case), each with a documented 400. The coverage phase is left
+# out for a schemathesis crash on Python 3.11 in that phase (an internal
+# AST recursion error), not for a finding.
+"$venv/bin/st" run docs/openapi.json \
+  --url "http://$addr" \
+  -H "Authorization: Bearer contract-admin" \
+  --checks all --exclude-checks positive_data_acceptance \
+  --phases examples,fuzzing,stateful \
+  --max-examples 100 --seed 20261123 --workers 2
+
+kill -TERM "$server"
+wait "$server"

@@ -320,3 +320,45 @@ mod tests {
         Args::command().debug_assert();
     }
 }
+
+#[cfg(test)]
+mod readme {
+    use std::collections::BTreeSet;
+
+    use clap::CommandFactory;
+
+    use super::Args;
+
+    /// The README's configuration table lists exactly the flags and
+    /// environment variables of `--help`.
+    #[test]
+    fn the_readme_table_matches_the_cli() {
+        let readme = include_str!("../../README.md");
+        let table = readme
+            .split("| flag | environment | default | meaning |")
+            .nth(1)
+            .expect("the configuration table");
+        let mut documented = BTreeSet::new();
+        for row in table.lines().skip(2).take_while(|l| l.starts_with('|')) {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let flag = cells[1].trim_matches('`').to_owned();
+            let env = cells[2].trim_matches('`').to_owned();
+            documented.insert((flag, env));
+        }
+        let cli: BTreeSet<(String, String)> = Args::command()
+            .get_arguments()
+            .filter_map(|a| {
+                let long = a.get_long()?;
+                if long == "help" || long == "version" {
+                    return None;
+                }
+                let env = a
+                    .get_env()
+                    .map(|e| e.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                Some((format!("--{long}"), env))
+            })
+            .collect();
+        assert_eq!(documented, cli);
+    }
+}

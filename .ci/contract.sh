@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SCHEMATHESIS_VERSION=4.32.5
-venv=target/schemathesis-venv
+target_dir=${CARGO_TARGET_DIR:-target}
+venv=$target_dir/schemathesis-venv
 if [ ! -x "$venv/bin/st" ]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet "schemathesis==$SCHEMATHESIS_VERSION"
@@ -16,7 +17,7 @@ cargo build --locked -p broker-server
 log=$(mktemp)
 # Loopback-only: schemathesis registers arbitrary URLs, and no delivery may
 # leave the machine (no name is even resolved).
-target/debug/broker-server --listen 127.0.0.1:0 --admin-token contract-admin \
+"$target_dir/debug/broker-server" --listen 127.0.0.1:0 --admin-token contract-admin \
   --loopback-only-destinations 2>"$log" &
 server=$!
 trap 'kill "$server" 2>/dev/null || true; rm -f "$log"' EXIT

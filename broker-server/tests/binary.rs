@@ -84,6 +84,16 @@ fn http(addr: &str, method: &str, path: &str, headers: &str, body: &str) -> (Str
     )
 }
 
+/// A string field of a JSON body, e.g. the `token` of a registration.
+fn json_field(body: &str, field: &str) -> String {
+    let json: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    json[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {field} in {body}"))
+        .to_owned()
+}
+
 fn wait_for_exit(child: &mut Running) -> std::process::ExitStatus {
     let child = &mut child.0;
     let deadline = std::time::Instant::now() + PATIENCE;
@@ -218,14 +228,7 @@ fn sigterm_with_deliveries_stuck_drains_until_the_deadline_and_exits_zero() {
         json,
         r#"{"name":"p"}"#,
     );
-    let token = body
-        .split("\"token\":\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap()
-        .to_owned();
+    let token = json_field(&body, "token");
     let subscriber = format!(r#"{{"url":"http://{hanging_addr}/"}}"#);
     let (status, _) = http(&addr, "POST", "/v1/topics/t/subscribers", json, &subscriber);
     assert!(status.contains("201"), "{status}");
@@ -319,14 +322,7 @@ fn json_logs_never_carry_tokens_or_secrets() {
         &json,
         r#"{"name":"p"}"#,
     );
-    let token = body
-        .split("\"token\":\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap()
-        .to_owned();
+    let token = json_field(&body, "token");
     // A refused destination is logged (with a warning), its secret is not.
     let (_, body) = http(
         &addr,
@@ -335,14 +331,7 @@ fn json_logs_never_carry_tokens_or_secrets() {
         &json,
         r#"{"url":"http://169.254.169.254/latest?key=query-credential"}"#,
     );
-    let secret = body
-        .split("\"secret\":\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap()
-        .to_owned();
+    let secret = json_field(&body, "secret");
     let auth = format!("Authorization: Bearer {token}\r\n");
     let (status, _) = http(&addr, "POST", "/v1/topics/t/messages", &auth, "payload");
     assert!(status.contains("202"), "{status}");

@@ -1,10 +1,10 @@
 # The broker as a small container image. The build step is the one CI runs
-# (`cargo build --release --locked -p broker-server --example receiver`), so
+# (`cargo build --release --locked -p broker-server -p broker-http --bin broker-server --example receiver`), so
 # the image holds what CI tested.
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p broker-server --example receiver
+RUN cargo build --release --locked -p broker-server -p broker-http --bin broker-server --example receiver
 
 FROM debian:bookworm-slim
 RUN useradd --system --uid 10001 --no-create-home broker

@@ -76,7 +76,50 @@ pub(crate) struct TopicStats {
     pub(crate) published: AtomicU64,
     /// Outcomes of all deliveries on the topic, including those of
     /// subscribers since deregistered.
-    pub(crate) deliveries: DeliveryStats,
+    pub(crate) deliveries: ShardedStats,
+}
+
+/// Counters written from every thread that delivers for a topic: split into
+/// cache-line-sized shards, each thread writing to its own one, so two
+/// cores delivering for one topic do not fight over one cache line.
+#[derive(Debug, Default)]
+pub(crate) struct ShardedStats {
+    shards: [Padded; SHARDS],
+}
+
+const SHARDS: usize = 8;
+
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Padded(DeliveryStats);
+
+impl ShardedStats {
+    /// This thread's shard: threads take shards round robin.
+    fn shard() -> usize {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        thread_local! {
+            static SHARD: usize = (NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS as u64) as usize;
+        }
+        SHARD.with(|s| *s)
+    }
+
+    pub(crate) fn record(&self, outcome: crate::Outcome, n: u64) {
+        self.shards[Self::shard()].0.record(outcome, n);
+    }
+
+    pub(crate) fn snapshot(&self) -> DeliveryCounts {
+        self.shards
+            .iter()
+            .map(|s| s.0.snapshot())
+            .fold(DeliveryCounts::default(), |mut sum, c| {
+                sum.delivered += c.delivered;
+                sum.failed += c.failed;
+                sum.dropped += c.dropped;
+                sum.refused += c.refused;
+                sum.retried += c.retried;
+                sum
+            })
+    }
 }
 
 /// The result of a registration: the registered item and whether this call

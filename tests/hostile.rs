@@ -838,3 +838,23 @@ async fn registry_limits_refuse_clearly_and_keep_the_rest() {
         ]})
     );
 }
+
+#[tokio::test]
+async fn idle_connections_do_not_hold_up_shutdown() {
+    let server = ServerConfig {
+        header_read_timeout: Duration::from_secs(600),
+        shutdown_grace: Duration::from_secs(600),
+        ..ServerConfig::default()
+    };
+    let f = Fixture::with(ApiConfig::default(), server).await;
+    let _idle: Vec<TcpStream> = {
+        let mut v = Vec::new();
+        for _ in 0..10 {
+            v.push(f.raw().await);
+        }
+        v
+    };
+    tokio::time::timeout(PATIENCE, f.s.stop())
+        .await
+        .expect("shutdown did not wait for connections that never spoke");
+}

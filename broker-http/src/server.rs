@@ -7,7 +7,10 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto, graceful::GracefulShutdown},
 };
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{
+    net::TcpListener,
+    sync::{watch, Semaphore},
+};
 
 use crate::Api;
 
@@ -73,7 +76,11 @@ where
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
 
+    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
+    // Tells connections still waiting for their first byte to give up, so
+    // they do not hold the graceful shutdown until their timeout.
+    let (stopping, stop) = watch::channel(false);
     let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
     tokio::pin!(shutdown);
     loop {
@@ -93,6 +100,7 @@ where
         };
         let _ = stream.set_nodelay(true);
         let (builder, api, watcher) = (builder.clone(), api.clone(), graceful.watcher());
+        let mut stop = stop.clone();
         let first_byte_timeout = config.header_read_timeout;
         tokio::spawn(async move {
             // hyper's header timeout starts with the first byte; a client
@@ -100,9 +108,13 @@ where
             // dribbles its headers. (`peek`, not `readable`: the latter can
             // report a fresh socket ready before any byte came.)
             let mut first = [0u8; 1];
-            match tokio::time::timeout(first_byte_timeout, stream.peek(&mut first)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return,
+            tokio::select! {
+                peeked = tokio::time::timeout(first_byte_timeout, stream.peek(&mut first)) => {
+                    if !matches!(peeked, Ok(Ok(n)) if n > 0) {
+                        return;
+                    }
+                }
+                _ = stop.wait_for(|stopping| *stopping) => return,
             }
             let connection = builder.serve_connection(TokioIo::new(stream), api);
             if let Err(error) = watcher.watch(connection.into_owned()).await {
@@ -112,6 +124,7 @@ where
         });
     }
     drop(listener);
+    let _ = stopping.send(true);
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(config.shutdown_grace) => {

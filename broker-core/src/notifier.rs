@@ -52,3 +52,39 @@ impl<N: Notifier + ?Sized> Notifier for Box<N> {
         (**self).notify(publish).await
     }
 }
+
+/// Two notifiers in one: each publish goes to both, `A` first. The snapshot
+/// and message are shared (`Publish` is two `Arc`s), not copied.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::{atomic::{AtomicUsize, Ordering}, Arc};
+/// use broker_core::{Broker, Notifier, Publish};
+///
+/// #[derive(Default)]
+/// struct Count(AtomicUsize);
+///
+/// #[async_trait::async_trait]
+/// impl Notifier for Count {
+///     async fn notify(&self, _: Publish) {
+///         self.0.fetch_add(1, Ordering::Relaxed);
+///     }
+/// }
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let (a, b) = (Arc::new(Count::default()), Arc::new(Count::default()));
+/// let broker = Broker::new((a.clone(), b.clone()));
+/// let token = broker.register_publisher("t", "p")?.item.token().expose().to_owned();
+/// broker.publish("t", &token, None, "x".into()).await?;
+/// assert_eq!((a.0.load(Ordering::Relaxed), b.0.load(Ordering::Relaxed)), (1, 1));
+/// # Ok::<_, broker_core::Error>(())
+/// # }).unwrap();
+/// ```
+#[async_trait]
+impl<A: Notifier, B: Notifier> Notifier for (A, B) {
+    async fn notify(&self, publish: Publish) {
+        self.0.notify(publish.clone()).await;
+        self.1.notify(publish).await
+    }
+}

@@ -3,10 +3,10 @@
 
 use std::fmt;
 
-use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
-use http_body_util::Full;
 use serde::Serialize;
+
+use crate::ResponseBody;
 
 /// Why a request was refused.
 ///
@@ -95,7 +95,7 @@ impl ApiError {
     }
 
     /// The JSON error response.
-    pub fn into_response(self) -> Response<Full<Bytes>> {
+    pub fn into_response(self) -> Response<ResponseBody> {
         #[derive(Serialize)]
         struct Body<'a> {
             error: Inner<'a>,

@@ -2,16 +2,15 @@
 
 use bytes::Bytes;
 use http::{header, HeaderMap, Response, StatusCode};
-use http_body_util::Full;
 use hyper::body::Body;
 
 use crate::{
     json::{self, reply},
-    Api, ApiError,
+    Api, ApiError, ResponseBody,
 };
 use broker_core::Endpoint;
 
-type Reply = Result<Response<Full<Bytes>>, ApiError>;
+type Reply = Result<Response<ResponseBody>, ApiError>;
 
 fn created_or_ok(created: bool) -> StatusCode {
     if created {
@@ -22,7 +21,7 @@ fn created_or_ok(created: bool) -> StatusCode {
 }
 
 /// `GET /healthz`
-pub(crate) fn health() -> Response<Full<Bytes>> {
+pub(crate) fn health() -> Response<ResponseBody> {
     reply(StatusCode::OK, &json::Health { status: "ok" })
 }
 
@@ -30,14 +29,14 @@ pub(crate) fn health() -> Response<Full<Bytes>> {
 pub(crate) const OPENAPI: &str = include_str!("../../docs/openapi.json");
 
 /// `GET /v1/openapi.json`
-pub(crate) fn openapi() -> Response<Full<Bytes>> {
+pub(crate) fn openapi() -> Response<ResponseBody> {
     json::response(StatusCode::OK, OPENAPI.as_bytes().to_vec())
 }
 
 /// `GET /metrics`, in the Prometheus text format.
 pub(crate) fn metrics(api: &Api) -> Reply {
     let metrics = api.config().metrics.as_ref().ok_or(ApiError::NotFound)?;
-    let mut response = Response::new(Full::new(Bytes::from(metrics.render())));
+    let mut response = Response::new(json::body_of(Bytes::from(metrics.render())));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         http::HeaderValue::from_static(
@@ -49,7 +48,7 @@ pub(crate) fn metrics(api: &Api) -> Reply {
 
 /// `GET /readyz`: ready to accept publishes; `503` once the broker is
 /// closed for draining.
-pub(crate) fn ready(api: &Api) -> Response<Full<Bytes>> {
+pub(crate) fn ready(api: &Api) -> Response<ResponseBody> {
     if api.broker().is_closed() {
         reply(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -178,7 +177,7 @@ where
 }
 
 /// `GET /v1/topics`
-pub(crate) fn list_topics(api: &Api) -> Response<Full<Bytes>> {
+pub(crate) fn list_topics(api: &Api) -> Response<ResponseBody> {
     let topics = api.broker().topics();
     reply(
         StatusCode::OK,
@@ -232,8 +231,8 @@ pub(crate) fn topic_detail(api: &Api, topic: &str) -> Reply {
     ))
 }
 
-fn no_content() -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::default());
+fn no_content() -> Response<ResponseBody> {
+    let mut r = Response::new(json::body_of(Bytes::new()));
     *r.status_mut() = StatusCode::NO_CONTENT;
     r
 }

@@ -12,11 +12,16 @@ use serde::{
     Deserialize, Deserializer, Serialize,
 };
 
-use crate::ApiError;
+use crate::{ApiError, ResponseBody};
+
+/// A whole body, boxed as every response body is.
+pub(crate) fn body_of(bytes: Bytes) -> ResponseBody {
+    Full::new(bytes).boxed()
+}
 
 /// A response with a JSON body.
-pub(crate) fn response(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+pub(crate) fn response(status: StatusCode, body: Vec<u8>) -> Response<ResponseBody> {
+    let mut response = Response::new(body_of(Bytes::from(body)));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -26,7 +31,7 @@ pub(crate) fn response(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes
 }
 
 /// Serialises `value` as the JSON body of a `status` response.
-pub(crate) fn reply<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
+pub(crate) fn reply<T: Serialize>(status: StatusCode, value: &T) -> Response<ResponseBody> {
     // Serialising these plain structs cannot fail.
     response(status, serde_json::to_vec(value).unwrap_or_default())
 }

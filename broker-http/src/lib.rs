@@ -46,12 +46,15 @@ use std::{convert::Infallible, future::Future, pin::Pin, sync::Arc};
 use broker_core::Broker;
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
-use http_body_util::Full;
 use hyper::body::Body;
 use subtle::ConstantTimeEq;
 
 pub use delivery::{signature, DeliveryConfig, DestinationPolicy, WebhookNotifier};
 pub use error::ApiError;
+
+/// The body of every response: boxed, so whole and streamed bodies share
+/// one type.
+pub type ResponseBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 pub use metrics::Metrics;
 pub use rustls;
 pub use server::{serve, ServerConfig};
@@ -162,7 +165,7 @@ impl Api {
 
     /// Answers one request. Every error becomes a JSON error response, so
     /// this never fails.
-    pub async fn handle<B>(&self, req: Request<B>) -> Response<Full<Bytes>>
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<ResponseBody>
     where
         B: Body,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -220,7 +223,7 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    type Response = Response<Full<Bytes>>;
+    type Response = Response<ResponseBody>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 

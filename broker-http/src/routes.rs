@@ -1,11 +1,9 @@
 //! The route table of the v1 API: one `match` on method and path.
 
-use bytes::Bytes;
 use http::{Method, Request, Response};
-use http_body_util::Full;
 use hyper::body::Body;
 
-use crate::{handlers, Api, ApiError};
+use crate::{handlers, Api, ApiError, ResponseBody};
 
 /// A recognised path, with its parameters borrowed from the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +92,7 @@ impl<'a> Route<'a> {
 pub(crate) async fn dispatch<B>(
     api: &Api,
     req: Request<B>,
-) -> Result<Response<Full<Bytes>>, ApiError>
+) -> Result<Response<ResponseBody>, ApiError>
 where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,

@@ -6,7 +6,15 @@
 //!   message to each subscriber's URL, signed per Standard Webhooks, through
 //!   a bounded queue per subscriber (`delivery/`);
 //! - [`serve`]: accepts connections on a listener the caller bound, until a
-//!   shutdown future the caller supplies completes.
+//!   shutdown future the caller supplies completes;
+//! - [`Metrics`]: Prometheus metrics for `GET /metrics`, set through
+//!   [`ApiConfig::metrics`];
+//! - [`signature::Signer`]: Standard Webhooks signing, also usable by a
+//!   receiver written in Rust to verify deliveries.
+//!
+//! Errors map to statuses and JSON bodies in one place, [`ApiError`]; the
+//! OpenAPI document of the API is `docs/openapi.json`, served at
+//! `GET /v1/openapi.json`.
 //!
 //! # Examples
 //!

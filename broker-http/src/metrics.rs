@@ -8,7 +8,7 @@ use std::fmt;
 use broker_core::Broker;
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric},
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
     metrics::{
         counter::{ConstCounter, Counter},
         family::Family,
@@ -39,7 +39,19 @@ impl Default for DeliveryMetrics {
     }
 }
 
-type Labels = Vec<(&'static str, String)>;
+/// `route` and `status` of a request: static, so counting one allocates
+/// nothing.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: &'static str,
+    status: u16,
+}
+
+/// `result` of a publish: `accepted` or the error code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PublishLabels {
+    result: &'static str,
+}
 
 /// The metrics of one broker, served at `GET /metrics` when set in
 /// [`ApiConfig::metrics`](crate::ApiConfig::metrics).
@@ -59,21 +71,21 @@ type Labels = Vec<(&'static str, String)>;
 /// ```
 pub struct Metrics {
     registry: Registry,
-    http_requests: Family<Labels, Counter>,
-    publishes: Family<Labels, Counter>,
+    http_requests: Family<RequestLabels, Counter>,
+    publishes: Family<PublishLabels, Counter>,
 }
 
 impl Metrics {
     /// Metrics over `broker`, and over `notifier`'s deliveries if given.
     pub fn new(broker: &Broker, notifier: Option<&WebhookNotifier>) -> Self {
         let mut registry = Registry::with_prefix("broker");
-        let http_requests = Family::<Labels, Counter>::default();
+        let http_requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "http_requests",
             "HTTP requests answered, by route and status",
             http_requests.clone(),
         );
-        let publishes = Family::<Labels, Counter>::default();
+        let publishes = Family::<PublishLabels, Counter>::default();
         registry.register(
             "publishes",
             "Publish calls, by result: accepted, or the error code they were refused with",
@@ -106,17 +118,14 @@ impl Metrics {
     /// Counts one answered request.
     pub(crate) fn http_request(&self, route: &'static str, status: u16) {
         self.http_requests
-            .get_or_create(&vec![
-                ("route", route.to_owned()),
-                ("status", status.to_string()),
-            ])
+            .get_or_create(&RequestLabels { route, status })
             .inc();
     }
 
     /// Counts one publish call.
     pub(crate) fn publish(&self, result: &'static str) {
         self.publishes
-            .get_or_create(&vec![("result", result.to_owned())])
+            .get_or_create(&PublishLabels { result })
             .inc();
     }
 

@@ -37,6 +37,15 @@ impl TopicName {
         Ok(TopicName(Arc::from(name)))
     }
 
+    /// Checks `name` without keeping it (no allocation).
+    ///
+    /// # Errors
+    ///
+    /// As [`TopicName::new`].
+    pub fn validate(name: &str) -> Result<(), Error> {
+        validate(name)
+    }
+
     /// The name as a string slice.
     pub fn as_str(&self) -> &str {
         &self.0

@@ -66,7 +66,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     // The path is checked before the body is read.
-    broker_core::TopicName::new(topic)?;
+    broker_core::TopicName::validate(topic)?;
     let req: json::PublisherRequest = json::read_json(
         h,
         body,
@@ -99,7 +99,7 @@ where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    broker_core::TopicName::new(topic)?;
+    broker_core::TopicName::validate(topic)?;
     let req: json::SubscriberRequest = json::read_json(
         h,
         body,
@@ -154,7 +154,7 @@ where
 {
     let token = bearer(h).ok_or(broker_core::Error::Unauthorized)?;
     // Refuse a bad topic or token before reading a large body.
-    broker_core::TopicName::new(topic)?;
+    broker_core::TopicName::validate(topic)?;
     let payload = json::read_body(
         h,
         body,

@@ -178,18 +178,19 @@ impl Api {
         B: Body,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let route = routes::Route::recognise(req.uri().path());
-        let (route, is_publish) = (
+        let (parts, body) = req.into_parts();
+        let route = routes::Route::recognise(parts.uri.path());
+        let (route_name, is_publish) = (
             route.map_or("unknown", routes::Route::name),
             matches!(route, Some(routes::Route::Messages(_))),
         );
-        let outcome = routes::dispatch(self, req).await;
+        let outcome = routes::dispatch(self, route, &parts, body).await;
         if let Some(metrics) = &self.inner.config.metrics {
             let status = match &outcome {
                 Ok(response) => response.status(),
                 Err(e) => e.status(),
             };
-            metrics.http_request(route, status.as_u16());
+            metrics.http_request(route_name, status.as_u16());
             if is_publish {
                 metrics.publish(match &outcome {
                     Ok(_) => "accepted",

@@ -1,6 +1,6 @@
 //! The route table of the v1 API: one `match` on method and path.
 
-use http::{Method, Request, Response};
+use http::{Method, Response};
 use hyper::body::Body;
 
 use crate::{handlers, Api, ApiError, ResponseBody};
@@ -88,17 +88,19 @@ impl<'a> Route<'a> {
     }
 }
 
-/// Routes one request to its handler.
+/// Routes one request to its handler; `route` is what
+/// [`Route::recognise`] made of its path.
 pub(crate) async fn dispatch<B>(
     api: &Api,
-    req: Request<B>,
+    route: Option<Route<'_>>,
+    parts: &http::request::Parts,
+    body: B,
 ) -> Result<Response<ResponseBody>, ApiError>
 where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let (parts, body) = req.into_parts();
-    let route = Route::recognise(parts.uri.path()).ok_or(ApiError::NotFound)?;
+    let route = route.ok_or(ApiError::NotFound)?;
     let h = &parts.headers;
     match (&parts.method, route) {
         (&Method::GET, Route::Health) => Ok(handlers::health()),

@@ -10,11 +10,12 @@ use std::{
 
 use bytes::Bytes;
 use http::HeaderValue;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::{
-    registry::Registry, secret::random, DeliveryCounts, DeliveryStats, Endpoint, Error, Limits,
-    Message, Notifier, Publish, Publisher, Receipt, Subscriber, TopicName,
+    registry::Registry, replay::Retained, secret::random, DeliveryCounts, DeliveryStats, Endpoint,
+    Error, Limits, Listener, Message, Notifier, Publish, Publisher, Receipt, Replay, ReplayFrom,
+    Role, Subscriber, TopicName,
 };
 
 /// The in-memory broker. Cheap to clone: every clone is a handle to the same
@@ -70,10 +71,14 @@ struct Shared {
     message_seq: AtomicU64,
 }
 
-/// Per-topic counters kept by the broker.
+/// Per-topic state reachable without the registry lock: counters and the
+/// replay ring.
 #[derive(Debug, Default)]
 pub(crate) struct TopicStats {
     pub(crate) published: AtomicU64,
+    /// Held while a publish numbers and retains its message, and while a
+    /// replay copies out its messages (`Arc`s): never across an `.await`.
+    pub(crate) retained: Mutex<Retained>,
     /// Outcomes of all deliveries on the topic, including those of
     /// subscribers since deregistered.
     pub(crate) deliveries: ShardedStats,
@@ -154,6 +159,8 @@ pub struct TopicSummary {
     pub name: TopicName,
     /// How many publishers are registered on it.
     pub publishers: usize,
+    /// How many listeners are registered on it.
+    pub listeners: usize,
     /// How many subscribers are registered on it.
     pub subscribers: usize,
     /// Messages published on it since it was created.
@@ -169,6 +176,8 @@ pub struct TopicDetail {
     pub name: TopicName,
     /// Its publishers, ordered by name.
     pub publishers: Vec<Arc<Publisher>>,
+    /// Its listeners, ordered by name.
+    pub listeners: Vec<Arc<Listener>>,
     /// Its subscribers, in registration order.
     pub subscribers: Vec<Arc<Subscriber>>,
     /// Messages published on it since it was created.
@@ -216,10 +225,12 @@ impl Broker {
         topic: &str,
         name: &str,
     ) -> Result<Registration<Arc<Publisher>>, Error> {
-        self.shared
-            .registry
-            .write()
-            .register_publisher(topic, name, &self.shared.limits)
+        self.shared.registry.write().register_credential(
+            Role::Publish,
+            topic,
+            name,
+            &self.shared.limits,
+        )
     }
 
     /// Deregisters a publisher: its token stops working at once. Nothing
@@ -230,7 +241,107 @@ impl Broker {
     /// [`Error::InvalidTopic`], or [`Error::PublisherNotFound`] when no
     /// publisher with that id is on the topic.
     pub fn deregister_publisher(&self, topic: &str, id: &str) -> Result<(), Error> {
-        self.shared.registry.write().deregister_publisher(topic, id)
+        self.shared
+            .registry
+            .write()
+            .deregister_credential(Role::Publish, topic, id)
+    }
+
+    /// Registers a listener named `name` on `topic`, creating the topic if
+    /// needed: its token lets a live client (Server-Sent Events, WebSocket)
+    /// receive the topic's messages. Replaying the same (topic, name)
+    /// returns the same listener and token with `created == false`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidTopic`], [`Error::InvalidListenerName`], or
+    /// [`Error::LimitExceeded`].
+    pub fn register_listener(
+        &self,
+        topic: &str,
+        name: &str,
+    ) -> Result<Registration<Arc<Listener>>, Error> {
+        self.shared.registry.write().register_credential(
+            Role::Listen,
+            topic,
+            name,
+            &self.shared.limits,
+        )
+    }
+
+    /// Deregisters a listener: its token stops working for new
+    /// connections at once. Nothing else on the topic changes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidTopic`], or [`Error::ListenerNotFound`].
+    pub fn deregister_listener(&self, topic: &str, id: &str) -> Result<(), Error> {
+        self.shared
+            .registry
+            .write()
+            .deregister_credential(Role::Listen, topic, id)
+    }
+
+    /// Checks that `token` is a listener token of `topic`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidTopic`]; [`Error::Unauthorized`] when the token is
+    /// not a registered listener's; [`Error::Forbidden`] when it is another
+    /// topic's.
+    pub fn authorize_listener(&self, topic: &str, token: &str) -> Result<(), Error> {
+        crate::topic::validate(topic)?;
+        let registry = self.shared.registry.read();
+        let listener = registry.authenticate(token, Role::Listen)?;
+        if listener.topic.as_str() == topic {
+            Ok(())
+        } else {
+            Err(Error::Forbidden)
+        }
+    }
+
+    /// The retained messages of `topic` that `from` asks for (see
+    /// [`Limits::replay_messages`]), oldest first.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidTopic`], or [`Error::TopicNotFound`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use broker_core::{Broker, Publish, ReplayFrom};
+    ///
+    /// struct Nobody;
+    /// #[async_trait::async_trait]
+    /// impl broker_core::Notifier for Nobody {
+    ///     async fn notify(&self, _: Publish) {}
+    /// }
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let broker = Broker::new(Nobody);
+    /// let token = broker.register_publisher("t", "p")?.item.token().expose().to_owned();
+    /// let mut ids = Vec::new();
+    /// for n in 0..3 {
+    ///     ids.push(broker.publish("t", &token, None, format!("{n}").into()).await?.id);
+    /// }
+    /// let last_two = broker.replay("t", ReplayFrom::Last(2))?;
+    /// assert_eq!(last_two.messages.len(), 2);
+    /// assert_eq!(last_two.messages[0].payload().as_ref(), b"1");
+    /// let after_first = broker.replay("t", ReplayFrom::After(&ids[0]))?;
+    /// assert_eq!(after_first.messages[0].id(), ids[1]);
+    /// # Ok::<_, broker_core::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn replay(&self, topic: &str, from: ReplayFrom<'_>) -> Result<Replay, Error> {
+        crate::topic::validate(topic)?;
+        let stats = {
+            let registry = self.shared.registry.read();
+            let t = registry.topics.get(topic).ok_or(Error::TopicNotFound)?;
+            t.stats.clone()
+        };
+        let retained = stats.retained.lock();
+        Ok(retained.replay(&from, &self.shared.message_prefix))
     }
 
     /// Registers a subscriber on `topic`, creating the topic if needed.
@@ -289,7 +400,7 @@ impl Broker {
         }
         let (topic, subscribers, stats) = {
             let registry = self.shared.registry.read();
-            let publisher = registry.authenticate(token)?;
+            let publisher = registry.authenticate(token, Role::Publish)?;
             if publisher.topic.as_str() != topic {
                 return Err(Error::Forbidden);
             }
@@ -301,14 +412,22 @@ impl Broker {
             // The guard drops here, before the notifier runs.
         };
         stats.published.fetch_add(1, Ordering::Relaxed);
-        let seq = self.shared.message_seq.fetch_add(1, Ordering::Relaxed);
-        let message = Arc::new(Message {
-            id: format!("msg_{}{seq:012x}", self.shared.message_prefix),
-            topic,
-            content_type,
-            payload,
-            published_at: SystemTime::now(),
-        });
+        let message = {
+            // Numbered under the topic's ring lock, so the ring (and any
+            // replay) is in sequence order; dropped before notifying.
+            let mut retained = stats.retained.lock();
+            let seq = self.shared.message_seq.fetch_add(1, Ordering::Relaxed);
+            let message = Arc::new(Message {
+                id: format!("msg_{}{seq:012x}", self.shared.message_prefix),
+                seq,
+                topic,
+                content_type,
+                payload,
+                published_at: SystemTime::now(),
+            });
+            retained.push(&message, &self.shared.limits);
+            message
+        };
         let receipt = Receipt {
             id: message.id.clone(),
             subscribers: subscribers.len(),
@@ -345,6 +464,7 @@ impl Broker {
             .map(|t| TopicSummary {
                 name: t.name.clone(),
                 publishers: t.publishers.len(),
+                listeners: t.listeners.len(),
                 subscribers: t.subscribers.len(),
                 published: t.stats.published.load(Ordering::Relaxed),
                 deliveries: t.stats.deliveries.snapshot(),
@@ -365,9 +485,12 @@ impl Broker {
         let t = registry.topics.get(name).ok_or(Error::TopicNotFound)?;
         let mut publishers: Vec<_> = t.publishers.values().cloned().collect();
         publishers.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut listeners: Vec<_> = t.listeners.values().cloned().collect();
+        listeners.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(TopicDetail {
             name: t.name.clone(),
             publishers,
+            listeners,
             subscribers: t.subscribers.to_vec(),
             published: t.stats.published.load(Ordering::Relaxed),
             deliveries: t.stats.deliveries.snapshot(),
@@ -660,5 +783,120 @@ mod tests {
             ));
         }
         assert!(b.topics().is_empty());
+    }
+
+    #[test]
+    fn listener_tokens_listen_and_never_publish() {
+        let (b, _) = broker();
+        let l = b.register_listener("t", "dashboard").unwrap();
+        assert!(l.created && l.item.id().starts_with("lis_"));
+        assert!(!b.register_listener("t", "dashboard").unwrap().created);
+        let p = b.register_publisher("t", "p").unwrap().item;
+        let token = l.item.token().expose();
+        assert_eq!(b.authorize_listener("t", token), Ok(()));
+        // A listener token is not a publisher's, and the reverse.
+        let publish = block_on(b.publish("t", token, None, "x".into()));
+        assert_eq!(publish.unwrap_err(), Error::Unauthorized);
+        assert_eq!(
+            b.authorize_listener("t", p.token().expose()),
+            Err(Error::Unauthorized)
+        );
+        b.register_publisher("u", "p").unwrap();
+        assert_eq!(b.authorize_listener("u", token), Err(Error::Forbidden));
+        let detail = b.topic("t").unwrap();
+        assert_eq!(detail.listeners.len(), 1);
+        assert_eq!(b.topics()[0].listeners, 1);
+        // Deregistering a listener by a publisher's id, or the reverse, finds nothing.
+        assert_eq!(
+            b.deregister_listener("t", p.id()),
+            Err(Error::ListenerNotFound)
+        );
+        assert_eq!(
+            b.deregister_publisher("t", l.item.id()),
+            Err(Error::PublisherNotFound)
+        );
+        b.deregister_listener("t", l.item.id()).unwrap();
+        assert_eq!(b.authorize_listener("t", token), Err(Error::Unauthorized));
+        // A listener alone keeps a topic.
+        b.register_listener("v", "x").unwrap();
+        assert!(b.topic("v").is_ok());
+    }
+
+    fn publish_n(b: &Broker, topic: &str, sizes: &[usize]) -> Vec<String> {
+        let token = b.register_publisher(topic, "p").unwrap().item;
+        block_on(async {
+            let mut ids = Vec::new();
+            for &n in sizes {
+                let r = b.publish(topic, token.token().expose(), None, vec![b'x'; n].into());
+                ids.push(r.await.unwrap().id);
+            }
+            ids
+        })
+    }
+
+    #[test]
+    fn the_replay_ring_is_bounded_by_count_and_bytes() {
+        let limits = Limits {
+            replay_messages: 3,
+            replay_bytes: 10,
+            ..Limits::default()
+        };
+        let b = Broker::with_limits(Recorder::default(), limits);
+        let ids = publish_n(&b, "t", &[1, 1, 1, 1]);
+        let all = b.replay("t", ReplayFrom::Last(usize::MAX)).unwrap();
+        let kept: Vec<_> = all.messages.iter().map(|m| m.id().to_owned()).collect();
+        assert_eq!(kept, ids[1..]);
+        let seq = all.messages.last().unwrap().sequence();
+        assert_eq!(all.up_to, Some(seq));
+        // Bytes: a 6-byte message evicts until it fits in 10.
+        let more = publish_n(&b, "t", &[6]);
+        let kept = b.replay("t", ReplayFrom::Last(10)).unwrap().messages;
+        assert_eq!(kept.len(), 3);
+        assert_eq!(kept[2].id(), more[0]);
+        // Too large for the ring: not kept, yet counted in `up_to`.
+        let big = publish_n(&b, "t", &[11]);
+        let r = b.replay("t", ReplayFrom::Last(10)).unwrap();
+        assert_eq!(r.messages.last().unwrap().id(), more[0]);
+        assert!(r.up_to > Some(r.messages.last().unwrap().sequence()));
+        assert!(!r.messages.iter().any(|m| m.id() == big[0]));
+        assert_eq!(
+            b.replay("t", ReplayFrom::Last(0)).unwrap().messages.len(),
+            0
+        );
+        assert_eq!(
+            b.replay("zz", ReplayFrom::Last(1)).unwrap_err(),
+            Error::TopicNotFound
+        );
+    }
+
+    #[test]
+    fn replay_after_an_id_resumes_after_it() {
+        let (b, _) = broker();
+        let ids = publish_n(&b, "t", &[1, 1, 1]);
+        let after = |id: &str| -> Vec<String> {
+            b.replay("t", ReplayFrom::After(id))
+                .unwrap()
+                .messages
+                .iter()
+                .map(|m| m.id().to_owned())
+                .collect()
+        };
+        assert_eq!(after(&ids[0]), ids[1..]);
+        assert!(after(&ids[2]).is_empty());
+        // Ids this broker never issued replay all that is retained.
+        for foreign in ["", "msg_", "nonsense", "msg_000000000000000000000001"] {
+            assert_eq!(after(foreign), ids, "{foreign:?}");
+        }
+        // Nothing retained with replay off, but `up_to` still moves.
+        let off = Broker::with_limits(
+            Recorder::default(),
+            Limits {
+                replay_messages: 0,
+                ..Limits::default()
+            },
+        );
+        publish_n(&off, "t", &[1]);
+        let r = off.replay("t", ReplayFrom::Last(5)).unwrap();
+        assert!(r.messages.is_empty() && r.up_to.is_some());
     }
 }

@@ -19,6 +19,11 @@ pub enum Error {
         /// Why the name was refused.
         reason: &'static str,
     },
+    /// The listener name is empty, too long or holds control characters.
+    InvalidListenerName {
+        /// Why the name was refused.
+        reason: &'static str,
+    },
     /// The subscriber's URL, method or headers were refused.
     InvalidEndpoint {
         /// Why the endpoint was refused.
@@ -30,6 +35,8 @@ pub enum Error {
     PublisherNotFound,
     /// No subscriber with that id is registered on the topic.
     SubscriberNotFound,
+    /// No listener with that id is registered on the topic.
+    ListenerNotFound,
     /// The publisher token is missing, malformed or unknown.
     Unauthorized,
     /// The publisher token is valid, but for another topic.
@@ -57,6 +64,7 @@ impl fmt::Display for Error {
             Error::InvalidPublisherName { reason } => {
                 write!(f, "invalid publisher name: {reason}")
             }
+            Error::InvalidListenerName { reason } => write!(f, "invalid listener name: {reason}"),
             Error::InvalidEndpoint { reason } => write!(f, "invalid subscriber endpoint: {reason}"),
             Error::TopicNotFound => f.write_str("no topic of that name is registered"),
             Error::PublisherNotFound => {
@@ -64,6 +72,9 @@ impl fmt::Display for Error {
             }
             Error::SubscriberNotFound => {
                 f.write_str("no subscriber with that id is registered on this topic")
+            }
+            Error::ListenerNotFound => {
+                f.write_str("no listener with that id is registered on this topic")
             }
             Error::Unauthorized => f.write_str(
                 "a valid publisher token is required: send `Authorization: Bearer <token>`",

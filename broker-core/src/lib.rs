@@ -51,24 +51,26 @@
 //! ```
 
 mod broker;
+mod credential;
 mod endpoint;
 mod error;
 mod limits;
 mod message;
 mod notifier;
-mod publisher;
 mod registry;
+mod replay;
 mod secret;
 mod subscriber;
 mod topic;
 
 pub use broker::{Broker, Registration, TopicDetail, TopicSummary};
+pub use credential::{Credential, Listener, Publisher, Role};
 pub use endpoint::Endpoint;
 pub use error::Error;
 pub use limits::Limits;
 pub use message::{Message, Publish, Receipt, Subscribers};
 pub use notifier::Notifier;
-pub use publisher::Publisher;
-pub use secret::{PublisherToken, SigningSecret};
+pub use replay::{Replay, ReplayFrom};
+pub use secret::{SigningSecret, Token};
 pub use subscriber::{DeliveryCounts, DeliveryStats, Outcome, Subscriber};
 pub use topic::{TopicName, MAX_TOPIC_LEN};

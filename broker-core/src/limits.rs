@@ -15,11 +15,14 @@
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
-    /// Topics registered at once (a topic exists while it has a publisher or
-    /// a subscriber). Default 10,000.
+    /// Topics registered at once (a topic exists while it has a publisher,
+    /// a listener or a subscriber). Default 10,000.
     pub max_topics: usize,
     /// Publishers on one topic. Default 1,000.
     pub max_publishers_per_topic: usize,
+    /// Listeners (live subscribers' credentials) on one topic. Default
+    /// 1,000.
+    pub max_listeners_per_topic: usize,
     /// Subscribers on one topic. Default 100,000.
     pub max_subscribers_per_topic: usize,
     /// Length of a subscriber URL in bytes. Default 2,048.
@@ -29,7 +32,15 @@ pub struct Limits {
     /// Sum of the lengths of a subscriber's header names and values, in
     /// bytes. Default 8 KiB.
     pub max_header_bytes: usize,
-    /// Length of a publisher name in bytes. Default 128.
+    /// Messages each topic keeps for replay to live listeners (`last_n`,
+    /// `Last-Event-ID`); 0 keeps none. Default 100.
+    pub replay_messages: usize,
+    /// Bytes of payload each topic keeps for replay: the oldest retained
+    /// messages go first when a new one would pass it, and a message larger
+    /// than this is not retained at all. The replay memory is bounded by
+    /// `max_topics × replay_bytes`. Default 1 MiB.
+    pub replay_bytes: usize,
+    /// Length of a publisher or listener name in bytes. Default 128.
     pub max_publisher_name_len: usize,
     /// Attempts a subscriber may ask for per delivery. Default 10.
     pub max_delivery_attempts: u32,
@@ -40,7 +51,10 @@ impl Default for Limits {
         Limits {
             max_topics: 10_000,
             max_publishers_per_topic: 1_000,
+            max_listeners_per_topic: 1_000,
             max_subscribers_per_topic: 100_000,
+            replay_messages: 100,
+            replay_bytes: 1024 * 1024,
             max_url_len: 2_048,
             max_headers: 32,
             max_header_bytes: 8 * 1024,

@@ -12,6 +12,7 @@ use crate::{Subscriber, TopicName};
 #[derive(Debug)]
 pub struct Message {
     pub(crate) id: String,
+    pub(crate) seq: u64,
     pub(crate) topic: TopicName,
     pub(crate) content_type: Option<HeaderValue>,
     pub(crate) payload: Bytes,
@@ -22,6 +23,12 @@ impl Message {
     /// The message id (`msg_…`), the same in every delivery (`webhook-id`).
     pub fn id(&self) -> &str {
         &self.id
+    }
+    /// Its place in the broker's publish order: a message published on a
+    /// topic after another has a larger sequence number (numbers are
+    /// shared by all topics, so they have gaps within one).
+    pub fn sequence(&self) -> u64 {
+        self.seq
     }
     /// The topic it was published on.
     pub fn topic(&self) -> &TopicName {

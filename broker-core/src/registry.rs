@@ -9,10 +9,10 @@ use std::{
 use http::Method;
 
 use crate::{
+    credential::validate_name,
     message::Subscribers,
-    publisher::validate_name,
-    secret::{new_id, PublisherToken, SigningSecret},
-    Endpoint, Error, Limits, Publisher, Registration, Subscriber, TopicName,
+    secret::{new_id, SigningSecret, Token},
+    Credential, Endpoint, Error, Limits, Registration, Role, Subscriber, TopicName,
 };
 
 /// What makes two subscriber registrations the same: the method and the
@@ -22,14 +22,17 @@ type SubscriberKey = (Method, String);
 #[derive(Default)]
 pub(crate) struct Registry {
     pub(crate) topics: HashMap<TopicName, Topic>,
-    /// Every publisher by id, so a token finds its publisher in one lookup.
-    publishers: HashMap<String, Arc<Publisher>>,
+    /// Every publisher and listener by id, so a token finds its credential
+    /// in one lookup.
+    credentials: HashMap<String, Arc<Credential>>,
 }
 
 pub(crate) struct Topic {
     pub(crate) name: TopicName,
     /// By name: a replayed registration finds its publisher.
-    pub(crate) publishers: HashMap<String, Arc<Publisher>>,
+    pub(crate) publishers: HashMap<String, Arc<Credential>>,
+    /// By name, likewise.
+    pub(crate) listeners: HashMap<String, Arc<Credential>>,
     /// Copy-on-write: a publish clones the `Arc`; a change copies the list
     /// only while a publish still holds the old one.
     pub(crate) subscribers: Subscribers,
@@ -42,6 +45,7 @@ impl Topic {
         Topic {
             name,
             publishers: HashMap::new(),
+            listeners: HashMap::new(),
             subscribers: Subscribers::default(),
             subscriber_keys: HashMap::new(),
             stats: Arc::default(),
@@ -49,7 +53,21 @@ impl Topic {
     }
 
     fn is_empty(&self) -> bool {
-        self.publishers.is_empty() && self.subscriber_keys.is_empty()
+        self.publishers.is_empty() && self.listeners.is_empty() && self.subscriber_keys.is_empty()
+    }
+
+    fn named(&self, role: Role) -> &HashMap<String, Arc<Credential>> {
+        match role {
+            Role::Publish => &self.publishers,
+            Role::Listen => &self.listeners,
+        }
+    }
+
+    fn named_mut(&mut self, role: Role) -> &mut HashMap<String, Arc<Credential>> {
+        match role {
+            Role::Publish => &mut self.publishers,
+            Role::Listen => &mut self.listeners,
+        }
     }
 }
 
@@ -75,50 +93,54 @@ impl Registry {
         }
     }
 
-    pub(crate) fn register_publisher(
+    pub(crate) fn register_credential(
         &mut self,
+        role: Role,
         topic: &str,
         name: &str,
         limits: &Limits,
-    ) -> Result<Registration<Arc<Publisher>>, Error> {
+    ) -> Result<Registration<Arc<Credential>>, Error> {
         crate::topic::validate(topic)?;
-        validate_name(name, limits)?;
-        if let Some(existing) = self.topics.get(topic).and_then(|t| t.publishers.get(name)) {
+        validate_name(name, role, limits)?;
+        if let Some(existing) = self.topics.get(topic).and_then(|t| t.named(role).get(name)) {
             return Ok(Registration::existing(existing.clone()));
         }
-        let mut id = new_id("pub_");
-        while self.publishers.contains_key(&id) {
-            id = new_id("pub_");
+        let mut id = new_id(role.id_prefix());
+        while self.credentials.contains_key(&id) {
+            id = new_id(role.id_prefix());
         }
         let t = self.topic_entry(topic, limits)?;
-        if t.publishers.len() >= limits.max_publishers_per_topic {
-            let limit = limits.max_publishers_per_topic;
+        if t.named(role).len() >= role.max_per_topic(limits) {
             self.prune(topic);
-            return Err(Error::LimitExceeded {
-                what: "publishers on a topic",
-                limit,
-            });
+            return Err(role.limit(limits));
         }
-        let publisher = Arc::new(Publisher {
-            token: PublisherToken::generate(&id),
+        let credential = Arc::new(Credential {
+            token: Token::generate(&id),
             id: id.clone(),
             topic: t.name.clone(),
             name: name.to_owned(),
+            role,
         });
-        t.publishers.insert(name.to_owned(), publisher.clone());
-        self.publishers.insert(id, publisher.clone());
-        Ok(Registration::created(publisher))
+        t.named_mut(role)
+            .insert(name.to_owned(), credential.clone());
+        self.credentials.insert(id, credential.clone());
+        Ok(Registration::created(credential))
     }
 
-    pub(crate) fn deregister_publisher(&mut self, topic: &str, id: &str) -> Result<(), Error> {
+    pub(crate) fn deregister_credential(
+        &mut self,
+        role: Role,
+        topic: &str,
+        id: &str,
+    ) -> Result<(), Error> {
         crate::topic::validate(topic)?;
-        match self.publishers.get(id) {
-            Some(p) if p.topic.as_str() == topic => {}
-            _ => return Err(Error::PublisherNotFound),
+        match self.credentials.get(id) {
+            Some(c) if c.topic.as_str() == topic && c.role == role => {}
+            _ => return Err(role.not_found()),
         }
-        let publisher = self.publishers.remove(id).expect("checked above");
+        let credential = self.credentials.remove(id).expect("checked above");
         if let Some(t) = self.topics.get_mut(topic) {
-            t.publishers.remove(&publisher.name);
+            t.named_mut(role).remove(&credential.name);
         }
         self.prune(topic);
         Ok(())
@@ -189,11 +211,12 @@ impl Registry {
         Ok(())
     }
 
-    /// The publisher `token` belongs to, compared in constant time.
-    pub(crate) fn authenticate(&self, token: &str) -> Result<&Arc<Publisher>, Error> {
-        let id = PublisherToken::claimed_id(token).ok_or(Error::Unauthorized)?;
-        match self.publishers.get(id) {
-            Some(p) if p.token.verify(token) => Ok(p),
+    /// The credential of `role` that `token` belongs to, compared in
+    /// constant time.
+    pub(crate) fn authenticate(&self, token: &str, role: Role) -> Result<&Arc<Credential>, Error> {
+        let id = Token::claimed_id(token).ok_or(Error::Unauthorized)?;
+        match self.credentials.get(id) {
+            Some(c) if c.role == role && c.token.verify(token) => Ok(c),
             _ => Err(Error::Unauthorized),
         }
     }

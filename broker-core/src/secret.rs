@@ -1,4 +1,4 @@
-//! Random identifiers, publisher tokens and signing secrets.
+//! Random identifiers, bearer tokens and signing secrets.
 
 use std::fmt;
 
@@ -34,20 +34,21 @@ pub(crate) fn new_id(prefix: &str) -> String {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// A publisher's bearer token: `{publisher id}.{256 random bits, base64url}`.
+/// A publisher's or listener's bearer token: `{id}.{256 random bits,
+/// base64url}`.
 ///
-/// The id part lets the broker find the publisher without comparing secrets
-/// one by one; the whole token is then compared in constant time.
+/// The id part lets the broker find the credential without comparing
+/// secrets one by one; the whole token is then compared in constant time.
 #[derive(Clone, PartialEq, Eq)]
-pub struct PublisherToken(String);
+pub struct Token(String);
 
-impl PublisherToken {
-    pub(crate) fn generate(publisher_id: &str) -> Self {
+impl Token {
+    pub(crate) fn generate(id: &str) -> Self {
         let secret: [u8; 32] = random();
-        PublisherToken(format!("{publisher_id}.{}", URL_SAFE_NO_PAD.encode(secret)))
+        Token(format!("{id}.{}", URL_SAFE_NO_PAD.encode(secret)))
     }
 
-    /// The publisher id a presented token claims, if it has the token shape.
+    /// The id a presented token claims, if it has the token shape.
     pub(crate) fn claimed_id(presented: &str) -> Option<&str> {
         presented.split_once('.').map(|(id, _)| id)
     }
@@ -57,15 +58,15 @@ impl PublisherToken {
         self.0.as_bytes().ct_eq(presented.as_bytes()).into()
     }
 
-    /// The token, to hand to the publisher once.
+    /// The token, to hand to its holder once.
     pub fn expose(&self) -> &str {
         &self.0
     }
 }
 
-impl fmt::Debug for PublisherToken {
+impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("PublisherToken(..)")
+        f.write_str("Token(..)")
     }
 }
 
@@ -109,14 +110,14 @@ mod tests {
 
     #[test]
     fn tokens_are_random_and_verify_only_themselves() {
-        let a = PublisherToken::generate("pub_1");
-        let b = PublisherToken::generate("pub_1");
+        let a = Token::generate("pub_1");
+        let b = Token::generate("pub_1");
         assert_ne!(a, b);
         assert!(a.verify(a.expose()));
         assert!(!a.verify(b.expose()));
         assert!(!a.verify(""));
         assert!(!a.verify(&a.expose()[..a.expose().len() - 1]));
-        assert_eq!(PublisherToken::claimed_id(a.expose()), Some("pub_1"));
+        assert_eq!(Token::claimed_id(a.expose()), Some("pub_1"));
         // 256 random bits in base64url without padding.
         assert_eq!(a.expose().len(), "pub_1.".len() + 43);
         assert!(!format!("{a:?}").contains(a.expose()));

@@ -31,6 +31,19 @@ pub enum ApiError {
     BodyTimeout,
     /// Management calls need the admin token.
     AdminUnauthorized,
+    /// Listening needs a listener token or the admin token (or anonymous
+    /// listening turned on).
+    ListenerUnauthorized,
+    /// The listener token is another topic's.
+    ListenerForbidden,
+    /// `GET /v1/ws` without a WebSocket handshake (or over HTTP/2).
+    UpgradeRequired,
+    /// As many live connections as allowed are open.
+    TooManyLiveConnections,
+    /// Live listening (SSE, WebSocket) is not set up on this API.
+    LiveDisabled,
+    /// A query parameter is malformed.
+    InvalidQuery(&'static str),
     /// No route has this path.
     NotFound,
     /// The route exists, but not with this method; the `Allow` value.
@@ -45,8 +58,12 @@ impl ApiError {
             ApiError::Broker(e) => match e {
                 E::InvalidTopic { .. }
                 | E::InvalidPublisherName { .. }
+                | E::InvalidListenerName { .. }
                 | E::InvalidEndpoint { .. } => StatusCode::BAD_REQUEST,
-                E::TopicNotFound | E::PublisherNotFound | E::SubscriberNotFound => {
+                E::TopicNotFound
+                | E::PublisherNotFound
+                | E::SubscriberNotFound
+                | E::ListenerNotFound => {
                     StatusCode::NOT_FOUND
                 }
                 E::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -59,8 +76,14 @@ impl ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            ApiError::AdminUnauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::AdminUnauthorized | ApiError::ListenerUnauthorized => {
+                StatusCode::UNAUTHORIZED
+            }
+            ApiError::ListenerForbidden => StatusCode::FORBIDDEN,
+            ApiError::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
+            ApiError::TooManyLiveConnections => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::InvalidQuery(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound | ApiError::LiveDisabled => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
@@ -72,10 +95,12 @@ impl ApiError {
             ApiError::Broker(e) => match e {
                 E::InvalidTopic { .. } => "invalid_topic",
                 E::InvalidPublisherName { .. } => "invalid_publisher_name",
+                E::InvalidListenerName { .. } => "invalid_listener_name",
                 E::InvalidEndpoint { .. } => "invalid_endpoint",
                 E::TopicNotFound => "topic_not_found",
                 E::PublisherNotFound => "publisher_not_found",
                 E::SubscriberNotFound => "subscriber_not_found",
+                E::ListenerNotFound => "listener_not_found",
                 E::Unauthorized => "unauthorized",
                 E::Forbidden => "forbidden",
                 E::SubscriberConflict { .. } => "subscriber_conflict",
@@ -88,9 +113,28 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::BodyTimeout => "request_timeout",
-            ApiError::AdminUnauthorized => "unauthorized",
-            ApiError::NotFound => "not_found",
+            ApiError::AdminUnauthorized | ApiError::ListenerUnauthorized => "unauthorized",
+            ApiError::ListenerForbidden => "forbidden",
+            ApiError::UpgradeRequired => "upgrade_required",
+            ApiError::TooManyLiveConnections => "too_many_live_connections",
+            ApiError::InvalidQuery(_) => "invalid_query",
+            ApiError::NotFound | ApiError::LiveDisabled => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
+        }
+    }
+
+    /// The `code` of a WebSocket `error` frame: the five codes of the live
+    /// protocol.
+    pub fn live_code(&self) -> &'static str {
+        use broker_core::Error as E;
+        match self {
+            ApiError::Broker(E::TopicNotFound) => "TOPIC_NOT_FOUND",
+            ApiError::Broker(E::Unauthorized | E::Forbidden)
+            | ApiError::AdminUnauthorized
+            | ApiError::ListenerUnauthorized
+            | ApiError::ListenerForbidden => "UNAUTHORIZED",
+            e if e.status().is_client_error() => "BAD_REQUEST",
+            _ => "INTERNAL",
         }
     }
 
@@ -127,7 +171,14 @@ impl ApiError {
                     .headers_mut()
                     .insert(header::ALLOW, HeaderValue::from_static(allow));
             }
-            ApiError::AdminUnauthorized | ApiError::Broker(broker_core::Error::Unauthorized) => {
+            ApiError::UpgradeRequired => {
+                let h = response.headers_mut();
+                h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+                h.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+            }
+            ApiError::AdminUnauthorized
+            | ApiError::ListenerUnauthorized
+            | ApiError::Broker(broker_core::Error::Unauthorized) => {
                 response
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -161,6 +212,24 @@ impl fmt::Display for ApiError {
             ApiError::AdminUnauthorized => f.write_str(
                 "management calls need the admin token: send `Authorization: Bearer <admin token>`",
             ),
+            ApiError::ListenerUnauthorized => f.write_str(
+                "listening needs a listener token of this topic or the admin token: send \
+                 `Authorization: Bearer <token>` or `?access_token=<token>`",
+            ),
+            ApiError::ListenerForbidden => {
+                f.write_str("this listener token is not valid for this topic")
+            }
+            ApiError::UpgradeRequired => f.write_str(
+                "this path takes a WebSocket handshake (HTTP/1.1 GET with `Upgrade: websocket`, \
+                 `Sec-WebSocket-Version: 13`)",
+            ),
+            ApiError::TooManyLiveConnections => {
+                f.write_str("too many live connections are open; try again later")
+            }
+            ApiError::LiveDisabled => {
+                f.write_str("live listening (SSE, WebSocket) is not enabled on this server")
+            }
+            ApiError::InvalidQuery(why) => write!(f, "invalid query: {why}"),
             ApiError::NotFound => f.write_str("no such path; the API lives under /v1"),
             ApiError::MethodNotAllowed(allow) => {
                 write!(f, "this path does not take that method; it takes {allow}")

@@ -8,7 +8,7 @@ use crate::{
     json::{self, reply},
     Api, ApiError, ResponseBody,
 };
-use broker_core::Endpoint;
+use broker_core::{Endpoint, Role};
 
 type Reply = Result<Response<ResponseBody>, ApiError>;
 
@@ -59,32 +59,48 @@ pub(crate) fn ready(api: &Api) -> Response<ResponseBody> {
     }
 }
 
-/// `POST /v1/topics/{topic}/publishers`
-pub(crate) async fn register_publisher<B>(api: &Api, topic: &str, h: &HeaderMap, body: B) -> Reply
+/// `POST /v1/topics/{topic}/publishers` and `POST
+/// /v1/topics/{topic}/listeners`: the same call for either role.
+pub(crate) async fn register_credential<B>(
+    api: &Api,
+    role: Role,
+    topic: &str,
+    h: &HeaderMap,
+    body: B,
+) -> Reply
 where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     // The path is checked before the body is read.
     broker_core::TopicName::validate(topic)?;
-    let req: json::PublisherRequest = json::read_json(
+    let req: json::CredentialRequest = json::read_json(
         h,
         body,
         api.config().max_json_bytes,
         api.config().body_timeout,
     )
     .await?;
-    let reg = api.broker().register_publisher(topic, &req.name)?;
-    let p = &reg.item;
+    let reg = match role {
+        Role::Publish => api.broker().register_publisher(topic, &req.name)?,
+        Role::Listen => api.broker().register_listener(topic, &req.name)?,
+    };
+    let c = &reg.item;
     Ok(reply(
         created_or_ok(reg.created),
-        &json::PublisherCreated {
-            id: p.id(),
-            topic: p.topic().as_str(),
-            name: p.name(),
-            token: p.token().expose(),
+        &json::CredentialCreated {
+            id: c.id(),
+            topic: c.topic().as_str(),
+            name: c.name(),
+            token: c.token().expose(),
         },
     ))
+}
+
+/// `DELETE /v1/topics/{topic}/listeners/{id}`
+pub(crate) fn deregister_listener(api: &Api, topic: &str, id: &str) -> Reply {
+    api.broker().deregister_listener(topic, id)?;
+    Ok(no_content())
 }
 
 /// `DELETE /v1/topics/{topic}/publishers/{id}`
@@ -187,6 +203,7 @@ pub(crate) fn list_topics(api: &Api) -> Response<ResponseBody> {
                 .map(|t| json::TopicListItem {
                     name: t.name.as_str(),
                     publishers: t.publishers,
+                    listeners: t.listeners,
                     subscribers: t.subscribers,
                 })
                 .collect(),
@@ -217,11 +234,22 @@ pub(crate) fn topic_detail(api: &Api, topic: &str) -> Reply {
             publishers: t
                 .publishers
                 .iter()
-                .map(|p| json::PublisherItem {
+                .map(|p| json::CredentialItem {
                     id: p.id(),
                     name: p.name(),
                 })
                 .collect(),
+            listeners: t
+                .listeners
+                .iter()
+                .map(|l| json::CredentialItem {
+                    id: l.id(),
+                    name: l.name(),
+                })
+                .collect(),
+            live: json::Live {
+                connections: api.config().live.as_ref().map_or(0, |hub| hub.listening(topic)),
+            },
             subscribers,
             counters: json::TopicCounters {
                 published: t.published,

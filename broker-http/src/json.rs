@@ -107,10 +107,10 @@ where
 // Unknown fields are refused: a misspelt field ("header" for "headers")
 // fails loudly instead of registering something the caller did not mean.
 
-/// `POST /v1/topics/{topic}/publishers`
+/// `POST /v1/topics/{topic}/publishers` and `…/listeners`
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct PublisherRequest {
+pub(crate) struct CredentialRequest {
     pub(crate) name: String,
 }
 
@@ -163,7 +163,7 @@ impl<'de> Deserialize<'de> for HeaderList {
 // ---- responses -----------------------------------------------------------
 
 #[derive(Serialize)]
-pub(crate) struct PublisherCreated<'a> {
+pub(crate) struct CredentialCreated<'a> {
     pub(crate) id: &'a str,
     pub(crate) topic: &'a str,
     pub(crate) name: &'a str,
@@ -196,21 +196,30 @@ pub(crate) struct TopicList<'a> {
 pub(crate) struct TopicListItem<'a> {
     pub(crate) name: &'a str,
     pub(crate) publishers: usize,
+    pub(crate) listeners: usize,
     pub(crate) subscribers: usize,
 }
 
 #[derive(Serialize)]
 pub(crate) struct TopicDetail<'a> {
     pub(crate) name: &'a str,
-    pub(crate) publishers: Vec<PublisherItem<'a>>,
+    pub(crate) publishers: Vec<CredentialItem<'a>>,
+    pub(crate) listeners: Vec<CredentialItem<'a>>,
+    pub(crate) live: Live,
     pub(crate) subscribers: Vec<SubscriberItem<'a>>,
     pub(crate) counters: TopicCounters,
 }
 
 #[derive(Serialize)]
-pub(crate) struct PublisherItem<'a> {
+pub(crate) struct CredentialItem<'a> {
     pub(crate) id: &'a str,
     pub(crate) name: &'a str,
+}
+
+/// Live connections listening on a topic now.
+#[derive(Serialize)]
+pub(crate) struct Live {
+    pub(crate) connections: usize,
 }
 
 #[derive(Serialize)]

@@ -45,6 +45,7 @@ mod delivery;
 mod error;
 mod handlers;
 mod json;
+mod live;
 mod metrics;
 mod routes;
 mod server;
@@ -59,6 +60,7 @@ use subtle::ConstantTimeEq;
 
 pub use delivery::{signature, DeliveryConfig, DestinationPolicy, WebhookNotifier};
 pub use error::ApiError;
+pub use live::{LiveConfig, LiveHub, Overflow};
 
 /// The body of every response: boxed, so whole and streamed bodies share
 /// one type.
@@ -84,6 +86,11 @@ pub struct ApiConfig {
     /// Served at `GET /metrics` (behind the admin token, when one is set);
     /// `None`, the default: no `/metrics`.
     pub metrics: Option<Arc<Metrics>>,
+    /// Live listening: `GET /v1/topics/{topic}/events` (Server-Sent Events)
+    /// and `GET /v1/ws` (WebSocket). The hub must also be (part of) the
+    /// broker's notifier, or it hears no publishes. `None`, the default:
+    /// those paths answer `404`.
+    pub live: Option<LiveHub>,
 }
 
 impl ApiConfig {
@@ -95,6 +102,7 @@ impl ApiConfig {
             max_json_bytes: 64 * 1024,
             body_timeout: std::time::Duration::from_secs(30),
             metrics: None,
+            live: None,
         }
     }
 }
@@ -113,6 +121,7 @@ impl std::fmt::Debug for ApiConfig {
             .field("max_json_bytes", &self.max_json_bytes)
             .field("body_timeout", &self.body_timeout)
             .field("metrics", &self.metrics.is_some())
+            .field("live", &self.live)
             .finish()
     }
 }
@@ -178,13 +187,17 @@ impl Api {
         B: Body,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let (parts, body) = req.into_parts();
-        let route = routes::Route::recognise(parts.uri.path());
+        let (mut parts, body) = req.into_parts();
+        // The route borrows from the URI while `parts` is lent out mutably
+        // (the WebSocket upgrade takes its hook out of the extensions): a
+        // `Uri` clone is a reference count, not a copy.
+        let uri = parts.uri.clone();
+        let route = routes::Route::recognise(uri.path());
         let (route_name, is_publish) = (
             route.map_or("unknown", routes::Route::name),
             matches!(route, Some(routes::Route::Messages(_))),
         );
-        let outcome = routes::dispatch(self, route, &parts, body).await;
+        let outcome = routes::dispatch(self, route, &mut parts, body).await;
         if let Some(metrics) = &self.inner.config.metrics {
             let status = match &outcome {
                 Ok(response) => response.status(),
@@ -205,15 +218,28 @@ impl Api {
     }
 
     fn require_admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let Some(expected) = &self.inner.config.admin_token else {
+        if self.inner.config.admin_token.is_none() {
             return Ok(());
-        };
+        }
         match handlers::bearer(headers) {
-            Some(presented) if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) => {
-                Ok(())
-            }
+            Some(presented) if self.is_admin(presented) => Ok(()),
             _ => Err(ApiError::AdminUnauthorized),
         }
+    }
+
+    /// Whether `presented` is the admin token (compared in constant time);
+    /// false when none is set.
+    fn is_admin(&self, presented: &str) -> bool {
+        self.inner
+            .config
+            .admin_token
+            .as_ref()
+            .is_some_and(|expected| bool::from(presented.as_bytes().ct_eq(expected.as_bytes())))
+    }
+
+    /// The live hub, or why there is none.
+    fn live(&self) -> Result<&LiveHub, ApiError> {
+        self.inner.config.live.as_ref().ok_or(ApiError::LiveDisabled)
     }
 }
 

@@ -19,7 +19,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::WebhookNotifier;
+use crate::{LiveHub, WebhookNotifier};
 
 /// What the notifier measures per attempt. Cheap to clone: the metrics are
 /// shared.
@@ -113,6 +113,26 @@ impl Metrics {
             http_requests,
             publishes,
         }
+    }
+
+    /// Adds the live hub's connections, per-topic listeners and message
+    /// counters.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use broker_core::Broker;
+    /// use broker_http::{LiveConfig, LiveHub, Metrics};
+    ///
+    /// let live = LiveHub::new(LiveConfig::default());
+    /// let broker = Broker::new(live.clone());
+    /// let metrics = Metrics::new(&broker, None).with_live(&live);
+    /// assert!(metrics.render().contains("broker_live_connections"));
+    /// ```
+    pub fn with_live(mut self, hub: &LiveHub) -> Self {
+        self.registry
+            .register_collector(Box::new(LiveState { hub: hub.clone() }));
+        self
     }
 
     /// Counts one answered request.
@@ -219,6 +239,60 @@ impl Collector for State {
                 let labels = [("topic", t.name.as_str()), ("outcome", outcome)];
                 ConstCounter::new(value).encode(deliveries.encode_family(&labels)?)?;
             }
+        }
+        Ok(())
+    }
+}
+
+/// Reads the live hub at each scrape.
+#[derive(Debug)]
+struct LiveState {
+    hub: LiveHub,
+}
+
+impl Collector for LiveState {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let stats = self.hub.stats();
+        let mut connections = encoder.encode_descriptor(
+            "live_connections",
+            "Open live connections, by transport",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (transport, n) in [("sse", stats.sse), ("websocket", stats.websocket)] {
+            let labels = [("transport", transport)];
+            ConstGauge::new(n as i64).encode(connections.encode_family(&labels)?)?;
+        }
+        let mut listening = encoder.encode_descriptor(
+            "live_listeners",
+            "Live connections listening, by topic",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (topic, n) in self.hub.listening_by_topic() {
+            let labels = [("topic", topic.as_str())];
+            ConstGauge::new(n as i64).encode(listening.encode_family(&labels)?)?;
+        }
+        for (name, help, value) in [
+            (
+                "live_messages_sent",
+                "Messages written to live connections (replays included)",
+                stats.sent,
+            ),
+            (
+                "live_messages_dropped",
+                "Messages a live connection's full queue lost",
+                stats.dropped,
+            ),
+            (
+                "live_slow_consumer_disconnects",
+                "Live connections closed with SLOW_CONSUMER",
+                stats.slow_consumers,
+            ),
+        ] {
+            let c = ConstCounter::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, c.metric_type())?;
+            c.encode(metric)?;
         }
         Ok(())
     }

@@ -1,9 +1,10 @@
 //! The route table of the v1 API: one `match` on method and path.
 
+use broker_core::Role;
 use http::{Method, Response};
 use hyper::body::Body;
 
-use crate::{handlers, Api, ApiError, ResponseBody};
+use crate::{handlers, live, Api, ApiError, ResponseBody};
 
 /// A recognised path, with its parameters borrowed from the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +20,10 @@ pub(crate) enum Route<'a> {
     Subscribers(&'a str),
     Subscriber(&'a str, &'a str),
     Messages(&'a str),
+    Listeners(&'a str),
+    Listener(&'a str, &'a str),
+    Events(&'a str),
+    WebSocket,
 }
 
 impl<'a> Route<'a> {
@@ -37,6 +42,7 @@ impl<'a> Route<'a> {
             [Some("readyz"), None, ..] => Route::Ready,
             [Some("metrics"), None, ..] => Route::Metrics,
             [Some("v1"), Some("openapi.json"), None, ..] => Route::OpenApi,
+            [Some("v1"), Some("ws"), None, ..] => Route::WebSocket,
             [Some("v1"), Some("topics"), None, ..] => Route::Topics,
             [Some("v1"), Some("topics"), Some(t), None, ..] => Route::Topic(t),
             [Some("v1"), Some("topics"), Some(t), Some("publishers"), None, _] => {
@@ -52,6 +58,13 @@ impl<'a> Route<'a> {
                 Route::Subscriber(t, id)
             }
             [Some("v1"), Some("topics"), Some(t), Some("messages"), None, _] => Route::Messages(t),
+            [Some("v1"), Some("topics"), Some(t), Some("events"), None, _] => Route::Events(t),
+            [Some("v1"), Some("topics"), Some(t), Some("listeners"), None, _] => {
+                Route::Listeners(t)
+            }
+            [Some("v1"), Some("topics"), Some(t), Some("listeners"), Some(id), None] => {
+                Route::Listener(t, id)
+            }
             _ => return None,
         })
     }
@@ -70,6 +83,10 @@ impl<'a> Route<'a> {
             Route::Subscribers(_) => "subscribers",
             Route::Subscriber(..) => "subscriber",
             Route::Messages(_) => "messages",
+            Route::Listeners(_) => "listeners",
+            Route::Listener(..) => "listener",
+            Route::Events(_) => "events",
+            Route::WebSocket => "ws",
         }
     }
 
@@ -81,9 +98,14 @@ impl<'a> Route<'a> {
             | Route::Metrics
             | Route::OpenApi
             | Route::Topics
-            | Route::Topic(_) => "GET",
-            Route::Publishers(_) | Route::Subscribers(_) | Route::Messages(_) => "POST",
-            Route::Publisher(..) | Route::Subscriber(..) => "DELETE",
+            | Route::Topic(_)
+            | Route::Events(_)
+            | Route::WebSocket => "GET",
+            Route::Publishers(_)
+            | Route::Subscribers(_)
+            | Route::Messages(_)
+            | Route::Listeners(_) => "POST",
+            Route::Publisher(..) | Route::Subscriber(..) | Route::Listener(..) => "DELETE",
         }
     }
 }
@@ -93,7 +115,7 @@ impl<'a> Route<'a> {
 pub(crate) async fn dispatch<B>(
     api: &Api,
     route: Option<Route<'_>>,
-    parts: &http::request::Parts,
+    parts: &mut http::request::Parts,
     body: B,
 ) -> Result<Response<ResponseBody>, ApiError>
 where
@@ -101,6 +123,12 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let route = route.ok_or(ApiError::NotFound)?;
+    // Live listening authorises with its own tokens.
+    match (&parts.method, route) {
+        (&Method::GET, Route::Events(topic)) => return live::sse::events(api, topic, parts),
+        (&Method::GET, Route::WebSocket) => return live::ws::upgrade(api, parts),
+        _ => {}
+    }
     let h = &parts.headers;
     match (&parts.method, route) {
         (&Method::GET, Route::Health) => Ok(handlers::health()),
@@ -115,7 +143,7 @@ where
                 (&Method::GET, Route::Metrics) => handlers::metrics(api),
                 (&Method::GET, Route::Topic(t)) => handlers::topic_detail(api, t),
                 (&Method::POST, Route::Publishers(t)) => {
-                    handlers::register_publisher(api, t, h, body).await
+                    handlers::register_credential(api, Role::Publish, t, h, body).await
                 }
                 (&Method::DELETE, Route::Publisher(t, id)) => {
                     handlers::deregister_publisher(api, t, id)
@@ -125,6 +153,12 @@ where
                 }
                 (&Method::DELETE, Route::Subscriber(t, id)) => {
                     handlers::deregister_subscriber(api, t, id)
+                }
+                (&Method::POST, Route::Listeners(t)) => {
+                    handlers::register_credential(api, Role::Listen, t, h, body).await
+                }
+                (&Method::DELETE, Route::Listener(t, id)) => {
+                    handlers::deregister_listener(api, t, id)
                 }
                 (_, route) => Err(ApiError::MethodNotAllowed(route.allow())),
             }
@@ -150,6 +184,11 @@ mod tests {
             ("/v1/topics/a/subscribers", Some(Subscribers("a"))),
             ("/v1/topics/a/subscribers/s", Some(Subscriber("a", "s"))),
             ("/v1/topics/a/messages", Some(Messages("a"))),
+            ("/v1/topics/a/events", Some(Events("a"))),
+            ("/v1/topics/a/listeners", Some(Listeners("a"))),
+            ("/v1/topics/a/listeners/l", Some(Listener("a", "l"))),
+            ("/v1/ws", Some(WebSocket)),
+            ("/v1/ws/x", None),
             ("/v1/topics//publishers", Some(Publishers(""))),
             ("/v1/topics/%2F/messages", Some(Messages("%2F"))),
             ("", None),

@@ -1,15 +1,24 @@
 //! Accepting connections: `serve(listener, api, config, shutdown)`, where
 //! the caller binds the socket and decides when to stop.
 
-use std::{future::Future, io, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    io,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto, graceful::GracefulShutdown},
 };
 use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpListener,
     sync::{watch, Semaphore},
+    time::Sleep,
 };
 
 use crate::Api;
@@ -30,6 +39,9 @@ pub struct ServerConfig {
     /// After shutdown is signalled, time for in-flight requests to finish
     /// before their connections are dropped. Default 10 s.
     pub shutdown_grace: Duration,
+    /// Time a write to a client may make no progress (the client is not
+    /// reading) before its connection is dropped. Default 30 s.
+    pub write_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -40,13 +52,16 @@ impl Default for ServerConfig {
             max_header_bytes: 64 * 1024,
             max_connections: 10_000,
             shutdown_grace: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
         }
     }
 }
 
-/// Serves `api` on `listener` (HTTP/1.1, and HTTP/2 with prior knowledge)
-/// until `shutdown` completes; then stops accepting, lets in-flight
-/// requests finish within [`ServerConfig::shutdown_grace`], and returns.
+/// Serves `api` on `listener` (HTTP/1.1 with WebSocket upgrades, and HTTP/2
+/// with prior knowledge) until `shutdown` completes; then stops accepting,
+/// ends live connections ([`LiveHub::close`](crate::LiveHub::close)), lets
+/// in-flight requests finish within [`ServerConfig::shutdown_grace`], and
+/// returns.
 ///
 /// Accept errors (such as running out of file descriptors) are logged and
 /// retried after a pause; they never end the server.
@@ -102,6 +117,7 @@ where
         let (builder, api, watcher) = (builder.clone(), api.clone(), graceful.watcher());
         let mut stop = stop.clone();
         let first_byte_timeout = config.header_read_timeout;
+        let write_timeout = config.write_timeout;
         tokio::spawn(async move {
             // hyper's header timeout starts with the first byte; a client
             // that connects and sends nothing gets no longer than one that
@@ -116,7 +132,8 @@ where
                 }
                 _ = stop.wait_for(|stopping| *stopping) => return,
             }
-            let connection = builder.serve_connection(TokioIo::new(stream), api);
+            let io = TokioIo::new(WriteTimeout::new(stream, write_timeout));
+            let connection = builder.serve_connection_with_upgrades(io, api);
             if let Err(error) = watcher.watch(connection.into_owned()).await {
                 tracing::debug!(%error, "connection ended with an error");
             }
@@ -125,6 +142,9 @@ where
     }
     drop(listener);
     let _ = stopping.send(true);
+    if let Some(live) = &api.config().live {
+        live.close();
+    }
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(config.shutdown_grace) => {
@@ -146,4 +166,87 @@ async fn back_off(error: &io::Error) {
     }
     tracing::warn!(%error, "accept failed; retrying in 100 ms");
     tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// A connection whose writes fail with `TimedOut` once they have made no
+/// progress for a while: a client that stops reading (a stalled event
+/// stream, a slow-read attack) cannot hold its connection forever. The
+/// timer exists only while a write is blocked.
+struct WriteTimeout<T> {
+    inner: T,
+    timeout: Duration,
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+impl<T> WriteTimeout<T> {
+    fn new(inner: T, timeout: Duration) -> Self {
+        WriteTimeout {
+            inner,
+            timeout,
+            stalled: None,
+        }
+    }
+
+    /// Passes on a write's progress; on no progress, fails once the
+    /// timeout has run out since the first blocked attempt.
+    fn check<R>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+        if poll.is_ready() {
+            self.stalled = None;
+            return poll;
+        }
+        let timeout = self.timeout;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client took no data for the write timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for WriteTimeout<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.check(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.check(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_flush(cx);
+        self.check(cx, poll)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }

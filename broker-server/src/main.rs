@@ -5,8 +5,8 @@ use std::{net::SocketAddr, process::ExitCode, sync::Arc, time::Duration};
 
 use broker_core::{Broker, Limits};
 use broker_http::{
-    serve, Api, ApiConfig, DeliveryConfig, DestinationPolicy, Metrics, ServerConfig,
-    WebhookNotifier,
+    serve, Api, ApiConfig, DeliveryConfig, DestinationPolicy, LiveConfig, LiveHub, Metrics,
+    Overflow, ServerConfig, WebhookNotifier,
 };
 use clap::Parser;
 use tokio::net::TcpListener;
@@ -104,6 +104,45 @@ struct Args {
     #[arg(long, env = "BROKER_MAX_SUBSCRIBERS_PER_TOPIC", default_value_t = Limits::default().max_subscribers_per_topic)]
     max_subscribers_per_topic: usize,
 
+    /// Listeners (live-listening credentials) on one topic.
+    #[arg(long, env = "BROKER_MAX_LISTENERS_PER_TOPIC", default_value_t = Limits::default().max_listeners_per_topic)]
+    max_listeners_per_topic: usize,
+
+    /// Messages each topic keeps for live listeners to replay (`last_n`,
+    /// `Last-Event-ID`); 0 keeps none.
+    #[arg(long, env = "BROKER_REPLAY_MESSAGES", default_value_t = Limits::default().replay_messages)]
+    replay_messages: usize,
+
+    /// Payload bytes each topic keeps for replay; the oldest go first.
+    #[arg(long, env = "BROKER_REPLAY_BYTES", default_value_t = Limits::default().replay_bytes)]
+    replay_bytes: usize,
+
+    /// Let anyone listen live (SSE, WebSocket) without a token.
+    #[arg(long, env = "BROKER_ALLOW_ANONYMOUS_LISTENERS")]
+    allow_anonymous_listeners: bool,
+
+    /// Messages queued per live connection.
+    #[arg(long, env = "BROKER_LIVE_QUEUE_CAPACITY", default_value_t = LiveConfig::default().queue_capacity)]
+    live_queue_capacity: usize,
+
+    /// What a full live queue does: `disconnect` (the client gets
+    /// SLOW_CONSUMER and is closed) or `drop-oldest`.
+    #[arg(long, env = "BROKER_LIVE_OVERFLOW", value_enum, default_value_t = LiveOverflow::Disconnect)]
+    live_overflow: LiveOverflow,
+
+    /// Live connections (SSE and WebSocket) at once.
+    #[arg(long, env = "BROKER_MAX_LIVE_CONNECTIONS", default_value_t = LiveConfig::default().max_connections)]
+    max_live_connections: usize,
+
+    /// Heartbeat of live connections (SSE comment, WebSocket ping).
+    #[arg(long, env = "BROKER_LIVE_HEARTBEAT", default_value = "15s", value_parser = duration)]
+    live_heartbeat: Duration,
+
+    /// Time a write to a client may make no progress before the connection
+    /// is dropped.
+    #[arg(long, env = "BROKER_WRITE_TIMEOUT", default_value = "30s", value_parser = duration)]
+    write_timeout: Duration,
+
     /// Length of a subscriber URL, in bytes.
     #[arg(long, env = "BROKER_MAX_URL_LENGTH", default_value_t = Limits::default().max_url_len)]
     max_url_length: usize,
@@ -115,6 +154,12 @@ struct Args {
     /// Total bytes of one subscriber's custom headers.
     #[arg(long, env = "BROKER_MAX_SUBSCRIBER_HEADER_BYTES", default_value_t = Limits::default().max_header_bytes)]
     max_subscriber_header_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LiveOverflow {
+    Disconnect,
+    DropOldest,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -220,9 +265,25 @@ async fn run(args: Args) -> std::io::Result<()> {
         max_url_len: args.max_url_length,
         max_headers: args.max_subscriber_headers,
         max_header_bytes: args.max_subscriber_header_bytes,
+        max_listeners_per_topic: args.max_listeners_per_topic,
+        replay_messages: args.replay_messages,
+        replay_bytes: args.replay_bytes,
         ..Limits::default()
     };
-    let broker = Broker::with_limits(notifier.clone(), limits);
+    let live = LiveHub::new(LiveConfig {
+        queue_capacity: args.live_queue_capacity,
+        overflow: match args.live_overflow {
+            LiveOverflow::Disconnect => Overflow::Disconnect,
+            LiveOverflow::DropOldest => Overflow::DropOldest,
+        },
+        heartbeat: args.live_heartbeat,
+        allow_anonymous: args.allow_anonymous_listeners,
+        max_connections: args.max_live_connections,
+        max_frame_bytes: args.max_body_bytes.saturating_mul(2).max(64 * 1024),
+        ..LiveConfig::default()
+    });
+    // Every publish goes to the webhook subscribers, then to live listeners.
+    let broker = Broker::with_limits((notifier.clone(), live.clone()), limits);
     if args.admin_token.is_none() {
         tracing::warn!(
             "no admin token set (--admin-token / BROKER_ADMIN_TOKEN): \
@@ -235,13 +296,17 @@ async fn run(args: Args) -> std::io::Result<()> {
             admin_token: args.admin_token,
             max_body_bytes: args.max_body_bytes,
             body_timeout: args.body_timeout,
-            metrics: Some(Arc::new(Metrics::new(&broker, Some(&notifier)))),
+            metrics: Some(Arc::new(
+                Metrics::new(&broker, Some(&notifier)).with_live(&live),
+            )),
+            live: Some(live),
             ..ApiConfig::default()
         },
     );
     let server = ServerConfig {
         header_read_timeout: args.header_read_timeout,
         max_connections: args.max_connections,
+        write_timeout: args.write_timeout,
         ..ServerConfig::default()
     };
     let signal = shutdown_signal()?;

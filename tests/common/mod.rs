@@ -98,10 +98,19 @@ impl TestServer {
         limits: Limits,
     ) -> Self {
         let notifier = WebhookNotifier::new(delivery);
-        let broker = Broker::with_limits(notifier.clone(), limits);
+        // As the server binary does: webhooks and live listeners both hear
+        // every publish.
+        let broker = match &api.live {
+            Some(live) => Broker::with_limits((notifier.clone(), live.clone()), limits),
+            None => Broker::with_limits(notifier.clone(), limits),
+        };
         let mut api = api;
         if api.metrics.is_none() {
-            api.metrics = Some(Arc::new(Metrics::new(&broker, Some(&notifier))));
+            let mut metrics = Metrics::new(&broker, Some(&notifier));
+            if let Some(live) = &api.live {
+                metrics = metrics.with_live(live);
+            }
+            api.metrics = Some(Arc::new(metrics));
         }
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -1,0 +1,242 @@
+//! `GET /v1/topics/{topic}/events`: a topic's messages as Server-Sent
+//! Events, on a hyper streaming body.
+//!
+//! Each message is an event with `id:` the message id. A UTF-8 payload
+//! without a carriage return is sent as `data:` lines (one per payload
+//! line) of the default event type `message`; any other payload is sent
+//! base64-encoded as event type `binary`. A comment goes out every
+//! heartbeat when nothing else does. When the connection cannot keep up,
+//! it gets a `broker.error` event with `{"code":"SLOW_CONSUMER",…}` and
+//! the stream ends; `Last-Event-ID` on the reconnect resumes from the
+//! replay ring.
+
+use std::{
+    collections::VecDeque,
+    convert::Infallible,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use base64::Engine as _;
+use broker_core::{Message, ReplayFrom};
+use bytes::{Bytes, BytesMut};
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::BodyExt as _;
+use hyper::body::{Body, Frame};
+use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
+
+use super::{Connection, LiveEvent, Next, Transport};
+use crate::{Api, ApiError, ResponseBody};
+
+/// Bytes gathered into one body frame when many events are ready.
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// `GET /v1/topics/{topic}/events`
+pub(crate) fn events(
+    api: &Api,
+    topic: &str,
+    parts: &http::request::Parts,
+) -> Result<Response<ResponseBody>, ApiError> {
+    let hub = api.live()?;
+    broker_core::TopicName::validate(topic)?;
+    let query = super::Query::parse(parts.uri.query())?;
+    super::authorize(api, hub, topic, super::presented_token(parts, &query))?;
+    let last_event_id = parts
+        .headers
+        .get("last-event-id")
+        .map(|v| v.to_str().map_err(|_| ApiError::InvalidQuery("Last-Event-ID is not text")))
+        .transpose()?;
+    let from = match last_event_id {
+        Some(id) => ReplayFrom::After(id),
+        None => ReplayFrom::Last(query.last_n.unwrap_or(0)),
+    };
+    let topic_name = broker_core::TopicName::new(topic)?;
+    let mut connection = hub.connect(Transport::Sse)?;
+    // Attach first, then take the replay: nothing published in between is
+    // lost, and what the replay covers is skipped when it comes live.
+    connection.attach(topic_name);
+    let replay = api.broker().replay(topic, from)?;
+    connection.covered(topic, replay.up_to);
+    let period = connection.config().heartbeat;
+    let mut heartbeat = interval_at(Instant::now() + period, period);
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let body = SseBody {
+        connection,
+        replay: replay.messages.into(),
+        heartbeat,
+        started: false,
+        done: false,
+    };
+    let mut response = Response::new(body.boxed());
+    *response.status_mut() = StatusCode::OK;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // Tells nginx-style proxies not to buffer the stream.
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+/// The event stream: replayed messages first, then live ones from the
+/// connection's queue, with heartbeats in the silences. Dropping it (the
+/// client went away) detaches the connection from the hub.
+struct SseBody {
+    connection: Connection,
+    replay: VecDeque<Arc<Message>>,
+    heartbeat: Interval,
+    started: bool,
+    done: bool,
+}
+
+impl Body for SseBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        let mut chunks: Vec<Bytes> = Vec::new();
+        let mut size = 0;
+        if !this.started {
+            // Sent at once, so the client sees the stream open before the
+            // first message.
+            this.started = true;
+            chunks.push(Bytes::from_static(b": connected\n\n"));
+        }
+        let mut sent = 0;
+        while size < BATCH_BYTES {
+            let event = if let Some(message) = this.replay.pop_front() {
+                encode(&message)
+            } else {
+                match this.connection.queue.poll_next(cx) {
+                    Poll::Ready(Next::Event(e)) => {
+                        if !this.connection.wants(&e.message) {
+                            continue;
+                        }
+                        shared(&e)
+                    }
+                    Poll::Ready(Next::Overflowed) => {
+                        this.connection.slow_consumer();
+                        this.done = true;
+                        slow_consumer()
+                    }
+                    Poll::Ready(Next::Closed) => {
+                        this.done = true;
+                        break;
+                    }
+                    Poll::Pending => break,
+                }
+            };
+            if !this.done {
+                sent += 1;
+            }
+            size += event.len();
+            chunks.push(event);
+            if this.done {
+                break;
+            }
+        }
+        this.connection.queue.sent(sent);
+        let frame = match chunks.len() {
+            0 if this.done => return Poll::Ready(None),
+            0 => match this.heartbeat.poll_tick(cx) {
+                Poll::Ready(_) => Bytes::from_static(b": heartbeat\n\n"),
+                Poll::Pending => return Poll::Pending,
+            },
+            1 => chunks.pop().expect("one chunk"),
+            _ => {
+                let mut buf = BytesMut::with_capacity(size + 32);
+                for c in chunks {
+                    buf.extend_from_slice(&c);
+                }
+                buf.freeze()
+            }
+        };
+        this.heartbeat.reset();
+        Poll::Ready(Some(Ok(Frame::data(frame))))
+    }
+}
+
+/// The event of a live message, encoded once for all SSE connections.
+fn shared(event: &LiveEvent) -> Bytes {
+    event.sse.get_or_init(|| encode(&event.message)).clone()
+}
+
+/// One message as an event.
+pub(crate) fn encode(message: &Message) -> Bytes {
+    let payload = message.payload();
+    let mut out = BytesMut::with_capacity(payload.len() + message.id().len() + 32);
+    out.extend_from_slice(b"id: ");
+    out.extend_from_slice(message.id().as_bytes());
+    out.extend_from_slice(b"\n");
+    match std::str::from_utf8(payload) {
+        Ok(text) if !text.contains('\r') => {
+            for line in text.split('\n') {
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(line.as_bytes());
+                out.extend_from_slice(b"\n");
+            }
+        }
+        // SSE carries text lines only: a `\r` would be read as a line
+        // break, and other bytes are not text at all.
+        _ => {
+            out.extend_from_slice(b"event: binary\ndata: ");
+            out.extend_from_slice(
+                base64::engine::general_purpose::STANDARD
+                    .encode(payload)
+                    .as_bytes(),
+            );
+            out.extend_from_slice(b"\n");
+        }
+    }
+    out.extend_from_slice(b"\n");
+    out.freeze()
+}
+
+fn slow_consumer() -> Bytes {
+    Bytes::from_static(
+        b"event: broker.error\ndata: {\"code\":\"SLOW_CONSUMER\",\"message\":\"this connection \
+          did not keep up with the topic and is closed; reconnect with Last-Event-ID to \
+          resume\"}\n\n",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_payloads_are_data_lines_and_others_base64() {
+        struct Nobody;
+        #[async_trait::async_trait]
+        impl broker_core::Notifier for Nobody {
+            async fn notify(&self, _: broker_core::Publish) {}
+        }
+        let b = broker_core::Broker::new(Nobody);
+        let p = b.register_publisher("t", "p").unwrap().item;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut out = Vec::new();
+        for payload in [&b"a\nb"[..], b"x\r\ny", &[0xff, 0], b""] {
+            rt.block_on(b.publish("t", p.token().expose(), None, payload.to_vec().into()))
+                .unwrap();
+            let m = b.replay("t", ReplayFrom::Last(1)).unwrap().messages.remove(0);
+            let e = encode(&m);
+            out.push(String::from_utf8(e[m.id().len() + 5..].to_vec()).unwrap());
+        }
+        assert_eq!(out[0], "data: a\ndata: b\n\n");
+        assert_eq!(out[1], "event: binary\ndata: eA0KeQ==\n\n");
+        assert_eq!(out[2], "event: binary\ndata: /wA=\n\n");
+        assert_eq!(out[3], "data: \n\n");
+    }
+}

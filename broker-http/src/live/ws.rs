@@ -1,0 +1,572 @@
+//! `GET /v1/ws`: a WebSocket speaking JSON text frames.
+//!
+//! Client → server (`type` says which; `request_id`, any JSON value, is
+//! echoed in the answer):
+//! - `{"type":"subscribe","topic":…,"last_n":N?,"last_event_id":…?,"token":…?}`
+//! - `{"type":"unsubscribe","topic":…}`
+//! - `{"type":"publish","topic":…,"payload":<any JSON>,"token":…?}`
+//! - `{"type":"ping"}`
+//!
+//! Server → client: `ack`, `event`
+//! (`{"type":"event","topic":…,"message":{"id":…,"payload":…,"encoding":…},"timestamp":…}`),
+//! `error` (`{"type":"error","code":…,"message":…,"request_id":…}`, codes
+//! `BAD_REQUEST`, `UNAUTHORIZED`, `TOPIC_NOT_FOUND`, `SLOW_CONSUMER`,
+//! `INTERNAL`) and `pong`.
+//!
+//! One task per connection reads client frames, writes queued events and
+//! sends a ping every heartbeat. A write the client does not take within
+//! the write timeout, or an overflowing queue, ends the connection.
+
+use std::{
+    sync::Arc,
+    time::{Duration, UNIX_EPOCH},
+};
+
+use base64::Engine as _;
+use broker_core::{Message, ReplayFrom, TopicName};
+use bytes::Bytes;
+use futures_util::{SinkExt as _, StreamExt as _};
+use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tokio::time::{interval_at, timeout, Instant, MissedTickBehavior};
+use tokio_tungstenite::{
+    tungstenite::{
+        handshake::derive_accept_key,
+        protocol::{frame::coding::CloseCode, CloseFrame, Role, WebSocketConfig},
+        Message as WsMessage, Utf8Bytes,
+    },
+    WebSocketStream,
+};
+
+use super::{Connection, LiveEvent, Next, Transport};
+use crate::{Api, ApiError, ResponseBody};
+
+/// Events gathered into one flush when many are ready.
+const BATCH: usize = 64;
+
+/// `GET /v1/ws`: checks the handshake and the credentials, answers
+/// `101 Switching Protocols`, and runs the session on the upgraded
+/// connection in its own task.
+pub(crate) fn upgrade(
+    api: &Api,
+    parts: &mut http::request::Parts,
+) -> Result<Response<ResponseBody>, ApiError> {
+    let hub = api.live()?;
+    let key = handshake_key(&parts.headers).ok_or(ApiError::UpgradeRequired)?;
+    let query = super::Query::parse(parts.uri.query())?;
+    let token = super::presented_token(parts, &query).map(str::to_owned);
+    if token.is_none() && !hub.config().allow_anonymous {
+        return Err(ApiError::ListenerUnauthorized);
+    }
+    // HTTP/2 has no upgrade; hyper puts the hook here for HTTP/1.1.
+    let on_upgrade = parts
+        .extensions
+        .remove::<OnUpgrade>()
+        .ok_or(ApiError::UpgradeRequired)?;
+    let accept = derive_accept_key(key.as_bytes());
+    let connection = hub.connect(Transport::WebSocket)?;
+    let session = Session {
+        api: api.clone(),
+        connection,
+        token,
+    };
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .max_message_size(Some(session.connection.config().max_frame_bytes))
+        .max_frame_size(Some(session.connection.config().max_frame_bytes));
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await;
+        session.run(ws).await;
+    });
+
+    let mut response = Response::new(crate::json::body_of(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = response.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
+    );
+    Ok(response)
+}
+
+/// The `Sec-WebSocket-Key` of a valid version-13 upgrade request.
+fn handshake_key(h: &HeaderMap) -> Option<&str> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        h.get_all(name).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case(token))
+            })
+        })
+    };
+    if !has_token(header::CONNECTION, "upgrade") || !has_token(header::UPGRADE, "websocket") {
+        return None;
+    }
+    if h.get(header::SEC_WEBSOCKET_VERSION)?.as_bytes() != b"13" {
+        return None;
+    }
+    h.get(header::SEC_WEBSOCKET_KEY)?.to_str().ok()
+}
+
+type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Why a session ends.
+enum Stop {
+    /// The client left, broke the protocol, or stopped taking writes.
+    Gone,
+    /// The queue overflowed.
+    Slow,
+    /// The hub is closing.
+    Closing,
+}
+
+struct Session {
+    api: Api,
+    connection: Connection,
+    /// The token of the handshake (header or `access_token`), used by
+    /// frames that carry none.
+    token: Option<String>,
+}
+
+impl Session {
+    async fn run(mut self, ws: Ws) {
+        let (mut sink, mut stream) = ws.split();
+        let period = self.connection.config().heartbeat;
+        let mut heartbeat = interval_at(Instant::now() + period, period);
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let stop = loop {
+            let out = tokio::select! {
+                frame = stream.next() => match frame {
+                    Some(Ok(WsMessage::Text(text))) => self.handle(text.as_str()).await,
+                    Some(Ok(WsMessage::Binary(_))) => vec![error(
+                        "BAD_REQUEST",
+                        "frames are JSON text, not binary",
+                        None,
+                    )],
+                    // Pings are answered by tungstenite on the next write.
+                    Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {
+                        Vec::new()
+                    }
+                    Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => break Stop::Gone,
+                },
+                next = self.connection.queue.next() => match next {
+                    Next::Event(first) => self.events(first),
+                    Next::Overflowed => break Stop::Slow,
+                    Next::Closed => break Stop::Closing,
+                },
+                _ = heartbeat.tick() => vec![WsMessage::Ping(Bytes::new())],
+            };
+            if out.is_empty() {
+                continue;
+            }
+            if let Err(stop) = self.write(&mut sink, out).await {
+                break stop;
+            }
+        };
+        let goodbye = match stop {
+            Stop::Gone => {
+                // Flushes the reply to a client's close, if any.
+                let _ = timeout(Duration::from_secs(1), sink.close()).await;
+                return;
+            }
+            Stop::Slow => {
+                self.connection.slow_consumer();
+                vec![
+                    error(
+                        "SLOW_CONSUMER",
+                        "this connection did not keep up with its topics and is closed; \
+                         reconnect and subscribe with last_event_id to resume",
+                        None,
+                    ),
+                    close(CloseCode::Policy, "slow consumer"),
+                ]
+            }
+            Stop::Closing => vec![close(CloseCode::Away, "the broker is shutting down")],
+        };
+        // The last words get the write timeout too; then the socket goes.
+        let write_timeout = self.connection.config().write_timeout;
+        let _ = timeout(write_timeout, async {
+            for frame in goodbye {
+                sink.feed(frame).await?;
+            }
+            sink.flush().await
+        })
+        .await;
+    }
+
+    /// Writes `frames`, giving up when the client does not take them within
+    /// the write timeout, or when the queue overflows or closes meanwhile.
+    async fn write(
+        &self,
+        sink: &mut futures_util::stream::SplitSink<Ws, WsMessage>,
+        frames: Vec<WsMessage>,
+    ) -> Result<(), Stop> {
+        let n = frames.len();
+        let write = async {
+            for frame in frames {
+                sink.feed(frame).await?;
+            }
+            sink.flush().await
+        };
+        tokio::select! {
+            written = timeout(self.connection.config().write_timeout, write) => match written {
+                Ok(Ok(())) => {
+                    self.connection.queue.sent(n as u64);
+                    Ok(())
+                }
+                _ => Err(Stop::Gone),
+            },
+            ended = self.connection.queue.ended() => Err(match ended {
+                Next::Closed => Stop::Closing,
+                _ => Stop::Slow,
+            }),
+        }
+    }
+
+    /// `first` and the events queued behind it, as frames.
+    fn events(&self, first: Arc<LiveEvent>) -> Vec<WsMessage> {
+        let mut out = Vec::new();
+        let mut next = Some(first);
+        while let Some(event) = next {
+            if self.connection.wants(&event.message) {
+                out.push(WsMessage::Text(shared(&event)));
+            }
+            if out.len() >= BATCH {
+                break;
+            }
+            next = self.connection.queue.try_next();
+        }
+        out
+    }
+
+    /// Answers one client frame.
+    async fn handle(&mut self, text: &str) -> Vec<WsMessage> {
+        let frame: ClientFrame<'_> = match serde_json::from_str(text) {
+            Ok(frame) => frame,
+            Err(e) => {
+                return vec![error(
+                    "BAD_REQUEST",
+                    &format!("not a valid frame: {e}"),
+                    None,
+                )]
+            }
+        };
+        let id = frame.request_id;
+        let outcome = match frame.kind.as_str() {
+            "subscribe" => self.subscribe(&frame),
+            "unsubscribe" => self.unsubscribe(&frame),
+            "publish" => self.publish(&frame).await,
+            "ping" => Ok(vec![reply(&Pong {
+                kind: "pong",
+                request_id: id,
+            })]),
+            _ => Err(Refusal::bad(
+                "unknown frame type; use subscribe, unsubscribe, publish or ping",
+            )),
+        };
+        match outcome {
+            Ok(frames) => frames,
+            Err(refusal) => vec![error(refusal.code, &refusal.message, id)],
+        }
+    }
+
+    fn subscribe(&mut self, frame: &ClientFrame<'_>) -> Result<Vec<WsMessage>, Refusal> {
+        let topic = frame.topic()?;
+        let ack = |replayed| Ack {
+            kind: "ack",
+            request_id: frame.request_id,
+            topic: Some(topic),
+            replayed: Some(replayed),
+            id: None,
+            subscribers: None,
+        };
+        if self.connection.wants_topic(topic) {
+            return Ok(vec![reply(&ack(0))]);
+        }
+        if self.connection.subscriptions() >= self.connection.config().max_subscriptions {
+            return Err(Refusal::bad("too many subscriptions on this connection"));
+        }
+        let hub = self.api.live().map_err(Refusal::from)?;
+        let token = frame.token.as_deref().or(self.token.as_deref());
+        super::authorize(&self.api, hub, topic, token).map_err(Refusal::from)?;
+        let from = match (&frame.last_event_id, frame.last_n) {
+            (Some(id), _) => ReplayFrom::After(id),
+            (None, n) => ReplayFrom::Last(n.unwrap_or(0)),
+        };
+        let name = TopicName::new(topic).map_err(|e| Refusal::from(ApiError::from(e)))?;
+        self.connection.attach(name);
+        let replay = match self.api.broker().replay(topic, from) {
+            Ok(replay) => replay,
+            Err(e) => {
+                self.connection.detach(topic);
+                return Err(ApiError::from(e).into());
+            }
+        };
+        self.connection.covered(topic, replay.up_to);
+        let mut out = Vec::with_capacity(replay.messages.len() + 1);
+        out.push(reply(&ack(replay.messages.len())));
+        out.extend(
+            replay
+                .messages
+                .iter()
+                .map(|m| WsMessage::Text(encode(m))),
+        );
+        Ok(out)
+    }
+
+    fn unsubscribe(&mut self, frame: &ClientFrame<'_>) -> Result<Vec<WsMessage>, Refusal> {
+        let topic = frame.topic()?;
+        if !self.connection.detach(topic) {
+            return Err(Refusal::bad("this connection is not subscribed to that topic"));
+        }
+        Ok(vec![reply(&Ack {
+            kind: "ack",
+            request_id: frame.request_id,
+            topic: Some(topic),
+            replayed: None,
+            id: None,
+            subscribers: None,
+        })])
+    }
+
+    async fn publish(&self, frame: &ClientFrame<'_>) -> Result<Vec<WsMessage>, Refusal> {
+        let topic = frame.topic()?;
+        let payload = frame
+            .payload
+            .ok_or_else(|| Refusal::bad("publish needs a payload (any JSON value)"))?;
+        let limit = self.api.config().max_body_bytes;
+        if payload.get().len() > limit {
+            return Err(ApiError::PayloadTooLarge(limit).into());
+        }
+        let token = frame
+            .token
+            .as_deref()
+            .or(self.token.as_deref())
+            .ok_or(ApiError::Broker(broker_core::Error::Unauthorized))?;
+        let outcome = self
+            .api
+            .broker()
+            .publish(
+                topic,
+                token,
+                Some(HeaderValue::from_static("application/json")),
+                Bytes::copy_from_slice(payload.get().as_bytes()),
+            )
+            .await
+            .map_err(ApiError::from);
+        if let Some(metrics) = &self.api.config().metrics {
+            metrics.publish(match &outcome {
+                Ok(_) => "accepted",
+                Err(e) => e.code(),
+            });
+        }
+        let receipt = outcome?;
+        Ok(vec![reply(&Ack {
+            kind: "ack",
+            request_id: frame.request_id,
+            topic: Some(topic),
+            replayed: None,
+            id: Some(&receipt.id),
+            subscribers: Some(receipt.subscribers),
+        })])
+    }
+}
+
+/// A client frame: one flat shape for every `type`, so unknown fields are
+/// refused and `payload` and `request_id` are kept as the client wrote them.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientFrame<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    topic: Option<String>,
+    #[serde(default)]
+    last_n: Option<usize>,
+    #[serde(default)]
+    last_event_id: Option<String>,
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default, borrow)]
+    payload: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    request_id: Option<&'a RawValue>,
+}
+
+impl ClientFrame<'_> {
+    fn topic(&self) -> Result<&str, Refusal> {
+        self.topic
+            .as_deref()
+            .ok_or_else(|| Refusal::bad("this frame needs a topic"))
+    }
+}
+
+/// An error frame's code and message.
+struct Refusal {
+    code: &'static str,
+    message: String,
+}
+
+impl Refusal {
+    fn bad(message: &str) -> Self {
+        Refusal {
+            code: "BAD_REQUEST",
+            message: message.to_owned(),
+        }
+    }
+}
+
+impl From<ApiError> for Refusal {
+    fn from(e: ApiError) -> Self {
+        Refusal {
+            code: e.live_code(),
+            message: if e.live_code() == "INTERNAL" {
+                "internal error".to_owned()
+            } else {
+                e.to_string()
+            },
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Ack<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    topic: Option<&'a str>,
+    /// Subscribe: how many retained messages follow the ack.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replayed: Option<usize>,
+    /// Publish: the message id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    /// Publish: how many webhook subscribers it goes to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subscribers: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct Pong<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<&'a RawValue>,
+}
+
+#[derive(Serialize)]
+struct ErrorFrame<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    code: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<&'a RawValue>,
+}
+
+#[derive(Serialize)]
+struct EventFrame<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    topic: &'a str,
+    message: EventMessage<'a>,
+    /// When the broker accepted it, in milliseconds since the Unix epoch.
+    timestamp: u64,
+}
+
+#[derive(Serialize)]
+struct EventMessage<'a> {
+    id: &'a str,
+    payload: Payload<'a>,
+    /// `json` (the payload is the JSON value published), `text` (a string)
+    /// or `base64` (a string of the base64 of the bytes).
+    encoding: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content_type: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Payload<'a> {
+    Json(&'a RawValue),
+    Text(&'a str),
+    Base64(String),
+}
+
+fn reply<T: Serialize>(value: &T) -> WsMessage {
+    // These plain structs always serialise.
+    WsMessage::Text(serde_json::to_string(value).unwrap_or_default().into())
+}
+
+fn error(code: &str, message: &str, request_id: Option<&RawValue>) -> WsMessage {
+    reply(&ErrorFrame {
+        kind: "error",
+        code,
+        message,
+        request_id,
+    })
+}
+
+fn close(code: CloseCode, reason: &'static str) -> WsMessage {
+    WsMessage::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    }))
+}
+
+/// The event frame of a live message, encoded once for all connections.
+fn shared(event: &LiveEvent) -> Utf8Bytes {
+    event.ws.get_or_init(|| encode(&event.message)).clone()
+}
+
+/// One message as an event frame. A JSON payload (by its content type)
+/// is embedded as JSON; other UTF-8 as a string; anything else as base64.
+pub(crate) fn encode(message: &Message) -> Utf8Bytes {
+    let bytes = message.payload();
+    let content_type = message.content_type().and_then(|v| v.to_str().ok());
+    let is_json = content_type.is_some_and(|ct| {
+        let media = ct.split(';').next().unwrap_or("").trim();
+        media.eq_ignore_ascii_case("application/json")
+            || (media.len() > 5 && media[media.len() - 5..].eq_ignore_ascii_case("+json"))
+    });
+    let text = std::str::from_utf8(bytes).ok();
+    let (payload, encoding) = match text {
+        Some(t) if is_json => match serde_json::from_str::<&RawValue>(t) {
+            Ok(raw) => (Payload::Json(raw), "json"),
+            Err(_) => (Payload::Text(t), "text"),
+        },
+        Some(t) => (Payload::Text(t), "text"),
+        None => (
+            Payload::Base64(base64::engine::general_purpose::STANDARD.encode(bytes)),
+            "base64",
+        ),
+    };
+    let timestamp = message
+        .published_at()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let frame = EventFrame {
+        kind: "event",
+        topic: message.topic().as_str(),
+        message: EventMessage {
+            id: message.id(),
+            payload,
+            encoding,
+            content_type,
+        },
+        timestamp,
+    };
+    serde_json::to_string(&frame).unwrap_or_default().into()
+}

@@ -384,14 +384,18 @@ async fn listing_and_detail_never_show_secrets() {
         .subscriber("b-topic", json!({"url": "http://127.0.0.1:9/x", "method": "PATCH", "headers": {"X-Key": "hidden-value"}}))
         .await;
     s.publish("b-topic", &token, "text/plain", "m").await;
+    let listener = s
+        .post_json("/v1/topics/b-topic/listeners", json!({"name": "board"}))
+        .await
+        .json();
 
     let list = s.get("/v1/topics").await;
     assert_eq!(list.status, 200);
     assert_eq!(
         list.json(),
         json!({"topics": [
-            {"name": "a-topic", "publishers": 1, "subscribers": 0},
-            {"name": "b-topic", "publishers": 1, "subscribers": 1},
+            {"name": "a-topic", "publishers": 1, "listeners": 0, "subscribers": 0},
+            {"name": "b-topic", "publishers": 1, "listeners": 1, "subscribers": 1},
         ]})
     );
 
@@ -399,12 +403,17 @@ async fn listing_and_detail_never_show_secrets() {
     assert_eq!(detail.status, 200);
     let text = String::from_utf8_lossy(&detail.body).into_owned();
     assert!(!text.contains(&token));
+    assert!(!text.contains(listener["token"].as_str().unwrap()));
     assert!(!text.contains(sub["secret"].as_str().unwrap()));
     assert!(!text.contains("hidden-value"));
     let d = detail.json();
     assert_eq!(d["name"], "b-topic");
     assert_eq!(d["publishers"][0]["name"], "p");
     assert!(d["publishers"][0].get("token").is_none());
+    assert_eq!(d["listeners"][0]["name"], "board");
+    assert_eq!(d["listeners"][0]["id"], listener["id"]);
+    assert!(d["listeners"][0].get("token").is_none());
+    assert_eq!(d["live"]["connections"], 0);
     assert_eq!(d["subscribers"][0]["id"], sub["id"]);
     assert_eq!(d["subscribers"][0]["method"], "PATCH");
     assert_eq!(d["subscribers"][0]["url"], "http://127.0.0.1:9/x");

@@ -833,8 +833,8 @@ async fn registry_limits_refuse_clearly_and_keep_the_rest() {
     assert_eq!(
         topics,
         json!({"topics": [
-            {"name": "a", "publishers": 2, "subscribers": 2},
-            {"name": "b", "publishers": 1, "subscribers": 0},
+            {"name": "a", "publishers": 2, "listeners": 0, "subscribers": 2},
+            {"name": "b", "publishers": 1, "listeners": 0, "subscribers": 0},
         ]})
     );
 }

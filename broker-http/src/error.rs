@@ -63,9 +63,7 @@ impl ApiError {
                 E::TopicNotFound
                 | E::PublisherNotFound
                 | E::SubscriberNotFound
-                | E::ListenerNotFound => {
-                    StatusCode::NOT_FOUND
-                }
+                | E::ListenerNotFound => StatusCode::NOT_FOUND,
                 E::Unauthorized => StatusCode::UNAUTHORIZED,
                 E::Forbidden => StatusCode::FORBIDDEN,
                 E::SubscriberConflict { .. } | E::LimitExceeded { .. } => StatusCode::CONFLICT,
@@ -174,7 +172,10 @@ impl ApiError {
             ApiError::UpgradeRequired => {
                 let h = response.headers_mut();
                 h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-                h.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+                h.insert(
+                    header::SEC_WEBSOCKET_VERSION,
+                    HeaderValue::from_static("13"),
+                );
             }
             ApiError::AdminUnauthorized
             | ApiError::ListenerUnauthorized

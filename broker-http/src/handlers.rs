@@ -248,7 +248,11 @@ pub(crate) fn topic_detail(api: &Api, topic: &str) -> Reply {
                 })
                 .collect(),
             live: json::Live {
-                connections: api.config().live.as_ref().map_or(0, |hub| hub.listening(topic)),
+                connections: api
+                    .config()
+                    .live
+                    .as_ref()
+                    .map_or(0, |hub| hub.listening(topic)),
             },
             subscribers,
             counters: json::TopicCounters {

@@ -239,7 +239,11 @@ impl Api {
 
     /// The live hub, or why there is none.
     fn live(&self) -> Result<&LiveHub, ApiError> {
-        self.inner.config.live.as_ref().ok_or(ApiError::LiveDisabled)
+        self.inner
+            .config
+            .live
+            .as_ref()
+            .ok_or(ApiError::LiveDisabled)
     }
 }
 

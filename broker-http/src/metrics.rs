@@ -286,7 +286,8 @@ impl Collector for LiveState {
             ),
             (
                 "live_slow_consumer_disconnects",
-                "Live connections closed with SLOW_CONSUMER",
+                "Live connections whose queue overflowed: told SLOW_CONSUMER and closed \
+                 (with --live-overflow disconnect)",
                 stats.slow_consumers,
             ),
         ] {

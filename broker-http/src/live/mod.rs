@@ -132,7 +132,8 @@ struct Hub {
 struct Totals {
     sent: AtomicU64,
     dropped: AtomicU64,
-    slow_consumers: AtomicU64,
+    /// Shared with every queue, which counts its own overflow.
+    slow_consumers: Arc<AtomicU64>,
 }
 
 /// Live listening in numbers, for metrics.
@@ -225,6 +226,7 @@ impl LiveHub {
         let queue = Arc::new(LiveQueue::new(
             self.shared.config.queue_capacity,
             self.shared.config.overflow,
+            self.shared.totals.slow_consumers.clone(),
         ));
         {
             let mut connections = self.shared.connections.lock();
@@ -342,15 +344,6 @@ impl Connection {
             Some(None) => true,
             None => false,
         }
-    }
-
-    /// Counts the connection as disconnected for being slow.
-    pub(crate) fn slow_consumer(&self) {
-        self.hub
-            .shared
-            .totals
-            .slow_consumers
-            .fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn config(&self) -> &LiveConfig {

@@ -58,6 +58,9 @@ pub(crate) struct LiveQueue {
     overflow: Overflow,
     sent: AtomicU64,
     dropped: AtomicU64,
+    /// The hub's count of queues that overflowed, bumped at the moment it
+    /// happens (an SSE stream only notices when its client reads again).
+    slow_consumers: Arc<AtomicU64>,
 }
 
 #[derive(Debug, Default)]
@@ -69,13 +72,14 @@ struct State {
 }
 
 impl LiveQueue {
-    pub(crate) fn new(capacity: usize, overflow: Overflow) -> Self {
+    pub(crate) fn new(capacity: usize, overflow: Overflow, slow_consumers: Arc<AtomicU64>) -> Self {
         LiveQueue {
             state: Mutex::default(),
             capacity: capacity.max(1),
             overflow,
             sent: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            slow_consumers,
         }
     }
 
@@ -94,6 +98,7 @@ impl LiveQueue {
                         self.dropped.fetch_add(lost, Ordering::Relaxed);
                         state.items = VecDeque::new();
                         state.overflowed = true;
+                        self.slow_consumers.fetch_add(1, Ordering::Relaxed);
                         return wake(state.waker.take());
                     }
                     Overflow::DropOldest => {
@@ -232,7 +237,7 @@ mod tests {
     #[test]
     fn disconnect_overflow_ends_the_queue_and_counts_what_was_lost() {
         let (b, token) = setup();
-        let q = LiveQueue::new(2, Overflow::Disconnect);
+        let q = LiveQueue::new(2, Overflow::Disconnect, Arc::default());
         for n in 0..3 {
             q.push(&event(&b, &token, n));
         }
@@ -246,7 +251,7 @@ mod tests {
     #[test]
     fn drop_oldest_overflow_keeps_the_newest() {
         let (b, token) = setup();
-        let q = LiveQueue::new(2, Overflow::DropOldest);
+        let q = LiveQueue::new(2, Overflow::DropOldest, Arc::default());
         for n in 0..5 {
             q.push(&event(&b, &token, n));
         }
@@ -261,7 +266,7 @@ mod tests {
     #[test]
     fn close_wins_over_queued_events() {
         let (b, token) = setup();
-        let q = LiveQueue::new(4, Overflow::Disconnect);
+        let q = LiveQueue::new(4, Overflow::Disconnect, Arc::default());
         q.push(&event(&b, &token, 1));
         q.close();
         assert!(matches!(next(&q), Poll::Ready(Next::Closed)));

@@ -45,7 +45,10 @@ pub(crate) fn events(
     let last_event_id = parts
         .headers
         .get("last-event-id")
-        .map(|v| v.to_str().map_err(|_| ApiError::InvalidQuery("Last-Event-ID is not text")))
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::InvalidQuery("Last-Event-ID is not text"))
+        })
         .transpose()?;
     let from = match last_event_id {
         Some(id) => ReplayFrom::After(id),
@@ -125,7 +128,6 @@ impl Body for SseBody {
                         shared(&e)
                     }
                     Poll::Ready(Next::Overflowed) => {
-                        this.connection.slow_consumer();
                         this.done = true;
                         slow_consumer()
                     }
@@ -230,7 +232,11 @@ mod tests {
         for payload in [&b"a\nb"[..], b"x\r\ny", &[0xff, 0], b""] {
             rt.block_on(b.publish("t", p.token().expose(), None, payload.to_vec().into()))
                 .unwrap();
-            let m = b.replay("t", ReplayFrom::Last(1)).unwrap().messages.remove(0);
+            let m = b
+                .replay("t", ReplayFrom::Last(1))
+                .unwrap()
+                .messages
+                .remove(0);
             let e = encode(&m);
             out.push(String::from_utf8(e[m.id().len() + 5..].to_vec()).unwrap());
         }

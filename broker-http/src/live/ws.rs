@@ -103,10 +103,8 @@ pub(crate) fn upgrade(
 fn handshake_key(h: &HeaderMap) -> Option<&str> {
     let has_token = |name: header::HeaderName, token: &str| {
         h.get_all(name).iter().any(|v| {
-            v.to_str().is_ok_and(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case(token))
-            })
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
         })
     };
     if !has_token(header::CONNECTION, "upgrade") || !has_token(header::UPGRADE, "websocket") {
@@ -180,7 +178,6 @@ impl Session {
                 return;
             }
             Stop::Slow => {
-                self.connection.slow_consumer();
                 vec![
                     error(
                         "SLOW_CONSUMER",
@@ -315,19 +312,16 @@ impl Session {
         self.connection.covered(topic, replay.up_to);
         let mut out = Vec::with_capacity(replay.messages.len() + 1);
         out.push(reply(&ack(replay.messages.len())));
-        out.extend(
-            replay
-                .messages
-                .iter()
-                .map(|m| WsMessage::Text(encode(m))),
-        );
+        out.extend(replay.messages.iter().map(|m| WsMessage::Text(encode(m))));
         Ok(out)
     }
 
     fn unsubscribe(&mut self, frame: &ClientFrame<'_>) -> Result<Vec<WsMessage>, Refusal> {
         let topic = frame.topic()?;
         if !self.connection.detach(topic) {
-            return Err(Refusal::bad("this connection is not subscribed to that topic"));
+            return Err(Refusal::bad(
+                "this connection is not subscribed to that topic",
+            ));
         }
         Ok(vec![reply(&Ack {
             kind: "ack",

@@ -1,0 +1,943 @@
+//! Live listeners over real sockets: Server-Sent Events read by a hyper
+//! client (and a raw TCP reader that stops reading), WebSockets driven by
+//! tokio-tungstenite.
+#![allow(clippy::needless_range_loop)] // message n is ids[n]: the index is the point
+
+mod common;
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use broker_core::Limits;
+use broker_http::{ApiConfig, DeliveryConfig, LiveConfig, LiveHub, ServerConfig};
+use bytes::Bytes;
+use common::{TestServer, PATIENCE};
+use futures_util::{SinkExt, StreamExt};
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use serde_json::{json, Value};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    time::timeout,
+};
+use tokio_tungstenite::{
+    tungstenite::{client::IntoClientRequest, protocol::frame::coding::CloseCode, Message},
+    MaybeTlsStream, WebSocketStream,
+};
+
+async fn live_server(config: LiveConfig) -> TestServer {
+    live_server_with(config, ApiConfig::default(), Limits::default()).await
+}
+
+async fn live_server_with(config: LiveConfig, api: ApiConfig, limits: Limits) -> TestServer {
+    let api = ApiConfig {
+        live: Some(LiveHub::new(config)),
+        ..api
+    };
+    TestServer::with_all(
+        api,
+        DeliveryConfig::default(),
+        ServerConfig::default(),
+        limits,
+    )
+    .await
+}
+
+/// Registers a listener and returns its token.
+async fn listener(server: &TestServer, topic: &str, name: &str) -> String {
+    let r = server
+        .post_json(
+            &format!("/v1/topics/{topic}/listeners"),
+            json!({ "name": name }),
+        )
+        .await;
+    assert!(r.status.is_success(), "{:?}", r.body);
+    r.json()["token"].as_str().unwrap().to_owned()
+}
+
+/// Publishes `body` and returns the message id.
+async fn publish(server: &TestServer, topic: &str, token: &str, ct: &str, body: Vec<u8>) -> String {
+    let auth = format!("Bearer {token}");
+    let r = server
+        .call(
+            "POST",
+            &format!("/v1/topics/{topic}/messages"),
+            &[("authorization", &auth), ("content-type", ct)],
+            body,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+    r.json()["id"].as_str().unwrap().to_owned()
+}
+
+// ---- a Server-Sent Events reader -------------------------------------------
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Event {
+    id: Option<String>,
+    kind: Option<String>,
+    data: String,
+}
+
+struct SseReader {
+    body: Incoming,
+    buffer: String,
+}
+
+impl SseReader {
+    async fn open(
+        server: &TestServer,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Self, (StatusCode, Value)> {
+        let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+        let mut req = Request::get(format!("http://{}{path}", server.addr));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let res = timeout(PATIENCE, client.request(req.body(Empty::new()).unwrap()))
+            .await
+            .expect("the server answered in time")
+            .unwrap();
+        if res.status() != StatusCode::OK {
+            let status = res.status();
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            return Err((status, serde_json::from_slice(&body).unwrap()));
+        }
+        assert_eq!(res.headers()["content-type"], "text/event-stream");
+        Ok(SseReader {
+            body: res.into_body(),
+            buffer: String::new(),
+        })
+    }
+
+    /// The next event (comments skipped); `None` when the stream ends.
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut event = Event {
+                    id: None,
+                    kind: None,
+                    data: String::new(),
+                };
+                let mut lines = 0;
+                for line in block.lines() {
+                    let (field, value) = line.split_once(": ").unwrap_or((line, ""));
+                    match field {
+                        "id" => event.id = Some(value.to_owned()),
+                        "event" => event.kind = Some(value.to_owned()),
+                        "data" => {
+                            if lines > 0 {
+                                event.data.push('\n');
+                            }
+                            event.data.push_str(value);
+                            lines += 1;
+                        }
+                        _ => {}
+                    }
+                }
+                if event.id.is_some() || event.kind.is_some() || lines > 0 {
+                    return Some(event);
+                }
+                continue;
+            }
+            let frame = timeout(PATIENCE, self.body.frame())
+                .await
+                .expect("an event in time")?
+                .ok()?;
+            if let Ok(data) = frame.into_data() {
+                self.buffer.push_str(std::str::from_utf8(&data).unwrap());
+            }
+        }
+    }
+}
+
+// ---- a WebSocket client ----------------------------------------------------
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+async fn ws_connect(server: &TestServer, token: Option<&str>) -> Ws {
+    let mut req = format!("ws://{}/v1/ws", server.addr)
+        .into_client_request()
+        .unwrap();
+    if let Some(token) = token {
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    let (ws, response) = timeout(PATIENCE, tokio_tungstenite::connect_async(req))
+        .await
+        .expect("handshake in time")
+        .expect("handshake");
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    ws
+}
+
+async fn send(ws: &mut Ws, frame: Value) {
+    ws.send(Message::text(frame.to_string())).await.unwrap();
+}
+
+/// The next JSON frame (pings skipped).
+async fn recv(ws: &mut Ws) -> Value {
+    loop {
+        let msg = timeout(PATIENCE, ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("the socket is open")
+            .expect("a frame");
+        match msg {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+}
+
+fn payload_of(event: &Value) -> &Value {
+    &event["message"]["payload"]
+}
+
+// ---- Server-Sent Events ------------------------------------------------------
+
+#[tokio::test]
+async fn sse_streams_in_order_replays_last_n_and_resumes_with_last_event_id() {
+    let server = live_server(LiveConfig::default()).await;
+    let publisher = server.publisher("orders", "p").await;
+    let token = listener(&server, "orders", "dashboard").await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(
+            publish(
+                &server,
+                "orders",
+                &publisher,
+                "text/plain",
+                format!("before {n}").into(),
+            )
+            .await,
+        );
+    }
+
+    let auth = format!("Bearer {token}");
+    let mut sse = SseReader::open(
+        &server,
+        "/v1/topics/orders/events?last_n=2",
+        &[("authorization", &auth)],
+    )
+    .await
+    .unwrap();
+    // The last two retained, oldest first.
+    for n in 1..3 {
+        let e = sse.next().await.unwrap();
+        assert_eq!(e.id.as_deref(), Some(ids[n].as_str()));
+        assert_eq!(e.data, format!("before {n}"));
+        assert_eq!(e.kind, None);
+    }
+    // Live, in publish order; multi-line text as data lines; binary as base64.
+    let detail = server.get("/v1/topics/orders").await.json();
+    assert_eq!(detail["live"]["connections"], 1);
+    assert_eq!(detail["listeners"][0]["name"], "dashboard");
+    for n in 0..20 {
+        ids.push(
+            publish(
+                &server,
+                "orders",
+                &publisher,
+                "text/plain",
+                format!("live {n}\nline 2").into(),
+            )
+            .await,
+        );
+    }
+    let binary = vec![0xff, 0x00, b'\r', b'\n'];
+    ids.push(
+        publish(
+            &server,
+            "orders",
+            &publisher,
+            "application/octet-stream",
+            binary.clone(),
+        )
+        .await,
+    );
+    for n in 0..20 {
+        let e = sse.next().await.unwrap();
+        assert_eq!(e.id.as_deref(), Some(ids[3 + n].as_str()));
+        assert_eq!(e.data, format!("live {n}\nline 2"));
+    }
+    let e = sse.next().await.unwrap();
+    assert_eq!(e.kind.as_deref(), Some("binary"));
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(&e.data)
+            .unwrap(),
+        binary
+    );
+    let last_seen = e.id.unwrap();
+    drop(sse);
+
+    // Missed while away, then resumed from the last id seen.
+    let mut missed = Vec::new();
+    for n in 0..3 {
+        missed.push(
+            publish(
+                &server,
+                "orders",
+                &publisher,
+                "text/plain",
+                format!("missed {n}").into(),
+            )
+            .await,
+        );
+    }
+    let url = format!("/v1/topics/orders/events?access_token={token}");
+    let mut sse = SseReader::open(&server, &url, &[("last-event-id", &last_seen)])
+        .await
+        .unwrap();
+    for id in &missed {
+        assert_eq!(sse.next().await.unwrap().id.as_ref(), Some(id));
+    }
+    let next = publish(
+        &server,
+        "orders",
+        &publisher,
+        "text/plain",
+        b"after".to_vec(),
+    )
+    .await;
+    let e = sse.next().await.unwrap();
+    assert_eq!(
+        (e.id.as_deref(), e.data.as_str()),
+        (Some(next.as_str()), "after")
+    );
+}
+
+#[tokio::test]
+async fn sse_needs_a_listener_token_of_the_topic() {
+    let admin = "admin-secret";
+    let server = live_server_with(
+        LiveConfig::default(),
+        ApiConfig {
+            admin_token: Some(admin.into()),
+            ..ApiConfig::default()
+        },
+        Limits::default(),
+    )
+    .await;
+    let admin_auth = format!("Bearer {admin}");
+    let call = |path: &str, body: Value| {
+        let (path, body) = (path.to_owned(), body.to_string());
+        let server = &server;
+        let auth = admin_auth.clone();
+        async move {
+            server
+                .call(
+                    "POST",
+                    &path,
+                    &[
+                        ("authorization", &auth),
+                        ("content-type", "application/json"),
+                    ],
+                    body,
+                )
+                .await
+                .json()
+        }
+    };
+    let publisher = call("/v1/topics/a/publishers", json!({"name": "p"})).await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let token_a = call("/v1/topics/a/listeners", json!({"name": "l"})).await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let token_b = call("/v1/topics/b/listeners", json!({"name": "l"})).await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let refused = |headers: Vec<(&'static str, String)>, path: &'static str| {
+        let server = &server;
+        async move {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            match SseReader::open(server, path, &h).await {
+                Ok(_) => panic!("{path} {headers:?} was let in"),
+                Err((status, body)) => (
+                    status.as_u16(),
+                    body["error"]["code"].as_str().unwrap().to_owned(),
+                ),
+            }
+        }
+    };
+    let bearer = |t: &str| vec![("authorization", format!("Bearer {t}"))];
+    assert_eq!(
+        refused(vec![], "/v1/topics/a/events").await,
+        (401, "unauthorized".into())
+    );
+    assert_eq!(
+        refused(bearer(&publisher), "/v1/topics/a/events").await,
+        (401, "unauthorized".into())
+    );
+    assert_eq!(
+        refused(bearer("lis_x.y"), "/v1/topics/a/events").await,
+        (401, "unauthorized".into())
+    );
+    assert_eq!(
+        refused(bearer(&token_b), "/v1/topics/a/events").await,
+        (403, "forbidden".into())
+    );
+    assert_eq!(
+        refused(bearer(admin), "/v1/topics/nope/events").await,
+        (404, "topic_not_found".into())
+    );
+    assert_eq!(
+        refused(bearer(admin), "/v1/topics/a/events?last_n=x").await,
+        (400, "invalid_query".into())
+    );
+    assert_eq!(
+        refused(bearer(admin), "/v1/topics/a%2F/events").await,
+        (400, "invalid_topic".into())
+    );
+    // The admin token and the topic's own listener token get in.
+    SseReader::open(
+        &server,
+        "/v1/topics/a/events",
+        &[("authorization", &admin_auth)],
+    )
+    .await
+    .unwrap();
+    SseReader::open(
+        &server,
+        "/v1/topics/a/events",
+        &[("authorization", &format!("Bearer {token_a}"))],
+    )
+    .await
+    .unwrap();
+    // A deregistered listener's token stops working.
+    let id = token_a.split('.').next().unwrap();
+    let r = server
+        .call(
+            "DELETE",
+            &format!("/v1/topics/a/listeners/{id}"),
+            &[("authorization", &admin_auth)],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        refused(bearer(&token_a), "/v1/topics/a/events").await,
+        (401, "unauthorized".into())
+    );
+}
+
+#[tokio::test]
+async fn anonymous_listening_only_when_enabled_and_not_without_a_hub() {
+    let open = live_server(LiveConfig {
+        allow_anonymous: true,
+        ..LiveConfig::default()
+    })
+    .await;
+    open.publisher("t", "p").await;
+    SseReader::open(&open, "/v1/topics/t/events", &[])
+        .await
+        .unwrap();
+    let mut ws = ws_connect(&open, None).await;
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "topic": "t", "request_id": 1}),
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await["type"], "ack");
+
+    let without = TestServer::start().await;
+    without.publisher("t", "p").await;
+    assert_eq!(
+        without.get("/v1/topics/t/events").await.error_code(404),
+        "not_found"
+    );
+    assert_eq!(without.get("/v1/ws").await.error_code(404), "not_found");
+}
+
+/// A reader that stops reading: the broker cannot write to it, its queue
+/// overflows, and when it reads again it finds the SLOW_CONSUMER event and
+/// the end of the stream, while another reader got every message.
+#[tokio::test]
+async fn a_stalled_sse_reader_gets_slow_consumer_and_others_do_not_wait() {
+    let server = live_server(LiveConfig {
+        queue_capacity: 4,
+        ..LiveConfig::default()
+    })
+    .await;
+    let publisher = server.publisher("t", "p").await;
+    let token = listener(&server, "t", "l").await;
+
+    let mut stalled = TcpStream::connect(server.addr).await.unwrap();
+    let request =
+        format!("GET /v1/topics/t/events?access_token={token} HTTP/1.1\r\nhost: x\r\n\r\n");
+    stalled.write_all(request.as_bytes()).await.unwrap();
+    let mut healthy = SseReader::open(
+        &server,
+        &format!("/v1/topics/t/events?access_token={token}"),
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        server.get("/v1/topics/t").await.json()["live"]["connections"],
+        2
+    );
+
+    // 64 KiB payloads: a few hundred overflow the kernel's socket buffers.
+    let payload = "x".repeat(64 * 1024);
+    let reader = tokio::spawn(async move {
+        let mut got = 0;
+        while got < 400 {
+            let e = healthy.next().await.expect("the healthy stream stays open");
+            assert_eq!(e.data.len(), 64 * 1024);
+            got += 1;
+        }
+        (got, healthy)
+    });
+    for _ in 0..400 {
+        publish(
+            &server,
+            "t",
+            &publisher,
+            "text/plain",
+            payload.clone().into_bytes(),
+        )
+        .await;
+    }
+    // Kept open: a dropped client is noticed at the next write.
+    let (got, _healthy) = reader.await.unwrap();
+    assert_eq!(got, 400);
+    wait_for_metric(&server, "broker_live_slow_consumer_disconnects_total 1").await;
+
+    // Reading again: whatever fit in the buffers, then the error, then the end.
+    let mut seen = Vec::new();
+    let mut buf = vec![0; 1 << 16];
+    // Until the last chunk of the body (the connection itself stays open).
+    while !seen.ends_with(b"\r\n0\r\n\r\n") {
+        let n = timeout(PATIENCE, stalled.read(&mut buf))
+            .await
+            .expect("more of the stream in time")
+            .unwrap();
+        assert!(n > 0, "the connection closed before the stream ended");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&seen);
+    assert!(
+        text.contains("event: broker.error\ndata: {\"code\":\"SLOW_CONSUMER\""),
+        "{}",
+        &text[text.len().saturating_sub(300)..]
+    );
+    assert!(text.matches("id: msg_").count() < 400);
+    // It is gone from the topic.
+    wait_until(|| async { server.get("/v1/topics/t").await.json()["live"]["connections"] == 1 })
+        .await;
+}
+
+async fn wait_until<F, Fut>(mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    timeout(PATIENCE, async {
+        while !check().await {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the condition came true in time");
+}
+
+async fn wait_for_metric(server: &TestServer, line: &str) {
+    let line = line.to_owned();
+    wait_until(|| {
+        let line = line.clone();
+        async move {
+            let body = server.get("/metrics").await.body;
+            String::from_utf8_lossy(&body).lines().any(|l| l == line)
+        }
+    })
+    .await;
+}
+
+// ---- WebSocket -----------------------------------------------------------------
+
+#[tokio::test]
+async fn websocket_subscribe_replay_publish_unsubscribe_and_ping() {
+    let server = live_server(LiveConfig::default()).await;
+    let publisher = server.publisher("orders", "p").await;
+    let token = listener(&server, "orders", "l").await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(
+            publish(
+                &server,
+                "orders",
+                &publisher,
+                "application/json",
+                json!({"n": n}).to_string().into(),
+            )
+            .await,
+        );
+    }
+
+    let mut ws = ws_connect(&server, Some(&token)).await;
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "topic": "orders", "last_n": 3, "request_id": "s1"}),
+    )
+    .await;
+    let ack = recv(&mut ws).await;
+    assert_eq!(
+        ack,
+        json!({"type": "ack", "request_id": "s1", "topic": "orders", "replayed": 3})
+    );
+    for n in 2..5 {
+        let e = recv(&mut ws).await;
+        assert_eq!(e["type"], "event");
+        assert_eq!(e["topic"], "orders");
+        assert_eq!(e["message"]["id"], ids[n]);
+        assert_eq!(payload_of(&e), &json!({"n": n}));
+        assert_eq!(e["message"]["encoding"], "json");
+        assert!(e["timestamp"].as_u64().unwrap() > 1_700_000_000_000);
+    }
+
+    // Live, in order, with text and binary payloads.
+    for n in 5..25 {
+        ids.push(
+            publish(
+                &server,
+                "orders",
+                &publisher,
+                "application/json",
+                json!({"n": n}).to_string().into(),
+            )
+            .await,
+        );
+    }
+    publish(
+        &server,
+        "orders",
+        &publisher,
+        "text/plain",
+        b"plain".to_vec(),
+    )
+    .await;
+    publish(
+        &server,
+        "orders",
+        &publisher,
+        "application/octet-stream",
+        vec![0xff],
+    )
+    .await;
+    for n in 5..25 {
+        let e = recv(&mut ws).await;
+        assert_eq!(e["message"]["id"], ids[n]);
+        assert_eq!(payload_of(&e), &json!({"n": n}));
+    }
+    let e = recv(&mut ws).await;
+    assert_eq!(
+        (payload_of(&e), &e["message"]["encoding"]),
+        (&json!("plain"), &json!("text"))
+    );
+    let e = recv(&mut ws).await;
+    assert_eq!(
+        (payload_of(&e), &e["message"]["encoding"]),
+        (&json!("/w=="), &json!("base64"))
+    );
+
+    // Publishing over the socket, with the publisher's token in the frame:
+    // the subscriber (this very connection) receives it too.
+    send(&mut ws, json!({"type": "publish", "topic": "orders", "payload": {"via": "ws"}, "token": publisher, "request_id": 7})).await;
+    let ack = recv(&mut ws).await;
+    assert_eq!(
+        (&ack["type"], &ack["request_id"]),
+        (&json!("ack"), &json!(7))
+    );
+    let id = ack["id"].as_str().unwrap().to_owned();
+    let e = recv(&mut ws).await;
+    assert_eq!(
+        (&e["message"]["id"], payload_of(&e)),
+        (&json!(id), &json!({"via": "ws"}))
+    );
+
+    // Unsubscribed: a publish is not seen; the pong comes back alone.
+    send(
+        &mut ws,
+        json!({"type": "unsubscribe", "topic": "orders", "request_id": "u"}),
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await["type"], "ack");
+    assert_eq!(
+        server.get("/v1/topics/orders").await.json()["live"]["connections"],
+        0
+    );
+    publish(
+        &server,
+        "orders",
+        &publisher,
+        "text/plain",
+        b"unseen".to_vec(),
+    )
+    .await;
+    send(&mut ws, json!({"type": "ping", "request_id": "p"})).await;
+    assert_eq!(
+        recv(&mut ws).await,
+        json!({"type": "pong", "request_id": "p"})
+    );
+
+    // Resuming with last_event_id.
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "topic": "orders", "last_event_id": id}),
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await["replayed"], 1);
+    assert_eq!(payload_of(&recv(&mut ws).await), &json!("unseen"));
+}
+
+#[tokio::test]
+async fn websocket_errors_name_their_code_and_keep_the_connection() {
+    let server = live_server(LiveConfig::default()).await;
+    let publisher = server.publisher("t", "p").await;
+    let token = listener(&server, "t", "l").await;
+    let other = listener(&server, "u", "l").await;
+    let mut ws = ws_connect(&server, Some(&token)).await;
+    let cases = [
+        (json!("not an object"), "BAD_REQUEST"),
+        (json!({"type": "dance", "request_id": 1}), "BAD_REQUEST"),
+        (json!({"type": "subscribe", "request_id": 1}), "BAD_REQUEST"),
+        (
+            json!({"type": "subscribe", "topic": "t", "extra": 1}),
+            "BAD_REQUEST",
+        ),
+        (
+            json!({"type": "subscribe", "topic": "a/b", "request_id": 1}),
+            "BAD_REQUEST",
+        ),
+        (
+            json!({"type": "subscribe", "topic": "u", "request_id": 1}),
+            "UNAUTHORIZED",
+        ),
+        (
+            json!({"type": "subscribe", "topic": "t", "token": "lis_x.y", "request_id": 1}),
+            "UNAUTHORIZED",
+        ),
+        (
+            json!({"type": "subscribe", "topic": "t", "token": publisher, "request_id": 1}),
+            "UNAUTHORIZED",
+        ),
+        (
+            json!({"type": "unsubscribe", "topic": "t", "request_id": 1}),
+            "BAD_REQUEST",
+        ),
+        (
+            json!({"type": "publish", "topic": "t", "payload": 1, "request_id": 1}),
+            "UNAUTHORIZED",
+        ),
+        (
+            json!({"type": "publish", "topic": "t", "token": publisher, "request_id": 1}),
+            "BAD_REQUEST",
+        ),
+    ];
+    for (frame, code) in cases {
+        send(&mut ws, frame.clone()).await;
+        let e = recv(&mut ws).await;
+        assert_eq!(
+            (&e["type"], &e["code"]),
+            (&json!("error"), &json!(code)),
+            "{frame}: {e}"
+        );
+        assert!(!e["message"].as_str().unwrap().is_empty());
+        if frame.get("request_id").is_some() {
+            assert_eq!(e["request_id"], 1, "{frame}");
+        }
+    }
+    ws.send(Message::binary(vec![1, 2, 3])).await.unwrap();
+    assert_eq!(recv(&mut ws).await["code"], "BAD_REQUEST");
+    // Admin-less server: the other topic's own listener token, in the frame,
+    // subscribes; an unknown topic is TOPIC_NOT_FOUND for a token holder of
+    // nothing there.
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "topic": "u", "token": other}),
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await["type"], "ack");
+    let open = live_server(LiveConfig {
+        allow_anonymous: true,
+        ..LiveConfig::default()
+    })
+    .await;
+    let mut anon = ws_connect(&open, None).await;
+    send(
+        &mut anon,
+        json!({"type": "subscribe", "topic": "nope", "request_id": 1}),
+    )
+    .await;
+    assert_eq!(recv(&mut anon).await["code"], "TOPIC_NOT_FOUND");
+    // Still serving after all that.
+    send(&mut ws, json!({"type": "ping"})).await;
+    assert_eq!(recv(&mut ws).await["type"], "pong");
+}
+
+#[tokio::test]
+async fn a_websocket_handshake_is_required_and_authenticated() {
+    let server = live_server(LiveConfig::default()).await;
+    let r = server.get("/v1/ws").await;
+    assert_eq!(r.error_code(426), "upgrade_required");
+    assert_eq!(r.headers["upgrade"], "websocket");
+    // No token and anonymous listening off: refused before the upgrade.
+    let err = tokio_tungstenite::connect_async(format!("ws://{}/v1/ws", server.addr))
+        .await
+        .unwrap_err();
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(response) => {
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED)
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A client that stops reading is told SLOW_CONSUMER and closed; publishing
+/// and a client that keeps up are unaffected.
+#[tokio::test]
+async fn a_websocket_that_stops_reading_gets_slow_consumer() {
+    let server = live_server(LiveConfig {
+        queue_capacity: 8,
+        ..LiveConfig::default()
+    })
+    .await;
+    let publisher = server.publisher("t", "p").await;
+    let token = listener(&server, "t", "l").await;
+    let mut slow = ws_connect(&server, Some(&token)).await;
+    let mut fast = ws_connect(&server, Some(&token)).await;
+    for ws in [&mut slow, &mut fast] {
+        send(ws, json!({"type": "subscribe", "topic": "t"})).await;
+        assert_eq!(recv(ws).await["type"], "ack");
+    }
+    let n = 400;
+    let reader = tokio::spawn(async move {
+        for i in 0..n {
+            let e = recv(&mut fast).await;
+            assert_eq!(e["type"], "event", "{i}");
+            assert_eq!(payload_of(&e).as_str().unwrap().len(), 64 * 1024);
+        }
+        fast
+    });
+    let payload = "y".repeat(64 * 1024);
+    for _ in 0..n {
+        publish(
+            &server,
+            "t",
+            &publisher,
+            "text/plain",
+            payload.clone().into_bytes(),
+        )
+        .await;
+    }
+    let mut fast = reader.await.unwrap();
+    wait_for_metric(&server, "broker_live_slow_consumer_disconnects_total 1").await;
+
+    // The slow one reads again: buffered events, then the error, then close.
+    let mut events = 0;
+    let code = loop {
+        let msg = timeout(PATIENCE, slow.next())
+            .await
+            .expect("in time")
+            .expect("open")
+            .expect("frame");
+        match msg {
+            Message::Text(t) => {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                if v["type"] == "event" {
+                    events += 1;
+                    continue;
+                }
+                assert_eq!(v["code"], "SLOW_CONSUMER", "{v}");
+            }
+            Message::Ping(_) => continue,
+            other => panic!("{other:?}"),
+        }
+        match timeout(PATIENCE, slow.next()).await.expect("in time") {
+            Some(Ok(Message::Close(Some(frame)))) => break frame.code,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(code, CloseCode::Policy);
+    assert!(events < n, "{events}");
+    // The fast one is still subscribed and served.
+    send(&mut fast, json!({"type": "ping"})).await;
+    assert_eq!(recv(&mut fast).await["type"], "pong");
+    wait_until(|| async { server.get("/v1/topics/t").await.json()["live"]["connections"] == 1 })
+        .await;
+}
+
+#[tokio::test]
+async fn live_connections_end_when_the_server_shuts_down() {
+    let server = live_server(LiveConfig::default()).await;
+    server.publisher("t", "p").await;
+    let token = listener(&server, "t", "l").await;
+    let mut ws = ws_connect(&server, Some(&token)).await;
+    send(&mut ws, json!({"type": "subscribe", "topic": "t"})).await;
+    recv(&mut ws).await;
+    let mut sse = SseReader::open(
+        &server,
+        &format!("/v1/topics/t/events?access_token={token}"),
+        &[],
+    )
+    .await
+    .unwrap();
+    // Well within the 10 s grace: the hub ends them at once.
+    let started = std::time::Instant::now();
+    server.stop().await;
+    assert!(sse.next().await.is_none());
+    match timeout(PATIENCE, ws.next()).await.expect("in time") {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Away),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn live_metrics_count_connections_and_messages() {
+    let server = live_server(LiveConfig::default()).await;
+    let publisher = server.publisher("t", "p").await;
+    let token = listener(&server, "t", "l").await;
+    let mut ws = ws_connect(&server, Some(&token)).await;
+    send(&mut ws, json!({"type": "subscribe", "topic": "t"})).await;
+    recv(&mut ws).await;
+    let _sse = SseReader::open(
+        &server,
+        &format!("/v1/topics/t/events?access_token={token}"),
+        &[],
+    )
+    .await
+    .unwrap();
+    publish(&server, "t", &publisher, "text/plain", b"x".to_vec()).await;
+    recv(&mut ws).await;
+    let metrics = String::from_utf8_lossy(&server.get("/metrics").await.body).into_owned();
+    for line in [
+        "broker_live_connections{transport=\"sse\"} 1",
+        "broker_live_connections{transport=\"websocket\"} 1",
+        "broker_live_listeners{topic=\"t\"} 2",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+    assert_eq!(
+        server.get("/v1/topics").await.json()["topics"][0]["listeners"],
+        1
+    );
+}

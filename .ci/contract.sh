@@ -33,12 +33,15 @@ done
 # Schema can say (reserved header names, invalid ports, duplicate headers
 # in other case), each with a documented 400. The coverage phase is left
 # out for a schemathesis crash on Python 3.11 in that phase (an internal
-# AST recursion error), not for a finding.
+# AST recursion error), not for a finding. The two live-listening paths are
+# left out: an event stream and a WebSocket never end as a response, which
+# schemathesis waits for; tests/live.rs drives them with real clients.
 "$venv/bin/st" run docs/openapi.json \
   --url "http://$addr" \
   -H "Authorization: Bearer contract-admin" \
   --checks all --exclude-checks positive_data_acceptance \
   --phases examples,fuzzing,stateful \
+  --exclude-path '/v1/topics/{topic}/events' --exclude-path /v1/ws \
   --max-examples 100 --seed 20261123 --workers 2
 
 kill -TERM "$server"

@@ -457,9 +457,9 @@ async fn anonymous_listening_only_when_enabled_and_not_without_a_hub() {
     without.publisher("t", "p").await;
     assert_eq!(
         without.get("/v1/topics/t/events").await.error_code(404),
-        "not_found"
+        "live_disabled"
     );
-    assert_eq!(without.get("/v1/ws").await.error_code(404), "not_found");
+    assert_eq!(without.get("/v1/ws").await.error_code(404), "live_disabled");
 }
 
 /// A reader that stops reading: the broker cannot write to it, its queue

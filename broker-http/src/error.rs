@@ -116,7 +116,8 @@ impl ApiError {
             ApiError::UpgradeRequired => "upgrade_required",
             ApiError::TooManyLiveConnections => "too_many_live_connections",
             ApiError::InvalidQuery(_) => "invalid_query",
-            ApiError::NotFound | ApiError::LiveDisabled => "not_found",
+            ApiError::NotFound => "not_found",
+            ApiError::LiveDisabled => "live_disabled",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
         }
     }

@@ -941,3 +941,73 @@ async fn live_metrics_count_connections_and_messages() {
         1
     );
 }
+
+#[tokio::test]
+async fn live_limits_refuse_clearly_and_spare_everyone_else() {
+    let server = live_server(LiveConfig {
+        max_connections: 2,
+        max_subscriptions: 2,
+        max_frame_bytes: 1024,
+        ..LiveConfig::default()
+    })
+    .await;
+    let publisher = server.publisher("a", "p").await;
+    let token_a = listener(&server, "a", "l").await;
+    let token_b = listener(&server, "b", "l").await;
+    let token_c = listener(&server, "c", "l").await;
+
+    // Subscriptions per connection.
+    let mut ws = ws_connect(&server, Some(&token_a)).await;
+    for (topic, token) in [("a", &token_a), ("b", &token_b)] {
+        send(
+            &mut ws,
+            json!({"type": "subscribe", "topic": topic, "token": token}),
+        )
+        .await;
+        assert_eq!(recv(&mut ws).await["type"], "ack");
+    }
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "topic": "c", "token": token_c}),
+    )
+    .await;
+    let e = recv(&mut ws).await;
+    assert_eq!(e["code"], "BAD_REQUEST", "{e}");
+
+    // Connections: the third is refused with 503 until one goes.
+    let url = format!("/v1/topics/a/events?access_token={token_a}");
+    let sse = SseReader::open(&server, &url, &[]).await.unwrap();
+    match SseReader::open(&server, &url, &[]).await {
+        Err((status, body)) => {
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(body["error"]["code"], "too_many_live_connections");
+        }
+        Ok(_) => panic!("a third live connection was let in"),
+    }
+    drop(sse);
+    // Dropped client side; the server notices at its next write.
+    publish(&server, "a", &publisher, "text/plain", b"wake".to_vec()).await;
+    assert_eq!(recv(&mut ws).await["message"]["payload"], "wake");
+    wait_until(|| async { server.get("/v1/topics/a").await.json()["live"]["connections"] == 1 })
+        .await;
+    let mut sse = SseReader::open(&server, &url, &[]).await.unwrap();
+
+    // A frame over the limit ends that connection only.
+    ws.send(Message::text("x".repeat(2048))).await.unwrap();
+    let ended = timeout(PATIENCE, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the oversized frame's connection stayed open"
+    );
+    publish(&server, "a", &publisher, "text/plain", b"still".to_vec()).await;
+    assert_eq!(sse.next().await.unwrap().data, "still");
+    server.assert_alive().await;
+}

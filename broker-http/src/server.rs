@@ -250,3 +250,35 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<T> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_that_makes_no_progress_fails_after_the_timeout() {
+        let (near, mut far) = tokio::io::duplex(16);
+        let mut io = WriteTimeout::new(near, Duration::from_secs(30));
+        // A reader that takes 16 bytes every 20 s: each stall is shorter
+        // than the timeout, so every write gets through.
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 16];
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_secs(20)).await;
+                far.read_exact(&mut buf).await.unwrap();
+            }
+            far
+        });
+        let started = tokio::time::Instant::now();
+        io.write_all(&[1; 64]).await.unwrap();
+        assert!(started.elapsed() >= Duration::from_secs(60));
+        // Now nobody reads: the next write fails 30 s after it blocked.
+        let _far = reader.await.unwrap();
+        let blocked = tokio::time::Instant::now();
+        let err = io.write_all(&[2; 32]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(blocked.elapsed(), Duration::from_secs(30));
+    }
+}

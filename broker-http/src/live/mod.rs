@@ -437,3 +437,71 @@ pub(crate) fn authorize(
         Err(e) => Err(e.into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::task::{Context, Poll, Waker};
+
+    use broker_core::{Broker, ReplayFrom};
+
+    use super::*;
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    /// A message published between attaching and taking the replay is in
+    /// both: it is sent once, from the replay.
+    #[test]
+    fn what_the_replay_covers_is_not_sent_again_live() {
+        let hub = LiveHub::new(LiveConfig::default());
+        let broker = Broker::new(hub.clone());
+        let token = broker.register_publisher("t", "p").unwrap().item;
+        let publish = |body: &'static str| {
+            block_on(broker.publish("t", token.token().expose(), None, body.into())).unwrap()
+        };
+        publish("old");
+        let mut conn = hub.connect(Transport::Sse).unwrap();
+        conn.attach(TopicName::new("t").unwrap());
+        assert_eq!(hub.listening("t"), 1);
+        publish("in between");
+        let replay = broker.replay("t", ReplayFrom::Last(10)).unwrap();
+        conn.covered("t", replay.up_to);
+        publish("after");
+        let replayed: Vec<_> = replay
+            .messages
+            .iter()
+            .map(|m| m.payload().clone())
+            .collect();
+        assert_eq!(replayed, ["old", "in between"]);
+        let mut live = Vec::new();
+        let mut cx = Context::from_waker(Waker::noop());
+        while let Poll::Ready(Next::Event(e)) = conn.queue.poll_next(&mut cx) {
+            if conn.wants(&e.message) {
+                live.push(e.message.payload().clone());
+            }
+        }
+        assert_eq!(live, ["after"]);
+        // Dropping the connection detaches it everywhere.
+        drop(conn);
+        assert_eq!(hub.listening("t"), 0);
+        assert!(hub.listening_by_topic().is_empty());
+        assert_eq!(hub.stats().sse, 0);
+    }
+
+    #[test]
+    fn a_closed_hub_ends_its_connections_and_refuses_new_ones() {
+        let hub = LiveHub::new(LiveConfig::default());
+        let conn = hub.connect(Transport::WebSocket).unwrap();
+        hub.close();
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(matches!(
+            conn.queue.poll_next(&mut cx),
+            Poll::Ready(Next::Closed)
+        ));
+        assert!(hub.connect(Transport::Sse).is_err());
+    }
+}

@@ -386,3 +386,63 @@ fn health_check_mode_reports_the_server() {
     drop(child);
     assert!(!check(&addr), "no server");
 }
+
+/// The binary wires live listening: a listener token opens an event
+/// stream, a publish arrives on it, and SIGTERM ends the stream at once
+/// rather than after the shutdown grace.
+#[test]
+fn live_listening_works_and_ends_on_sigterm() {
+    let (mut child, addr, _, _logs) = start(&["--replay-messages", "5"]);
+    let register = |path: &str| {
+        let (status, body) = http(
+            &addr,
+            "POST",
+            path,
+            "Content-Type: application/json\r\n",
+            r#"{"name":"n"}"#,
+        );
+        assert!(status.contains("201"), "{status} {body}");
+        json_field(&body, "token")
+    };
+    let publisher = register("/v1/topics/t/publishers");
+    let listener = register("/v1/topics/t/listeners");
+    let auth = format!("Authorization: Bearer {publisher}\r\n");
+    let (status, _) = http(&addr, "POST", "/v1/topics/t/messages", &auth, "retained");
+    assert!(status.contains("202"), "{status}");
+
+    let mut stream = TcpStream::connect(&addr).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    write!(
+        stream,
+        "GET /v1/topics/t/events?last_n=5 HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {listener}\r\n\r\n"
+    )
+    .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read_until = |seen: &mut Vec<u8>, stream: &mut TcpStream, buf: &mut [u8], what: &str| {
+        while !String::from_utf8_lossy(seen).contains(what) {
+            let n = stream.read(buf).unwrap();
+            assert!(
+                n > 0,
+                "the stream closed before {what:?}: {}",
+                String::from_utf8_lossy(seen)
+            );
+            seen.extend_from_slice(&buf[..n]);
+        }
+    };
+    read_until(&mut seen, &mut stream, &mut buf, "data: retained\n");
+    let (status, _) = http(&addr, "POST", "/v1/topics/t/messages", &auth, "live");
+    assert!(status.contains("202"), "{status}");
+    read_until(&mut seen, &mut stream, &mut buf, "data: live\n");
+
+    let started = std::time::Instant::now();
+    sigterm(&child);
+    // The stream ends (last chunk), and the process exits.
+    read_until(&mut seen, &mut stream, &mut buf, "\r\n0\r\n\r\n");
+    assert!(wait_for_exit(&mut child).success());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}

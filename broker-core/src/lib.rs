@@ -8,7 +8,11 @@
 //! - Registration is idempotent: a publisher is keyed by (topic, name), a
 //!   subscriber by (topic, method, canonical URL).
 //! - Only a registered publisher's token (256 random bits, compared in
-//!   constant time) may publish, and only on its own topic.
+//!   constant time) may publish, and only on its own topic. Listener
+//!   tokens, for live listening, are issued and checked the same way
+//!   ([`Role`]).
+//! - Each topic keeps a bounded ring of its last messages for replay
+//!   ([`Broker::replay`], [`Limits::replay_messages`]).
 //! - A publish reads the registry under a short read lock, copies out the
 //!   subscriber snapshot (one `Arc`), and calls the notifier once with the
 //!   whole fan-out. The payload is a shared [`bytes::Bytes`].

@@ -5,6 +5,11 @@
 //! - [`WebhookNotifier`]: the [`broker_core::Notifier`] that delivers each
 //!   message to each subscriber's URL, signed per Standard Webhooks, through
 //!   a bounded queue per subscriber (`delivery/`);
+//! - [`LiveHub`]: a second [`broker_core::Notifier`] that pushes each
+//!   message to live listeners over Server-Sent Events
+//!   (`GET /v1/topics/{topic}/events`) and WebSocket (`GET /v1/ws`), each
+//!   connection with its own bounded queue (`live/`); enable it with
+//!   [`ApiConfig::live`] and `Broker::new((webhooks, hub))`;
 //! - [`serve`]: accepts connections on a listener the caller bound, until a
 //!   shutdown future the caller supplies completes;
 //! - [`Metrics`]: Prometheus metrics for `GET /metrics`, set through

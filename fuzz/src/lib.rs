@@ -9,7 +9,7 @@
 use std::sync::OnceLock;
 
 use broker_core::{Broker, Endpoint, Limits, Notifier, Publish};
-use broker_http::{Api, ApiConfig};
+use broker_http::{Api, ApiConfig, LiveConfig, LiveHub};
 use bytes::Bytes;
 use http_body_util::Full;
 
@@ -35,7 +35,14 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 fn api() -> &'static Api {
     static API: OnceLock<Api> = OnceLock::new();
     API.get_or_init(|| {
-        let broker = Broker::new(Discard);
+        // Live listening on, anonymous, so the event stream's query and
+        // `Last-Event-ID` handling is reached (an answered stream is
+        // dropped at once, which detaches it).
+        let live = LiveHub::new(LiveConfig {
+            allow_anonymous: true,
+            ..LiveConfig::default()
+        });
+        let broker = Broker::new((Discard, live.clone()));
         // A publisher and a subscriber to hit, so publishes get past auth
         // when the input carries this token.
         broker.register_publisher("t", "fuzz").expect("registers");
@@ -49,6 +56,7 @@ fn api() -> &'static Api {
             broker,
             ApiConfig {
                 admin_token: None,
+                live: Some(live),
                 ..ApiConfig::default()
             },
         )

@@ -940,6 +940,8 @@ async fn live_metrics_count_connections_and_messages() {
         server.get("/v1/topics").await.json()["topics"][0]["listeners"],
         1
     );
+    // One event to each connection; the WebSocket's ack is not a message.
+    wait_for_metric(&server, "broker_live_messages_sent_total 2").await;
 }
 
 #[tokio::test]

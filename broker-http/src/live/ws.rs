@@ -143,6 +143,8 @@ impl Session {
         let mut heartbeat = interval_at(Instant::now() + period, period);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let stop = loop {
+            // Frames to send, and how many of them are events (counted).
+            let mut events = 0;
             let out = tokio::select! {
                 frame = stream.next() => match frame {
                     Some(Ok(WsMessage::Text(text))) => self.handle(text.as_str()).await,
@@ -158,7 +160,11 @@ impl Session {
                     Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => break Stop::Gone,
                 },
                 next = self.connection.queue.next() => match next {
-                    Next::Event(first) => self.events(first),
+                    Next::Event(first) => {
+                        let out = self.events(first);
+                        events = out.len();
+                        out
+                    }
                     Next::Overflowed => break Stop::Slow,
                     Next::Closed => break Stop::Closing,
                 },
@@ -170,6 +176,7 @@ impl Session {
             if let Err(stop) = self.write(&mut sink, out).await {
                 break stop;
             }
+            self.connection.queue.sent(events as u64);
         };
         let goodbye = match stop {
             Stop::Gone => {
@@ -208,7 +215,6 @@ impl Session {
         sink: &mut futures_util::stream::SplitSink<Ws, WsMessage>,
         frames: Vec<WsMessage>,
     ) -> Result<(), Stop> {
-        let n = frames.len();
         let write = async {
             for frame in frames {
                 sink.feed(frame).await?;
@@ -217,10 +223,7 @@ impl Session {
         };
         tokio::select! {
             written = timeout(self.connection.config().write_timeout, write) => match written {
-                Ok(Ok(())) => {
-                    self.connection.queue.sent(n as u64);
-                    Ok(())
-                }
+                Ok(Ok(())) => Ok(()),
                 _ => Err(Stop::Gone),
             },
             ended = self.connection.queue.ended() => Err(match ended {
@@ -313,6 +316,8 @@ impl Session {
         let mut out = Vec::with_capacity(replay.messages.len() + 1);
         out.push(reply(&ack(replay.messages.len())));
         out.extend(replay.messages.iter().map(|m| WsMessage::Text(encode(m))));
+        // Counted as sent now: the ack and the replay go out in one write.
+        self.connection.queue.sent(replay.messages.len() as u64);
         Ok(out)
     }
 
@@ -424,7 +429,8 @@ impl From<ApiError> for Refusal {
     fn from(e: ApiError) -> Self {
         Refusal {
             code: e.live_code(),
-            message: if e.live_code() == "INTERNAL" {
+            // Only a real 500 hides its cause; shutting down says so.
+            message: if e.status() == StatusCode::INTERNAL_SERVER_ERROR {
                 "internal error".to_owned()
             } else {
                 e.to_string()

@@ -73,6 +73,20 @@ async fn publish(server: &TestServer, topic: &str, token: &str, ct: &str, body: 
     r.json()["id"].as_str().unwrap().to_owned()
 }
 
+/// Publishes each body as text; returns the message ids.
+async fn publish_texts(
+    server: &TestServer,
+    topic: &str,
+    token: &str,
+    bodies: impl IntoIterator<Item = String>,
+) -> Vec<String> {
+    let mut ids = Vec::new();
+    for body in bodies {
+        ids.push(publish(server, topic, token, "text/plain", body.into_bytes()).await);
+    }
+    ids
+}
+
 // ---- a Server-Sent Events reader -------------------------------------------
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,19 +221,13 @@ async fn sse_streams_in_order_replays_last_n_and_resumes_with_last_event_id() {
     let server = live_server(LiveConfig::default()).await;
     let publisher = server.publisher("orders", "p").await;
     let token = listener(&server, "orders", "dashboard").await;
-    let mut ids = Vec::new();
-    for n in 0..3 {
-        ids.push(
-            publish(
-                &server,
-                "orders",
-                &publisher,
-                "text/plain",
-                format!("before {n}").into(),
-            )
-            .await,
-        );
-    }
+    let mut ids = publish_texts(
+        &server,
+        "orders",
+        &publisher,
+        (0..3).map(|n| format!("before {n}")),
+    )
+    .await;
 
     let auth = format!("Bearer {token}");
     let mut sse = SseReader::open(
@@ -240,18 +248,8 @@ async fn sse_streams_in_order_replays_last_n_and_resumes_with_last_event_id() {
     let detail = server.get("/v1/topics/orders").await.json();
     assert_eq!(detail["live"]["connections"], 1);
     assert_eq!(detail["listeners"][0]["name"], "dashboard");
-    for n in 0..20 {
-        ids.push(
-            publish(
-                &server,
-                "orders",
-                &publisher,
-                "text/plain",
-                format!("live {n}\nline 2").into(),
-            )
-            .await,
-        );
-    }
+    let live = (0..20).map(|n| format!("live {n}\nline 2"));
+    ids.extend(publish_texts(&server, "orders", &publisher, live).await);
     let binary = vec![0xff, 0x00, b'\r', b'\n'];
     ids.push(
         publish(
@@ -280,19 +278,13 @@ async fn sse_streams_in_order_replays_last_n_and_resumes_with_last_event_id() {
     drop(sse);
 
     // Missed while away, then resumed from the last id seen.
-    let mut missed = Vec::new();
-    for n in 0..3 {
-        missed.push(
-            publish(
-                &server,
-                "orders",
-                &publisher,
-                "text/plain",
-                format!("missed {n}").into(),
-            )
-            .await,
-        );
-    }
+    let missed = publish_texts(
+        &server,
+        "orders",
+        &publisher,
+        (0..3).map(|n| format!("missed {n}")),
+    )
+    .await;
     let url = format!("/v1/topics/orders/events?access_token={token}");
     let mut sse = SseReader::open(&server, &url, &[("last-event-id", &last_seen)])
         .await

@@ -438,6 +438,34 @@ pub(crate) fn authorize(
     }
 }
 
+/// Real messages for unit tests: only a publish makes one.
+#[cfg(test)]
+pub(crate) fn published(payloads: &[&[u8]]) -> Vec<Arc<Message>> {
+    struct Nobody;
+    #[async_trait]
+    impl Notifier for Nobody {
+        async fn notify(&self, _: Publish) {}
+    }
+    let broker = broker_core::Broker::new(Nobody);
+    let publisher = broker.register_publisher("t", "p").unwrap().item;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    for payload in payloads {
+        let publish = broker.publish(
+            "t",
+            publisher.token().expose(),
+            None,
+            payload.to_vec().into(),
+        );
+        rt.block_on(publish).unwrap();
+    }
+    broker
+        .replay("t", broker_core::ReplayFrom::Last(payloads.len()))
+        .unwrap()
+        .messages
+}
+
 #[cfg(test)]
 mod tests {
     use std::task::{Context, Poll, Waker};

@@ -204,56 +204,39 @@ mod tests {
 
     use super::*;
 
-    fn event(broker: &broker_core::Broker, token: &str, n: u8) -> Arc<LiveEvent> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        rt.block_on(broker.publish("t", token, None, vec![n].into()))
-            .unwrap();
-        let m = broker
-            .replay("t", broker_core::ReplayFrom::Last(1))
-            .unwrap()
-            .messages
-            .remove(0);
-        Arc::new(LiveEvent::new(m))
+    /// Events with one-byte payloads `0..n`.
+    fn events(n: u8) -> Vec<Arc<LiveEvent>> {
+        let payloads: Vec<[u8; 1]> = (0..n).map(|i| [i]).collect();
+        let refs: Vec<&[u8]> = payloads.iter().map(|p| &p[..]).collect();
+        super::super::published(&refs)
+            .into_iter()
+            .map(|m| Arc::new(LiveEvent::new(m)))
+            .collect()
     }
 
     fn next(q: &LiveQueue) -> Poll<Next> {
         q.poll_next(&mut Context::from_waker(Waker::noop()))
     }
 
-    fn setup() -> (broker_core::Broker, String) {
-        struct Nobody;
-        #[async_trait::async_trait]
-        impl broker_core::Notifier for Nobody {
-            async fn notify(&self, _: broker_core::Publish) {}
-        }
-        let b = broker_core::Broker::new(Nobody);
-        let token = b.register_publisher("t", "p").unwrap().item;
-        let token = token.token().expose().to_owned();
-        (b, token)
-    }
-
     #[test]
     fn disconnect_overflow_ends_the_queue_and_counts_what_was_lost() {
-        let (b, token) = setup();
         let q = LiveQueue::new(2, Overflow::Disconnect, Arc::default());
-        for n in 0..3 {
-            q.push(&event(&b, &token, n));
+        let events = events(4);
+        for e in &events[..3] {
+            q.push(e);
         }
         assert!(matches!(next(&q), Poll::Ready(Next::Overflowed)));
         assert_eq!(q.counts(), (0, 3));
         // Later pushes are ignored.
-        q.push(&event(&b, &token, 9));
+        q.push(&events[3]);
         assert!(matches!(next(&q), Poll::Ready(Next::Overflowed)));
     }
 
     #[test]
     fn drop_oldest_overflow_keeps_the_newest() {
-        let (b, token) = setup();
         let q = LiveQueue::new(2, Overflow::DropOldest, Arc::default());
-        for n in 0..5 {
-            q.push(&event(&b, &token, n));
+        for e in &events(5) {
+            q.push(e);
         }
         let mut kept = Vec::new();
         while let Poll::Ready(Next::Event(e)) = next(&q) {
@@ -265,9 +248,8 @@ mod tests {
 
     #[test]
     fn close_wins_over_queued_events() {
-        let (b, token) = setup();
         let q = LiveQueue::new(4, Overflow::Disconnect, Arc::default());
-        q.push(&event(&b, &token, 1));
+        q.push(&events(1)[0]);
         q.close();
         assert!(matches!(next(&q), Poll::Ready(Next::Closed)));
     }

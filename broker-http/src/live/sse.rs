@@ -218,28 +218,11 @@ mod tests {
 
     #[test]
     fn text_payloads_are_data_lines_and_others_base64() {
-        struct Nobody;
-        #[async_trait::async_trait]
-        impl broker_core::Notifier for Nobody {
-            async fn notify(&self, _: broker_core::Publish) {}
-        }
-        let b = broker_core::Broker::new(Nobody);
-        let p = b.register_publisher("t", "p").unwrap().item;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let mut out = Vec::new();
-        for payload in [&b"a\nb"[..], b"x\r\ny", &[0xff, 0], b""] {
-            rt.block_on(b.publish("t", p.token().expose(), None, payload.to_vec().into()))
-                .unwrap();
-            let m = b
-                .replay("t", ReplayFrom::Last(1))
-                .unwrap()
-                .messages
-                .remove(0);
-            let e = encode(&m);
-            out.push(String::from_utf8(e[m.id().len() + 5..].to_vec()).unwrap());
-        }
+        let messages = crate::live::published(&[b"a\nb", b"x\r\ny", &[0xff, 0], b""]);
+        let out: Vec<String> = messages
+            .iter()
+            .map(|m| String::from_utf8(encode(m)[m.id().len() + 5..].to_vec()).unwrap())
+            .collect();
         assert_eq!(out[0], "data: a\ndata: b\n\n");
         assert_eq!(out[1], "event: binary\ndata: eA0KeQ==\n\n");
         assert_eq!(out[2], "event: binary\ndata: /wA=\n\n");

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use broker_core::Limits;
-use broker_http::{ApiConfig, DeliveryConfig, LiveConfig, LiveHub, ServerConfig};
+use broker_http::{ApiConfig, DeliveryConfig, LiveConfig, LiveHub, Overflow, ServerConfig};
 use bytes::Bytes;
 use common::{TestServer, PATIENCE};
 use futures_util::{SinkExt, StreamExt};
@@ -1004,4 +1004,58 @@ async fn live_limits_refuse_clearly_and_spare_everyone_else() {
     publish(&server, "a", &publisher, "text/plain", b"still".to_vec()).await;
     assert_eq!(sse.next().await.unwrap().data, "still");
     server.assert_alive().await;
+}
+
+/// With `Overflow::DropOldest` a client that falls behind stays connected,
+/// loses the oldest queued messages (counted), and ends up with the newest.
+#[tokio::test]
+async fn drop_oldest_keeps_a_slow_websocket_connected_with_the_newest() {
+    let server = live_server(LiveConfig {
+        queue_capacity: 8,
+        overflow: Overflow::DropOldest,
+        ..LiveConfig::default()
+    })
+    .await;
+    let publisher = server.publisher("t", "p").await;
+    let token = listener(&server, "t", "l").await;
+    let mut slow = ws_connect(&server, Some(&token)).await;
+    send(&mut slow, json!({"type": "subscribe", "topic": "t"})).await;
+    assert_eq!(recv(&mut slow).await["type"], "ack");
+    let n = 400;
+    let payload = "z".repeat(64 * 1024);
+    let mut last = String::new();
+    for _ in 0..n {
+        last = publish(
+            &server,
+            "t",
+            &publisher,
+            "text/plain",
+            payload.clone().into_bytes(),
+        )
+        .await;
+    }
+    wait_until(|| async {
+        let body = server.get("/metrics").await.body;
+        String::from_utf8_lossy(&body)
+            .lines()
+            .any(|l| l.starts_with("broker_live_messages_dropped_total ") && !l.ends_with(" 0"))
+    })
+    .await;
+    // Reading again: events only, no error, ending with the last one.
+    let mut events = 0;
+    loop {
+        let e = recv(&mut slow).await;
+        assert_eq!(e["type"], "event", "{e}");
+        events += 1;
+        if e["message"]["id"] == last.as_str() {
+            break;
+        }
+    }
+    assert!(events < n, "{events}");
+    send(&mut slow, json!({"type": "ping"})).await;
+    assert_eq!(recv(&mut slow).await["type"], "pong");
+    assert_eq!(
+        server.get("/v1/topics/t").await.json()["live"]["connections"],
+        1
+    );
 }

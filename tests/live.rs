@@ -1059,3 +1059,47 @@ async fn drop_oldest_keeps_a_slow_websocket_connected_with_the_newest() {
         1
     );
 }
+
+/// A client that answers no ping for two heartbeats is disconnected; one
+/// that reads (and so answers pings) stays.
+#[tokio::test]
+async fn a_websocket_that_answers_no_pings_is_closed() {
+    let server = live_server(LiveConfig {
+        heartbeat: Duration::from_millis(100),
+        ..LiveConfig::default()
+    })
+    .await;
+    server.publisher("t", "p").await;
+    let token = listener(&server, "t", "l").await;
+    let mut silent = ws_connect(&server, Some(&token)).await;
+    let mut alive = ws_connect(&server, Some(&token)).await;
+    for ws in [&mut silent, &mut alive] {
+        send(ws, json!({"type": "subscribe", "topic": "t"})).await;
+        assert_eq!(recv(ws).await["type"], "ack");
+    }
+    // `alive` keeps reading (tungstenite answers pings as it reads);
+    // `silent` reads nothing until the server has given up on it.
+    let reader = tokio::spawn(async move {
+        let until = tokio::time::Instant::now() + Duration::from_millis(800);
+        while let Ok(frame) = tokio::time::timeout_at(until, alive.next()).await {
+            assert!(matches!(frame, Some(Ok(Message::Ping(_)))), "{frame:?}");
+        }
+        alive
+    });
+    wait_until(|| async { server.get("/v1/topics/t").await.json()["live"]["connections"] == 1 })
+        .await;
+    let mut alive = reader.await.unwrap();
+    send(&mut alive, json!({"type": "ping"})).await;
+    assert_eq!(recv(&mut alive).await["type"], "pong");
+    // What the silent one finds when it reads at last: pings, then close.
+    loop {
+        match timeout(PATIENCE, silent.next()).await.expect("in time") {
+            Some(Ok(Message::Ping(_))) => continue,
+            Some(Ok(Message::Close(Some(frame)))) => {
+                assert_eq!(frame.code, CloseCode::Away);
+                break;
+            }
+            other => panic!("expected pings then a close, got {other:?}"),
+        }
+    }
+}

@@ -15,7 +15,8 @@
 //!
 //! One task per connection reads client frames, writes queued events and
 //! sends a ping every heartbeat. A write the client does not take within
-//! the write timeout, or an overflowing queue, ends the connection.
+//! the write timeout, an overflowing queue, or two heartbeats without a
+//! word (a pong counts) from the client end the connection.
 
 use std::{
     sync::Arc,
@@ -126,6 +127,8 @@ enum Stop {
     Slow,
     /// The hub is closing.
     Closing,
+    /// The client answered no ping for two heartbeats.
+    Silent,
 }
 
 struct Session {
@@ -142,12 +145,18 @@ impl Session {
         let period = self.connection.config().heartbeat;
         let mut heartbeat = interval_at(Instant::now() + period, period);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // When the client last sent anything (a pong counts): a client
+        // silent for two heartbeats is gone, though its socket may not say so.
+        let mut heard = Instant::now();
         let stop = loop {
             // Frames to send, and how many of them are events (counted).
             let mut events = 0;
             let out = tokio::select! {
                 frame = stream.next() => match frame {
-                    Some(Ok(WsMessage::Text(text))) => self.handle(text.as_str()).await,
+                    Some(Ok(WsMessage::Text(text))) => {
+                        heard = Instant::now();
+                        self.handle(text.as_str()).await
+                    }
                     Some(Ok(WsMessage::Binary(_))) => vec![error(
                         "BAD_REQUEST",
                         "frames are JSON text, not binary",
@@ -155,6 +164,7 @@ impl Session {
                     )],
                     // Pings are answered by tungstenite on the next write.
                     Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {
+                        heard = Instant::now();
                         Vec::new()
                     }
                     Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => break Stop::Gone,
@@ -168,7 +178,12 @@ impl Session {
                     Next::Overflowed => break Stop::Slow,
                     Next::Closed => break Stop::Closing,
                 },
-                _ = heartbeat.tick() => vec![WsMessage::Ping(Bytes::new())],
+                _ = heartbeat.tick() => {
+                    if heard.elapsed() > 2 * period {
+                        break Stop::Silent;
+                    }
+                    vec![WsMessage::Ping(Bytes::new())]
+                }
             };
             if out.is_empty() {
                 continue;
@@ -196,6 +211,7 @@ impl Session {
                 ]
             }
             Stop::Closing => vec![close(CloseCode::Away, "the broker is shutting down")],
+            Stop::Silent => vec![close(CloseCode::Away, "no answer to pings")],
         };
         // The last words get the write timeout too; then the socket goes.
         let write_timeout = self.connection.config().write_timeout;

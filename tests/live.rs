@@ -122,6 +122,7 @@ impl SseReader {
             return Err((status, serde_json::from_slice(&body).unwrap()));
         }
         assert_eq!(res.headers()["content-type"], "text/event-stream");
+        assert_eq!(res.headers()["access-control-allow-origin"], "*");
         Ok(SseReader {
             body: res.into_body(),
             buffer: String::new(),

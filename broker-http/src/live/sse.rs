@@ -81,6 +81,12 @@ pub(crate) fn events(
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     // Tells nginx-style proxies not to buffer the stream.
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    // Browsers may read the stream from pages of any origin: access is by
+    // token, never by cookie, so there is no ambient credential to guard.
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
     Ok(response)
 }
 

@@ -788,6 +788,22 @@ async fn a_websocket_handshake_is_required_and_authenticated() {
     let r = server.get("/v1/ws").await;
     assert_eq!(r.error_code(426), "upgrade_required");
     assert_eq!(r.headers["upgrade"], "websocket");
+    // A handshake with a key that is not the base64 of 16 bytes.
+    let r = server
+        .call(
+            "GET",
+            "/v1/ws",
+            &[
+                ("connection", "Upgrade"),
+                ("upgrade", "websocket"),
+                ("sec-websocket-version", "13"),
+                ("sec-websocket-key", "not-a-key"),
+                ("authorization", "Bearer x"),
+            ],
+            "",
+        )
+        .await;
+    assert_eq!(r.error_code(426), "upgrade_required");
     // No token and anonymous listening off: refused before the upgrade.
     let err = tokio_tungstenite::connect_async(format!("ws://{}/v1/ws", server.addr))
         .await

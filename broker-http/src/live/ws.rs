@@ -114,7 +114,10 @@ fn handshake_key(h: &HeaderMap) -> Option<&str> {
     if h.get(header::SEC_WEBSOCKET_VERSION)?.as_bytes() != b"13" {
         return None;
     }
-    h.get(header::SEC_WEBSOCKET_KEY)?.to_str().ok()
+    // The key is the base64 of 16 bytes (RFC 6455, 4.1).
+    let key = h.get(header::SEC_WEBSOCKET_KEY)?.to_str().ok()?;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(key).ok()?;
+    (decoded.len() == 16).then_some(key)
 }
 
 type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;

@@ -210,10 +210,7 @@ impl Api {
             };
             metrics.http_request(route_name, status.as_u16());
             if is_publish {
-                metrics.publish(match &outcome {
-                    Ok(_) => "accepted",
-                    Err(e) => e.code(),
-                });
+                metrics.publish(&outcome);
             }
         }
         match outcome {

@@ -142,8 +142,13 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts one publish call.
-    pub(crate) fn publish(&self, result: &'static str) {
+    /// Counts one publish call (HTTP or WebSocket) by its outcome:
+    /// `accepted` or the error code.
+    pub(crate) fn publish<T>(&self, outcome: &Result<T, crate::ApiError>) {
+        let result = match outcome {
+            Ok(_) => "accepted",
+            Err(e) => e.code(),
+        };
         self.publishes
             .get_or_create(&PublishLabels { result })
             .inc();

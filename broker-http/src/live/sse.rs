@@ -113,16 +113,15 @@ impl Body for SseBody {
         if this.done {
             return Poll::Ready(None);
         }
-        let mut chunks: Vec<Bytes> = Vec::new();
-        let mut size = 0;
+        let mut batch = Batch::default();
         if !this.started {
             // Sent at once, so the client sees the stream open before the
             // first message.
             this.started = true;
-            chunks.push(Bytes::from_static(b": connected\n\n"));
+            batch.push(Bytes::from_static(b": connected\n\n"));
         }
         let mut sent = 0;
-        while size < BATCH_BYTES {
+        while batch.size < BATCH_BYTES {
             let event = if let Some(message) = this.replay.pop_front() {
                 encode(&message)
             } else {
@@ -135,7 +134,8 @@ impl Body for SseBody {
                     }
                     Poll::Ready(Next::Overflowed) => {
                         this.done = true;
-                        slow_consumer()
+                        batch.push(slow_consumer());
+                        break;
                     }
                     Poll::Ready(Next::Closed) => {
                         this.done = true;
@@ -144,33 +144,53 @@ impl Body for SseBody {
                     Poll::Pending => break,
                 }
             };
-            if !this.done {
-                sent += 1;
-            }
-            size += event.len();
-            chunks.push(event);
-            if this.done {
-                break;
-            }
+            sent += 1;
+            batch.push(event);
         }
         this.connection.queue.sent(sent);
-        let frame = match chunks.len() {
-            0 if this.done => return Poll::Ready(None),
-            0 => match this.heartbeat.poll_tick(cx) {
+        let frame = match batch.take() {
+            Some(frame) => frame,
+            None if this.done => return Poll::Ready(None),
+            None => match this.heartbeat.poll_tick(cx) {
                 Poll::Ready(_) => Bytes::from_static(b": heartbeat\n\n"),
                 Poll::Pending => return Poll::Pending,
             },
-            1 => chunks.pop().expect("one chunk"),
-            _ => {
-                let mut buf = BytesMut::with_capacity(size + 32);
-                for c in chunks {
-                    buf.extend_from_slice(&c);
-                }
-                buf.freeze()
-            }
         };
         this.heartbeat.reset();
         Poll::Ready(Some(Ok(Frame::data(frame))))
+    }
+}
+
+/// What one body frame carries: the first chunk as it is (a shared event
+/// is not copied, and one event, the usual case, allocates nothing), later
+/// ones copied after it into one buffer.
+#[derive(Default)]
+struct Batch {
+    first: Option<Bytes>,
+    more: Option<BytesMut>,
+    size: usize,
+}
+
+impl Batch {
+    fn push(&mut self, chunk: Bytes) {
+        self.size += chunk.len();
+        match (&self.first, &mut self.more) {
+            (None, _) => self.first = Some(chunk),
+            (Some(first), None) => {
+                let mut buf = BytesMut::with_capacity(2 * (first.len() + chunk.len()));
+                buf.extend_from_slice(first);
+                buf.extend_from_slice(&chunk);
+                self.more = Some(buf);
+            }
+            (Some(_), Some(buf)) => buf.extend_from_slice(&chunk),
+        }
+    }
+
+    fn take(self) -> Option<Bytes> {
+        match self.more {
+            Some(buf) => Some(buf.freeze()),
+            None => self.first,
+        }
     }
 }
 

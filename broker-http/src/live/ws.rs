@@ -151,33 +151,31 @@ impl Session {
         // When the client last sent anything (a pong counts): a client
         // silent for two heartbeats is gone, though its socket may not say so.
         let mut heard = Instant::now();
+        // Frames to send next: one buffer for the session's life, so a
+        // delivery allocates nothing here.
+        let mut out: Vec<WsMessage> = Vec::with_capacity(BATCH);
         let stop = loop {
-            // Frames to send, and how many of them are events (counted).
+            // How many of `out` are events (counted once written).
             let mut events = 0;
-            let out = tokio::select! {
+            tokio::select! {
                 frame = stream.next() => match frame {
                     Some(Ok(WsMessage::Text(text))) => {
                         heard = Instant::now();
-                        self.handle(text.as_str()).await
+                        out.extend(self.handle(text.as_str()).await);
                     }
-                    Some(Ok(WsMessage::Binary(_))) => vec![error(
+                    Some(Ok(WsMessage::Binary(_))) => out.push(error(
                         "BAD_REQUEST",
                         "frames are JSON text, not binary",
                         None,
-                    )],
+                    )),
                     // Pings are answered by tungstenite on the next write.
                     Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {
                         heard = Instant::now();
-                        Vec::new()
                     }
                     Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => break Stop::Gone,
                 },
                 next = self.connection.queue.next() => match next {
-                    Next::Event(first) => {
-                        let out = self.events(first);
-                        events = out.len();
-                        out
-                    }
+                    Next::Event(first) => events = self.events(first, &mut out),
                     Next::Overflowed => break Stop::Slow,
                     Next::Closed => break Stop::Closing,
                 },
@@ -185,13 +183,13 @@ impl Session {
                     if heard.elapsed() > 2 * period {
                         break Stop::Silent;
                     }
-                    vec![WsMessage::Ping(Bytes::new())]
+                    out.push(WsMessage::Ping(Bytes::new()));
                 }
-            };
+            }
             if out.is_empty() {
                 continue;
             }
-            if let Err(stop) = self.write(&mut sink, out).await {
+            if let Err(stop) = self.write(&mut sink, &mut out).await {
                 break stop;
             }
             self.connection.queue.sent(events as u64);
@@ -232,10 +230,10 @@ impl Session {
     async fn write(
         &self,
         sink: &mut futures_util::stream::SplitSink<Ws, WsMessage>,
-        frames: Vec<WsMessage>,
+        frames: &mut Vec<WsMessage>,
     ) -> Result<(), Stop> {
         let write = async {
-            for frame in frames {
+            for frame in frames.drain(..) {
                 sink.feed(frame).await?;
             }
             sink.flush().await
@@ -252,20 +250,22 @@ impl Session {
         }
     }
 
-    /// `first` and the events queued behind it, as frames.
-    fn events(&self, first: Arc<LiveEvent>) -> Vec<WsMessage> {
-        let mut out = Vec::new();
+    /// Appends `first` and the events queued behind it (up to a batch) to
+    /// `out` as frames; how many.
+    fn events(&self, first: Arc<LiveEvent>, out: &mut Vec<WsMessage>) -> usize {
+        let mut n = 0;
         let mut next = Some(first);
         while let Some(event) = next {
             if self.connection.wants(&event.message) {
                 out.push(WsMessage::Text(shared(&event)));
+                n += 1;
             }
-            if out.len() >= BATCH {
+            if n >= BATCH {
                 break;
             }
             next = self.connection.queue.try_next();
         }
-        out
+        n
     }
 
     /// Answers one client frame.
@@ -383,10 +383,7 @@ impl Session {
             .await
             .map_err(ApiError::from);
         if let Some(metrics) = &self.api.config().metrics {
-            metrics.publish(match &outcome {
-                Ok(_) => "accepted",
-                Err(e) => e.code(),
-            });
+            metrics.publish(&outcome);
         }
         let receipt = outcome?;
         Ok(vec![reply(&Ack {

@@ -78,8 +78,8 @@ pub use server::{serve, ServerConfig};
 #[derive(Clone)]
 pub struct ApiConfig {
     /// When set, every management call (register, deregister, list,
-    /// detail) needs `Authorization: Bearer <admin token>`. Publishing
-    /// always takes a publisher token.
+    /// detail) needs `Authorization: Bearer <admin token>`, which may also
+    /// listen live on any topic. Publishing always takes a publisher token.
     pub admin_token: Option<String>,
     /// The largest message body accepted, in bytes. Default 1 MiB.
     pub max_body_bytes: usize,
@@ -193,16 +193,21 @@ impl Api {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let (mut parts, body) = req.into_parts();
-        // The route borrows from the URI while `parts` is lent out mutably
-        // (the WebSocket upgrade takes its hook out of the extensions): a
-        // `Uri` clone is a reference count, not a copy.
-        let uri = parts.uri.clone();
-        let route = routes::Route::recognise(uri.path());
+        let route = routes::Route::recognise(parts.uri.path());
+        // hyper's upgrade hook, taken out of the extensions (a disjoint
+        // field, so the route may keep borrowing the path) only where an
+        // upgrade is answered.
+        let on_upgrade = match route {
+            Some(routes::Route::WebSocket) => {
+                parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+            }
+            _ => None,
+        };
         let (route_name, is_publish) = (
             route.map_or("unknown", routes::Route::name),
             matches!(route, Some(routes::Route::Messages(_))),
         );
-        let outcome = routes::dispatch(self, route, &mut parts, body).await;
+        let outcome = routes::dispatch(self, route, &parts, on_upgrade, body).await;
         if let Some(metrics) = &self.inner.config.metrics {
             let status = match &outcome {
                 Ok(response) => response.status(),

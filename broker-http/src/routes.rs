@@ -115,7 +115,8 @@ impl<'a> Route<'a> {
 pub(crate) async fn dispatch<B>(
     api: &Api,
     route: Option<Route<'_>>,
-    parts: &mut http::request::Parts,
+    parts: &http::request::Parts,
+    on_upgrade: Option<hyper::upgrade::OnUpgrade>,
     body: B,
 ) -> Result<Response<ResponseBody>, ApiError>
 where
@@ -126,7 +127,7 @@ where
     // Live listening authorises with its own tokens.
     match (&parts.method, route) {
         (&Method::GET, Route::Events(topic)) => return live::sse::events(api, topic, parts),
-        (&Method::GET, Route::WebSocket) => return live::ws::upgrade(api, parts),
+        (&Method::GET, Route::WebSocket) => return live::ws::upgrade(api, parts, on_upgrade),
         _ => {}
     }
     let h = &parts.headers;

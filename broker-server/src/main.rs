@@ -38,8 +38,8 @@ struct Args {
     health_check: bool,
 
     /// Bearer token required for management calls (register, deregister,
-    /// list, detail). Without it, management is open to anyone who can
-    /// reach the port.
+    /// list, detail); it may also listen live on any topic. Without it,
+    /// management is open to anyone who can reach the port.
     #[arg(long, env = "BROKER_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
 

@@ -53,7 +53,8 @@ const BATCH: usize = 64;
 /// connection in its own task.
 pub(crate) fn upgrade(
     api: &Api,
-    parts: &mut http::request::Parts,
+    parts: &http::request::Parts,
+    on_upgrade: Option<OnUpgrade>,
 ) -> Result<Response<ResponseBody>, ApiError> {
     let hub = api.live()?;
     let key = handshake_key(&parts.headers).ok_or(ApiError::UpgradeRequired)?;
@@ -62,11 +63,8 @@ pub(crate) fn upgrade(
     if token.is_none() && !hub.config().allow_anonymous {
         return Err(ApiError::ListenerUnauthorized);
     }
-    // HTTP/2 has no upgrade; hyper puts the hook here for HTTP/1.1.
-    let on_upgrade = parts
-        .extensions
-        .remove::<OnUpgrade>()
-        .ok_or(ApiError::UpgradeRequired)?;
+    // HTTP/2 has no upgrade; hyper gives the hook for HTTP/1.1 only.
+    let on_upgrade = on_upgrade.ok_or(ApiError::UpgradeRequired)?;
     let accept = derive_accept_key(key.as_bytes());
     let connection = hub.connect(Transport::WebSocket)?;
     let session = Session {

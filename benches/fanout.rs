@@ -29,20 +29,20 @@ impl Notifier for Counting {
     }
 }
 
-/// Polls a future that never waits (the counting notifier doesn't) to
+/// Polls a future that never waits (the counting notifier and the memory
+/// store don't) to
 /// completion without a runtime, so the runtime is not what is measured.
 fn ready<F: Future>(f: F) -> F::Output {
     let mut f = pin!(f);
     match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
         Poll::Ready(out) => out,
-        Poll::Pending => unreachable!("the counting notifier never waits"),
+        Poll::Pending => unreachable!("the counting notifier and the memory store never wait"),
     }
 }
 
 fn broker_with(subscribers: usize) -> (Broker, String) {
     let broker = Broker::new(Counting);
-    let token = broker
-        .register_publisher("bench", "p")
+    let token = ready(broker.register_publisher("bench", "p"))
         .unwrap()
         .item
         .token()
@@ -52,7 +52,7 @@ fn broker_with(subscribers: usize) -> (Broker, String) {
     for i in 0..subscribers {
         let url = format!("http://127.0.0.1:{}/s/{i}", 1024 + i % 60_000);
         let endpoint = Endpoint::new(&url, None, none, broker.limits()).unwrap();
-        broker.register_subscriber("bench", endpoint).unwrap();
+        ready(broker.register_subscriber("bench", endpoint)).unwrap();
     }
     (broker, token)
 }

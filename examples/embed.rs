@@ -46,7 +46,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let notifier = WebhookNotifier::new(DeliveryConfig::default());
     let broker = Broker::new(notifier.clone());
     let publisher = broker
-        .register_publisher("orders", "embedded-service")?
+        .register_publisher("orders", "embedded-service").await?
         .item;
     let endpoint = Endpoint::new(
         &receiver_url,
@@ -54,7 +54,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         [("X-Source", "embed-example")],
         broker.limits(),
     )?;
-    let subscriber = broker.register_subscriber("orders", endpoint)?.item;
+    let subscriber = broker.register_subscriber("orders", endpoint).await?.item;
     println!(
         "subscriber {} will be signed with {}",
         subscriber.id(),

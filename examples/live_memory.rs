@@ -92,7 +92,7 @@ async fn main() {
         WebhookNotifier::new(DeliveryConfig::default()),
         live.clone(),
     ));
-    broker.register_publisher("mem", "p").unwrap();
+    broker.register_publisher("mem", "p").await.unwrap();
     let api = Api::new(
         broker,
         ApiConfig {

@@ -239,7 +239,7 @@ async fn main() {
     });
     let broker = Broker::new(notifier.clone());
     let token = broker
-        .register_publisher("load", "load")
+        .register_publisher("load", "load").await
         .unwrap()
         .item
         .token()
@@ -249,7 +249,7 @@ async fn main() {
     for (i, sink) in sinks.iter().enumerate() {
         let url = format!("http://{sink}/s/{i}");
         let endpoint = Endpoint::new(&url, None, none, broker.limits()).unwrap();
-        broker.register_subscriber("load", endpoint).unwrap();
+        broker.register_subscriber("load", endpoint).await.unwrap();
     }
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let broker_addr = listener.local_addr().unwrap();

@@ -34,7 +34,7 @@ async fn main() {
     let notifier = WebhookNotifier::new(DeliveryConfig::default());
     let broker = Broker::new(notifier.clone());
     let token = broker
-        .register_publisher("mem", "p")
+        .register_publisher("mem", "p").await
         .unwrap()
         .item
         .token()
@@ -47,7 +47,7 @@ async fn main() {
     let before = resident();
     for url in &urls {
         let endpoint = Endpoint::new(url, None, none, broker.limits()).unwrap();
-        broker.register_subscriber("mem", endpoint).unwrap();
+        broker.register_subscriber("mem", endpoint).await.unwrap();
     }
     let registered = resident() - before;
     drop(urls);

@@ -10,12 +10,14 @@ use std::{
 
 use bytes::Bytes;
 use http::HeaderValue;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 
 use crate::{
-    registry::Registry, replay::Retained, secret::random, DeliveryCounts, DeliveryStats, Endpoint,
-    Error, Limits, Listener, Message, Notifier, Publish, Publisher, Receipt, Replay, ReplayFrom,
-    Role, Subscriber, TopicName,
+    registry::Registry,
+    secret::{SigningSecret, Token},
+    store::{Change, CredentialRecord, NewMessage, Read, Record, SubscriberRecord},
+    Credential, DeliveryCounts, DeliveryStats, Endpoint, Error, Limits, Listener, MemoryStore,
+    Notifier, Publish, Publisher, Receipt, Replay, ReplayFrom, Role, Store, Subscriber, TopicName,
 };
 
 /// The in-memory broker. Cheap to clone: every clone is a handle to the same
@@ -42,9 +44,9 @@ use crate::{
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// let recorder = Arc::new(Recorder::default());
 /// let broker = Broker::new(recorder.clone());
-/// let publisher = broker.register_publisher("orders", "checkout")?.item;
+/// let publisher = broker.register_publisher("orders", "checkout").await?.item;
 /// let endpoint = Endpoint::new("http://127.0.0.1:9000/hook", None, [("X-Key", "k")], broker.limits())?;
-/// broker.register_subscriber("orders", endpoint)?;
+/// broker.register_subscriber("orders", endpoint).await?;
 ///
 /// let receipt = broker
 ///     .publish("orders", publisher.token().expose(), None, "hello".into())
@@ -64,21 +66,23 @@ struct Shared {
     /// a call into the notifier: `publish` copies out the subscriber
     /// snapshot (an `Arc`) and drops the guard before notifying.
     registry: RwLock<Registry>,
+    /// Orders registration changes: a change is planned under the
+    /// registry lock, made durable in the store (an `.await`, so this is
+    /// an async mutex, never the registry lock), then applied. Publishes
+    /// never take it.
+    changes: tokio::sync::Mutex<()>,
+    /// Registration order, kept in every stored record.
+    order: AtomicU64,
     notifier: Box<dyn Notifier>,
+    store: Box<dyn Store>,
     limits: Limits,
     closed: AtomicBool,
-    message_prefix: String,
-    message_seq: AtomicU64,
 }
 
-/// Per-topic state reachable without the registry lock: counters and the
-/// replay ring.
+/// Per-topic counters, reachable without the registry lock.
 #[derive(Debug, Default)]
 pub(crate) struct TopicStats {
     pub(crate) published: AtomicU64,
-    /// Held while a publish numbers and retains its message, and while a
-    /// replay copies out its messages (`Arc`s): never across an `.await`.
-    pub(crate) retained: Mutex<Retained>,
     /// Outcomes of all deliveries on the topic, including those of
     /// subscribers since deregistered.
     pub(crate) deliveries: ShardedStats,
@@ -187,24 +191,101 @@ pub struct TopicDetail {
 }
 
 impl Broker {
-    /// A broker with default [`Limits`] that hands publishes to `notifier`.
+    /// An in-memory broker ([`MemoryStore`] with its defaults) with default
+    /// [`Limits`] that hands publishes to `notifier`.
     pub fn new(notifier: impl Notifier) -> Self {
         Self::with_limits(notifier, Limits::default())
     }
 
-    /// A broker with the given limits.
+    /// An in-memory broker with the given limits.
     pub fn with_limits(notifier: impl Notifier, limits: Limits) -> Self {
-        let prefix: [u8; 6] = random();
+        Self::build(notifier, limits, Box::new(MemoryStore::default()))
+    }
+
+    fn build(notifier: impl Notifier, limits: Limits, store: Box<dyn Store>) -> Self {
         Broker {
             shared: Arc::new(Shared {
                 registry: RwLock::new(Registry::default()),
+                changes: tokio::sync::Mutex::new(()),
+                order: AtomicU64::new(0),
                 notifier: Box::new(notifier),
+                store,
                 limits,
                 closed: AtomicBool::new(false),
-                message_prefix: prefix.iter().map(|b| format!("{b:02x}")).collect(),
-                message_seq: AtomicU64::new(0),
             }),
         }
+    }
+
+    /// A broker over `store`, with everything the store holds registered
+    /// again: the same ids, tokens and secrets as before.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`] when the store cannot be read, or holds a
+    /// registration this broker cannot make sense of.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use broker_core::{Broker, MemoryStore, Publish};
+    ///
+    /// struct Nobody;
+    /// #[async_trait::async_trait]
+    /// impl broker_core::Notifier for Nobody {
+    ///     async fn notify(&self, _: Publish) {}
+    /// }
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let broker = Broker::open(Nobody, Default::default(), MemoryStore::default()).await?;
+    /// assert!(broker.topics().is_empty());
+    /// # Ok::<_, broker_core::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn open(
+        notifier: impl Notifier,
+        limits: Limits,
+        store: impl Store,
+    ) -> Result<Self, Error> {
+        let mut records = store.load().await?;
+        records.sort_by_key(Record::order);
+        let broker = Self::build(notifier, limits, Box::new(store));
+        {
+            let mut registry = broker.shared.registry.write();
+            for record in &records {
+                broker.restore(&mut registry, record)?;
+            }
+        }
+        let next = records.last().map_or(0, |r| r.order() + 1);
+        broker.shared.order.store(next, Ordering::Relaxed);
+        Ok(broker)
+    }
+
+    fn restore(&self, registry: &mut Registry, record: &Record) -> Result<(), Error> {
+        let bad = |what: &str| Error::storage(format!("stored {} {what}", record.id()));
+        match record {
+            Record::Credential(c) => {
+                let credential = Credential {
+                    id: c.id.clone(),
+                    topic: TopicName::new(&c.topic).map_err(|_| bad("has a bad topic"))?,
+                    name: c.name.clone(),
+                    role: c.role,
+                    token: Token::restore(&c.token).ok_or_else(|| bad("has a bad token"))?,
+                };
+                registry.insert_credential(Arc::new(credential));
+            }
+            Record::Subscriber(s) => {
+                let limits = &self.shared.limits;
+                let endpoint = Endpoint::new(&s.url, Some(&s.method), s.headers.clone(), limits)
+                    .and_then(|e| e.with_max_attempts(s.max_attempts, limits))
+                    .map_err(|e| bad(&format!("is no longer valid: {e}")))?;
+                let topic = TopicName::new(&s.topic).map_err(|_| bad("has a bad topic"))?;
+                let secret =
+                    SigningSecret::restore(&s.secret).ok_or_else(|| bad("has a bad secret"))?;
+                let subscriber = registry.restore_subscriber(s.id.clone(), topic, endpoint, secret);
+                registry.insert_subscriber(subscriber);
+            }
+        }
+        Ok(())
     }
 
     /// The limits this broker enforces.
@@ -212,39 +293,25 @@ impl Broker {
         &self.shared.limits
     }
 
+    fn next_order(&self) -> u64 {
+        self.shared.order.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// Registers a publisher named `name` on `topic`, creating the topic if
     /// needed. Replaying the same (topic, name) returns the same publisher
-    /// and token with `created == false`.
+    /// and token with `created == false`. Answers once the registration is
+    /// in the store.
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidTopic`], [`Error::InvalidPublisherName`], or
-    /// [`Error::LimitExceeded`].
-    pub fn register_publisher(
+    /// [`Error::InvalidTopic`], [`Error::InvalidPublisherName`],
+    /// [`Error::LimitExceeded`], or [`Error::Storage`].
+    pub async fn register_publisher(
         &self,
         topic: &str,
         name: &str,
     ) -> Result<Registration<Arc<Publisher>>, Error> {
-        self.shared.registry.write().register_credential(
-            Role::Publish,
-            topic,
-            name,
-            &self.shared.limits,
-        )
-    }
-
-    /// Deregisters a publisher: its token stops working at once. Nothing
-    /// else on the topic changes.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidTopic`], or [`Error::PublisherNotFound`] when no
-    /// publisher with that id is on the topic.
-    pub fn deregister_publisher(&self, topic: &str, id: &str) -> Result<(), Error> {
-        self.shared
-            .registry
-            .write()
-            .deregister_credential(Role::Publish, topic, id)
+        self.register_credential(Role::Publish, topic, name).await
     }
 
     /// Registers a listener named `name` on `topic`, creating the topic if
@@ -254,19 +321,64 @@ impl Broker {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidTopic`], [`Error::InvalidListenerName`], or
-    /// [`Error::LimitExceeded`].
-    pub fn register_listener(
+    /// [`Error::InvalidTopic`], [`Error::InvalidListenerName`],
+    /// [`Error::LimitExceeded`], or [`Error::Storage`].
+    pub async fn register_listener(
         &self,
         topic: &str,
         name: &str,
     ) -> Result<Registration<Arc<Listener>>, Error> {
-        self.shared.registry.write().register_credential(
-            Role::Listen,
-            topic,
-            name,
-            &self.shared.limits,
-        )
+        self.register_credential(Role::Listen, topic, name).await
+    }
+
+    async fn register_credential(
+        &self,
+        role: Role,
+        topic: &str,
+        name: &str,
+    ) -> Result<Registration<Arc<Credential>>, Error> {
+        let _order = self.shared.changes.lock().await;
+        let plan =
+            self.shared
+                .registry
+                .write()
+                .plan_credential(role, topic, name, &self.shared.limits)?;
+        if !plan.created {
+            return Ok(plan);
+        }
+        let c = &plan.item;
+        let record = Record::Credential(CredentialRecord {
+            id: c.id.clone(),
+            topic: c.topic.to_string(),
+            name: c.name.clone(),
+            role,
+            token: c.token.expose().to_owned(),
+            order: self.next_order(),
+        });
+        self.durably(topic, Change::Put(&record)).await?;
+        self.shared.registry.write().insert_credential(c.clone());
+        Ok(plan)
+    }
+
+    /// Writes `change` to the store; if that fails, undoes the topic a
+    /// plan may have created.
+    async fn durably(&self, topic: &str, change: Change<'_>) -> Result<(), Error> {
+        let saved = self.shared.store.save(change).await;
+        if saved.is_err() {
+            self.shared.registry.write().prune(topic);
+        }
+        saved
+    }
+
+    /// Deregisters a publisher: its token stops working at once. Nothing
+    /// else on the topic changes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidTopic`], [`Error::PublisherNotFound`] when no
+    /// publisher with that id is on the topic, or [`Error::Storage`].
+    pub async fn deregister_publisher(&self, topic: &str, id: &str) -> Result<(), Error> {
+        self.deregister_credential(Role::Publish, topic, id).await
     }
 
     /// Deregisters a listener: its token stops working for new
@@ -274,12 +386,18 @@ impl Broker {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidTopic`], or [`Error::ListenerNotFound`].
-    pub fn deregister_listener(&self, topic: &str, id: &str) -> Result<(), Error> {
-        self.shared
-            .registry
-            .write()
-            .deregister_credential(Role::Listen, topic, id)
+    /// [`Error::InvalidTopic`], [`Error::ListenerNotFound`], or
+    /// [`Error::Storage`].
+    pub async fn deregister_listener(&self, topic: &str, id: &str) -> Result<(), Error> {
+        self.deregister_credential(Role::Listen, topic, id).await
+    }
+
+    async fn deregister_credential(&self, role: Role, topic: &str, id: &str) -> Result<(), Error> {
+        let _order = self.shared.changes.lock().await;
+        self.shared.registry.read().find_credential(role, topic, id)?;
+        self.shared.store.save(Change::Remove { id }).await?;
+        self.shared.registry.write().remove_credential(id);
+        Ok(())
     }
 
     /// Checks that `token` is a listener token of `topic`.
@@ -300,12 +418,15 @@ impl Broker {
         }
     }
 
-    /// The retained messages of `topic` that `from` asks for (see
-    /// [`Limits::replay_messages`]), oldest first.
+    /// The retained messages of `topic` that `from` asks for, read from its
+    /// log, oldest first: at most the newest [`Limits::replay_messages`],
+    /// and of those at most [`Limits::replay_bytes`] of payload (the oldest
+    /// are left out first).
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidTopic`], or [`Error::TopicNotFound`].
+    /// [`Error::InvalidTopic`], [`Error::TopicNotFound`], or
+    /// [`Error::Storage`].
     ///
     /// # Examples
     ///
@@ -320,49 +441,137 @@ impl Broker {
     ///
     /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
     /// let broker = Broker::new(Nobody);
-    /// let token = broker.register_publisher("t", "p")?.item.token().expose().to_owned();
+    /// let token = broker.register_publisher("t", "p").await?.item.token().expose().to_owned();
     /// let mut ids = Vec::new();
     /// for n in 0..3 {
     ///     ids.push(broker.publish("t", &token, None, format!("{n}").into()).await?.id);
     /// }
-    /// let last_two = broker.replay("t", ReplayFrom::Last(2))?;
+    /// let last_two = broker.replay("t", ReplayFrom::Last(2)).await?;
     /// assert_eq!(last_two.messages.len(), 2);
     /// assert_eq!(last_two.messages[0].payload().as_ref(), b"1");
-    /// let after_first = broker.replay("t", ReplayFrom::After(&ids[0]))?;
+    /// let after_first = broker.replay("t", ReplayFrom::After(&ids[0])).await?;
     /// assert_eq!(after_first.messages[0].id(), ids[1]);
     /// # Ok::<_, broker_core::Error>(())
     /// # }).unwrap();
     /// ```
-    pub fn replay(&self, topic: &str, from: ReplayFrom<'_>) -> Result<Replay, Error> {
+    pub async fn replay(&self, topic: &str, from: ReplayFrom<'_>) -> Result<Replay, Error> {
         crate::topic::validate(topic)?;
-        let stats = {
+        let name = {
             let registry = self.shared.registry.read();
             let t = registry.topics.get(topic).ok_or(Error::TopicNotFound)?;
-            t.stats.clone()
+            t.name.clone()
         };
-        let retained = stats.retained.lock();
-        Ok(retained.replay(&from, &self.shared.message_prefix))
+        let store = &self.shared.store;
+        let limit = self.shared.limits.replay_messages;
+        let (first, next) = store.bounds(&name).await?;
+        let start = match from {
+            ReplayFrom::Last(n) => next.saturating_sub(n.min(limit) as u64),
+            ReplayFrom::After(id) => match crate::store::claimed_offset(id) {
+                // Whether the id is of this log: compared with the message
+                // at its offset, or with any retained one when it is gone.
+                Some(offset) => {
+                    let probe = store.read(&name, offset, 1, 0).await?;
+                    match probe.messages.first() {
+                        Some(m) if m.offset == offset && m.id == id => offset + 1,
+                        Some(m) if m.offset > offset && crate::store::same_log(&m.id, id) => first,
+                        _ => first,
+                    }
+                }
+                None => first,
+            },
+        }
+        .max(next.saturating_sub(limit as u64));
+        let read = if limit == 0 {
+            Read::default()
+        } else {
+            store.read(&name, start, limit, usize::MAX).await?
+        };
+        // What the replay covers: up to its last message, else up to the
+        // end of the log (all of it before `start`, left out on purpose).
+        // Messages numbered after the `bounds` look-up that the count left
+        // out come live: they were published after the listener attached.
+        let up_to = match read.messages.last() {
+            Some(m) => Some(m.offset),
+            None => read.next.max(start).checked_sub(1),
+        };
+        let mut messages = read.messages;
+        let mut bytes: usize = messages.iter().map(|m| m.payload.len()).sum();
+        let mut skip = 0;
+        while bytes > self.shared.limits.replay_bytes && skip < messages.len() {
+            bytes -= messages[skip].payload.len();
+            skip += 1;
+        }
+        messages.drain(..skip);
+        Ok(Replay { messages, up_to })
+    }
+
+    /// Up to `max_messages` messages of `topic` from offset `from` on,
+    /// straight from its log (see [`Store::read`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidTopic`], or [`Error::Storage`].
+    pub async fn read(
+        &self,
+        topic: &str,
+        from: u64,
+        max_messages: usize,
+        max_bytes: usize,
+    ) -> Result<Read, Error> {
+        let name = TopicName::new(topic)?;
+        self.shared
+            .store
+            .read(&name, from, max_messages, max_bytes)
+            .await
     }
 
     /// Registers a subscriber on `topic`, creating the topic if needed.
     /// Replaying the same (topic, method, URL) with the same headers returns
     /// the existing subscriber with `created == false`; it never makes a
-    /// second one, also when replays race.
+    /// second one, also when replays race. Answers once the registration is
+    /// in the store.
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidTopic`], [`Error::LimitExceeded`], or
+    /// [`Error::InvalidTopic`], [`Error::LimitExceeded`],
     /// [`Error::SubscriberConflict`] when the (method, URL) is registered
-    /// with other headers.
-    pub fn register_subscriber(
+    /// with other headers, or [`Error::Storage`].
+    pub async fn register_subscriber(
         &self,
         topic: &str,
         endpoint: Endpoint,
     ) -> Result<Registration<Arc<Subscriber>>, Error> {
-        self.shared
-            .registry
-            .write()
-            .register_subscriber(topic, endpoint, &self.shared.limits)
+        let _order = self.shared.changes.lock().await;
+        let plan =
+            self.shared
+                .registry
+                .write()
+                .plan_subscriber(topic, endpoint, &self.shared.limits)?;
+        if !plan.created {
+            return Ok(plan);
+        }
+        let s = &plan.item;
+        let e = &s.endpoint;
+        let record = Record::Subscriber(SubscriberRecord {
+            id: s.id.clone(),
+            topic: s.topic.to_string(),
+            url: e.url().to_string(),
+            method: e.method().to_string(),
+            headers: e
+                .headers()
+                .iter()
+                .map(|(k, v)| {
+                    let value = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                    (k.as_str().to_owned(), value)
+                })
+                .collect(),
+            max_attempts: e.max_attempts(),
+            secret: s.secret.expose().to_owned(),
+            order: self.next_order(),
+        });
+        self.durably(topic, Change::Put(&record)).await?;
+        self.shared.registry.write().insert_subscriber(s.clone());
+        Ok(plan)
     }
 
     /// Deregisters a subscriber. Deliveries still queued for it are dropped
@@ -370,23 +579,27 @@ impl Broker {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidTopic`], or [`Error::SubscriberNotFound`].
-    pub fn deregister_subscriber(&self, topic: &str, id: &str) -> Result<(), Error> {
-        self.shared
-            .registry
-            .write()
-            .deregister_subscriber(topic, id)
+    /// [`Error::InvalidTopic`], [`Error::SubscriberNotFound`], or
+    /// [`Error::Storage`].
+    pub async fn deregister_subscriber(&self, topic: &str, id: &str) -> Result<(), Error> {
+        let _order = self.shared.changes.lock().await;
+        self.shared.registry.read().find_subscriber(topic, id)?;
+        self.shared.store.save(Change::Remove { id }).await?;
+        self.shared.registry.write().remove_subscriber(topic, id);
+        Ok(())
     }
 
-    /// Publishes `payload` on `topic` with a publisher's `token`, handing it
-    /// to the notifier with the topic's current subscribers. Returns once
-    /// the notifier has taken it; never waits on a subscriber.
+    /// Publishes `payload` on `topic` with a publisher's `token`: appends
+    /// it to the topic's log (answering once the store has it as durably
+    /// as it promises), then hands it to the notifier with the topic's
+    /// current subscribers. Never waits on a subscriber.
     ///
     /// # Errors
     ///
     /// [`Error::InvalidTopic`]; [`Error::Unauthorized`] when the token is
     /// not a registered publisher's; [`Error::Forbidden`] when it is another
-    /// topic's; [`Error::Closed`] after [`Broker::close`].
+    /// topic's; [`Error::Closed`] after [`Broker::close`];
+    /// [`Error::Storage`] when the log could not take it.
     pub async fn publish(
         &self,
         topic: &str,
@@ -409,27 +622,24 @@ impl Broker {
                 .get(topic)
                 .expect("a registered publisher's topic exists");
             (t.name.clone(), t.subscribers.clone(), t.stats.clone())
-            // The guard drops here, before the notifier runs.
+            // The guard drops here, before the store and the notifier run.
         };
+        let new = NewMessage {
+            content_type,
+            payload,
+            published_at: SystemTime::now(),
+        };
+        let message = self
+            .shared
+            .store
+            .append(&topic, vec![new])
+            .await?
+            .pop()
+            .ok_or_else(|| Error::storage("the store numbered no message"))?;
         stats.published.fetch_add(1, Ordering::Relaxed);
-        let message = {
-            // Numbered under the topic's ring lock, so the ring (and any
-            // replay) is in sequence order; dropped before notifying.
-            let mut retained = stats.retained.lock();
-            let seq = self.shared.message_seq.fetch_add(1, Ordering::Relaxed);
-            let message = Arc::new(Message {
-                id: format!("msg_{}{seq:012x}", self.shared.message_prefix),
-                seq,
-                topic,
-                content_type,
-                payload,
-                published_at: SystemTime::now(),
-            });
-            retained.push(&message, &self.shared.limits);
-            message
-        };
         let receipt = Receipt {
             id: message.id.clone(),
+            offset: message.offset,
             subscribers: subscribers.len(),
         };
         self.shared
@@ -509,11 +719,12 @@ impl std::fmt::Debug for Broker {
 
 #[cfg(test)]
 mod tests {
-    use std::{collections::HashSet, thread};
+    use std::collections::HashSet;
 
     use parking_lot::Mutex;
 
     use super::*;
+    use crate::Message;
 
     /// Records every (message id, subscriber id) it is handed.
     #[derive(Default)]
@@ -538,39 +749,32 @@ mod tests {
         Endpoint::new(url, None, [("x-k", "v")], broker.limits()).unwrap()
     }
 
-    fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(f)
-    }
-
-    #[test]
-    fn publisher_registration_is_idempotent_per_topic_and_name() {
+    #[tokio::test]
+    async fn publisher_registration_is_idempotent_per_topic_and_name() {
         let (b, _) = broker();
-        let first = b.register_publisher("t", "checkout").unwrap();
-        let again = b.register_publisher("t", "checkout").unwrap();
+        let first = b.register_publisher("t", "checkout").await.unwrap();
+        let again = b.register_publisher("t", "checkout").await.unwrap();
         assert!(first.created);
         assert!(!again.created);
         assert_eq!(first.item.id(), again.item.id());
         assert_eq!(first.item.token(), again.item.token());
-        let other = b.register_publisher("t", "billing").unwrap();
+        let other = b.register_publisher("t", "billing").await.unwrap();
         assert!(other.created);
         assert_ne!(other.item.id(), first.item.id());
-        let elsewhere = b.register_publisher("u", "checkout").unwrap();
+        let elsewhere = b.register_publisher("u", "checkout").await.unwrap();
         assert!(elsewhere.created);
         assert_ne!(elsewhere.item.token(), first.item.token());
     }
 
-    #[test]
-    fn subscriber_replay_returns_the_same_subscriber() {
+    #[tokio::test]
+    async fn subscriber_replay_returns_the_same_subscriber() {
         let (b, _) = broker();
         let first = b
-            .register_subscriber("t", endpoint(&b, "http://h:1/x"))
+            .register_subscriber("t", endpoint(&b, "http://h:1/x")).await
             .unwrap();
         // Differently spelled, same canonical URL.
         let again = b
-            .register_subscriber("t", endpoint(&b, "HTTP://H:1/x"))
+            .register_subscriber("t", endpoint(&b, "HTTP://H:1/x")).await
             .unwrap();
         assert!(first.created && !again.created);
         assert_eq!(first.item.id(), again.item.id());
@@ -579,11 +783,11 @@ mod tests {
 
         // Same URL with another method is another subscriber.
         let put = Endpoint::new("http://h:1/x", Some("PUT"), [("x-k", "v")], b.limits()).unwrap();
-        assert!(b.register_subscriber("t", put).unwrap().created);
+        assert!(b.register_subscriber("t", put).await.unwrap().created);
         // Same key with other headers is a conflict, not a silent change.
         let other = Endpoint::new("http://h:1/x", None, [("x-k", "w")], b.limits()).unwrap();
         assert_eq!(
-            b.register_subscriber("t", other).unwrap_err(),
+            b.register_subscriber("t", other).await.unwrap_err(),
             Error::SubscriberConflict {
                 existing: first.item.id().to_owned()
             }
@@ -591,30 +795,31 @@ mod tests {
         assert_eq!(b.topic("t").unwrap().subscribers.len(), 2);
     }
 
-    #[test]
-    fn concurrent_replays_create_exactly_one() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_replays_create_exactly_one() {
         let (b, _) = broker();
-        let ids: Vec<(String, String)> = thread::scope(|s| {
-            let handles: Vec<_> = (0..8)
-                .map(|_| {
-                    s.spawn(|| {
-                        let mut ids = Vec::new();
-                        for i in 0..50 {
-                            let sub = b
-                                .register_subscriber("t", endpoint(&b, &format!("http://h/{i}")))
-                                .unwrap();
-                            let publ = b.register_publisher("t", &format!("p{i}")).unwrap();
-                            ids.push((sub.item.id().to_owned(), publ.item.id().to_owned()));
-                        }
-                        ids
-                    })
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let b = b.clone();
+                tokio::spawn(async move {
+                    let mut ids = Vec::new();
+                    for i in 0..50 {
+                        let url = format!("http://h/{i}");
+                        let sub = b.register_subscriber("t", endpoint(&b, &url)).await;
+                        let publ = b.register_publisher("t", &format!("p{i}")).await;
+                        ids.push((
+                            sub.unwrap().item.id().to_owned(),
+                            publ.unwrap().item.id().to_owned(),
+                        ));
+                    }
+                    ids
                 })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().unwrap())
-                .collect()
-        });
+            })
+            .collect();
+        let mut ids = Vec::new();
+        for task in tasks {
+            ids.extend(task.await.unwrap());
+        }
         let subs: HashSet<_> = ids.iter().map(|(s, _)| s).collect();
         let pubs: HashSet<_> = ids.iter().map(|(_, p)| p).collect();
         assert_eq!(subs.len(), 50);
@@ -624,14 +829,14 @@ mod tests {
         assert_eq!(detail.publishers.len(), 50);
     }
 
-    #[test]
-    fn only_a_registered_publishers_token_publishes_on_its_topic() {
+    #[tokio::test]
+    async fn only_a_registered_publishers_token_publishes_on_its_topic() {
         let (b, rec) = broker();
-        let p = b.register_publisher("t", "p").unwrap().item;
-        let q = b.register_publisher("u", "q").unwrap().item;
-        b.register_subscriber("t", endpoint(&b, "http://h/1"))
+        let p = b.register_publisher("t", "p").await.unwrap().item;
+        let q = b.register_publisher("u", "q").await.unwrap().item;
+        b.register_subscriber("t", endpoint(&b, "http://h/1")).await
             .unwrap();
-        block_on(async {
+        {
             let token = p.token().expose();
             let r = b.publish("t", token, None, "x".into()).await.unwrap();
             assert_eq!(r.subscribers, 1);
@@ -656,45 +861,45 @@ mod tests {
             assert_eq!(absent.unwrap_err(), Error::Forbidden);
             let invalid = b.publish("a/b", token, None, "x".into()).await;
             assert!(matches!(invalid, Err(Error::InvalidTopic { .. })));
-        });
+        }
         assert_eq!(rec.0.lock().len(), 1);
         assert_eq!(b.topic("t").unwrap().published, 1);
     }
 
-    #[test]
-    fn deregistration_changes_nothing_else() {
+    #[tokio::test]
+    async fn deregistration_changes_nothing_else() {
         let (b, rec) = broker();
-        let p1 = b.register_publisher("t", "p1").unwrap().item;
-        let p2 = b.register_publisher("t", "p2").unwrap().item;
+        let p1 = b.register_publisher("t", "p1").await.unwrap().item;
+        let p2 = b.register_publisher("t", "p2").await.unwrap().item;
         let s1 = b
-            .register_subscriber("t", endpoint(&b, "http://h/1"))
+            .register_subscriber("t", endpoint(&b, "http://h/1")).await
             .unwrap()
             .item;
         let s2 = b
-            .register_subscriber("t", endpoint(&b, "http://h/2"))
+            .register_subscriber("t", endpoint(&b, "http://h/2")).await
             .unwrap()
             .item;
 
-        b.deregister_publisher("t", p1.id()).unwrap();
+        b.deregister_publisher("t", p1.id()).await.unwrap();
         assert_eq!(
-            b.deregister_publisher("t", p1.id()).unwrap_err(),
+            b.deregister_publisher("t", p1.id()).await.unwrap_err(),
             Error::PublisherNotFound
         );
         // Another topic's publisher id is not found on this one.
-        let other = b.register_publisher("u", "x").unwrap().item;
+        let other = b.register_publisher("u", "x").await.unwrap().item;
         assert_eq!(
-            b.deregister_publisher("t", other.id()).unwrap_err(),
+            b.deregister_publisher("t", other.id()).await.unwrap_err(),
             Error::PublisherNotFound
         );
-        b.deregister_subscriber("t", s1.id()).unwrap();
+        b.deregister_subscriber("t", s1.id()).await.unwrap();
         assert!(!s1.is_active());
         assert!(s2.is_active());
         assert_eq!(
-            b.deregister_subscriber("t", s1.id()).unwrap_err(),
+            b.deregister_subscriber("t", s1.id()).await.unwrap_err(),
             Error::SubscriberNotFound
         );
 
-        block_on(async {
+        {
             let gone = b.publish("t", p1.token().expose(), None, "x".into()).await;
             assert_eq!(gone.unwrap_err(), Error::Unauthorized);
             let r = b
@@ -704,35 +909,35 @@ mod tests {
             assert_eq!(r.subscribers, 1);
             let seen = rec.0.lock();
             assert_eq!(*seen, [(r.id.clone(), s2.id().to_owned())]);
-        });
+        }
         let detail = b.topic("t").unwrap();
         assert_eq!(detail.publishers.len(), 1);
         assert_eq!(detail.publishers[0].id(), p2.id());
 
         // A topic disappears with its last registration.
-        b.deregister_publisher("t", p2.id()).unwrap();
-        b.deregister_subscriber("t", s2.id()).unwrap();
+        b.deregister_publisher("t", p2.id()).await.unwrap();
+        b.deregister_subscriber("t", s2.id()).await.unwrap();
         assert_eq!(b.topic("t").unwrap_err(), Error::TopicNotFound);
         assert_eq!(b.topics().len(), 1);
     }
 
-    #[test]
-    fn a_publish_keeps_its_snapshot() {
+    #[tokio::test]
+    async fn a_publish_keeps_its_snapshot() {
         let (b, _) = broker();
         let s = b
-            .register_subscriber("t", endpoint(&b, "http://h/1"))
+            .register_subscriber("t", endpoint(&b, "http://h/1")).await
             .unwrap()
             .item;
         let snapshot = b.shared.registry.read().topics["t"].subscribers.clone();
-        b.deregister_subscriber("t", s.id()).unwrap();
-        b.register_subscriber("t", endpoint(&b, "http://h/2"))
+        b.deregister_subscriber("t", s.id()).await.unwrap();
+        b.register_subscriber("t", endpoint(&b, "http://h/2")).await
             .unwrap();
         assert_eq!(snapshot.len(), 1);
         assert_eq!(snapshot[0].id(), s.id());
     }
 
-    #[test]
-    fn limits_are_enforced_without_side_effects() {
+    #[tokio::test]
+    async fn limits_are_enforced_without_side_effects() {
         let limits = Limits {
             max_topics: 1,
             max_publishers_per_topic: 1,
@@ -740,154 +945,153 @@ mod tests {
             ..Limits::default()
         };
         let b = Broker::with_limits(Recorder::default(), limits);
-        b.register_publisher("t", "a").unwrap();
+        b.register_publisher("t", "a").await.unwrap();
         assert!(matches!(
-            b.register_publisher("t", "b"),
+            b.register_publisher("t", "b").await,
             Err(Error::LimitExceeded { limit: 1, .. })
         ));
         assert!(matches!(
-            b.register_publisher("u", "a"),
+            b.register_publisher("u", "a").await,
             Err(Error::LimitExceeded { what: "topics", .. })
         ));
-        b.register_subscriber("t", endpoint(&b, "http://h/1"))
+        b.register_subscriber("t", endpoint(&b, "http://h/1")).await
             .unwrap();
         assert!(b
-            .register_subscriber("t", endpoint(&b, "http://h/2"))
+            .register_subscriber("t", endpoint(&b, "http://h/2")).await
             .is_err());
         // Replays still succeed at the limit.
-        assert!(!b.register_publisher("t", "a").unwrap().created);
+        assert!(!b.register_publisher("t", "a").await.unwrap().created);
         assert!(
-            !b.register_subscriber("t", endpoint(&b, "http://h/1"))
+            !b.register_subscriber("t", endpoint(&b, "http://h/1")).await
                 .unwrap()
                 .created
         );
         assert_eq!(b.topics().len(), 1);
     }
 
-    #[test]
-    fn closed_broker_refuses_publishes() {
+    #[tokio::test]
+    async fn closed_broker_refuses_publishes() {
         let (b, _) = broker();
-        let p = b.register_publisher("t", "p").unwrap().item;
+        let p = b.register_publisher("t", "p").await.unwrap().item;
         b.close();
-        let r = block_on(b.publish("t", p.token().expose(), None, "x".into()));
+        let r = b.publish("t", p.token().expose(), None, "x".into()).await;
         assert_eq!(r.unwrap_err(), Error::Closed);
     }
 
-    #[test]
-    fn publisher_names_are_validated() {
+    #[tokio::test]
+    async fn publisher_names_are_validated() {
         let (b, _) = broker();
         for bad in ["", "a\nb", &"n".repeat(129)] {
             assert!(matches!(
-                b.register_publisher("t", bad),
+                b.register_publisher("t", bad).await,
                 Err(Error::InvalidPublisherName { .. })
             ));
         }
         assert!(b.topics().is_empty());
     }
 
-    #[test]
-    fn listener_tokens_listen_and_never_publish() {
+    #[tokio::test]
+    async fn listener_tokens_listen_and_never_publish() {
         let (b, _) = broker();
-        let l = b.register_listener("t", "dashboard").unwrap();
+        let l = b.register_listener("t", "dashboard").await.unwrap();
         assert!(l.created && l.item.id().starts_with("lis_"));
-        assert!(!b.register_listener("t", "dashboard").unwrap().created);
-        let p = b.register_publisher("t", "p").unwrap().item;
+        assert!(!b.register_listener("t", "dashboard").await.unwrap().created);
+        let p = b.register_publisher("t", "p").await.unwrap().item;
         let token = l.item.token().expose();
         assert_eq!(b.authorize_listener("t", token), Ok(()));
         // A listener token is not a publisher's, and the reverse.
-        let publish = block_on(b.publish("t", token, None, "x".into()));
+        let publish = b.publish("t", token, None, "x".into()).await;
         assert_eq!(publish.unwrap_err(), Error::Unauthorized);
         assert_eq!(
             b.authorize_listener("t", p.token().expose()),
             Err(Error::Unauthorized)
         );
-        b.register_publisher("u", "p").unwrap();
+        b.register_publisher("u", "p").await.unwrap();
         assert_eq!(b.authorize_listener("u", token), Err(Error::Forbidden));
         let detail = b.topic("t").unwrap();
         assert_eq!(detail.listeners.len(), 1);
         assert_eq!(b.topics()[0].listeners, 1);
         // Deregistering a listener by a publisher's id, or the reverse, finds nothing.
         assert_eq!(
-            b.deregister_listener("t", p.id()),
+            b.deregister_listener("t", p.id()).await,
             Err(Error::ListenerNotFound)
         );
         assert_eq!(
-            b.deregister_publisher("t", l.item.id()),
+            b.deregister_publisher("t", l.item.id()).await,
             Err(Error::PublisherNotFound)
         );
-        b.deregister_listener("t", l.item.id()).unwrap();
+        b.deregister_listener("t", l.item.id()).await.unwrap();
         assert_eq!(b.authorize_listener("t", token), Err(Error::Unauthorized));
         // A listener alone keeps a topic.
-        b.register_listener("v", "x").unwrap();
+        b.register_listener("v", "x").await.unwrap();
         assert!(b.topic("v").is_ok());
     }
 
-    fn publish_n(b: &Broker, topic: &str, sizes: &[usize]) -> Vec<String> {
-        let token = b.register_publisher(topic, "p").unwrap().item;
-        block_on(async {
-            let mut ids = Vec::new();
-            for &n in sizes {
-                let r = b.publish(topic, token.token().expose(), None, vec![b'x'; n].into());
-                ids.push(r.await.unwrap().id);
-            }
-            ids
-        })
+    async fn publish_n(b: &Broker, topic: &str, sizes: &[usize]) -> Vec<String> {
+        let token = b.register_publisher(topic, "p").await.unwrap().item;
+        let mut ids = Vec::new();
+        for &n in sizes {
+            let r = b.publish(topic, token.token().expose(), None, vec![b'x'; n].into());
+            ids.push(r.await.unwrap().id);
+        }
+        ids
     }
 
-    #[test]
-    fn the_replay_ring_is_bounded_by_count_and_bytes() {
+    #[tokio::test]
+    async fn the_replay_is_bounded_by_count_and_bytes() {
         let limits = Limits {
             replay_messages: 3,
             replay_bytes: 10,
             ..Limits::default()
         };
         let b = Broker::with_limits(Recorder::default(), limits);
-        let ids = publish_n(&b, "t", &[1, 1, 1, 1]);
-        let all = b.replay("t", ReplayFrom::Last(usize::MAX)).unwrap();
+        let ids = publish_n(&b, "t", &[1, 1, 1, 1]).await;
+        let all = b.replay("t", ReplayFrom::Last(usize::MAX)).await.unwrap();
         let kept: Vec<_> = all.messages.iter().map(|m| m.id().to_owned()).collect();
         assert_eq!(kept, ids[1..]);
-        let seq = all.messages.last().unwrap().sequence();
-        assert_eq!(all.up_to, Some(seq));
-        // Bytes: a 6-byte message evicts until it fits in 10.
-        let more = publish_n(&b, "t", &[6]);
-        let kept = b.replay("t", ReplayFrom::Last(10)).unwrap().messages;
+        assert_eq!(all.up_to, Some(3));
+        // Bytes: the oldest are left out until the rest fits in 10.
+        let more = publish_n(&b, "t", &[6]).await;
+        let kept = b.replay("t", ReplayFrom::Last(10)).await.unwrap().messages;
         assert_eq!(kept.len(), 3);
         assert_eq!(kept[2].id(), more[0]);
-        // Too large for the ring: not kept, yet counted in `up_to`.
-        let big = publish_n(&b, "t", &[11]);
-        let r = b.replay("t", ReplayFrom::Last(10)).unwrap();
-        assert_eq!(r.messages.last().unwrap().id(), more[0]);
-        assert!(r.up_to > Some(r.messages.last().unwrap().sequence()));
+        // Too large to replay: left out, yet covered by `up_to`.
+        let big = publish_n(&b, "t", &[11]).await;
+        let r = b.replay("t", ReplayFrom::Last(10)).await.unwrap();
+        assert!(r.messages.is_empty());
+        assert_eq!(r.up_to, Some(5));
         assert!(!r.messages.iter().any(|m| m.id() == big[0]));
+        let none = b.replay("t", ReplayFrom::Last(0)).await.unwrap();
+        assert!(none.messages.is_empty());
+        assert_eq!(none.up_to, Some(5));
         assert_eq!(
-            b.replay("t", ReplayFrom::Last(0)).unwrap().messages.len(),
-            0
-        );
-        assert_eq!(
-            b.replay("zz", ReplayFrom::Last(1)).unwrap_err(),
+            b.replay("zz", ReplayFrom::Last(1)).await.unwrap_err(),
             Error::TopicNotFound
         );
     }
 
-    #[test]
-    fn replay_after_an_id_resumes_after_it() {
+    #[tokio::test]
+    async fn replay_after_an_id_resumes_after_it() {
         let (b, _) = broker();
-        let ids = publish_n(&b, "t", &[1, 1, 1]);
-        let after = |id: &str| -> Vec<String> {
-            b.replay("t", ReplayFrom::After(id))
-                .unwrap()
-                .messages
-                .iter()
-                .map(|m| m.id().to_owned())
-                .collect()
+        let ids = publish_n(&b, "t", &[1, 1, 1]).await;
+        let after = |id: String| {
+            let b = b.clone();
+            async move {
+                let r = b.replay("t", ReplayFrom::After(&id)).await.unwrap();
+                r.messages
+                    .iter()
+                    .map(|m| m.id().to_owned())
+                    .collect::<Vec<_>>()
+            }
         };
-        assert_eq!(after(&ids[0]), ids[1..]);
-        assert!(after(&ids[2]).is_empty());
-        // Ids this broker never issued replay all that is retained.
-        for foreign in ["", "msg_", "nonsense", "msg_000000000000000000000001"] {
-            assert_eq!(after(foreign), ids, "{foreign:?}");
+        assert_eq!(after(ids[0].clone()).await, ids[1..]);
+        assert!(after(ids[2].clone()).await.is_empty());
+        // Ids not of this topic's log replay all that is retained.
+        let other = publish_n(&b, "u", &[1]).await;
+        for foreign in ["", "msg_", "nonsense", "msg_000000000000000000000001", &other[0]] {
+            assert_eq!(after(foreign.to_owned()).await, ids, "{foreign:?}");
         }
-        // Nothing retained with replay off, but `up_to` still moves.
+        // Nothing replayed with replay off, but `up_to` still covers the log.
         let off = Broker::with_limits(
             Recorder::default(),
             Limits {
@@ -895,8 +1099,124 @@ mod tests {
                 ..Limits::default()
             },
         );
-        publish_n(&off, "t", &[1]);
-        let r = off.replay("t", ReplayFrom::Last(5)).unwrap();
-        assert!(r.messages.is_empty() && r.up_to.is_some());
+        publish_n(&off, "t", &[1]).await;
+        let r = off.replay("t", ReplayFrom::Last(5)).await.unwrap();
+        assert!(r.messages.is_empty() && r.up_to == Some(0));
+    }
+
+    /// A store that remembers every change, to check what the broker
+    /// makes durable and what it loads back.
+    #[derive(Default)]
+    struct Remembering {
+        log: MemoryStore,
+        records: Mutex<Vec<Record>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Store for Remembering {
+        async fn load(&self) -> Result<Vec<Record>, Error> {
+            Ok(self.records.lock().clone())
+        }
+        async fn save(&self, change: Change<'_>) -> Result<(), Error> {
+            let mut records = self.records.lock();
+            match change {
+                Change::Put(r) => records.push(r.clone()),
+                Change::Remove { id } => records.retain(|r| r.id() != id),
+            }
+            Ok(())
+        }
+        async fn append(
+            &self,
+            topic: &TopicName,
+            messages: Vec<NewMessage>,
+        ) -> Result<Vec<Arc<Message>>, Error> {
+            self.log.append(topic, messages).await
+        }
+        async fn read(
+            &self,
+            topic: &TopicName,
+            from: u64,
+            max_messages: usize,
+            max_bytes: usize,
+        ) -> Result<Read, Error> {
+            self.log.read(topic, from, max_messages, max_bytes).await
+        }
+        async fn bounds(&self, topic: &TopicName) -> Result<(u64, u64), Error> {
+            self.log.bounds(topic).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reopened_broker_has_the_same_registrations() {
+        let store = Arc::new(Remembering::default());
+        let b = Broker::open(Recorder::default(), Limits::default(), store.clone())
+            .await
+            .unwrap();
+        let p = b.register_publisher("t", "p").await.unwrap().item;
+        let l = b.register_listener("t", "l").await.unwrap().item;
+        let gone = b.register_publisher("t", "gone").await.unwrap().item;
+        let endpoint = Endpoint::new("http://h/1", Some("PUT"), [("x-k", "v")], b.limits())
+            .unwrap()
+            .with_max_attempts(3, b.limits())
+            .unwrap();
+        let s1 = b.register_subscriber("t", endpoint.clone()).await.unwrap().item;
+        let s2 = b.register_subscriber("u", endpoint.clone()).await.unwrap().item;
+        b.deregister_publisher("t", gone.id()).await.unwrap();
+        // A replay writes nothing.
+        b.register_publisher("t", "p").await.unwrap();
+        assert_eq!(store.records.lock().len(), 4);
+
+        let again = Broker::open(Recorder::default(), Limits::default(), store.clone())
+            .await
+            .unwrap();
+        let replayed = again.register_publisher("t", "p").await.unwrap();
+        assert!(!replayed.created);
+        assert_eq!(replayed.item.token(), p.token());
+        again.authorize_listener("t", l.token().expose()).unwrap();
+        let sub = again.register_subscriber("t", endpoint).await.unwrap();
+        assert!(!sub.created);
+        assert_eq!(sub.item.id(), s1.id());
+        assert_eq!(sub.item.secret(), s1.secret());
+        assert_eq!(sub.item.endpoint().max_attempts(), 3);
+        assert_eq!(again.topic("u").unwrap().subscribers[0].id(), s2.id());
+        assert!(again.topic("t").unwrap().publishers.len() == 1);
+        // New registrations come after the loaded ones.
+        again.register_publisher("t", "q").await.unwrap();
+        let orders: Vec<u64> = store.records.lock().iter().map(Record::order).collect();
+        assert!(orders.windows(2).all(|w| w[0] < w[1]), "{orders:?}");
+    }
+
+    /// A store whose writes fail.
+    struct Failing;
+
+    #[async_trait::async_trait]
+    impl Store for Failing {
+        async fn load(&self) -> Result<Vec<Record>, Error> {
+            Ok(Vec::new())
+        }
+        async fn save(&self, _: Change<'_>) -> Result<(), Error> {
+            Err(Error::storage("disk full"))
+        }
+        async fn append(&self, _: &TopicName, _: Vec<NewMessage>) -> Result<Vec<Arc<Message>>, Error> {
+            Err(Error::storage("disk full"))
+        }
+        async fn read(&self, _: &TopicName, _: u64, _: usize, _: usize) -> Result<Read, Error> {
+            Err(Error::storage("disk full"))
+        }
+        async fn bounds(&self, _: &TopicName) -> Result<(u64, u64), Error> {
+            Err(Error::storage("disk full"))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_registration_the_store_refuses_leaves_nothing_behind() {
+        let b = Broker::open(Recorder::default(), Limits::default(), Failing)
+            .await
+            .unwrap();
+        let err = b.register_publisher("t", "p").await.unwrap_err();
+        assert!(matches!(err, Error::Storage { .. }), "{err:?}");
+        assert!(b.topics().is_empty());
+        assert!(b.register_subscriber("t", endpoint(&b, "http://h/")).await.is_err());
+        assert!(b.topics().is_empty());
     }
 }

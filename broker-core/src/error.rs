@@ -55,6 +55,21 @@ pub enum Error {
     },
     /// The broker is shutting down and accepts no more publishes.
     Closed,
+    /// The store could not do its part (an I/O error, a full disk, a
+    /// remote store out of reach): nothing was changed or acknowledged.
+    Storage {
+        /// What failed, for the operator (no secrets).
+        reason: String,
+    },
+}
+
+impl Error {
+    /// An [`Error::Storage`] from anything displayable.
+    pub fn storage(reason: impl fmt::Display) -> Self {
+        Error::Storage {
+            reason: reason.to_string(),
+        }
+    }
 }
 
 impl fmt::Display for Error {
@@ -89,6 +104,7 @@ impl fmt::Display for Error {
                 write!(f, "limit reached: at most {limit} {what}")
             }
             Error::Closed => f.write_str("the broker is shutting down and accepts no publishes"),
+            Error::Storage { reason } => write!(f, "storage unavailable: {reason}"),
         }
     }
 }

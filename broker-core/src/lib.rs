@@ -37,17 +37,17 @@
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! let count = Arc::new(Count::default());
 //! let broker = Broker::new(count.clone());
-//! let token = broker.register_publisher("orders", "checkout")?.item.token().expose().to_owned();
+//! let token = broker.register_publisher("orders", "checkout").await?.item.token().expose().to_owned();
 //! for port in [9001, 9002] {
 //!     let url = format!("http://127.0.0.1:{port}/hook");
 //!     let none: [(&str, &str); 0] = [];
-//!     broker.register_subscriber("orders", Endpoint::new(&url, None, none, broker.limits())?)?;
+//!     broker.register_subscriber("orders", Endpoint::new(&url, None, none, broker.limits())?).await?;
 //! }
 //! broker.publish("orders", &token, None, "{}".into()).await?;
 //! assert_eq!(count.0.load(Ordering::Relaxed), 2);
 //!
 //! // Another topic's token is refused.
-//! broker.register_publisher("audit", "auditor")?;
+//! broker.register_publisher("audit", "auditor").await?;
 //! let err = broker.publish("audit", &token, None, "{}".into()).await.unwrap_err();
 //! assert_eq!(err, Error::Forbidden);
 //! # Ok::<_, Error>(())
@@ -59,11 +59,13 @@ mod credential;
 mod endpoint;
 mod error;
 mod limits;
+mod memory;
 mod message;
 mod notifier;
 mod registry;
 mod replay;
 mod secret;
+mod store;
 mod subscriber;
 mod topic;
 
@@ -72,9 +74,14 @@ pub use credential::{Credential, Listener, Publisher, Role};
 pub use endpoint::Endpoint;
 pub use error::Error;
 pub use limits::Limits;
+pub use memory::{MemoryStore, Retention};
 pub use message::{Message, Publish, Receipt, Subscribers};
 pub use notifier::Notifier;
 pub use replay::{Replay, ReplayFrom};
 pub use secret::{SigningSecret, Token};
+pub use store::{
+    message_id, new_id_prefix, Change, CredentialRecord, NewMessage, Read, Record, Store,
+    SubscriberRecord,
+};
 pub use subscriber::{DeliveryCounts, DeliveryStats, Outcome, Subscriber};
 pub use topic::{TopicName, MAX_TOPIC_LEN};

@@ -12,7 +12,7 @@ use crate::{Subscriber, TopicName};
 #[derive(Debug)]
 pub struct Message {
     pub(crate) id: String,
-    pub(crate) seq: u64,
+    pub(crate) offset: u64,
     pub(crate) topic: TopicName,
     pub(crate) content_type: Option<HeaderValue>,
     pub(crate) payload: Bytes,
@@ -20,15 +20,35 @@ pub struct Message {
 }
 
 impl Message {
-    /// The message id (`msg_…`), the same in every delivery (`webhook-id`).
+    /// A message as a [`Store`](crate::Store) numbered it: its id is
+    /// [`message_id`](crate::message_id) of the log's prefix and `offset`.
+    pub fn new(
+        id: String,
+        offset: u64,
+        topic: TopicName,
+        content_type: Option<HeaderValue>,
+        payload: Bytes,
+        published_at: SystemTime,
+    ) -> Self {
+        Message {
+            id,
+            offset,
+            topic,
+            content_type,
+            payload,
+            published_at,
+        }
+    }
+
+    /// The message id (`msg_…`), the same in every delivery (`webhook-id`)
+    /// and across restarts.
     pub fn id(&self) -> &str {
         &self.id
     }
-    /// Its place in the broker's publish order: a message published on a
-    /// topic after another has a larger sequence number (numbers are
-    /// shared by all topics, so they have gaps within one).
-    pub fn sequence(&self) -> u64 {
-        self.seq
+    /// Its offset in its topic's log: per topic, dense, from 0, never
+    /// reused.
+    pub fn offset(&self) -> u64 {
+        self.offset
     }
     /// The topic it was published on.
     pub fn topic(&self) -> &TopicName {
@@ -70,12 +90,14 @@ pub struct Publish {
     pub subscribers: Subscribers,
 }
 
-/// What the publisher is told: the message id and how many subscribers it
-/// was handed to.
+/// What the publisher is told: the message id, its offset and how many
+/// subscribers it was handed to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Receipt {
     /// The message id.
     pub id: String,
+    /// Its offset in the topic's log.
+    pub offset: u64,
     /// How many subscribers it goes to.
     pub subscribers: usize,
 }

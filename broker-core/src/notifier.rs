@@ -75,7 +75,7 @@ impl<N: Notifier + ?Sized> Notifier for Box<N> {
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// let (a, b) = (Arc::new(Count::default()), Arc::new(Count::default()));
 /// let broker = Broker::new((a.clone(), b.clone()));
-/// let token = broker.register_publisher("t", "p")?.item.token().expose().to_owned();
+/// let token = broker.register_publisher("t", "p").await?.item.token().expose().to_owned();
 /// broker.publish("t", &token, None, "x".into()).await?;
 /// assert_eq!((a.0.load(Ordering::Relaxed), b.0.load(Ordering::Relaxed)), (1, 1));
 /// # Ok::<_, broker_core::Error>(())

@@ -86,14 +86,24 @@ impl Registry {
         Ok(self.topics.get_mut(name).expect("inserted above"))
     }
 
+    fn topic_or_create(&mut self, name: &TopicName) -> &mut Topic {
+        self.topics
+            .entry(name.clone())
+            .or_insert_with(|| Topic::new(name.clone()))
+    }
+
     /// Drops the topic if nothing is registered on it any more.
-    fn prune(&mut self, name: &str) {
+    pub(crate) fn prune(&mut self, name: &str) {
         if self.topics.get(name).is_some_and(Topic::is_empty) {
             self.topics.remove(name);
         }
     }
 
-    pub(crate) fn register_credential(
+    /// The credential a registration of (role, topic, name) resolves to:
+    /// the existing one, or a new one not yet inserted (the broker makes
+    /// it durable first, then calls [`Registry::insert_credential`]).
+    /// Creates the topic if needed; [`Registry::prune`] undoes that.
+    pub(crate) fn plan_credential(
         &mut self,
         role: Role,
         topic: &str,
@@ -114,39 +124,53 @@ impl Registry {
             self.prune(topic);
             return Err(role.limit(limits));
         }
-        let credential = Arc::new(Credential {
+        Ok(Registration::created(Arc::new(Credential {
             token: Token::generate(&id),
-            id: id.clone(),
+            id,
             topic: t.name.clone(),
             name: name.to_owned(),
             role,
-        });
-        t.named_mut(role)
-            .insert(name.to_owned(), credential.clone());
-        self.credentials.insert(id, credential.clone());
-        Ok(Registration::created(credential))
+        })))
     }
 
-    pub(crate) fn deregister_credential(
-        &mut self,
+    /// Adds a credential, creating its topic if needed (no limit is
+    /// checked: the plan did, or it was loaded from the store).
+    pub(crate) fn insert_credential(&mut self, credential: Arc<Credential>) {
+        let t = self.topic_or_create(&credential.topic);
+        t.named_mut(credential.role)
+            .insert(credential.name.clone(), credential.clone());
+        self.credentials.insert(credential.id.clone(), credential);
+    }
+
+    /// The credential of `role` with `id` on `topic`.
+    pub(crate) fn find_credential(
+        &self,
         role: Role,
         topic: &str,
         id: &str,
-    ) -> Result<(), Error> {
+    ) -> Result<&Arc<Credential>, Error> {
         crate::topic::validate(topic)?;
         match self.credentials.get(id) {
-            Some(c) if c.topic.as_str() == topic && c.role == role => {}
-            _ => return Err(role.not_found()),
+            Some(c) if c.topic.as_str() == topic && c.role == role => Ok(c),
+            _ => Err(role.not_found()),
         }
-        let credential = self.credentials.remove(id).expect("checked above");
-        if let Some(t) = self.topics.get_mut(topic) {
-            t.named_mut(role).remove(&credential.name);
-        }
-        self.prune(topic);
-        Ok(())
     }
 
-    pub(crate) fn register_subscriber(
+    /// Removes a credential found by [`Registry::find_credential`].
+    pub(crate) fn remove_credential(&mut self, id: &str) {
+        let Some(credential) = self.credentials.remove(id) else {
+            return;
+        };
+        let topic = credential.topic.as_str();
+        if let Some(t) = self.topics.get_mut(topic) {
+            t.named_mut(credential.role).remove(&credential.name);
+        }
+        self.prune(topic);
+    }
+
+    /// The subscriber a registration resolves to: the existing one, or a
+    /// new one not yet inserted (see [`Registry::plan_credential`]).
+    pub(crate) fn plan_subscriber(
         &mut self,
         topic: &str,
         endpoint: Endpoint,
@@ -178,29 +202,56 @@ impl Registry {
         }
         // 96 random bits: with 100,000 subscribers on a topic the chance of
         // a clash is about 2^-63, not worth a scan per registration.
-        let subscriber = Arc::new(Subscriber::new(
+        Ok(Registration::created(Arc::new(Subscriber::new(
             new_id("sub_"),
             t.name.clone(),
             endpoint,
             SigningSecret::generate(),
             t.stats.clone(),
-        ));
-        Arc::make_mut(&mut t.subscribers.0).push(subscriber.clone());
-        t.subscriber_keys.insert(key, subscriber.clone());
-        Ok(Registration::created(subscriber))
+        ))))
     }
 
-    pub(crate) fn deregister_subscriber(&mut self, topic: &str, id: &str) -> Result<(), Error> {
+    /// A subscriber loaded from the store, given its topic's counters.
+    pub(crate) fn restore_subscriber(
+        &mut self,
+        id: String,
+        topic: TopicName,
+        endpoint: Endpoint,
+        secret: SigningSecret,
+    ) -> Arc<Subscriber> {
+        let stats = self.topic_or_create(&topic).stats.clone();
+        Arc::new(Subscriber::new(id, topic, endpoint, secret, stats))
+    }
+
+    /// Adds a subscriber, creating its topic if needed.
+    pub(crate) fn insert_subscriber(&mut self, subscriber: Arc<Subscriber>) {
+        let key: SubscriberKey = (
+            subscriber.endpoint.method().clone(),
+            subscriber.endpoint.url().to_string(),
+        );
+        let t = self.topic_or_create(&subscriber.topic);
+        Arc::make_mut(&mut t.subscribers.0).push(subscriber.clone());
+        t.subscriber_keys.insert(key, subscriber);
+    }
+
+    /// The subscriber with `id` on `topic`.
+    pub(crate) fn find_subscriber(&self, topic: &str, id: &str) -> Result<&Arc<Subscriber>, Error> {
         crate::topic::validate(topic)?;
-        let t = self
-            .topics
-            .get_mut(topic)
-            .ok_or(Error::SubscriberNotFound)?;
-        let pos = t
-            .subscribers
-            .iter()
-            .position(|s| s.id == id)
-            .ok_or(Error::SubscriberNotFound)?;
+        self.topics
+            .get(topic)
+            .and_then(|t| t.subscribers.iter().find(|s| s.id == id))
+            .ok_or(Error::SubscriberNotFound)
+    }
+
+    /// Removes a subscriber found by [`Registry::find_subscriber`]; its
+    /// queued deliveries see it inactive.
+    pub(crate) fn remove_subscriber(&mut self, topic: &str, id: &str) {
+        let Some(t) = self.topics.get_mut(topic) else {
+            return;
+        };
+        let Some(pos) = t.subscribers.iter().position(|s| s.id == id) else {
+            return;
+        };
         let subscriber = Arc::make_mut(&mut t.subscribers.0).remove(pos);
         t.subscriber_keys.remove(&(
             subscriber.endpoint.method().clone(),
@@ -208,7 +259,6 @@ impl Registry {
         ));
         subscriber.active.store(false, Ordering::Release);
         self.prune(topic);
-        Ok(())
     }
 
     /// The credential of `role` that `token` belongs to, compared in

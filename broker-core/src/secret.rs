@@ -48,6 +48,12 @@ impl Token {
         Token(format!("{id}.{}", URL_SAFE_NO_PAD.encode(secret)))
     }
 
+    /// A token read back from a store: it must have the token shape.
+    pub(crate) fn restore(stored: &str) -> Option<Self> {
+        Self::claimed_id(stored)?;
+        Some(Token(stored.to_owned()))
+    }
+
     /// The id a presented token claims, if it has the token shape.
     pub(crate) fn claimed_id(presented: &str) -> Option<&str> {
         presented.split_once('.').map(|(id, _)| id)
@@ -85,6 +91,15 @@ impl SigningSecret {
             encoded: format!("whsec_{}", STANDARD.encode(key)),
             key,
         }
+    }
+
+    /// A secret read back from a store, in its `whsec_…` form.
+    pub(crate) fn restore(stored: &str) -> Option<Self> {
+        let key = STANDARD.decode(stored.strip_prefix("whsec_")?).ok()?;
+        Some(SigningSecret {
+            key: key.try_into().ok()?,
+            encoded: stored.to_owned(),
+        })
     }
 
     /// The raw HMAC key.
@@ -129,6 +144,11 @@ mod tests {
         let b64 = s.expose().strip_prefix("whsec_").unwrap();
         assert_eq!(STANDARD.decode(b64).unwrap(), s.key());
         assert_ne!(s, SigningSecret::generate());
+        assert_eq!(SigningSecret::restore(s.expose()), Some(s));
+        assert_eq!(SigningSecret::restore("whsec_AAAA"), None);
+        let t = Token::generate("pub_1");
+        assert_eq!(Token::restore(t.expose()), Some(t));
+        assert_eq!(Token::restore("no-dot"), None);
     }
 
     #[test]

@@ -99,7 +99,8 @@ impl Subscriber {
     /// # #[async_trait::async_trait] impl Notifier for N { async fn notify(&self, _: Publish) {} }
     /// # let broker = Broker::new(N);
     /// # let endpoint = Endpoint::new("http://127.0.0.1:9/", None, [("a", "b")], broker.limits()).unwrap();
-    /// let subscriber = broker.register_subscriber("t", endpoint).unwrap().item;
+    /// # let rt = tokio::runtime::Runtime::new().unwrap();
+    /// let subscriber = rt.block_on(broker.register_subscriber("t", endpoint)).unwrap().item;
     /// let seen = subscriber.notifier_state(|| AtomicU64::new(0)).unwrap();
     /// seen.fetch_add(1, Ordering::Relaxed);
     /// assert_eq!(subscriber.notifier_state(|| AtomicU64::new(0)).unwrap().load(Ordering::Relaxed), 1);

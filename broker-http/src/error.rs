@@ -67,7 +67,7 @@ impl ApiError {
                 E::Unauthorized => StatusCode::UNAUTHORIZED,
                 E::Forbidden => StatusCode::FORBIDDEN,
                 E::SubscriberConflict { .. } | E::LimitExceeded { .. } => StatusCode::CONFLICT,
-                E::Closed => StatusCode::SERVICE_UNAVAILABLE,
+                E::Closed | E::Storage { .. } => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
             ApiError::InvalidJson(_) | ApiError::BadBody => StatusCode::BAD_REQUEST,
@@ -104,6 +104,7 @@ impl ApiError {
                 E::SubscriberConflict { .. } => "subscriber_conflict",
                 E::LimitExceeded { .. } => "limit_exceeded",
                 E::Closed => "shutting_down",
+                E::Storage { .. } => "storage_unavailable",
                 _ => "internal",
             },
             ApiError::InvalidJson(_) => "invalid_json",
@@ -153,6 +154,10 @@ impl ApiError {
         let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %self, "internal error");
             "internal error".to_owned()
+        } else if let ApiError::Broker(broker_core::Error::Storage { .. }) = &self {
+            // The cause (paths, OS errors) is for the operator's log.
+            tracing::error!(error = %self, "storage error");
+            "the broker could not store this; nothing was changed, retry later".to_owned()
         } else {
             self.to_string()
         };
@@ -169,6 +174,11 @@ impl ApiError {
                 response
                     .headers_mut()
                     .insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            ApiError::Broker(broker_core::Error::Storage { .. }) => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ApiError::UpgradeRequired => {
                 let h = response.headers_mut();

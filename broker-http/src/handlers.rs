@@ -82,8 +82,8 @@ where
     )
     .await?;
     let reg = match role {
-        Role::Publish => api.broker().register_publisher(topic, &req.name)?,
-        Role::Listen => api.broker().register_listener(topic, &req.name)?,
+        Role::Publish => api.broker().register_publisher(topic, &req.name).await?,
+        Role::Listen => api.broker().register_listener(topic, &req.name).await?,
     };
     let c = &reg.item;
     Ok(reply(
@@ -98,14 +98,14 @@ where
 }
 
 /// `DELETE /v1/topics/{topic}/listeners/{id}`
-pub(crate) fn deregister_listener(api: &Api, topic: &str, id: &str) -> Reply {
-    api.broker().deregister_listener(topic, id)?;
+pub(crate) async fn deregister_listener(api: &Api, topic: &str, id: &str) -> Reply {
+    api.broker().deregister_listener(topic, id).await?;
     Ok(no_content())
 }
 
 /// `DELETE /v1/topics/{topic}/publishers/{id}`
-pub(crate) fn deregister_publisher(api: &Api, topic: &str, id: &str) -> Reply {
-    api.broker().deregister_publisher(topic, id)?;
+pub(crate) async fn deregister_publisher(api: &Api, topic: &str, id: &str) -> Reply {
+    api.broker().deregister_publisher(topic, id).await?;
     Ok(no_content())
 }
 
@@ -133,7 +133,7 @@ where
     if let Some(retry) = req.retry {
         endpoint = endpoint.with_max_attempts(retry.max_attempts, broker.limits())?;
     }
-    let reg = broker.register_subscriber(topic, endpoint)?;
+    let reg = broker.register_subscriber(topic, endpoint).await?;
     let s = &reg.item;
     let e = s.endpoint();
     Ok(reply(
@@ -157,8 +157,8 @@ where
 }
 
 /// `DELETE /v1/topics/{topic}/subscribers/{id}`
-pub(crate) fn deregister_subscriber(api: &Api, topic: &str, id: &str) -> Reply {
-    api.broker().deregister_subscriber(topic, id)?;
+pub(crate) async fn deregister_subscriber(api: &Api, topic: &str, id: &str) -> Reply {
+    api.broker().deregister_subscriber(topic, id).await?;
     Ok(no_content())
 }
 
@@ -187,6 +187,7 @@ where
         StatusCode::ACCEPTED,
         &json::Published {
             id: &receipt.id,
+            offset: receipt.offset,
             subscribers: receipt.subscribers,
         },
     ))

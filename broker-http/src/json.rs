@@ -184,6 +184,7 @@ pub(crate) struct SubscriberCreated<'a> {
 #[derive(Serialize)]
 pub(crate) struct Published<'a> {
     pub(crate) id: &'a str,
+    pub(crate) offset: u64,
     pub(crate) subscribers: usize,
 }
 

@@ -126,7 +126,7 @@ where
     let route = route.ok_or(ApiError::NotFound)?;
     // Live listening authorises with its own tokens.
     match (&parts.method, route) {
-        (&Method::GET, Route::Events(topic)) => return live::sse::events(api, topic, parts),
+        (&Method::GET, Route::Events(topic)) => return live::sse::events(api, topic, parts).await,
         (&Method::GET, Route::WebSocket) => return live::ws::upgrade(api, parts, on_upgrade),
         _ => {}
     }
@@ -147,19 +147,19 @@ where
                     handlers::register_credential(api, Role::Publish, t, h, body).await
                 }
                 (&Method::DELETE, Route::Publisher(t, id)) => {
-                    handlers::deregister_publisher(api, t, id)
+                    handlers::deregister_publisher(api, t, id).await
                 }
                 (&Method::POST, Route::Subscribers(t)) => {
                     handlers::register_subscriber(api, t, h, body).await
                 }
                 (&Method::DELETE, Route::Subscriber(t, id)) => {
-                    handlers::deregister_subscriber(api, t, id)
+                    handlers::deregister_subscriber(api, t, id).await
                 }
                 (&Method::POST, Route::Listeners(t)) => {
                     handlers::register_credential(api, Role::Listen, t, h, body).await
                 }
                 (&Method::DELETE, Route::Listener(t, id)) => {
-                    handlers::deregister_listener(api, t, id)
+                    handlers::deregister_listener(api, t, id).await
                 }
                 (_, route) => Err(ApiError::MethodNotAllowed(route.allow())),
             }

@@ -45,12 +45,13 @@ fn api() -> &'static Api {
         let broker = Broker::new((Discard, live.clone()));
         // A publisher and a subscriber to hit, so publishes get past auth
         // when the input carries this token.
-        broker.register_publisher("t", "fuzz").expect("registers");
+        let rt = runtime();
+        rt.block_on(broker.register_publisher("t", "fuzz"))
+            .expect("registers");
         let none: [(&str, &str); 0] = [];
         let endpoint = Endpoint::new("http://127.0.0.1:9/", None, none, broker.limits())
             .expect("valid endpoint");
-        broker
-            .register_subscriber("t", endpoint)
+        rt.block_on(broker.register_subscriber("t", endpoint))
             .expect("registers");
         Api::new(
             broker,

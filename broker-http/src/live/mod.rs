@@ -340,7 +340,7 @@ impl Connection {
     /// to and the replay did not already cover it.
     pub(crate) fn wants(&self, message: &Message) -> bool {
         match self.topics.get(message.topic().as_str()) {
-            Some(Some(up_to)) => message.sequence() > *up_to,
+            Some(Some(up_to)) => message.offset() > *up_to,
             Some(None) => true,
             None => false,
         }
@@ -447,10 +447,10 @@ pub(crate) fn published(payloads: &[&[u8]]) -> Vec<Arc<Message>> {
         async fn notify(&self, _: Publish) {}
     }
     let broker = broker_core::Broker::new(Nobody);
-    let publisher = broker.register_publisher("t", "p").unwrap().item;
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
+    let publisher = rt.block_on(broker.register_publisher("t", "p")).unwrap().item;
     for payload in payloads {
         let publish = broker.publish(
             "t",
@@ -460,8 +460,7 @@ pub(crate) fn published(payloads: &[&[u8]]) -> Vec<Arc<Message>> {
         );
         rt.block_on(publish).unwrap();
     }
-    broker
-        .replay("t", broker_core::ReplayFrom::Last(payloads.len()))
+    rt.block_on(broker.replay("t", broker_core::ReplayFrom::Last(payloads.len())))
         .unwrap()
         .messages
 }
@@ -487,7 +486,7 @@ mod tests {
     fn what_the_replay_covers_is_not_sent_again_live() {
         let hub = LiveHub::new(LiveConfig::default());
         let broker = Broker::new(hub.clone());
-        let token = broker.register_publisher("t", "p").unwrap().item;
+        let token = block_on(broker.register_publisher("t", "p")).unwrap().item;
         let publish = |body: &'static str| {
             block_on(broker.publish("t", token.token().expose(), None, body.into())).unwrap()
         };
@@ -496,7 +495,7 @@ mod tests {
         conn.attach(TopicName::new("t").unwrap());
         assert_eq!(hub.listening("t"), 1);
         publish("in between");
-        let replay = broker.replay("t", ReplayFrom::Last(10)).unwrap();
+        let replay = block_on(broker.replay("t", ReplayFrom::Last(10))).unwrap();
         conn.covered("t", replay.up_to);
         publish("after");
         let replayed: Vec<_> = replay

@@ -33,7 +33,7 @@ use crate::{Api, ApiError, ResponseBody};
 const BATCH_BYTES: usize = 64 * 1024;
 
 /// `GET /v1/topics/{topic}/events`
-pub(crate) fn events(
+pub(crate) async fn events(
     api: &Api,
     topic: &str,
     parts: &http::request::Parts,
@@ -59,7 +59,7 @@ pub(crate) fn events(
     // Attach first, then take the replay: nothing published in between is
     // lost, and what the replay covers is skipped when it comes live.
     connection.attach(topic_name);
-    let replay = api.broker().replay(topic, from)?;
+    let replay = api.broker().replay(topic, from).await?;
     connection.covered(topic, replay.up_to);
     let period = connection.config().heartbeat;
     let mut heartbeat = interval_at(Instant::now() + period, period);

@@ -280,7 +280,7 @@ impl Session {
         };
         let id = frame.request_id;
         let outcome = match frame.kind.as_str() {
-            "subscribe" => self.subscribe(&frame),
+            "subscribe" => self.subscribe(&frame).await,
             "unsubscribe" => self.unsubscribe(&frame),
             "publish" => self.publish(&frame).await,
             "ping" => Ok(vec![reply(&Pong {
@@ -297,7 +297,7 @@ impl Session {
         }
     }
 
-    fn subscribe(&mut self, frame: &ClientFrame<'_>) -> Result<Vec<WsMessage>, Refusal> {
+    async fn subscribe(&mut self, frame: &ClientFrame<'_>) -> Result<Vec<WsMessage>, Refusal> {
         let topic = frame.topic()?;
         let ack = |replayed| Ack {
             kind: "ack",
@@ -322,7 +322,7 @@ impl Session {
         };
         let name = TopicName::new(topic).map_err(|e| Refusal::from(ApiError::from(e)))?;
         self.connection.attach(name);
-        let replay = match self.api.broker().replay(topic, from) {
+        let replay = match self.api.broker().replay(topic, from).await {
             Ok(replay) => replay,
             Err(e) => {
                 self.connection.detach(topic);

@@ -1,0 +1,397 @@
+//! The default [`Store`]: topic logs in memory, registrations nowhere but
+//! the broker's own index. Pure: no I/O, no task, no clock but
+//! `SystemTime::now` at append.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, SystemTime},
+};
+
+use async_trait::async_trait;
+use parking_lot::{Mutex, RwLock};
+
+use crate::{
+    store::{message_id, new_id_prefix, Change, NewMessage, Read, Record},
+    Error, Message, Store, TopicName,
+};
+
+/// How long and how much of each topic's log is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Messages older than this go. Default 24 h.
+    pub age: Duration,
+    /// A topic's log keeps at most this many payload bytes (on disk:
+    /// file bytes); the oldest go first. Default 1 GiB.
+    pub bytes_per_topic: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            age: Duration::from_secs(24 * 3600),
+            bytes_per_topic: 1 << 30,
+        }
+    }
+}
+
+/// Topic logs kept in memory, bounded by [`Retention`] and by one byte
+/// budget shared by all topics.
+///
+/// Registrations are not kept (the broker's own index is the only copy):
+/// [`Store::load`] finds nothing and [`Store::save`] does nothing.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::SystemTime;
+/// use broker_core::{MemoryStore, NewMessage, Retention, Store, TopicName};
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let store = MemoryStore::new(Retention::default(), 1 << 20);
+/// let topic = TopicName::new("t")?;
+/// let new = |p: &'static str| NewMessage { content_type: None, payload: p.into(), published_at: SystemTime::now() };
+/// let numbered = store.append(&topic, vec![new("a"), new("b")]).await?;
+/// assert_eq!((numbered[0].offset(), numbered[1].offset()), (0, 1));
+/// let read = store.read(&topic, 1, 10, usize::MAX).await?;
+/// assert_eq!(read.messages[0].payload().as_ref(), b"b");
+/// assert_eq!((read.first, read.next), (0, 2));
+/// # Ok::<_, broker_core::Error>(())
+/// # }).unwrap();
+/// ```
+#[derive(Debug)]
+pub struct MemoryStore {
+    retention: Retention,
+    budget: usize,
+    /// Payload bytes held by all logs.
+    held: AtomicUsize,
+    /// Held for look-ups and inserts only; a log's own lock is taken after
+    /// this one is dropped.
+    logs: RwLock<HashMap<TopicName, Arc<Mutex<Log>>>>,
+}
+
+#[derive(Debug)]
+struct Log {
+    prefix: String,
+    messages: VecDeque<Arc<Message>>,
+    next: u64,
+    bytes: u64,
+}
+
+impl Log {
+    fn first(&self) -> u64 {
+        self.next - self.messages.len() as u64
+    }
+
+    fn pop(&mut self, held: &AtomicUsize) -> bool {
+        let Some(old) = self.messages.pop_front() else {
+            return false;
+        };
+        self.bytes -= old.payload().len() as u64;
+        held.fetch_sub(old.payload().len(), Ordering::Relaxed);
+        true
+    }
+}
+
+impl MemoryStore {
+    /// A store keeping each topic's log by `retention`, and at most
+    /// `budget` payload bytes across all topics: past it, the oldest
+    /// messages of the topic being appended to go first, then those of
+    /// others.
+    pub fn new(retention: Retention, budget: usize) -> Self {
+        MemoryStore {
+            retention,
+            budget,
+            held: AtomicUsize::new(0),
+            logs: RwLock::default(),
+        }
+    }
+
+    /// Payload bytes held by all logs.
+    pub fn held_bytes(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    fn log(&self, topic: &TopicName) -> Option<Arc<Mutex<Log>>> {
+        self.logs.read().get(topic).cloned()
+    }
+
+    fn log_or_create(&self, topic: &TopicName) -> Arc<Mutex<Log>> {
+        if let Some(log) = self.log(topic) {
+            return log;
+        }
+        self.logs
+            .write()
+            .entry(topic.clone())
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(Log {
+                    prefix: new_id_prefix(),
+                    messages: VecDeque::new(),
+                    next: 0,
+                    bytes: 0,
+                }))
+            })
+            .clone()
+    }
+
+    /// Evicts the oldest messages of other topics while the budget is
+    /// passed. Their locks are only tried: a log busy appending is skipped
+    /// (it evicts for itself), so two logs never wait on each other.
+    fn evict_elsewhere(&self, except: &TopicName) {
+        let logs: Vec<_> = self
+            .logs
+            .read()
+            .iter()
+            .filter(|(name, _)| *name != except)
+            .map(|(_, log)| log.clone())
+            .collect();
+        while self.held_bytes() > self.budget {
+            let mut freed = false;
+            for log in &logs {
+                if let Some(mut log) = log.try_lock() {
+                    freed |= log.pop(&self.held);
+                }
+                if self.held_bytes() <= self.budget {
+                    return;
+                }
+            }
+            if !freed {
+                return;
+            }
+        }
+    }
+}
+
+impl Default for MemoryStore {
+    /// Default retention and a 512 MiB budget.
+    fn default() -> Self {
+        MemoryStore::new(Retention::default(), 512 << 20)
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn load(&self) -> Result<Vec<Record>, Error> {
+        Ok(Vec::new())
+    }
+
+    async fn save(&self, _: Change<'_>) -> Result<(), Error> {
+        Ok(())
+    }
+
+    async fn append(
+        &self,
+        topic: &TopicName,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<Arc<Message>>, Error> {
+        let log = self.log_or_create(topic);
+        let mut out = Vec::with_capacity(messages.len());
+        {
+            let mut log = log.lock();
+            let expired = SystemTime::now()
+                .checked_sub(self.retention.age)
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            while log
+                .messages
+                .front()
+                .is_some_and(|m| m.published_at() < expired)
+            {
+                log.pop(&self.held);
+            }
+            for new in messages {
+                let offset = log.next;
+                let message = Arc::new(Message::new(
+                    message_id(&log.prefix, offset),
+                    offset,
+                    topic.clone(),
+                    new.content_type,
+                    new.payload,
+                    new.published_at,
+                ));
+                log.next += 1;
+                let size = message.payload().len();
+                log.bytes += size as u64;
+                self.held.fetch_add(size, Ordering::Relaxed);
+                log.messages.push_back(message.clone());
+                out.push(message);
+            }
+            // Keep what was just appended: a message larger than the
+            // budgets is still handed out, and goes at the next append.
+            let keep = out.len();
+            while log.messages.len() > keep
+                && (log.bytes > self.retention.bytes_per_topic || self.held_bytes() > self.budget)
+            {
+                log.pop(&self.held);
+            }
+        }
+        if self.held_bytes() > self.budget {
+            self.evict_elsewhere(topic);
+        }
+        Ok(out)
+    }
+
+    async fn read(
+        &self,
+        topic: &TopicName,
+        from: u64,
+        max_messages: usize,
+        max_bytes: usize,
+    ) -> Result<Read, Error> {
+        let Some(log) = self.log(topic) else {
+            return Ok(Read::default());
+        };
+        let log = log.lock();
+        let first = log.first();
+        let start = from.max(first);
+        let mut read = Read {
+            messages: Vec::new(),
+            first,
+            next: log.next,
+        };
+        let mut bytes = 0usize;
+        let skip = usize::try_from(start - first).unwrap_or(usize::MAX);
+        for message in log.messages.iter().skip(skip).take(max_messages) {
+            bytes += message.payload().len();
+            if bytes > max_bytes && !read.messages.is_empty() {
+                break;
+            }
+            read.messages.push(message.clone());
+        }
+        Ok(read)
+    }
+
+    async fn bounds(&self, topic: &TopicName) -> Result<(u64, u64), Error> {
+        Ok(self.log(topic).map_or((0, 0), |log| {
+            let log = log.lock();
+            (log.first(), log.next)
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    fn new(size: usize) -> NewMessage {
+        NewMessage {
+            content_type: None,
+            payload: vec![b'x'; size].into(),
+            published_at: SystemTime::now(),
+        }
+    }
+
+    #[test]
+    fn offsets_are_dense_and_survive_eviction() {
+        block_on(async {
+            let store = MemoryStore::new(
+                Retention {
+                    age: Duration::from_secs(3600),
+                    bytes_per_topic: 10,
+                },
+                1 << 20,
+            );
+            let t = TopicName::new("t").unwrap();
+            for i in 0..5 {
+                let m = store.append(&t, vec![new(4)]).await.unwrap();
+                assert_eq!(m[0].offset(), i);
+            }
+            // 10 bytes per topic: two 4-byte messages fit.
+            let read = store.read(&t, 0, 100, usize::MAX).await.unwrap();
+            assert_eq!((read.first, read.next), (3, 5));
+            let offsets: Vec<_> = read.messages.iter().map(|m| m.offset()).collect();
+            assert_eq!(offsets, [3, 4]);
+            assert_eq!(store.held_bytes(), 8);
+            // Ids carry the offset and one prefix per log.
+            assert!(read.messages[0].id().ends_with("000000000003"));
+            assert!(crate::store::same_log(
+                read.messages[0].id(),
+                read.messages[1].id()
+            ));
+            let u = TopicName::new("u").unwrap();
+            let other = store.append(&u, vec![new(1)]).await.unwrap();
+            assert!(!crate::store::same_log(other[0].id(), read.messages[0].id()));
+        });
+    }
+
+    #[test]
+    fn the_budget_is_shared_and_evicts_others_when_needed() {
+        block_on(async {
+            let store = MemoryStore::new(Retention::default(), 100);
+            let (a, b) = (TopicName::new("a").unwrap(), TopicName::new("b").unwrap());
+            store.append(&a, vec![new(60)]).await.unwrap();
+            store.append(&b, vec![new(30)]).await.unwrap();
+            assert_eq!(store.held_bytes(), 90);
+            // b's new message pushes past 100: b's own older one goes
+            // first, which is enough.
+            store.append(&b, vec![new(30)]).await.unwrap();
+            assert_eq!(store.held_bytes(), 90);
+            assert_eq!(store.bounds(&a).await.unwrap(), (0, 1));
+            assert_eq!(store.bounds(&b).await.unwrap(), (1, 2));
+            // A message b cannot make room for by itself: a's go.
+            store.append(&b, vec![new(80)]).await.unwrap();
+            assert!(store.held_bytes() <= 100, "{}", store.held_bytes());
+            assert_eq!(store.bounds(&a).await.unwrap(), (1, 1));
+            // Larger than the whole budget: handed out, not kept past the
+            // next append.
+            let huge = store.append(&a, vec![new(500)]).await.unwrap();
+            assert_eq!(huge[0].offset(), 1);
+            store.append(&a, vec![new(1)]).await.unwrap();
+            assert!(store.held_bytes() <= 100);
+        });
+    }
+
+    #[test]
+    fn reads_are_bounded_and_start_at_the_oldest_retained() {
+        block_on(async {
+            let store = MemoryStore::default();
+            let t = TopicName::new("t").unwrap();
+            store
+                .append(&t, (0..10).map(|_| new(10)).collect())
+                .await
+                .unwrap();
+            let r = store.read(&t, 2, 3, usize::MAX).await.unwrap();
+            assert_eq!(r.messages.len(), 3);
+            assert_eq!(r.messages[0].offset(), 2);
+            // Bytes: 25 fits two of 10; one is always read.
+            assert_eq!(store.read(&t, 0, 10, 25).await.unwrap().messages.len(), 2);
+            assert_eq!(store.read(&t, 0, 10, 1).await.unwrap().messages.len(), 1);
+            // Past the end: nothing, and where the end is.
+            let past = store.read(&t, 99, 10, usize::MAX).await.unwrap();
+            assert!(past.messages.is_empty());
+            assert_eq!(past.next, 10);
+            let unknown = TopicName::new("nope").unwrap();
+            assert_eq!(store.bounds(&unknown).await.unwrap(), (0, 0));
+        });
+    }
+
+    #[test]
+    fn messages_past_their_age_go() {
+        block_on(async {
+            let store = MemoryStore::new(
+                Retention {
+                    age: Duration::from_secs(60),
+                    ..Retention::default()
+                },
+                1 << 20,
+            );
+            let t = TopicName::new("t").unwrap();
+            let old = NewMessage {
+                published_at: SystemTime::now() - Duration::from_secs(120),
+                ..new(5)
+            };
+            store.append(&t, vec![old]).await.unwrap();
+            store.append(&t, vec![new(5)]).await.unwrap();
+            assert_eq!(store.bounds(&t).await.unwrap(), (1, 2));
+        });
+    }
+}

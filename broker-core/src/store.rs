@@ -1,0 +1,259 @@
+//! The storage interface: where registrations and each topic's log live.
+//!
+//! A [`Store`] keeps two things:
+//!
+//! - **Registrations** (publishers, listeners, subscribers with their
+//!   tokens and secrets) as [`Record`]s, loaded once when the broker opens
+//!   and changed one [`Change`] at a time. The broker keeps its own
+//!   in-memory index of them for fast token checks; the store is what
+//!   survives a restart.
+//! - **One append-only log per topic.** Every message gets an offset: per
+//!   topic, dense, from 0, never reused. Retention removes old messages
+//!   from the front; offsets keep counting.
+//!
+//! The default, [`MemoryStore`](crate::MemoryStore), keeps the log in
+//! memory and registrations nowhere but the broker's index. `broker-store`
+//! keeps both on disk. The trait is async and batched (an append takes many
+//! messages) so that a remote store fits it too.
+
+use std::{sync::Arc, time::SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::HeaderValue;
+
+use crate::{Error, Message, Role, TopicName};
+
+/// A registration as a store keeps it: plain strings, so any backend can
+/// write it its own way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// A publisher or listener.
+    Credential(CredentialRecord),
+    /// A subscriber.
+    Subscriber(SubscriberRecord),
+}
+
+impl Record {
+    /// The registration's id (`pub_…`, `lis_…`, `sub_…`): the key a store
+    /// keeps it under.
+    pub fn id(&self) -> &str {
+        match self {
+            Record::Credential(c) => &c.id,
+            Record::Subscriber(s) => &s.id,
+        }
+    }
+
+    /// Its place in registration order, across all topics.
+    pub fn order(&self) -> u64 {
+        match self {
+            Record::Credential(c) => c.order,
+            Record::Subscriber(s) => s.order,
+        }
+    }
+}
+
+/// A stored publisher or listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialRecord {
+    /// Its id.
+    pub id: String,
+    /// Its topic.
+    pub topic: String,
+    /// Its name, unique per topic and role.
+    pub name: String,
+    /// Publisher or listener.
+    pub role: Role,
+    /// The whole bearer token (a secret: see SECURITY.md).
+    pub token: String,
+    /// Registration order.
+    pub order: u64,
+}
+
+/// A stored subscriber.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriberRecord {
+    /// Its id.
+    pub id: String,
+    /// Its topic.
+    pub topic: String,
+    /// The canonical URL.
+    pub url: String,
+    /// The HTTP method.
+    pub method: String,
+    /// Its own headers, names lower-case.
+    pub headers: Vec<(String, String)>,
+    /// Attempts per delivery.
+    pub max_attempts: u32,
+    /// The `whsec_…` signing secret (a secret: see SECURITY.md).
+    pub secret: String,
+    /// Registration order.
+    pub order: u64,
+}
+
+/// One change to the stored registrations.
+#[derive(Debug, Clone, Copy)]
+pub enum Change<'a> {
+    /// Add a registration (or replace the one with the same id).
+    Put(&'a Record),
+    /// Remove the registration with this id.
+    Remove {
+        /// The id.
+        id: &'a str,
+    },
+}
+
+/// A message to append, before the log numbers it.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// The publisher's `Content-Type`.
+    pub content_type: Option<HeaderValue>,
+    /// The payload.
+    pub payload: Bytes,
+    /// When the broker accepted it.
+    pub published_at: SystemTime,
+}
+
+/// Messages read from a topic's log, and where the log stands.
+#[derive(Debug, Clone, Default)]
+pub struct Read {
+    /// The messages, in offset order, without gaps.
+    pub messages: Vec<Arc<Message>>,
+    /// The offset of the oldest message still retained (equal to `next`
+    /// when nothing is).
+    pub first: u64,
+    /// The offset the next message appended will get.
+    pub next: u64,
+}
+
+/// Where registrations and topic logs are kept. Shaped like a `Service`:
+/// `&self`, `Send` futures, impls for `Arc<S>` and `Box<S>`.
+///
+/// Every method that writes returns only once the write is as durable as
+/// the store promises (for `broker-store` with `--fsync always`: on disk).
+/// Calls for one topic may run concurrently; a store orders appends itself.
+///
+/// # Errors
+///
+/// Every method may fail with [`Error::Storage`] when the backend cannot
+/// do its part (disk full, I/O error, remote store unreachable).
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Every stored registration, in any order (the broker sorts them by
+    /// [`Record::order`]).
+    async fn load(&self) -> Result<Vec<Record>, Error>;
+
+    /// Applies one registration change, durably.
+    async fn save(&self, change: Change<'_>) -> Result<(), Error>;
+
+    /// Appends `messages` to `topic`'s log, creating the log if needed,
+    /// and returns them numbered with consecutive offsets and their ids.
+    async fn append(
+        &self,
+        topic: &TopicName,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<Arc<Message>>, Error>;
+
+    /// Up to `max_messages` messages from offset `from` on (from the
+    /// oldest retained one when `from` is older), fewer when the next one
+    /// would take the payload bytes read past `max_bytes` (at least one is
+    /// read whenever one is there). An unknown topic reads as an empty log.
+    async fn read(
+        &self,
+        topic: &TopicName,
+        from: u64,
+        max_messages: usize,
+        max_bytes: usize,
+    ) -> Result<Read, Error>;
+
+    /// Where `topic`'s log stands, without reading messages: `first` and
+    /// `next` as in [`Read`].
+    async fn bounds(&self, topic: &TopicName) -> Result<(u64, u64), Error>;
+}
+
+#[async_trait]
+impl<S: Store + ?Sized> Store for Arc<S> {
+    async fn load(&self) -> Result<Vec<Record>, Error> {
+        (**self).load().await
+    }
+    async fn save(&self, change: Change<'_>) -> Result<(), Error> {
+        (**self).save(change).await
+    }
+    async fn append(
+        &self,
+        topic: &TopicName,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<Arc<Message>>, Error> {
+        (**self).append(topic, messages).await
+    }
+    async fn read(
+        &self,
+        topic: &TopicName,
+        from: u64,
+        max_messages: usize,
+        max_bytes: usize,
+    ) -> Result<Read, Error> {
+        (**self).read(topic, from, max_messages, max_bytes).await
+    }
+    async fn bounds(&self, topic: &TopicName) -> Result<(u64, u64), Error> {
+        (**self).bounds(topic).await
+    }
+}
+
+#[async_trait]
+impl<S: Store + ?Sized> Store for Box<S> {
+    async fn load(&self) -> Result<Vec<Record>, Error> {
+        (**self).load().await
+    }
+    async fn save(&self, change: Change<'_>) -> Result<(), Error> {
+        (**self).save(change).await
+    }
+    async fn append(
+        &self,
+        topic: &TopicName,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<Arc<Message>>, Error> {
+        (**self).append(topic, messages).await
+    }
+    async fn read(
+        &self,
+        topic: &TopicName,
+        from: u64,
+        max_messages: usize,
+        max_bytes: usize,
+    ) -> Result<Read, Error> {
+        (**self).read(topic, from, max_messages, max_bytes).await
+    }
+    async fn bounds(&self, topic: &TopicName) -> Result<(u64, u64), Error> {
+        (**self).bounds(topic).await
+    }
+}
+
+/// The id of the message at `offset` of a log whose ids start with
+/// `prefix` (12 hex digits, random per log): `msg_<prefix><offset as 12 hex
+/// digits>`. Unique across topics (the prefix) and stable across restarts
+/// (both parts are kept by the log).
+pub fn message_id(prefix: &str, offset: u64) -> String {
+    format!("msg_{prefix}{offset:012x}")
+}
+
+/// A new random id prefix for a log: 12 hex digits.
+pub fn new_id_prefix() -> String {
+    let bytes: [u8; 6] = crate::secret::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The offset a message id of this broker's shape claims, if it has the
+/// shape (the prefix is not checked here).
+pub(crate) fn claimed_offset(id: &str) -> Option<u64> {
+    let hex = id.strip_prefix("msg_")?;
+    if hex.len() != 24 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(&hex[12..], 16).ok()
+}
+
+/// Whether two message ids come from the same log (share their prefix).
+pub(crate) fn same_log(a: &str, b: &str) -> bool {
+    a.len() == 28 && b.len() == 28 && a[..16] == b[..16]
+}

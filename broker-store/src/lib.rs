@@ -1,0 +1,419 @@
+//! Durable storage for `broker-core`: a [`Store`] in a data directory.
+//!
+//! - **Topic logs**: one directory per topic of segment files named by
+//!   their first offset (`00000000000000000000.log`), each a header with
+//!   the format version and records with a CRC-32 each (the shape of NATS
+//!   JetStream's file store and of Kafka's segments). Only the newest
+//!   segment takes appends; start-up reads every header but scans only
+//!   the newest segment, cutting off a torn or corrupt tail. Sealed
+//!   segments get their sparse offset index on first read.
+//! - **Durability** ([`Fsync`]): with `Always`, an append returns once its
+//!   records are fsynced; concurrent appends share one fsync (group
+//!   commit by a syncer thread).
+//! - **Retention** ([`Retention`]): a sweeper thread drops whole segments,
+//!   the oldest first, past the age or the per-topic byte limit.
+//! - **Registrations** live in a redb database (`registry.redb`), one
+//!   committed transaction per change.
+//! - **One owner**: the directory's `LOCK` file is held (an OS file lock)
+//!   while the store is open; a second store on it is refused.
+//!
+//! # Examples
+//!
+//! ```
+//! use std::time::SystemTime;
+//! use broker_core::{NewMessage, Store, TopicName};
+//! use broker_store::{DiskStore, Options};
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let dir = tempfile::tempdir()?;
+//! let topic = TopicName::new("orders")?;
+//! let store = DiskStore::open(dir.path(), Options::default())?;
+//! let new = NewMessage { content_type: None, payload: "hello".into(), published_at: SystemTime::now() };
+//! let numbered = store.append(&topic, vec![new]).await?;
+//! assert_eq!(numbered[0].offset(), 0);
+//! let id = numbered[0].id().to_owned();
+//! drop(store);
+//!
+//! // Reopened: the message is there, with the same id.
+//! let store = DiskStore::open(dir.path(), Options::default())?;
+//! let read = store.read(&topic, 0, 10, usize::MAX).await?;
+//! assert_eq!(read.messages[0].id(), id);
+//! // A second store on the same directory is refused.
+//! assert!(DiskStore::open(dir.path(), Options::default()).is_err());
+//! # Ok::<_, Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+
+mod error;
+mod log;
+mod registry;
+mod segment;
+mod sync;
+
+use std::{
+    collections::HashMap,
+    fs::{self, File, OpenOptions},
+    io::{Read as _, Write as _},
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use broker_core::{Change, Message, NewMessage, Read, Record, Store, TopicName};
+pub use broker_core::Retention;
+use parking_lot::RwLock;
+
+pub use error::StoreError;
+use log::{Rolling, TopicLog};
+
+/// When appended messages are fsynced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fsync {
+    /// Before the append returns: a message acknowledged is on disk.
+    /// Concurrent appends share one fsync.
+    Always,
+    /// Every this long, in the background: a crash of the machine (not of
+    /// the process) loses up to this much of acknowledged messages.
+    Every(Duration),
+    /// Left to the operating system (typically within 30 s): a crash of
+    /// the machine may lose that much; a crash of the process loses
+    /// nothing written.
+    Never,
+}
+
+/// How a [`DiskStore`] keeps its logs.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// When appends are fsynced. Default [`Fsync::Always`].
+    pub fsync: Fsync,
+    /// How long and how much of each topic's log is kept.
+    pub retention: Retention,
+    /// A new segment is started past this many bytes. Default 64 MiB.
+    pub segment_bytes: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            fsync: Fsync::Always,
+            retention: Retention::default(),
+            segment_bytes: 64 << 20,
+        }
+    }
+}
+
+impl Options {
+    fn rolling(&self) -> Rolling {
+        // Segments also roll by age, so that retention by age can drop
+        // whole segments in steps of an eighth of the retention.
+        let age = (self.retention.age / 8).clamp(Duration::from_millis(100), Duration::from_secs(3600));
+        Rolling {
+            bytes: self.segment_bytes,
+            age,
+        }
+    }
+}
+
+/// The format of a data directory, written in its `FORMAT` file.
+const FORMAT: &str = "webhook-broker data directory, format 1\n";
+
+/// A [`Store`] in a data directory. See the [crate docs](crate).
+pub struct DiskStore {
+    shared: Arc<Shared>,
+    background: sync::Background,
+}
+
+pub(crate) struct Shared {
+    dir: PathBuf,
+    topics_dir: PathBuf,
+    registry_path: PathBuf,
+    options: Options,
+    registry: registry::Registry,
+    /// Held for look-ups and inserts only.
+    logs: RwLock<HashMap<TopicName, Arc<TopicLog>>>,
+    syncer: sync::Syncer,
+    /// Kept open: the OS lock lives as long as this handle.
+    _lock: File,
+}
+
+pub(crate) fn create_dir(path: &Path) -> Result<(), StoreError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|source| StoreError::Io {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+impl DiskStore {
+    /// Opens (or creates) the data directory `dir`: takes its lock, checks
+    /// its format, opens the registry and every topic's log, recovering
+    /// torn tails. Starts the syncer and retention threads.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Locked`] when another process holds the directory;
+    /// [`StoreError::Format`] when it holds a format this build does not
+    /// know (or is not a data directory at all); [`StoreError::Io`] and
+    /// the others when files cannot be read or written.
+    pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Self, StoreError> {
+        let dir = dir.as_ref().to_owned();
+        create_dir(&dir)?;
+        let lock = take_lock(&dir)?;
+        check_format(&dir)?;
+        let topics_dir = dir.join("topics");
+        create_dir(&topics_dir)?;
+        let registry_path = dir.join("registry.redb");
+        if !registry_path.exists() {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&registry_path)
+                .map_err(io(&registry_path))?;
+        }
+        let registry = registry::Registry::open(&registry_path)?;
+        let mut logs = HashMap::new();
+        for entry in fs::read_dir(&topics_dir).map_err(io(&topics_dir))? {
+            let entry = entry.map_err(io(&topics_dir))?;
+            let Some(name) = entry.file_name().to_str().and_then(|n| TopicName::new(n).ok()) else {
+                continue;
+            };
+            let (log, recovered) = TopicLog::open(name.clone(), entry.path())?;
+            if recovered.truncated_bytes > 0 {
+                tracing::warn!(
+                    topic = %name,
+                    truncated_bytes = recovered.truncated_bytes,
+                    reason = recovered.reason.unwrap_or("torn"),
+                    kept_up_to_offset = log.bounds().1,
+                    "log recovery cut off a torn or corrupt tail"
+                );
+            }
+            logs.insert(name, Arc::new(log));
+        }
+        let shared = Arc::new(Shared {
+            dir,
+            topics_dir,
+            registry_path,
+            options,
+            registry,
+            logs: RwLock::new(logs),
+            syncer: sync::Syncer::default(),
+            _lock: lock,
+        });
+        let background = sync::Background::start(&shared);
+        Ok(DiskStore { shared, background })
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// Fsyncs every log now (for a graceful shutdown under a relaxed
+    /// [`Fsync`] policy).
+    ///
+    /// # Errors
+    ///
+    /// The first fsync that failed.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.shared.sync_all()
+    }
+
+    fn log(&self, topic: &TopicName) -> Option<Arc<TopicLog>> {
+        self.shared.logs.read().get(topic).cloned()
+    }
+
+    fn log_or_create(&self, topic: &TopicName) -> Result<Arc<TopicLog>, StoreError> {
+        if let Some(log) = self.log(topic) {
+            return Ok(log);
+        }
+        let mut logs = self.shared.logs.write();
+        if let Some(log) = logs.get(topic) {
+            return Ok(log.clone());
+        }
+        // Created under the map's write lock: rare (once per topic), and
+        // two creators must not both make the directory.
+        let log = Arc::new(TopicLog::create(
+            topic.clone(),
+            self.shared.topics_dir.join(topic.as_str()),
+        )?);
+        logs.insert(topic.clone(), log.clone());
+        Ok(log)
+    }
+}
+
+impl Shared {
+    fn all_logs(&self) -> Vec<Arc<TopicLog>> {
+        self.logs.read().values().cloned().collect()
+    }
+
+    fn sync_all(&self) -> Result<(), StoreError> {
+        let mut first = Ok(());
+        for log in self.all_logs() {
+            if let Err(e) = log.sync() {
+                tracing::error!(topic = %log.name, error = %e, "fsync failed");
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        first
+    }
+}
+
+impl Drop for DiskStore {
+    fn drop(&mut self) {
+        self.background.stop();
+        if let Err(e) = self.shared.sync_all() {
+            tracing::error!(error = %e, "final fsync failed");
+        }
+    }
+}
+
+impl std::fmt::Debug for DiskStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskStore")
+            .field("dir", &self.shared.dir)
+            .field("options", &self.shared.options)
+            .finish_non_exhaustive()
+    }
+}
+
+fn take_lock(dir: &Path) -> Result<File, StoreError> {
+    let path = dir.join("LOCK");
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io(&path))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            return Err(StoreError::Locked {
+                path: dir.to_owned(),
+                holder: holder.trim().to_owned(),
+            });
+        }
+        Err(fs::TryLockError::Error(e)) => return Err(io(&path)(e)),
+    }
+    file.set_len(0)
+        .and_then(|()| writeln!(file, "pid {}", std::process::id()))
+        .map_err(io(&path))?;
+    Ok(file)
+}
+
+fn check_format(dir: &Path) -> Result<(), StoreError> {
+    let path = dir.join("FORMAT");
+    match fs::read_to_string(&path) {
+        Ok(found) if found == FORMAT => Ok(()),
+        Ok(found) => Err(StoreError::Format {
+            path,
+            found: found.trim().to_owned(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let others = fs::read_dir(dir)
+                .map_err(io(dir))?
+                .filter_map(Result::ok)
+                .any(|e| e.file_name() != "LOCK");
+            if others {
+                return Err(StoreError::Format {
+                    path,
+                    found: "no FORMAT file in a directory that is not empty".into(),
+                });
+            }
+            let tmp = dir.join("FORMAT.tmp");
+            fs::write(&tmp, FORMAT)
+                .and_then(|()| fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)))
+                .and_then(|()| File::open(&tmp)?.sync_all())
+                .and_then(|()| fs::rename(&tmp, &path))
+                .map_err(io(&path))?;
+            log::sync_dir(dir)
+        }
+        Err(e) => Err(io(&path)(e)),
+    }
+}
+
+#[async_trait]
+impl Store for DiskStore {
+    async fn load(&self) -> Result<Vec<Record>, broker_core::Error> {
+        let shared = self.shared.clone();
+        blocking(move || shared.registry.load(&shared.registry_path)).await
+    }
+
+    async fn save(&self, change: Change<'_>) -> Result<(), broker_core::Error> {
+        let shared = self.shared.clone();
+        match change {
+            Change::Put(record) => {
+                let record = record.clone();
+                blocking(move || shared.registry.put(&shared.registry_path, &record)).await
+            }
+            Change::Remove { id } => {
+                let id = id.to_owned();
+                blocking(move || shared.registry.remove(&shared.registry_path, &id)).await
+            }
+        }
+    }
+
+    async fn append(
+        &self,
+        topic: &TopicName,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<Arc<Message>>, broker_core::Error> {
+        let log = self.log_or_create(topic)?;
+        let always = self.shared.options.fsync == Fsync::Always;
+        let (messages, next) = log.append(messages, self.shared.options.rolling(), always)?;
+        match self.shared.options.fsync {
+            Fsync::Always => {
+                self.shared.syncer.request(&log, true);
+                log.synced(next).await?;
+            }
+            Fsync::Every(_) => self.shared.syncer.request(&log, false),
+            Fsync::Never => {}
+        }
+        Ok(messages)
+    }
+
+    async fn read(
+        &self,
+        topic: &TopicName,
+        from: u64,
+        max_messages: usize,
+        max_bytes: usize,
+    ) -> Result<Read, broker_core::Error> {
+        let Some(log) = self.log(topic) else {
+            return Ok(Read::default());
+        };
+        blocking(move || log.read(from, max_messages, max_bytes)).await
+    }
+
+    async fn bounds(&self, topic: &TopicName) -> Result<(u64, u64), broker_core::Error> {
+        Ok(self.log(topic).map_or((0, 0), |log| log.bounds()))
+    }
+}
+
+/// Runs file work on tokio's blocking pool, off the request threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, broker_core::Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| broker_core::Error::storage(format!("storage task failed: {e}")))?
+        .map_err(Into::into)
+}

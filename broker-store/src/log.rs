@@ -1,0 +1,683 @@
+//! One topic's log on disk: a directory of segments, the newest of which
+//! takes appends.
+//!
+//! Writers hold the topic's `state` lock while they number and write
+//! their records (a `pwrite` into the page cache, no fsync, never an
+//! `.await`); durability is the syncer's job ([`crate::sync`]). Readers
+//! copy the segment list out under the lock and read without it.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io,
+    os::unix::fs::{FileExt, OpenOptionsExt},
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use broker_core::{message_id, Message, NewMessage, Read, TopicName};
+use bytes::Bytes;
+use http::HeaderValue;
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use crate::{
+    segment::{self, encode_header, encode_record, read_header, scan, Header, HeaderError, Segment},
+    StoreError,
+};
+
+/// How big and how old the newest segment may grow before a new one is
+/// started.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rolling {
+    pub(crate) bytes: u64,
+    pub(crate) age: Duration,
+}
+
+pub(crate) struct TopicLog {
+    pub(crate) name: TopicName,
+    dir: PathBuf,
+    prefix: String,
+    state: Mutex<State>,
+    /// Offsets below this are readable: written, and synced when the
+    /// policy says publishes wait for it.
+    committed: AtomicU64,
+    /// Offsets below this are on disk (fsynced).
+    synced: watch::Sender<u64>,
+    /// Set once an fsync failed: the log takes no more appends (what it
+    /// holds on disk is unknown after a failed fsync).
+    pub(crate) failed: AtomicBool,
+    /// Queued for the syncer.
+    pub(crate) dirty: AtomicBool,
+}
+
+struct State {
+    /// Oldest first; never empty: the last one takes appends.
+    segments: Vec<Arc<Segment>>,
+    next: u64,
+}
+
+/// What recovery found in a topic's newest segment.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Recovered {
+    /// Bytes cut off a torn or corrupt tail.
+    pub(crate) truncated_bytes: u64,
+    /// Why the first bad record was bad.
+    pub(crate) reason: Option<&'static str>,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn io_at(path: &Path) -> impl Fn(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+pub(crate) fn sync_dir(path: &Path) -> Result<(), StoreError> {
+    File::open(path)
+        .and_then(|d| d.sync_all())
+        .map_err(io_at(path))
+}
+
+fn create_segment(dir: &Path, header: &Header) -> Result<Segment, StoreError> {
+    let path = dir.join(segment::file_name(header.base));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io_at(&path))?;
+    file.write_all_at(&encode_header(header), 0)
+        .and_then(|()| file.sync_all())
+        .map_err(io_at(&path))?;
+    sync_dir(dir)?;
+    Ok(Segment::new(
+        header.base,
+        path,
+        file,
+        segment::HEADER_LEN,
+        true,
+    ))
+}
+
+impl TopicLog {
+    /// A new, empty log in `dir` (created).
+    pub(crate) fn create(name: TopicName, dir: PathBuf) -> Result<Self, StoreError> {
+        crate::create_dir(&dir)?;
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent)?;
+        }
+        let header = Header {
+            base: 0,
+            prefix: broker_core::new_id_prefix(),
+        };
+        let first = create_segment(&dir, &header)?;
+        Ok(Self::assemble(name, dir, header.prefix, vec![Arc::new(first)], 0))
+    }
+
+    fn assemble(
+        name: TopicName,
+        dir: PathBuf,
+        prefix: String,
+        segments: Vec<Arc<Segment>>,
+        next: u64,
+    ) -> Self {
+        TopicLog {
+            name,
+            dir,
+            prefix,
+            state: Mutex::new(State { segments, next }),
+            committed: AtomicU64::new(next),
+            synced: watch::Sender::new(next),
+            failed: AtomicBool::new(false),
+            dirty: AtomicBool::new(false),
+        }
+    }
+
+    /// Opens the log in `dir`: reads every segment's header, and scans the
+    /// newest segment only, cutting off a torn or corrupt tail.
+    pub(crate) fn open(name: TopicName, dir: PathBuf) -> Result<(Self, Recovered), StoreError> {
+        let mut bases = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io_at(&dir))? {
+            let entry = entry.map_err(io_at(&dir))?;
+            if let Some(base) = entry.file_name().to_str().and_then(segment::parse_name) {
+                bases.push(base);
+            }
+        }
+        bases.sort_unstable();
+        let mut segments = Vec::with_capacity(bases.len());
+        let mut prefix: Option<String> = None;
+        let count = bases.len();
+        let mut recovered = Recovered::default();
+        for (i, base) in bases.into_iter().enumerate() {
+            let path = dir.join(segment::file_name(base));
+            let newest = i + 1 == count;
+            let file = OpenOptions::new()
+                .read(true)
+                .write(newest)
+                .open(&path)
+                .map_err(io_at(&path))?;
+            let header = match read_header(&file, &path).map_err(io_at(&path))? {
+                Ok(h) if h.base == base => h,
+                Err(HeaderError::Version(v)) => {
+                    return Err(StoreError::Format {
+                        path,
+                        found: format!("segment format version {v}"),
+                    })
+                }
+                // A newest segment whose header never made it to disk
+                // (a crash right after it was created) holds nothing:
+                // write it again.
+                _ if newest => {
+                    let header = Header {
+                        base,
+                        prefix: prefix.clone().unwrap_or_else(broker_core::new_id_prefix),
+                    };
+                    tracing::warn!(path = %path.display(), "rewriting a torn segment header");
+                    drop(file);
+                    let seg = create_segment(&dir, &header)?;
+                    prefix = Some(header.prefix);
+                    segments.push(Arc::new(seg));
+                    continue;
+                }
+                _ => {
+                    return Err(StoreError::Corrupt {
+                        path,
+                        reason: "bad segment header".into(),
+                    })
+                }
+            };
+            if prefix.as_ref().is_some_and(|p| *p != header.prefix) {
+                return Err(StoreError::Corrupt {
+                    path,
+                    reason: "segment of another log".into(),
+                });
+            }
+            prefix = Some(header.prefix);
+            let len = file.metadata().map_err(io_at(&path))?.len();
+            if newest {
+                let seg = Segment::new(base, path.clone(), file, segment::HEADER_LEN, true);
+                let mut expected = base;
+                let stop = scan(&seg.file, segment::HEADER_LEN, len, |pos, r| {
+                    if r.offset != expected {
+                        return false;
+                    }
+                    seg.indexed(r.offset, pos, r.time_ms);
+                    expected += 1;
+                    true
+                })
+                .map_err(io_at(&path))?;
+                let (good, reason) = match stop {
+                    segment::Stop::End(p) => (p, None),
+                    segment::Stop::Asked(p) => (p, Some("offset out of sequence")),
+                    segment::Stop::Bad(p, why) => (p, Some(why)),
+                };
+                if good < len {
+                    seg.file
+                        .set_len(good)
+                        .and_then(|()| seg.file.sync_all())
+                        .map_err(io_at(&path))?;
+                    recovered = Recovered {
+                        truncated_bytes: len - good,
+                        reason,
+                    };
+                }
+                seg.end.store(good, Ordering::Release);
+                segments.push(Arc::new(seg));
+                let log = Self::assemble(
+                    name,
+                    dir,
+                    prefix.expect("set above"),
+                    segments,
+                    expected,
+                );
+                return Ok((log, recovered));
+            }
+            let seg = Segment::new(base, path.clone(), file, len, false);
+            // Sealed: its times are those of its file (its last write).
+            let modified = fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .map_or(0, ms);
+            seg.newest_ms.store(modified.max(1), Ordering::Relaxed);
+            seg.oldest_ms.store(modified.max(1), Ordering::Relaxed);
+            segments.push(Arc::new(seg));
+        }
+        // No segment at all: an empty log.
+        let header = Header {
+            base: 0,
+            prefix: broker_core::new_id_prefix(),
+        };
+        let first = create_segment(&dir, &header)?;
+        Ok((
+            Self::assemble(name, dir, header.prefix, vec![Arc::new(first)], 0),
+            recovered,
+        ))
+    }
+
+    /// Numbers and writes `messages` (not yet synced). Returns them and
+    /// the offset after the last.
+    pub(crate) fn append(
+        &self,
+        messages: Vec<NewMessage>,
+        rolling: Rolling,
+        wait_for_sync: bool,
+    ) -> Result<(Vec<Arc<Message>>, u64), StoreError> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(StoreError::Failed {
+                path: self.dir.clone(),
+            });
+        }
+        let mut state = self.state.lock();
+        let now = now_ms();
+        {
+            let active = state.segments.last().expect("never empty");
+            let oldest = active.oldest_ms.load(Ordering::Relaxed);
+            if active.end() >= rolling.bytes
+                || (oldest != 0 && now.saturating_sub(oldest) >= rolling.age.as_millis() as u64)
+            {
+                self.roll(&mut state)?;
+            }
+        }
+        let active = state.segments.last().expect("never empty").clone();
+        let start = active.end();
+        let mut buf = Vec::new();
+        let mut positions = Vec::with_capacity(messages.len());
+        for (i, m) in messages.iter().enumerate() {
+            positions.push(start + buf.len() as u64);
+            let ct = m.content_type.as_ref().map_or(&[][..], |c| c.as_bytes());
+            encode_record(&mut buf, state.next + i as u64, ms(m.published_at), ct, &m.payload);
+        }
+        if let Err(e) = active.file.write_all_at(&buf, start) {
+            // Cut off whatever part made it, so the next append starts at
+            // a record boundary.
+            let _ = active.file.set_len(start);
+            return Err(io_at(&active.path)(e));
+        }
+        let first = state.next;
+        let mut out = Vec::with_capacity(messages.len());
+        for (i, (m, pos)) in messages.into_iter().zip(positions).enumerate() {
+            let offset = first + i as u64;
+            active.indexed(offset, pos, ms(m.published_at));
+            out.push(Arc::new(Message::new(
+                message_id(&self.prefix, offset),
+                offset,
+                self.name.clone(),
+                m.content_type,
+                m.payload,
+                m.published_at,
+            )));
+        }
+        active.end.store(start + buf.len() as u64, Ordering::Release);
+        state.next = first + out.len() as u64;
+        if !wait_for_sync {
+            self.committed.store(state.next, Ordering::Release);
+        }
+        Ok((out, state.next))
+    }
+
+    /// Seals the newest segment (synced first) and starts the next.
+    fn roll(&self, state: &mut State) -> Result<(), StoreError> {
+        let active = state.segments.last().expect("never empty");
+        active.file.sync_data().map_err(io_at(&active.path))?;
+        let next = create_segment(
+            &self.dir,
+            &Header {
+                base: state.next,
+                prefix: self.prefix.clone(),
+            },
+        )?;
+        state.segments.push(Arc::new(next));
+        Ok(())
+    }
+
+    /// Fsyncs what is written so far; then those offsets are durable.
+    pub(crate) fn sync(&self) -> Result<(), StoreError> {
+        let (target, active) = {
+            let state = self.state.lock();
+            (state.next, state.segments.last().expect("never empty").clone())
+        };
+        if *self.synced.borrow() >= target {
+            return Ok(());
+        }
+        match active.file.sync_data() {
+            Ok(()) => {
+                self.committed.fetch_max(target, Ordering::AcqRel);
+                self.synced.send_if_modified(|s| {
+                    let moved = *s < target;
+                    *s = (*s).max(target);
+                    moved
+                });
+                Ok(())
+            }
+            Err(e) => {
+                self.failed.store(true, Ordering::Release);
+                // Wake the waiters: they see `failed`.
+                self.synced.send_modify(|_| {});
+                Err(io_at(&active.path)(e))
+            }
+        }
+    }
+
+    /// Waits until offsets below `next` are on disk.
+    pub(crate) async fn synced(&self, next: u64) -> Result<(), StoreError> {
+        let mut rx = self.synced.subscribe();
+        let failed = &self.failed;
+        let _ = rx
+            .wait_for(|&s| s >= next || failed.load(Ordering::Acquire))
+            .await;
+        if *rx.borrow() >= next {
+            Ok(())
+        } else {
+            Err(StoreError::Failed {
+                path: self.dir.clone(),
+            })
+        }
+    }
+
+    /// First retained and next offsets, as readers see them.
+    pub(crate) fn bounds(&self) -> (u64, u64) {
+        let state = self.state.lock();
+        (
+            state.segments[0].base,
+            self.committed.load(Ordering::Acquire),
+        )
+    }
+
+    /// Reads committed messages from `from` (blocking file reads).
+    pub(crate) fn read(
+        &self,
+        from: u64,
+        max_messages: usize,
+        max_bytes: usize,
+    ) -> Result<Read, StoreError> {
+        let (segments, next_written) = {
+            let state = self.state.lock();
+            (state.segments.clone(), state.next)
+        };
+        let committed = self.committed.load(Ordering::Acquire).min(next_written);
+        let first = segments[0].base;
+        let mut read = Read {
+            messages: Vec::new(),
+            first,
+            next: committed,
+        };
+        let mut offset = from.max(first);
+        let mut bytes = 0usize;
+        let start_at = segments.partition_point(|s| s.base <= offset).saturating_sub(1);
+        for seg in &segments[start_at..] {
+            if offset >= committed || read.messages.len() >= max_messages {
+                break;
+            }
+            let pos = seg.position_of(offset).map_err(io_at(&seg.path))?;
+            let stop = scan(&seg.file, pos, seg.end(), |_, r| {
+                if r.offset < offset {
+                    return true;
+                }
+                if r.offset >= committed || read.messages.len() >= max_messages {
+                    return false;
+                }
+                bytes += r.payload.len();
+                if bytes > max_bytes && !read.messages.is_empty() {
+                    return false;
+                }
+                read.messages.push(Arc::new(Message::new(
+                    message_id(&self.prefix, r.offset),
+                    r.offset,
+                    self.name.clone(),
+                    (!r.content_type.is_empty())
+                        .then(|| HeaderValue::from_bytes(r.content_type).ok())
+                        .flatten(),
+                    Bytes::copy_from_slice(r.payload),
+                    UNIX_EPOCH + Duration::from_millis(r.time_ms),
+                )));
+                offset = r.offset + 1;
+                true
+            })
+            .map_err(io_at(&seg.path))?;
+            if let segment::Stop::Bad(pos, why) = stop {
+                // A sealed segment went bad on disk after it was written:
+                // say so, and go on with the next one.
+                tracing::error!(path = %seg.path.display(), pos, why, "unreadable record in a sealed segment");
+            }
+            if bytes > max_bytes {
+                break;
+            }
+        }
+        Ok(read)
+    }
+
+    /// Applies retention: seals an expired newest segment, then drops the
+    /// oldest segments while expired or over `max_bytes`. Files are
+    /// removed after the lock is dropped; readers holding a segment keep
+    /// reading from its open file.
+    pub(crate) fn sweep(&self, max_age: Duration, max_bytes: u64) -> Result<usize, StoreError> {
+        let cutoff = now_ms().saturating_sub(max_age.as_millis() as u64);
+        let removed: Vec<Arc<Segment>> = {
+            let mut state = self.state.lock();
+            let active = state.segments.last().expect("never empty");
+            let newest = active.newest_ms.load(Ordering::Relaxed);
+            if newest != 0 && newest < cutoff && !self.failed.load(Ordering::Acquire) {
+                self.roll(&mut state)?;
+            }
+            let mut total: u64 = state.segments.iter().map(|s| s.end()).sum();
+            let mut drop = 0;
+            while drop + 1 < state.segments.len() {
+                let s = &state.segments[drop];
+                if s.newest_ms.load(Ordering::Relaxed) < cutoff || total > max_bytes {
+                    total -= s.end();
+                    drop += 1;
+                } else {
+                    break;
+                }
+            }
+            state.segments.drain(..drop).collect()
+        };
+        for s in &removed {
+            fs::remove_file(&s.path).map_err(io_at(&s.path))?;
+        }
+        if !removed.is_empty() {
+            sync_dir(&self.dir)?;
+            tracing::debug!(topic = %self.name, segments = removed.len(), "retention removed segments");
+        }
+        Ok(removed.len())
+    }
+
+    /// Segment files and bytes on disk.
+    #[cfg(test)]
+    pub(crate) fn segments(&self) -> Vec<(u64, u64)> {
+        self.state
+            .lock()
+            .segments
+            .iter()
+            .map(|s| (s.base, s.end()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new(payload: &[u8]) -> NewMessage {
+        NewMessage {
+            content_type: Some(HeaderValue::from_static("text/plain")),
+            payload: Bytes::copy_from_slice(payload),
+            published_at: SystemTime::now(),
+        }
+    }
+
+    const ROLL: Rolling = Rolling {
+        bytes: 1 << 20,
+        age: Duration::from_secs(3600),
+    };
+
+    fn topic() -> TopicName {
+        TopicName::new("t").unwrap()
+    }
+
+    /// A log holding three records, and the file positions where each
+    /// record starts and where the last ends.
+    fn three(dir: &Path) -> (PathBuf, [u64; 4], Vec<String>) {
+        let log = TopicLog::create(topic(), dir.to_owned()).unwrap();
+        let mut bounds = [segment::HEADER_LEN; 4];
+        let mut ids = Vec::new();
+        for (i, payload) in [&b"first"[..], b"second", b"third record"].iter().enumerate() {
+            let (m, _) = log.append(vec![new(payload)], ROLL, false).unwrap();
+            ids.push(m[0].id().to_owned());
+            bounds[i + 1] = log.segments()[0].1;
+        }
+        (dir.join(segment::file_name(0)), bounds, ids)
+    }
+
+    fn reopen(dir: &Path) -> (TopicLog, Recovered) {
+        TopicLog::open(topic(), dir.to_owned()).unwrap()
+    }
+
+    fn all(log: &TopicLog) -> Vec<Bytes> {
+        let read = log.read(0, usize::MAX, usize::MAX).unwrap();
+        read.messages.iter().map(|m| m.payload().clone()).collect()
+    }
+
+    #[test]
+    fn a_torn_last_record_is_cut_at_every_byte_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, bounds, ids) = three(dir.path());
+        let whole = fs::read(&path).unwrap();
+        for cut in bounds[2]..bounds[3] {
+            let scratch = tempfile::tempdir().unwrap();
+            fs::write(scratch.path().join(segment::file_name(0)), &whole[..cut as usize]).unwrap();
+            let (log, recovered) = reopen(scratch.path());
+            assert_eq!(recovered.truncated_bytes, cut - bounds[2], "cut at {cut}");
+            assert_eq!(all(&log), ["first", "second"], "cut at {cut}");
+            assert_eq!(log.bounds(), (0, 2));
+            // The next append takes the next offset, with the same ids.
+            let (m, _) = log.append(vec![new(b"again")], ROLL, false).unwrap();
+            assert_eq!(m[0].offset(), 2);
+            assert_eq!(m[0].id()[..16], ids[0][..16]);
+            let (log, recovered) = reopen(scratch.path());
+            assert_eq!(recovered, Recovered::default());
+            assert_eq!(all(&log), ["first", "second", "again"]);
+        }
+    }
+
+    #[test]
+    fn a_corrupt_byte_anywhere_in_the_last_record_cuts_only_that_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, bounds, _) = three(dir.path());
+        let whole = fs::read(&path).unwrap();
+        for at in bounds[2]..bounds[3] {
+            let scratch = tempfile::tempdir().unwrap();
+            let mut bytes = whole.clone();
+            bytes[at as usize] ^= 0x5a;
+            fs::write(scratch.path().join(segment::file_name(0)), &bytes).unwrap();
+            let (log, recovered) = reopen(scratch.path());
+            assert_eq!(recovered.truncated_bytes, bounds[3] - bounds[2], "byte {at}");
+            assert_eq!(all(&log), ["first", "second"], "byte {at}");
+        }
+    }
+
+    #[test]
+    fn garbage_after_whole_records_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, bounds, _) = three(dir.path());
+        let mut bytes = fs::read(&path).unwrap();
+        bytes.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef, 1, 2, 3]);
+        fs::write(&path, &bytes).unwrap();
+        let (log, recovered) = reopen(dir.path());
+        assert_eq!(recovered.truncated_bytes, 7);
+        assert_eq!(all(&log).len(), 3);
+        assert_eq!(fs::metadata(&path).unwrap().len(), bounds[3]);
+    }
+
+    #[test]
+    fn segments_roll_reads_cross_them_and_retention_drops_whole_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = TopicLog::create(topic(), dir.path().to_owned()).unwrap();
+        let small = Rolling {
+            bytes: 200,
+            age: Duration::from_secs(3600),
+        };
+        for i in 0..20u32 {
+            log.append(vec![new(format!("message {i:02}").as_bytes())], small, false)
+                .unwrap();
+        }
+        let segments = log.segments();
+        assert!(segments.len() > 3, "{segments:?}");
+        // Reads start anywhere and cross segments, in order, bounded.
+        let read = log.read(7, 5, usize::MAX).unwrap();
+        let offsets: Vec<u64> = read.messages.iter().map(|m| m.offset()).collect();
+        assert_eq!(offsets, [7, 8, 9, 10, 11]);
+        assert_eq!(read.messages[0].payload().as_ref(), b"message 07");
+        assert_eq!(
+            read.messages[0].content_type().unwrap().as_bytes(),
+            b"text/plain"
+        );
+        // Reopened: sealed segments are indexed on first read.
+        drop(log);
+        let (log, _) = reopen(dir.path());
+        let read = log.read(13, 100, usize::MAX).unwrap();
+        assert_eq!(read.messages.len(), 7);
+        assert_eq!(read.messages[0].offset(), 13);
+        // Retention by bytes keeps whole segments, never the newest.
+        let removed = log.sweep(Duration::from_secs(3600), 300).unwrap();
+        assert!(removed > 0);
+        let (first, next) = log.bounds();
+        assert!(first > 0 && next == 20, "{first} {next}");
+        assert_eq!(log.read(0, 1, usize::MAX).unwrap().messages[0].offset(), first);
+        let files = fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(files, log.segments().len());
+        // Retention by age takes everything but an empty newest segment;
+        // offsets go on.
+        std::thread::sleep(Duration::from_millis(20));
+        log.sweep(Duration::from_millis(1), u64::MAX).unwrap();
+        assert_eq!(log.bounds(), (20, 20));
+        assert!(log.read(0, 10, usize::MAX).unwrap().messages.is_empty());
+        let (m, _) = log.append(vec![new(b"later")], small, false).unwrap();
+        assert_eq!(m[0].offset(), 20);
+        drop(log);
+        let (log, _) = reopen(dir.path());
+        assert_eq!(log.bounds(), (20, 21));
+    }
+
+    #[test]
+    fn an_unknown_format_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _, _) = three(dir.path());
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[6] = 99;
+        fs::write(&path, &bytes).unwrap();
+        match TopicLog::open(topic(), dir.path().to_owned()) {
+            Err(StoreError::Format { found, .. }) => assert!(found.contains("99"), "{found}"),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+    }
+
+    #[test]
+    fn unsynced_appends_are_not_read_until_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = TopicLog::create(topic(), dir.path().to_owned()).unwrap();
+        let (_, next) = log.append(vec![new(b"a"), new(b"b")], ROLL, true).unwrap();
+        assert_eq!(next, 2);
+        assert_eq!(log.bounds(), (0, 0));
+        assert!(log.read(0, 10, usize::MAX).unwrap().messages.is_empty());
+        log.sync().unwrap();
+        assert_eq!(log.bounds(), (0, 2));
+        assert_eq!(all(&log), ["a", "b"]);
+    }
+}

@@ -1,0 +1,368 @@
+//! One segment file of a topic's log: a header, then records, each with a
+//! CRC-32 of its body.
+//!
+//! ```text
+//! header (32 bytes): "WHBLOG" | version u16 | base offset u64 | id prefix (12 ASCII hex) | crc32 of the 28 bytes before
+//! record:            length u32 | crc32 u32 | offset u64 | publish time (ms since the epoch) u64 |
+//!                    content-type length u16 | content type | payload
+//! ```
+//!
+//! All integers little-endian; `length` counts the bytes after the crc;
+//! the crc covers those bytes. A segment is named by its base offset,
+//! zero-padded to 20 digits: `00000000000000001000.log`.
+
+use std::{
+    fs::File,
+    io,
+    os::unix::fs::FileExt,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use parking_lot::Mutex;
+
+/// The format version this build writes and reads.
+pub(crate) const VERSION: u16 = 1;
+const MAGIC: &[u8; 6] = b"WHBLOG";
+pub(crate) const HEADER_LEN: u64 = 32;
+/// Length and crc before each record's body.
+pub(crate) const RECORD_HEAD: usize = 8;
+/// Offset, time and content-type length.
+const BODY_FIXED: usize = 8 + 8 + 2;
+/// No record is longer: a length past it is garbage, not a record.
+pub(crate) const MAX_RECORD: usize = 1 << 30;
+/// A sparse index entry every this many bytes of log.
+const INDEX_EVERY: u64 = 8 * 1024;
+/// Bytes read at once when scanning.
+const CHUNK: usize = 256 * 1024;
+
+/// What a segment's header says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub(crate) base: u64,
+    pub(crate) prefix: String,
+}
+
+/// Why a header was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum HeaderError {
+    /// Too short, wrong magic or a bad checksum.
+    Corrupt,
+    /// A version this build does not know.
+    Version(u16),
+}
+
+pub(crate) fn encode_header(h: &Header) -> [u8; HEADER_LEN as usize] {
+    let mut out = [0u8; HEADER_LEN as usize];
+    out[..6].copy_from_slice(MAGIC);
+    out[6..8].copy_from_slice(&VERSION.to_le_bytes());
+    out[8..16].copy_from_slice(&h.base.to_le_bytes());
+    out[16..28].copy_from_slice(h.prefix.as_bytes());
+    let crc = crc32fast::hash(&out[..28]);
+    out[28..].copy_from_slice(&crc.to_le_bytes());
+    out
+}
+
+pub(crate) fn decode_header(buf: &[u8]) -> Result<Header, HeaderError> {
+    if buf.len() < HEADER_LEN as usize || &buf[..6] != MAGIC {
+        return Err(HeaderError::Corrupt);
+    }
+    let version = u16::from_le_bytes([buf[6], buf[7]]);
+    if version != VERSION {
+        return Err(HeaderError::Version(version));
+    }
+    let crc = u32::from_le_bytes(buf[28..32].try_into().expect("4 bytes"));
+    if crc != crc32fast::hash(&buf[..28]) {
+        return Err(HeaderError::Corrupt);
+    }
+    let prefix = std::str::from_utf8(&buf[16..28]).map_err(|_| HeaderError::Corrupt)?;
+    if !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(HeaderError::Corrupt);
+    }
+    Ok(Header {
+        base: u64::from_le_bytes(buf[8..16].try_into().expect("8 bytes")),
+        prefix: prefix.to_owned(),
+    })
+}
+
+/// Appends one record to `out`.
+pub(crate) fn encode_record(
+    out: &mut Vec<u8>,
+    offset: u64,
+    time_ms: u64,
+    content_type: &[u8],
+    payload: &[u8],
+) {
+    let ct = &content_type[..content_type.len().min(u16::MAX as usize)];
+    let len = BODY_FIXED + ct.len() + payload.len();
+    out.reserve(RECORD_HEAD + len);
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    let crc_at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    let body_at = out.len();
+    out.extend_from_slice(&offset.to_le_bytes());
+    out.extend_from_slice(&time_ms.to_le_bytes());
+    out.extend_from_slice(&(ct.len() as u16).to_le_bytes());
+    out.extend_from_slice(ct);
+    out.extend_from_slice(payload);
+    let crc = crc32fast::hash(&out[body_at..]);
+    out[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// One record, borrowed from a read buffer.
+#[derive(Debug)]
+pub(crate) struct RecordRef<'a> {
+    pub(crate) offset: u64,
+    pub(crate) time_ms: u64,
+    pub(crate) content_type: &'a [u8],
+    pub(crate) payload: &'a [u8],
+    /// Bytes it takes in the file.
+    pub(crate) size: usize,
+}
+
+#[derive(Debug)]
+enum Decoded<'a> {
+    Record(RecordRef<'a>),
+    /// The buffer holds only the first part; the record takes this many
+    /// bytes in all.
+    Incomplete(usize),
+    Corrupt(&'static str),
+}
+
+fn decode(buf: &[u8]) -> Decoded<'_> {
+    if buf.len() < RECORD_HEAD {
+        return Decoded::Incomplete(RECORD_HEAD);
+    }
+    let len = u32::from_le_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
+    if !(BODY_FIXED..=MAX_RECORD).contains(&len) {
+        return Decoded::Corrupt("impossible record length");
+    }
+    let size = RECORD_HEAD + len;
+    if buf.len() < size {
+        return Decoded::Incomplete(size);
+    }
+    let body = &buf[RECORD_HEAD..size];
+    let crc = u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes"));
+    if crc != crc32fast::hash(body) {
+        return Decoded::Corrupt("checksum mismatch");
+    }
+    let ct_len = u16::from_le_bytes([body[16], body[17]]) as usize;
+    if BODY_FIXED + ct_len > len {
+        return Decoded::Corrupt("content type past the record");
+    }
+    Decoded::Record(RecordRef {
+        offset: u64::from_le_bytes(body[..8].try_into().expect("8 bytes")),
+        time_ms: u64::from_le_bytes(body[8..16].try_into().expect("8 bytes")),
+        content_type: &body[BODY_FIXED..BODY_FIXED + ct_len],
+        payload: &body[BODY_FIXED + ct_len..],
+        size,
+    })
+}
+
+/// Where a scan stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// At `end`, after whole records.
+    End(u64),
+    /// The callback asked to stop before the record at this position.
+    Asked(u64),
+    /// The record at this position is torn or corrupt.
+    Bad(u64, &'static str),
+}
+
+/// Calls `f` with each record between `start` and `end` (file
+/// positions), in order, until it returns `false`, a record is bad, or
+/// `end` is reached.
+pub(crate) fn scan(
+    file: &File,
+    start: u64,
+    end: u64,
+    mut f: impl FnMut(u64, &RecordRef<'_>) -> bool,
+) -> io::Result<Stop> {
+    let mut buf = Vec::new();
+    let mut pos = start;
+    let mut need = CHUNK;
+    while pos < end {
+        let want = need.max(CHUNK).min((end - pos) as usize);
+        buf.resize(want, 0);
+        file.read_exact_at(&mut buf, pos)?;
+        let mut at = 0;
+        while at < want {
+            match decode(&buf[at..]) {
+                Decoded::Record(r) => {
+                    if !f(pos + at as u64, &r) {
+                        return Ok(Stop::Asked(pos + at as u64));
+                    }
+                    at += r.size;
+                }
+                Decoded::Incomplete(size) => {
+                    if pos + (at + size) as u64 > end {
+                        return Ok(Stop::Bad(pos + at as u64, "torn record"));
+                    }
+                    need = size;
+                    break;
+                }
+                Decoded::Corrupt(why) => return Ok(Stop::Bad(pos + at as u64, why)),
+            }
+        }
+        pos += at as u64;
+    }
+    Ok(Stop::End(pos))
+}
+
+/// The file name of the segment starting at `base`.
+pub(crate) fn file_name(base: u64) -> String {
+    format!("{base:020}.log")
+}
+
+/// The base offset a segment file name stands for.
+pub(crate) fn parse_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".log")?;
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
+/// One open segment.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    pub(crate) base: u64,
+    pub(crate) path: PathBuf,
+    pub(crate) file: File,
+    /// Bytes of whole records written, header included: readers stop here.
+    pub(crate) end: AtomicU64,
+    /// Publish time of its newest record (ms since the epoch), 0 if none.
+    pub(crate) newest_ms: AtomicU64,
+    /// Publish time of its oldest record, 0 if none.
+    pub(crate) oldest_ms: AtomicU64,
+    /// (offset, position) every [`INDEX_EVERY`] bytes. `None` for a
+    /// sealed segment found at start until a read needs it (start-up reads
+    /// no sealed segment).
+    index: Mutex<Option<Vec<(u64, u64)>>>,
+}
+
+impl Segment {
+    pub(crate) fn new(base: u64, path: PathBuf, file: File, end: u64, indexed: bool) -> Self {
+        Segment {
+            base,
+            path,
+            file,
+            end: AtomicU64::new(end),
+            newest_ms: AtomicU64::new(0),
+            oldest_ms: AtomicU64::new(0),
+            index: Mutex::new(indexed.then(Vec::new)),
+        }
+    }
+
+    pub(crate) fn end(&self) -> u64 {
+        self.end.load(Ordering::Acquire)
+    }
+
+    /// Notes a record written at `pos` (the writer holds the topic lock).
+    pub(crate) fn indexed(&self, offset: u64, pos: u64, time_ms: u64) {
+        if let Some(index) = self.index.lock().as_mut() {
+            let last = index.last().map_or(HEADER_LEN, |&(_, p)| p);
+            if index.is_empty() || pos >= last + INDEX_EVERY {
+                index.push((offset, pos));
+            }
+        }
+        if self.oldest_ms.load(Ordering::Relaxed) == 0 {
+            self.oldest_ms.store(time_ms.max(1), Ordering::Relaxed);
+        }
+        self.newest_ms.store(time_ms.max(1), Ordering::Relaxed);
+    }
+
+    /// A position at or before the record with `offset`: from the sparse
+    /// index, built by one scan of the segment on first need.
+    pub(crate) fn position_of(&self, offset: u64) -> io::Result<u64> {
+        let mut index = self.index.lock();
+        if index.is_none() {
+            let mut built = Vec::new();
+            let mut last = 0;
+            scan(&self.file, HEADER_LEN, self.end(), |pos, r| {
+                if built.is_empty() || pos >= last + INDEX_EVERY {
+                    built.push((r.offset, pos));
+                    last = pos;
+                }
+                true
+            })?;
+            *index = Some(built);
+        }
+        let index = index.as_ref().expect("built above");
+        let at = index.partition_point(|&(o, _)| o <= offset);
+        Ok(if at == 0 { HEADER_LEN } else { index[at - 1].1 })
+    }
+}
+
+/// Reads a segment's header.
+pub(crate) fn read_header(file: &File, path: &Path) -> io::Result<Result<Header, HeaderError>> {
+    let mut buf = [0u8; HEADER_LEN as usize];
+    match file.read_exact_at(&mut buf, 0) {
+        Ok(()) => Ok(decode_header(&buf)),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(Err(HeaderError::Corrupt)),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("reading {}: {e}", path.display()),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_round_trip_and_refuse_what_they_do_not_know() {
+        let h = Header {
+            base: 42,
+            prefix: "0123456789ab".into(),
+        };
+        let mut bytes = encode_header(&h);
+        assert_eq!(decode_header(&bytes), Ok(h));
+        bytes[6] = 9;
+        assert_eq!(decode_header(&bytes), Err(HeaderError::Version(9)));
+        let mut bytes = encode_header(&Header {
+            base: 1,
+            prefix: "0123456789ab".into(),
+        });
+        bytes[9] ^= 1;
+        assert_eq!(decode_header(&bytes), Err(HeaderError::Corrupt));
+        assert_eq!(decode_header(b"short"), Err(HeaderError::Corrupt));
+    }
+
+    #[test]
+    fn records_decode_as_written() {
+        let mut buf = Vec::new();
+        encode_record(&mut buf, 7, 1234, b"text/plain", b"hello");
+        encode_record(&mut buf, 8, 1235, b"", b"");
+        let Decoded::Record(r) = decode(&buf) else {
+            panic!()
+        };
+        assert_eq!(
+            (r.offset, r.time_ms, r.content_type, r.payload),
+            (7, 1234, &b"text/plain"[..], &b"hello"[..])
+        );
+        let Decoded::Record(r2) = decode(&buf[r.size..]) else {
+            panic!()
+        };
+        assert_eq!((r2.offset, r2.payload.len()), (8, 0));
+        assert!(matches!(decode(&buf[..5]), Decoded::Incomplete(8)));
+        assert!(matches!(decode(&buf[..10]), Decoded::Incomplete(_)));
+        let mut bad = buf.clone();
+        bad[20] ^= 0x40;
+        assert!(matches!(decode(&bad), Decoded::Corrupt(_)));
+        assert!(matches!(
+            decode(&[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]),
+            Decoded::Corrupt(_)
+        ));
+    }
+
+    #[test]
+    fn names_are_zero_padded_base_offsets() {
+        assert_eq!(file_name(1000), "00000000000000001000.log");
+        assert_eq!(parse_name("00000000000000001000.log"), Some(1000));
+        for bad in ["1000.log", "0000000000000000100x.log", "00000000000000001000.idx"] {
+            assert_eq!(parse_name(bad), None);
+        }
+    }
+}

@@ -1,9 +1,17 @@
 //! The webhook broker as a standalone server: binds a port, serves the v1
-//! API over an in-memory broker, and drains deliveries on SIGTERM/Ctrl-C.
+//! API over an in-memory broker (or a durable one with `--data-dir`), and
+//! drains deliveries on SIGTERM/Ctrl-C.
 
-use std::{net::SocketAddr, process::ExitCode, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::ExitCode,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use broker_core::{Broker, Limits};
+use broker_core::{Broker, Limits, MemoryStore, Retention};
+use broker_store::{DiskStore, Fsync, Options};
 use broker_http::{
     serve, Api, ApiConfig, DeliveryConfig, DestinationPolicy, LiveConfig, LiveHub, Metrics,
     Overflow, ServerConfig, WebhookNotifier,
@@ -108,14 +116,47 @@ struct Args {
     #[arg(long, env = "BROKER_MAX_LISTENERS_PER_TOPIC", default_value_t = Limits::default().max_listeners_per_topic)]
     max_listeners_per_topic: usize,
 
-    /// Messages each topic keeps for live listeners to replay (`last_n`,
-    /// `Last-Event-ID`); 0 keeps none.
+    /// Most messages replayed from the log to a live listener that asks
+    /// (`last_n`, `Last-Event-ID`); 0 replays none.
     #[arg(long, env = "BROKER_REPLAY_MESSAGES", default_value_t = Limits::default().replay_messages)]
     replay_messages: usize,
 
-    /// Payload bytes each topic keeps for replay; the oldest go first.
+    /// Most payload bytes in one replay; the oldest messages are left out
+    /// first.
     #[arg(long, env = "BROKER_REPLAY_BYTES", default_value_t = Limits::default().replay_bytes)]
     replay_bytes: usize,
+
+    /// Keep registrations and every topic's log in this directory
+    /// (created, mode 0700) so that they survive restarts and crashes.
+    /// Without it, everything is in memory.
+    #[arg(long, env = "BROKER_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// With `--data-dir`: when published messages are fsynced. `always`
+    /// answers a publish once it is on disk (concurrent publishes share an
+    /// fsync); a duration (`100ms`) fsyncs that often in the background;
+    /// `never` leaves it to the operating system.
+    #[arg(long, env = "BROKER_FSYNC", default_value = "always", value_parser = fsync)]
+    fsync: Fsync,
+
+    /// How long each topic's messages are kept (`24h`, `7d`, `30m`).
+    #[arg(long, env = "BROKER_RETENTION", default_value = "24h", value_parser = duration)]
+    retention: Duration,
+
+    /// Most bytes of log kept per topic (`1GiB`, `500MiB`, or bytes); the
+    /// oldest go first, a whole segment at a time with a data dir.
+    #[arg(long, env = "BROKER_RETENTION_BYTES", default_value = "1GiB", value_parser = bytes)]
+    retention_bytes: u64,
+
+    /// In memory (no `--data-dir`): most payload bytes the topic logs hold
+    /// in all; past it the oldest messages go, from any topic.
+    #[arg(long, env = "BROKER_MAX_MEMORY_BYTES", default_value = "512MiB", value_parser = bytes)]
+    max_memory_bytes: u64,
+
+    /// With `--data-dir`: size at which a topic's log starts a new segment
+    /// file.
+    #[arg(long, env = "BROKER_SEGMENT_BYTES", default_value = "64MiB", value_parser = bytes)]
+    segment_bytes: u64,
 
     /// Let anyone listen live (SSE, WebSocket) without a token.
     #[arg(long, env = "BROKER_ALLOW_ANONYMOUS_LISTENERS")]
@@ -205,7 +246,46 @@ fn health_check(listen: SocketAddr) -> ExitCode {
     }
 }
 
-/// Parses `10s`, `500ms`, `2m`, or a bare number of seconds.
+/// Parses `always`, `never` or a duration.
+fn fsync(text: &str) -> Result<Fsync, String> {
+    match text.trim() {
+        "always" => Ok(Fsync::Always),
+        "never" => Ok(Fsync::Never),
+        other => match duration(other) {
+            Ok(d) if !d.is_zero() => Ok(Fsync::Every(d)),
+            _ => Err(format!(
+                "{other:?} is not always, never or a duration like 100ms"
+            )),
+        },
+    }
+}
+
+/// Parses a byte size: a number of bytes, or one with `KiB`, `MiB`,
+/// `GiB` (also `KB`, `MB`, `GB` as powers of 1000).
+fn bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size like 1GiB, 500MiB or 4096"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => return Err(format!("unknown unit {other:?}: use KiB, MiB or GiB")),
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// Parses `10s`, `500ms`, `2m`, `24h`, `7d`, or a bare number of seconds.
 fn duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -219,7 +299,9 @@ fn duration(text: &str) -> Result<Duration, String> {
         "" | "s" => Ok(Duration::from_secs(n)),
         "ms" => Ok(Duration::from_millis(n)),
         "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
-        other => Err(format!("unknown unit {other:?}: use ms, s or m")),
+        "h" => Ok(Duration::from_secs(n.saturating_mul(3600))),
+        "d" => Ok(Duration::from_secs(n.saturating_mul(86_400))),
+        other => Err(format!("unknown unit {other:?}: use ms, s, m, h or d")),
     }
 }
 
@@ -245,7 +327,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args) -> std::io::Result<()> {
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let listener = TcpListener::bind(args.listen).await?;
     let notifier = WebhookNotifier::new(DeliveryConfig {
         queue_capacity: args.queue_capacity,
@@ -282,8 +364,40 @@ async fn run(args: Args) -> std::io::Result<()> {
         max_frame_bytes: args.max_body_bytes.saturating_mul(2).max(64 * 1024),
         ..LiveConfig::default()
     });
+    let retention = Retention {
+        age: args.retention,
+        bytes_per_topic: args.retention_bytes,
+    };
     // Every publish goes to the webhook subscribers, then to live listeners.
-    let broker = Broker::with_limits((notifier.clone(), live.clone()), limits);
+    let notifiers = (notifier.clone(), live.clone());
+    let (broker, disk) = match &args.data_dir {
+        None => {
+            let budget = usize::try_from(args.max_memory_bytes).unwrap_or(usize::MAX);
+            let store = MemoryStore::new(retention, budget);
+            (Broker::open(notifiers, limits, store).await?, None)
+        }
+        Some(dir) => {
+            let started = Instant::now();
+            let options = Options {
+                fsync: args.fsync,
+                retention,
+                segment_bytes: args.segment_bytes,
+            };
+            let dir = dir.clone();
+            let store = tokio::task::spawn_blocking(move || DiskStore::open(dir, options))
+                .await??;
+            let store = Arc::new(store);
+            let broker = Broker::open(notifiers, limits, store.clone()).await?;
+            tracing::info!(
+                dir = %store.dir().display(),
+                fsync = ?args.fsync,
+                topics = broker.topics().len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "data directory opened"
+            );
+            (broker, Some(store))
+        }
+    };
     if args.admin_token.is_none() {
         tracing::warn!(
             "no admin token set (--admin-token / BROKER_ADMIN_TOKEN): \
@@ -335,6 +449,11 @@ async fn run(args: Args) -> std::io::Result<()> {
             "drain deadline passed; exiting with deliveries undelivered"
         );
     }
+    if let Some(store) = disk {
+        // Everything written reaches the disk before the process ends,
+        // whatever the fsync policy.
+        tokio::task::spawn_blocking(move || store.flush()).await??;
+    }
     Ok(())
 }
 
@@ -374,8 +493,27 @@ mod tests {
         assert_eq!(duration("10s"), Ok(Duration::from_secs(10)));
         assert_eq!(duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(duration("2m"), Ok(Duration::from_secs(120)));
-        for bad in ["", "s", "1h", "-1s", "1.5s", "ten"] {
+        assert_eq!(duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(duration("5d"), Ok(Duration::from_secs(5 * 86_400)));
+        for bad in ["", "s", "1w", "-1s", "1.5s", "ten"] {
             assert!(duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn parses_sizes_and_fsync_policies() {
+        assert_eq!(bytes("4096"), Ok(4096));
+        assert_eq!(bytes("1GiB"), Ok(1 << 30));
+        assert_eq!(bytes("500MiB"), Ok(500 << 20));
+        assert_eq!(bytes("2KB"), Ok(2000));
+        for bad in ["", "GiB", "1TiB", "-1", "1.5GiB", "99999999999999999999GiB"] {
+            assert!(bytes(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(fsync("always"), Ok(Fsync::Always));
+        assert_eq!(fsync("never"), Ok(Fsync::Never));
+        assert_eq!(fsync("100ms"), Ok(Fsync::Every(Duration::from_millis(100))));
+        for bad in ["", "0ms", "sometimes"] {
+            assert!(fsync(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -46,7 +46,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let notifier = WebhookNotifier::new(DeliveryConfig::default());
     let broker = Broker::new(notifier.clone());
     let publisher = broker
-        .register_publisher("orders", "embedded-service").await?
+        .register_publisher("orders", "embedded-service")
+        .await?
         .item;
     let endpoint = Endpoint::new(
         &receiver_url,

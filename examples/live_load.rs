@@ -171,7 +171,8 @@ async fn broker(o: &Options) -> (f64, f64, u64) {
     let webhooks = WebhookNotifier::new(DeliveryConfig::default());
     let broker = Broker::new((webhooks, live.clone()));
     let token = broker
-        .register_publisher("bench", "load").await
+        .register_publisher("bench", "load")
+        .await
         .unwrap()
         .item
         .token()

@@ -239,7 +239,8 @@ async fn main() {
     });
     let broker = Broker::new(notifier.clone());
     let token = broker
-        .register_publisher("load", "load").await
+        .register_publisher("load", "load")
+        .await
         .unwrap()
         .item
         .token()

@@ -34,7 +34,8 @@ async fn main() {
     let notifier = WebhookNotifier::new(DeliveryConfig::default());
     let broker = Broker::new(notifier.clone());
     let token = broker
-        .register_publisher("mem", "p").await
+        .register_publisher("mem", "p")
+        .await
         .unwrap()
         .item
         .token()

@@ -394,7 +394,10 @@ impl Broker {
 
     async fn deregister_credential(&self, role: Role, topic: &str, id: &str) -> Result<(), Error> {
         let _order = self.shared.changes.lock().await;
-        self.shared.registry.read().find_credential(role, topic, id)?;
+        self.shared
+            .registry
+            .read()
+            .find_credential(role, topic, id)?;
         self.shared.store.save(Change::Remove { id }).await?;
         self.shared.registry.write().remove_credential(id);
         Ok(())
@@ -770,11 +773,13 @@ mod tests {
     async fn subscriber_replay_returns_the_same_subscriber() {
         let (b, _) = broker();
         let first = b
-            .register_subscriber("t", endpoint(&b, "http://h:1/x")).await
+            .register_subscriber("t", endpoint(&b, "http://h:1/x"))
+            .await
             .unwrap();
         // Differently spelled, same canonical URL.
         let again = b
-            .register_subscriber("t", endpoint(&b, "HTTP://H:1/x")).await
+            .register_subscriber("t", endpoint(&b, "HTTP://H:1/x"))
+            .await
             .unwrap();
         assert!(first.created && !again.created);
         assert_eq!(first.item.id(), again.item.id());
@@ -834,7 +839,8 @@ mod tests {
         let (b, rec) = broker();
         let p = b.register_publisher("t", "p").await.unwrap().item;
         let q = b.register_publisher("u", "q").await.unwrap().item;
-        b.register_subscriber("t", endpoint(&b, "http://h/1")).await
+        b.register_subscriber("t", endpoint(&b, "http://h/1"))
+            .await
             .unwrap();
         {
             let token = p.token().expose();
@@ -872,11 +878,13 @@ mod tests {
         let p1 = b.register_publisher("t", "p1").await.unwrap().item;
         let p2 = b.register_publisher("t", "p2").await.unwrap().item;
         let s1 = b
-            .register_subscriber("t", endpoint(&b, "http://h/1")).await
+            .register_subscriber("t", endpoint(&b, "http://h/1"))
+            .await
             .unwrap()
             .item;
         let s2 = b
-            .register_subscriber("t", endpoint(&b, "http://h/2")).await
+            .register_subscriber("t", endpoint(&b, "http://h/2"))
+            .await
             .unwrap()
             .item;
 
@@ -925,12 +933,14 @@ mod tests {
     async fn a_publish_keeps_its_snapshot() {
         let (b, _) = broker();
         let s = b
-            .register_subscriber("t", endpoint(&b, "http://h/1")).await
+            .register_subscriber("t", endpoint(&b, "http://h/1"))
+            .await
             .unwrap()
             .item;
         let snapshot = b.shared.registry.read().topics["t"].subscribers.clone();
         b.deregister_subscriber("t", s.id()).await.unwrap();
-        b.register_subscriber("t", endpoint(&b, "http://h/2")).await
+        b.register_subscriber("t", endpoint(&b, "http://h/2"))
+            .await
             .unwrap();
         assert_eq!(snapshot.len(), 1);
         assert_eq!(snapshot[0].id(), s.id());
@@ -954,15 +964,18 @@ mod tests {
             b.register_publisher("u", "a").await,
             Err(Error::LimitExceeded { what: "topics", .. })
         ));
-        b.register_subscriber("t", endpoint(&b, "http://h/1")).await
+        b.register_subscriber("t", endpoint(&b, "http://h/1"))
+            .await
             .unwrap();
         assert!(b
-            .register_subscriber("t", endpoint(&b, "http://h/2")).await
+            .register_subscriber("t", endpoint(&b, "http://h/2"))
+            .await
             .is_err());
         // Replays still succeed at the limit.
         assert!(!b.register_publisher("t", "a").await.unwrap().created);
         assert!(
-            !b.register_subscriber("t", endpoint(&b, "http://h/1")).await
+            !b.register_subscriber("t", endpoint(&b, "http://h/1"))
+                .await
                 .unwrap()
                 .created
         );
@@ -1088,7 +1101,13 @@ mod tests {
         assert!(after(ids[2].clone()).await.is_empty());
         // Ids not of this topic's log replay all that is retained.
         let other = publish_n(&b, "u", &[1]).await;
-        for foreign in ["", "msg_", "nonsense", "msg_000000000000000000000001", &other[0]] {
+        for foreign in [
+            "",
+            "msg_",
+            "nonsense",
+            "msg_000000000000000000000001",
+            &other[0],
+        ] {
             assert_eq!(after(foreign.to_owned()).await, ids, "{foreign:?}");
         }
         // Nothing replayed with replay off, but `up_to` still covers the log.
@@ -1159,8 +1178,16 @@ mod tests {
             .unwrap()
             .with_max_attempts(3, b.limits())
             .unwrap();
-        let s1 = b.register_subscriber("t", endpoint.clone()).await.unwrap().item;
-        let s2 = b.register_subscriber("u", endpoint.clone()).await.unwrap().item;
+        let s1 = b
+            .register_subscriber("t", endpoint.clone())
+            .await
+            .unwrap()
+            .item;
+        let s2 = b
+            .register_subscriber("u", endpoint.clone())
+            .await
+            .unwrap()
+            .item;
         b.deregister_publisher("t", gone.id()).await.unwrap();
         // A replay writes nothing.
         b.register_publisher("t", "p").await.unwrap();
@@ -1197,7 +1224,11 @@ mod tests {
         async fn save(&self, _: Change<'_>) -> Result<(), Error> {
             Err(Error::storage("disk full"))
         }
-        async fn append(&self, _: &TopicName, _: Vec<NewMessage>) -> Result<Vec<Arc<Message>>, Error> {
+        async fn append(
+            &self,
+            _: &TopicName,
+            _: Vec<NewMessage>,
+        ) -> Result<Vec<Arc<Message>>, Error> {
             Err(Error::storage("disk full"))
         }
         async fn read(&self, _: &TopicName, _: u64, _: usize, _: usize) -> Result<Read, Error> {
@@ -1216,7 +1247,10 @@ mod tests {
         let err = b.register_publisher("t", "p").await.unwrap_err();
         assert!(matches!(err, Error::Storage { .. }), "{err:?}");
         assert!(b.topics().is_empty());
-        assert!(b.register_subscriber("t", endpoint(&b, "http://h/")).await.is_err());
+        assert!(b
+            .register_subscriber("t", endpoint(&b, "http://h/"))
+            .await
+            .is_err());
         assert!(b.topics().is_empty());
     }
 }

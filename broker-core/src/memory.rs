@@ -319,7 +319,10 @@ mod tests {
             ));
             let u = TopicName::new("u").unwrap();
             let other = store.append(&u, vec![new(1)]).await.unwrap();
-            assert!(!crate::store::same_log(other[0].id(), read.messages[0].id()));
+            assert!(!crate::store::same_log(
+                other[0].id(),
+                read.messages[0].id()
+            ));
         });
     }
 

@@ -11,11 +11,11 @@ use std::{
 };
 
 use broker_core::{Broker, Limits, MemoryStore, Retention};
-use broker_store::{DiskStore, Fsync, Options};
 use broker_http::{
     serve, Api, ApiConfig, DeliveryConfig, DestinationPolicy, LiveConfig, LiveHub, Metrics,
     Overflow, ServerConfig, WebhookNotifier,
 };
+use broker_store::{DiskStore, Fsync, Options};
 use clap::Parser;
 use tokio::net::TcpListener;
 
@@ -384,8 +384,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 segment_bytes: args.segment_bytes,
             };
             let dir = dir.clone();
-            let store = tokio::task::spawn_blocking(move || DiskStore::open(dir, options))
-                .await??;
+            let store =
+                tokio::task::spawn_blocking(move || DiskStore::open(dir, options)).await??;
             let store = Arc::new(store);
             let broker = Broker::open(notifiers, limits, store.clone()).await?;
             tracing::info!(

@@ -1,122 +1,17 @@
 //! The real binary: starts on 127.0.0.1:0, serves, and exits 0 on SIGTERM.
 
+mod support;
+
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::TcpStream,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::mpsc,
     thread,
     time::Duration,
 };
 
-const PATIENCE: Duration = Duration::from_secs(20);
-
-/// Starts the binary and returns it with the address it logged, the log
-/// lines up to that one, and a channel of its further log lines.
-fn start(extra: &[&str]) -> (Running, String, Vec<String>, mpsc::Receiver<String>) {
-    let child = Command::new(env!("CARGO_BIN_EXE_broker-server"))
-        .args(["--listen", "127.0.0.1:0"])
-        .args(extra)
-        .env("RUST_LOG", "info")
-        .env_remove("BROKER_ADMIN_TOKEN")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("the binary starts");
-    let mut child = Running(child);
-    let stderr = child.0.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut early = Vec::new();
-    loop {
-        let line = rx
-            .recv_timeout(PATIENCE)
-            .expect("the server logs where it listens");
-        if let Some(addr) = listening_addr(&line) {
-            return (child, addr, early, rx);
-        }
-        early.push(line);
-    }
-}
-
-/// The address in the "listening" log line, human or JSON.
-fn listening_addr(line: &str) -> Option<String> {
-    if let Some(rest) = line.split("addr=").nth(1) {
-        return rest.split_whitespace().next().map(str::to_owned);
-    }
-    let json: serde_json::Value = serde_json::from_str(line).ok()?;
-    json["fields"]["addr"].as_str().map(str::to_owned)
-}
-
-/// The server process; killed and reaped if a test fails half-way.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A minimal HTTP/1.1 exchange; returns the status line and the body.
-fn http(addr: &str, method: &str, path: &str, headers: &str, body: &str) -> (String, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(PATIENCE)).unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{headers}Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    (
-        head.lines().next().unwrap_or("").to_owned(),
-        body.to_owned(),
-    )
-}
-
-/// A string field of a JSON body, e.g. the `token` of a registration.
-fn json_field(body: &str, field: &str) -> String {
-    let json: serde_json::Value =
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
-    json[field]
-        .as_str()
-        .unwrap_or_else(|| panic!("no {field} in {body}"))
-        .to_owned()
-}
-
-fn wait_for_exit(child: &mut Running) -> std::process::ExitStatus {
-    let child = &mut child.0;
-    let deadline = std::time::Instant::now() + PATIENCE;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the server did not exit"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn sigterm(child: &Running) {
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-}
+use support::*;
 
 #[test]
 fn serves_and_exits_zero_on_sigterm() {

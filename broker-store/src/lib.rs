@@ -61,8 +61,8 @@ use std::{
 };
 
 use async_trait::async_trait;
-use broker_core::{Change, Message, NewMessage, Read, Record, Store, TopicName};
 pub use broker_core::Retention;
+use broker_core::{Change, Message, NewMessage, Read, Record, Store, TopicName};
 use parking_lot::RwLock;
 
 pub use error::StoreError;
@@ -108,7 +108,8 @@ impl Options {
     fn rolling(&self) -> Rolling {
         // Segments also roll by age, so that retention by age can drop
         // whole segments in steps of an eighth of the retention.
-        let age = (self.retention.age / 8).clamp(Duration::from_millis(100), Duration::from_secs(3600));
+        let age =
+            (self.retention.age / 8).clamp(Duration::from_millis(100), Duration::from_secs(3600));
         Rolling {
             bytes: self.segment_bytes,
             age,
@@ -187,7 +188,11 @@ impl DiskStore {
         let mut logs = HashMap::new();
         for entry in fs::read_dir(&topics_dir).map_err(io(&topics_dir))? {
             let entry = entry.map_err(io(&topics_dir))?;
-            let Some(name) = entry.file_name().to_str().and_then(|n| TopicName::new(n).ok()) else {
+            let Some(name) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| TopicName::new(n).ok())
+            else {
                 continue;
             };
             let (log, recovered) = TopicLog::open(name.clone(), entry.path())?;

@@ -25,7 +25,9 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use crate::{
-    segment::{self, encode_header, encode_record, read_header, scan, Header, HeaderError, Segment},
+    segment::{
+        self, encode_header, encode_record, read_header, scan, Header, HeaderError, Segment,
+    },
     StoreError,
 };
 
@@ -128,7 +130,13 @@ impl TopicLog {
             prefix: broker_core::new_id_prefix(),
         };
         let first = create_segment(&dir, &header)?;
-        Ok(Self::assemble(name, dir, header.prefix, vec![Arc::new(first)], 0))
+        Ok(Self::assemble(
+            name,
+            dir,
+            header.prefix,
+            vec![Arc::new(first)],
+            0,
+        ))
     }
 
     fn assemble(
@@ -240,20 +248,12 @@ impl TopicLog {
                 }
                 seg.end.store(good, Ordering::Release);
                 segments.push(Arc::new(seg));
-                let log = Self::assemble(
-                    name,
-                    dir,
-                    prefix.expect("set above"),
-                    segments,
-                    expected,
-                );
+                let log = Self::assemble(name, dir, prefix.expect("set above"), segments, expected);
                 return Ok((log, recovered));
             }
             let seg = Segment::new(base, path.clone(), file, len, false);
             // Sealed: its times are those of its file (its last write).
-            let modified = fs::metadata(&path)
-                .and_then(|m| m.modified())
-                .map_or(0, ms);
+            let modified = fs::metadata(&path).and_then(|m| m.modified()).map_or(0, ms);
             seg.newest_ms.store(modified.max(1), Ordering::Relaxed);
             seg.oldest_ms.store(modified.max(1), Ordering::Relaxed);
             segments.push(Arc::new(seg));
@@ -301,7 +301,13 @@ impl TopicLog {
         for (i, m) in messages.iter().enumerate() {
             positions.push(start + buf.len() as u64);
             let ct = m.content_type.as_ref().map_or(&[][..], |c| c.as_bytes());
-            encode_record(&mut buf, state.next + i as u64, ms(m.published_at), ct, &m.payload);
+            encode_record(
+                &mut buf,
+                state.next + i as u64,
+                ms(m.published_at),
+                ct,
+                &m.payload,
+            );
         }
         if let Err(e) = active.file.write_all_at(&buf, start) {
             // Cut off whatever part made it, so the next append starts at
@@ -323,7 +329,9 @@ impl TopicLog {
                 m.published_at,
             )));
         }
-        active.end.store(start + buf.len() as u64, Ordering::Release);
+        active
+            .end
+            .store(start + buf.len() as u64, Ordering::Release);
         state.next = first + out.len() as u64;
         if !wait_for_sync {
             self.committed.store(state.next, Ordering::Release);
@@ -350,7 +358,10 @@ impl TopicLog {
     pub(crate) fn sync(&self) -> Result<(), StoreError> {
         let (target, active) = {
             let state = self.state.lock();
-            (state.next, state.segments.last().expect("never empty").clone())
+            (
+                state.next,
+                state.segments.last().expect("never empty").clone(),
+            )
         };
         if *self.synced.borrow() >= target {
             return Ok(());
@@ -419,7 +430,9 @@ impl TopicLog {
         };
         let mut offset = from.max(first);
         let mut bytes = 0usize;
-        let start_at = segments.partition_point(|s| s.base <= offset).saturating_sub(1);
+        let start_at = segments
+            .partition_point(|s| s.base <= offset)
+            .saturating_sub(1);
         for seg in &segments[start_at..] {
             if offset >= committed || read.messages.len() >= max_messages {
                 break;
@@ -537,7 +550,10 @@ mod tests {
         let log = TopicLog::create(topic(), dir.to_owned()).unwrap();
         let mut bounds = [segment::HEADER_LEN; 4];
         let mut ids = Vec::new();
-        for (i, payload) in [&b"first"[..], b"second", b"third record"].iter().enumerate() {
+        for (i, payload) in [&b"first"[..], b"second", b"third record"]
+            .iter()
+            .enumerate()
+        {
             let (m, _) = log.append(vec![new(payload)], ROLL, false).unwrap();
             ids.push(m[0].id().to_owned());
             bounds[i + 1] = log.segments()[0].1;
@@ -561,7 +577,11 @@ mod tests {
         let whole = fs::read(&path).unwrap();
         for cut in bounds[2]..bounds[3] {
             let scratch = tempfile::tempdir().unwrap();
-            fs::write(scratch.path().join(segment::file_name(0)), &whole[..cut as usize]).unwrap();
+            fs::write(
+                scratch.path().join(segment::file_name(0)),
+                &whole[..cut as usize],
+            )
+            .unwrap();
             let (log, recovered) = reopen(scratch.path());
             assert_eq!(recovered.truncated_bytes, cut - bounds[2], "cut at {cut}");
             assert_eq!(all(&log), ["first", "second"], "cut at {cut}");
@@ -587,7 +607,11 @@ mod tests {
             bytes[at as usize] ^= 0x5a;
             fs::write(scratch.path().join(segment::file_name(0)), &bytes).unwrap();
             let (log, recovered) = reopen(scratch.path());
-            assert_eq!(recovered.truncated_bytes, bounds[3] - bounds[2], "byte {at}");
+            assert_eq!(
+                recovered.truncated_bytes,
+                bounds[3] - bounds[2],
+                "byte {at}"
+            );
             assert_eq!(all(&log), ["first", "second"], "byte {at}");
         }
     }
@@ -614,8 +638,12 @@ mod tests {
             age: Duration::from_secs(3600),
         };
         for i in 0..20u32 {
-            log.append(vec![new(format!("message {i:02}").as_bytes())], small, false)
-                .unwrap();
+            log.append(
+                vec![new(format!("message {i:02}").as_bytes())],
+                small,
+                false,
+            )
+            .unwrap();
         }
         let segments = log.segments();
         assert!(segments.len() > 3, "{segments:?}");
@@ -639,7 +667,10 @@ mod tests {
         assert!(removed > 0);
         let (first, next) = log.bounds();
         assert!(first > 0 && next == 20, "{first} {next}");
-        assert_eq!(log.read(0, 1, usize::MAX).unwrap().messages[0].offset(), first);
+        assert_eq!(
+            log.read(0, 1, usize::MAX).unwrap().messages[0].offset(),
+            first
+        );
         let files = fs::read_dir(dir.path()).unwrap().count();
         assert_eq!(files, log.segments().len());
         // Retention by age takes everything but an empty newest segment;

@@ -361,7 +361,11 @@ mod tests {
     fn names_are_zero_padded_base_offsets() {
         assert_eq!(file_name(1000), "00000000000000001000.log");
         assert_eq!(parse_name("00000000000000001000.log"), Some(1000));
-        for bad in ["1000.log", "0000000000000000100x.log", "00000000000000001000.idx"] {
+        for bad in [
+            "1000.log",
+            "0000000000000000100x.log",
+            "00000000000000001000.idx",
+        ] {
             assert_eq!(parse_name(bad), None);
         }
     }

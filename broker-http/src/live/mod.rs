@@ -450,7 +450,10 @@ pub(crate) fn published(payloads: &[&[u8]]) -> Vec<Arc<Message>> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    let publisher = rt.block_on(broker.register_publisher("t", "p")).unwrap().item;
+    let publisher = rt
+        .block_on(broker.register_publisher("t", "p"))
+        .unwrap()
+        .item;
     for payload in payloads {
         let publish = broker.publish(
             "t",

@@ -1,0 +1,473 @@
+//! The real binary with `--data-dir`: killed with SIGKILL under load,
+//! restarted, and checked for everything it acknowledged.
+
+mod support;
+
+use std::{
+    collections::HashSet,
+    fs,
+    io::{BufRead, BufReader, Read, Write},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc, Mutex,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use support::*;
+
+fn data_dir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("a temporary directory")
+}
+
+fn start_on(dir: &Path, extra: &[&str]) -> (Running, String, Vec<String>, mpsc::Receiver<String>) {
+    let mut args = vec!["--data-dir", dir.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    start(&args)
+}
+
+fn kill9(child: &mut Running) {
+    child.0.kill().expect("SIGKILL");
+    child.0.wait().expect("reaped");
+}
+
+fn register(addr: &str, path: &str, body: &str) -> (String, String) {
+    http(
+        addr,
+        "POST",
+        path,
+        "Content-Type: application/json\r\n",
+        body,
+    )
+}
+
+fn publish(addr: &str, token: &str, body: &str) -> (String, String) {
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    http(addr, "POST", "/v1/topics/t/messages", &auth, body)
+}
+
+/// The topic's SSE stream with `last_n` (the replay, read from the log).
+fn events(addr: &str, listener: &str, last_n: usize) -> BufReader<TcpStream> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    write!(
+        stream,
+        "GET /v1/topics/t/events?last_n={last_n} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {listener}\r\n\r\n"
+    )
+    .unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    // Past the head: the stream says it is connected first.
+    while !line.starts_with(": connected") {
+        line.clear();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "no stream");
+    }
+    reader
+}
+
+/// The ids of the next events on `stream`, until `until` says stop.
+fn next_ids(stream: &mut BufReader<TcpStream>, until: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut line = String::new();
+    while !until(&ids) {
+        line.clear();
+        let n = stream.read_line(&mut line).unwrap();
+        assert!(n > 0, "the stream ended after {} events", ids.len());
+        if let Some(id) = line.strip_prefix("id: ") {
+            ids.push(id.trim().to_owned());
+        }
+    }
+    ids
+}
+
+/// The ids of the first `count` events replayed with `last_n = count`.
+fn replayed_ids(addr: &str, listener: &str, count: usize) -> Vec<String> {
+    next_ids(&mut events(addr, listener, count), |ids| ids.len() == count)
+}
+
+/// The offset a message id carries (its last 12 hex digits).
+fn offset_of(id: &str) -> u64 {
+    u64::from_str_radix(&id[id.len() - 12..], 16).unwrap()
+}
+
+fn number(body: &str, field: &str) -> u64 {
+    let json: serde_json::Value = serde_json::from_str(body).unwrap();
+    json[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {field} in {body}"))
+}
+
+#[test]
+fn sigkill_under_load_loses_no_acknowledged_publish() {
+    let dir = data_dir();
+    let (mut child, addr, _, _logs) = start_on(
+        dir.path(),
+        &[
+            "--replay-messages",
+            "1000000",
+            "--replay-bytes",
+            "1000000000",
+        ],
+    );
+    let (status, body) = register(&addr, "/v1/topics/t/publishers", r#"{"name":"p"}"#);
+    assert!(status.contains("201"), "{status} {body}");
+    let token = json_field(&body, "token");
+    let (_, body) = register(&addr, "/v1/topics/t/listeners", r#"{"name":"l"}"#);
+    let listener = json_field(&body, "token");
+
+    // 16 connections publish until the broker dies under them; each keeps
+    // what got a 202.
+    let acked = Arc::new(Mutex::new(Vec::<(String, u64)>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let publishers: Vec<_> = (0..16)
+        .map(|i| {
+            let (addr, token, acked, stop) =
+                (addr.clone(), token.clone(), acked.clone(), stop.clone());
+            thread::spawn(move || {
+                let mut n = 0;
+                // Bounded: at most 5,000 publishes each.
+                while !stop.load(Ordering::Relaxed) && n < 5_000 {
+                    n += 1;
+                    let attempt = std::panic::catch_unwind(|| {
+                        publish(&addr, &token, &format!("publisher {i} message {n}"))
+                    });
+                    match attempt {
+                        Ok((status, body)) if status.contains("202") => {
+                            let id = json_field(&body, "id");
+                            acked.lock().unwrap().push((id, number(&body, "offset")));
+                        }
+                        // The broker died mid-exchange: not acknowledged.
+                        _ => {}
+                    }
+                }
+            })
+        })
+        .collect();
+    // Kill once a good number were acknowledged (bounded wait).
+    let deadline = Instant::now() + PATIENCE;
+    while acked.lock().unwrap().len() < 300 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+    kill9(&mut child);
+    stop.store(true, Ordering::Relaxed);
+    for p in publishers {
+        p.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 300, "only {} acknowledged", acked.len());
+
+    let (_child, addr, _, _logs) = start_on(
+        dir.path(),
+        &[
+            "--replay-messages",
+            "1000000",
+            "--replay-bytes",
+            "1000000000",
+        ],
+    );
+    // The log holds offsets 0..N, dense, and every acknowledged message
+    // with its id and offset.
+    let max_acked = acked.iter().map(|(_, o)| *o).max().unwrap();
+    let (status, body) = publish(&addr, &token, "after the restart");
+    assert!(
+        status.contains("202"),
+        "the old token publishes: {status} {body}"
+    );
+    let next = number(&body, "offset");
+    assert!(
+        next > max_acked,
+        "offset {next} reused (acked up to {max_acked})"
+    );
+    let ids = replayed_ids(&addr, &listener, next as usize + 1);
+    let offsets: Vec<u64> = ids.iter().map(|id| offset_of(id)).collect();
+    assert_eq!(offsets, (0..=next).collect::<Vec<_>>(), "offsets are dense");
+    let logged: HashSet<&String> = ids.iter().collect();
+    for (id, offset) in &acked {
+        assert!(logged.contains(id), "acknowledged {id} is lost");
+        assert_eq!(offset_of(id), *offset);
+    }
+    assert_eq!(ids.last().unwrap(), &json_field(&body, "id"));
+}
+
+/// A receiver on 127.0.0.1:0 that answers 200 and hands over each
+/// request's headers and body.
+fn receiver() -> (String, mpsc::Receiver<(http::HeaderMap, Vec<u8>)>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { break };
+            stream.set_read_timeout(Some(PATIENCE)).ok();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut headers = http::HeaderMap::new();
+            let mut line = String::new();
+            let mut length = 0;
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                continue;
+            }
+            loop {
+                line.clear();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                let (name, value) = line.trim_end().split_once(':').unwrap();
+                let (name, value) = (name.trim(), value.trim());
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.parse().unwrap();
+                }
+                headers.append(
+                    http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    value.parse().unwrap(),
+                );
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            if tx.send((headers, body)).is_err() {
+                break;
+            }
+        }
+    });
+    (addr, rx)
+}
+
+#[test]
+fn registrations_survive_sigkill_with_their_tokens_and_secrets() {
+    let dir = data_dir();
+    let (mut child, addr, _, _) = start_on(dir.path(), &[]);
+    let (hook, deliveries) = receiver();
+    let publisher = r#"{"name":"checkout"}"#;
+    let subscriber = format!(
+        r#"{{"url":"http://{hook}/hook","headers":{{"x-k":"v"}},"retry":{{"max_attempts":3}}}}"#
+    );
+    let (status, p1) = register(&addr, "/v1/topics/t/publishers", publisher);
+    assert!(status.contains("201"), "{status} {p1}");
+    let (status, s1) = register(&addr, "/v1/topics/t/subscribers", &subscriber);
+    assert!(status.contains("201"), "{status} {s1}");
+    let (status, l1) = register(&addr, "/v1/topics/t/listeners", r#"{"name":"l"}"#);
+    assert!(status.contains("201"), "{status} {l1}");
+    // One registered and deregistered stays gone.
+    let (_, gone) = register(&addr, "/v1/topics/t/publishers", r#"{"name":"gone"}"#);
+    let gone_id = json_field(&gone, "id");
+    let (status, _) = http(
+        &addr,
+        "DELETE",
+        &format!("/v1/topics/t/publishers/{gone_id}"),
+        "",
+        "",
+    );
+    assert!(status.contains("204"), "{status}");
+    kill9(&mut child);
+
+    let (_child, addr, _, _) = start_on(dir.path(), &[]);
+    for (path, body, before) in [
+        ("/v1/topics/t/publishers", publisher, &p1),
+        ("/v1/topics/t/subscribers", subscriber.as_str(), &s1),
+        ("/v1/topics/t/listeners", r#"{"name":"l"}"#, &l1),
+    ] {
+        let (status, again) = register(&addr, path, body);
+        assert!(
+            status.contains("200"),
+            "a replay after the restart: {status} {again}"
+        );
+        let (a, b): (serde_json::Value, serde_json::Value) = (
+            serde_json::from_str(before).unwrap(),
+            serde_json::from_str(&again).unwrap(),
+        );
+        assert_eq!(a, b, "the same registration, token and secret");
+    }
+    let (_, detail) = http(&addr, "GET", "/v1/topics/t", "", "");
+    assert!(
+        !detail.contains(&gone_id),
+        "a deregistered publisher came back: {detail}"
+    );
+    let (status, _) = publish(&addr, &json_field(&gone, "token"), "x");
+    assert!(status.contains("401"), "{status}");
+
+    let (status, body) = publish(&addr, &json_field(&p1, "token"), r#"{"after":"restart"}"#);
+    assert!(status.contains("202"), "{status} {body}");
+    let (headers, payload) = deliveries.recv_timeout(PATIENCE).expect("a delivery");
+    assert_eq!(payload, br#"{"after":"restart"}"#);
+    assert_eq!(headers["x-k"], "v");
+    assert_eq!(headers["webhook-id"], json_field(&body, "id").as_str());
+    let verifier = standardwebhooks::Webhook::new(&json_field(&s1, "secret")).unwrap();
+    verifier
+        .verify(&payload, &headers)
+        .expect("signed with the same secret");
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir.join("topics/t"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn garbage_after_the_last_record_is_cut_and_logged() {
+    let dir = data_dir();
+    let (mut child, addr, _, _) = start_on(dir.path(), &[]);
+    let (_, p) = register(&addr, "/v1/topics/t/publishers", r#"{"name":"p"}"#);
+    let token = json_field(&p, "token");
+    let (_, l) = register(&addr, "/v1/topics/t/listeners", r#"{"name":"l"}"#);
+    let listener = json_field(&l, "token");
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let (status, body) = publish(&addr, &token, &format!("message {n}"));
+        assert!(status.contains("202"), "{status}");
+        ids.push(json_field(&body, "id"));
+    }
+    kill9(&mut child);
+    let newest = segments(dir.path()).pop().unwrap();
+    let garbage = b"\x17\x00\x00\x00garbage that is no record";
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&newest)
+        .unwrap()
+        .write_all(garbage)
+        .unwrap();
+
+    let (_child, addr, early, _) = start_on(dir.path(), &[]);
+    let cut = early
+        .iter()
+        .find(|l| l.contains("cut off a torn or corrupt tail"))
+        .unwrap_or_else(|| panic!("no recovery line in {early:#?}"));
+    assert!(
+        cut.contains(&format!("truncated_bytes={}", garbage.len())),
+        "{cut}"
+    );
+    assert_eq!(replayed_ids(&addr, &listener, 5), ids);
+    let (status, body) = publish(&addr, &token, "next");
+    assert!(status.contains("202"), "{status}");
+    assert_eq!(number(&body, "offset"), 5);
+}
+
+#[test]
+fn retention_removes_old_segments_and_offsets_go_on() {
+    let dir = data_dir();
+    let (_child, addr, _, _) = start_on(dir.path(), &["--retention", "2s"]);
+    let (_, p) = register(&addr, "/v1/topics/t/publishers", r#"{"name":"p"}"#);
+    let token = json_field(&p, "token");
+    let (_, l) = register(&addr, "/v1/topics/t/listeners", r#"{"name":"l"}"#);
+    let listener = json_field(&l, "token");
+    for n in 0..3 {
+        let (status, _) = publish(&addr, &token, &format!("old {n}"));
+        assert!(status.contains("202"), "{status}");
+    }
+    assert_eq!(
+        segments(dir.path())[0].file_name().unwrap(),
+        "00000000000000000000.log"
+    );
+    // Awaited, bounded: the segment holding offsets 0..3 is deleted.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let files = segments(dir.path());
+        if files
+            .iter()
+            .all(|f| !f.ends_with("00000000000000000000.log"))
+        {
+            assert_eq!(files.len(), 1, "{files:?}");
+            assert!(files[0].ends_with("00000000000000000003.log"), "{files:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "retention removed nothing: {files:?}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let (status, body) = publish(&addr, &token, "new");
+    assert!(status.contains("202"), "{status}");
+    assert_eq!(number(&body, "offset"), 3);
+    // Asked for 10, the replay has the one retained; then comes live.
+    let mut stream = events(&addr, &listener, 10);
+    let (_, marker) = publish(&addr, &token, "marker");
+    let marker = json_field(&marker, "id");
+    let ids = next_ids(&mut stream, |ids| ids.contains(&marker));
+    assert_eq!(ids, [json_field(&body, "id"), marker]);
+}
+
+/// Runs the binary expecting it to exit at once; returns its status and
+/// what it logged.
+fn refused(dir: &Path) -> (std::process::ExitStatus, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_broker-server"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let mut running = Running(child);
+    let status = wait_for_exit(&mut running);
+    let mut log = String::new();
+    stderr.read_to_string(&mut log).unwrap();
+    (status, log)
+}
+
+#[test]
+fn a_second_broker_on_the_same_data_dir_is_refused() {
+    let dir = data_dir();
+    let (_first, addr, _, _) = start_on(dir.path(), &[]);
+    let started = Instant::now();
+    let (status, log) = refused(dir.path());
+    assert!(!status.success());
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(log.contains("is in use by another broker"), "{log}");
+    // The first one is unharmed.
+    let (status, _) = http(&addr, "GET", "/healthz", "", "");
+    assert!(status.contains("200"), "{status}");
+}
+
+#[test]
+fn an_unknown_format_is_refused_not_misread() {
+    let dir = data_dir();
+    fs::write(
+        dir.path().join("FORMAT"),
+        "webhook-broker data directory, format 99\n",
+    )
+    .unwrap();
+    let (status, log) = refused(dir.path());
+    assert!(!status.success());
+    assert!(log.contains("not in a format this broker knows"), "{log}");
+    // A directory of something else entirely is refused too.
+    let other = data_dir();
+    fs::write(other.path().join("precious.txt"), "not ours").unwrap();
+    let (status, log) = refused(other.path());
+    assert!(!status.success());
+    assert!(log.contains("no FORMAT file"), "{log}");
+    assert!(other.path().join("precious.txt").exists());
+}
+
+#[test]
+fn the_data_dir_is_private_to_its_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = data_dir();
+    let data = dir.path().join("new");
+    let (_child, addr, _, _) = start_on(&data, &[]);
+    let (_, p) = register(&addr, "/v1/topics/t/publishers", r#"{"name":"p"}"#);
+    publish(&addr, &json_field(&p, "token"), "x");
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&data.join("registry.redb")), 0o600);
+    assert_eq!(mode(&segments(&data)[0]), 0o600);
+    let mut names: Vec<String> = fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["FORMAT", "LOCK", "registry.redb", "topics"]);
+}

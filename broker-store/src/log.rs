@@ -112,7 +112,7 @@ fn create_segment(dir: &Path, header: &Header) -> Result<Segment, StoreError> {
     Ok(Segment::new(
         header.base,
         path,
-        file,
+        Some(file),
         segment::HEADER_LEN,
         true,
     ))
@@ -220,9 +220,10 @@ impl TopicLog {
             prefix = Some(header.prefix);
             let len = file.metadata().map_err(io_at(&path))?.len();
             if newest {
-                let seg = Segment::new(base, path.clone(), file, segment::HEADER_LEN, true);
+                let seg = Segment::new(base, path.clone(), Some(file), segment::HEADER_LEN, true);
+                let file = seg.file().map_err(io_at(&path))?;
                 let mut expected = base;
-                let stop = scan(&seg.file, segment::HEADER_LEN, len, |pos, r| {
+                let stop = scan(&file, segment::HEADER_LEN, len, |pos, r| {
                     if r.offset != expected {
                         return false;
                     }
@@ -237,9 +238,8 @@ impl TopicLog {
                     segment::Stop::Bad(p, why) => (p, Some(why)),
                 };
                 if good < len {
-                    seg.file
-                        .set_len(good)
-                        .and_then(|()| seg.file.sync_all())
+                    file.set_len(good)
+                        .and_then(|()| file.sync_all())
                         .map_err(io_at(&path))?;
                     recovered = Recovered {
                         truncated_bytes: len - good,
@@ -251,7 +251,8 @@ impl TopicLog {
                 let log = Self::assemble(name, dir, prefix.expect("set above"), segments, expected);
                 return Ok((log, recovered));
             }
-            let seg = Segment::new(base, path.clone(), file, len, false);
+            drop(file);
+            let seg = Segment::new(base, path.clone(), None, len, false);
             // Sealed: its times are those of its file (its last write).
             let modified = fs::metadata(&path).and_then(|m| m.modified()).map_or(0, ms);
             seg.newest_ms.store(modified.max(1), Ordering::Relaxed);
@@ -309,10 +310,11 @@ impl TopicLog {
                 &m.payload,
             );
         }
-        if let Err(e) = active.file.write_all_at(&buf, start) {
+        let file = active.file().map_err(io_at(&active.path))?;
+        if let Err(e) = file.write_all_at(&buf, start) {
             // Cut off whatever part made it, so the next append starts at
             // a record boundary.
-            let _ = active.file.set_len(start);
+            let _ = file.set_len(start);
             return Err(io_at(&active.path)(e));
         }
         let first = state.next;
@@ -342,7 +344,11 @@ impl TopicLog {
     /// Seals the newest segment (synced first) and starts the next.
     fn roll(&self, state: &mut State) -> Result<(), StoreError> {
         let active = state.segments.last().expect("never empty");
-        active.file.sync_data().map_err(io_at(&active.path))?;
+        active
+            .file()
+            .and_then(|f| f.sync_data())
+            .map_err(io_at(&active.path))?;
+        active.seal();
         let next = create_segment(
             &self.dir,
             &Header {
@@ -366,7 +372,7 @@ impl TopicLog {
         if *self.synced.borrow() >= target {
             return Ok(());
         }
-        match active.file.sync_data() {
+        match active.file().and_then(|f| f.sync_data()) {
             Ok(()) => {
                 self.committed.fetch_max(target, Ordering::AcqRel);
                 self.synced.send_if_modified(|s| {
@@ -438,7 +444,8 @@ impl TopicLog {
                 break;
             }
             let pos = seg.position_of(offset).map_err(io_at(&seg.path))?;
-            let stop = scan(&seg.file, pos, seg.end(), |_, r| {
+            let file = seg.file().map_err(io_at(&seg.path))?;
+            let stop = scan(&file, pos, seg.end(), |_, r| {
                 if r.offset < offset {
                     return true;
                 }
@@ -647,6 +654,15 @@ mod tests {
         }
         let segments = log.segments();
         assert!(segments.len() > 3, "{segments:?}");
+        // Only the newest segment holds an open file.
+        let open_here = || {
+            fs::read_dir("/proc/self/fd")
+                .unwrap()
+                .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+                .filter(|target| target.starts_with(dir.path()))
+                .count()
+        };
+        assert_eq!(open_here(), 1);
         // Reads start anywhere and cross segments, in order, bounded.
         let read = log.read(7, 5, usize::MAX).unwrap();
         let offsets: Vec<u64> = read.messages.iter().map(|m| m.offset()).collect();

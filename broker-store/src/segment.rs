@@ -16,7 +16,10 @@ use std::{
     io,
     os::unix::fs::FileExt,
     path::{Path, PathBuf},
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
 };
 
 use parking_lot::Mutex;
@@ -228,7 +231,10 @@ pub(crate) fn parse_name(name: &str) -> Option<u64> {
 pub(crate) struct Segment {
     pub(crate) base: u64,
     pub(crate) path: PathBuf,
-    pub(crate) file: File,
+    /// Open while the segment takes appends; a sealed segment holds no
+    /// file descriptor (a read opens it), so open files grow with topics,
+    /// not with segments.
+    open: Mutex<Option<Arc<File>>>,
     /// Bytes of whole records written, header included: readers stop here.
     pub(crate) end: AtomicU64,
     /// Publish time of its newest record (ms since the epoch), 0 if none.
@@ -242,16 +248,36 @@ pub(crate) struct Segment {
 }
 
 impl Segment {
-    pub(crate) fn new(base: u64, path: PathBuf, file: File, end: u64, indexed: bool) -> Self {
+    pub(crate) fn new(
+        base: u64,
+        path: PathBuf,
+        file: Option<File>,
+        end: u64,
+        indexed: bool,
+    ) -> Self {
         Segment {
             base,
             path,
-            file,
+            open: Mutex::new(file.map(Arc::new)),
             end: AtomicU64::new(end),
             newest_ms: AtomicU64::new(0),
             oldest_ms: AtomicU64::new(0),
             index: Mutex::new(indexed.then(Vec::new)),
         }
+    }
+
+    /// The segment's file: the open one while it takes appends, else
+    /// opened for this caller (read-only).
+    pub(crate) fn file(&self) -> io::Result<Arc<File>> {
+        if let Some(file) = &*self.open.lock() {
+            return Ok(file.clone());
+        }
+        File::open(&self.path).map(Arc::new)
+    }
+
+    /// Closes the file once the segment takes no more appends.
+    pub(crate) fn seal(&self) {
+        *self.open.lock() = None;
     }
 
     pub(crate) fn end(&self) -> u64 {
@@ -279,7 +305,7 @@ impl Segment {
         if index.is_none() {
             let mut built = Vec::new();
             let mut last = 0;
-            scan(&self.file, HEADER_LEN, self.end(), |pos, r| {
+            scan(&*self.file()?, HEADER_LEN, self.end(), |pos, r| {
                 if built.is_empty() || pos >= last + INDEX_EVERY {
                     built.push((r.offset, pos));
                     last = pos;

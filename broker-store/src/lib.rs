@@ -422,3 +422,114 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| broker_core::Error::storage(format!("storage task failed: {e}")))?
         .map_err(Into::into)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use broker_core::{CredentialRecord, Role, SubscriberRecord};
+
+    use super::*;
+
+    fn new(payload: String) -> NewMessage {
+        NewMessage {
+            content_type: None,
+            payload: payload.into(),
+            published_at: SystemTime::now(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_appends_get_dense_distinct_offsets_under_every_policy() {
+        for fsync in [
+            Fsync::Always,
+            Fsync::Every(Duration::from_millis(5)),
+            Fsync::Never,
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Arc::new(
+                DiskStore::open(
+                    dir.path(),
+                    Options {
+                        fsync,
+                        ..Options::default()
+                    },
+                )
+                .unwrap(),
+            );
+            let topic = TopicName::new("t").unwrap();
+            let tasks: Vec<_> = (0..16)
+                .map(|i| {
+                    let (store, topic) = (store.clone(), topic.clone());
+                    tokio::spawn(async move {
+                        let mut offsets = Vec::new();
+                        for n in 0..50 {
+                            let m = store.append(&topic, vec![new(format!("{i}.{n}"))]).await;
+                            offsets.push(m.unwrap()[0].offset());
+                        }
+                        offsets
+                    })
+                })
+                .collect();
+            let mut offsets = Vec::new();
+            for t in tasks {
+                offsets.extend(t.await.unwrap());
+            }
+            offsets.sort_unstable();
+            assert_eq!(offsets, (0..800).collect::<Vec<_>>(), "{fsync:?}");
+            store.flush().unwrap();
+            let read = store.read(&topic, 0, 1000, usize::MAX).await.unwrap();
+            assert_eq!(read.messages.len(), 800, "{fsync:?}");
+            assert_eq!(store.bounds(&topic).await.unwrap(), (0, 800));
+            // Everything is there after a reopen too.
+            drop(read);
+            let store = Arc::into_inner(store).unwrap();
+            drop(store);
+            let store = DiskStore::open(dir.path(), Options::default()).unwrap();
+            assert_eq!(store.bounds(&topic).await.unwrap(), (0, 800));
+        }
+    }
+
+    #[tokio::test]
+    async fn registrations_round_trip_and_removals_stick() {
+        let dir = tempfile::tempdir().unwrap();
+        let publisher = Record::Credential(CredentialRecord {
+            id: "pub_1".into(),
+            topic: "t".into(),
+            name: "p".into(),
+            role: Role::Publish,
+            token: "pub_1.secret".into(),
+            order: 0,
+        });
+        let listener = Record::Credential(CredentialRecord {
+            id: "lis_1".into(),
+            role: Role::Listen,
+            order: 1,
+            ..match &publisher {
+                Record::Credential(c) => c.clone(),
+                Record::Subscriber(_) => unreachable!(),
+            }
+        });
+        let subscriber = Record::Subscriber(SubscriberRecord {
+            id: "sub_1".into(),
+            topic: "t".into(),
+            url: "http://h/".into(),
+            method: "PUT".into(),
+            headers: vec![("x-k".into(), "v".into())],
+            max_attempts: 3,
+            secret: "whsec_x".into(),
+            order: 2,
+        });
+        {
+            let store = DiskStore::open(dir.path(), Options::default()).unwrap();
+            for r in [&publisher, &listener, &subscriber] {
+                store.save(Change::Put(r)).await.unwrap();
+            }
+            store.save(Change::Remove { id: "lis_1" }).await.unwrap();
+        }
+        let store = DiskStore::open(dir.path(), Options::default()).unwrap();
+        let mut loaded = store.load().await.unwrap();
+        loaded.sort_by_key(Record::order);
+        assert_eq!(loaded, [publisher, subscriber]);
+    }
+}

@@ -71,6 +71,9 @@ pub(crate) struct Recovered {
     pub(crate) reason: Option<&'static str>,
 }
 
+/// A topic with no append for this long closes its newest segment's file.
+const IDLE: Duration = Duration::from_secs(60);
+
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -310,7 +313,7 @@ impl TopicLog {
                 &m.payload,
             );
         }
-        let file = active.file().map_err(io_at(&active.path))?;
+        let file = active.writable().map_err(io_at(&active.path))?;
         if let Err(e) = file.write_all_at(&buf, start) {
             // Cut off whatever part made it, so the next append starts at
             // a record boundary.
@@ -495,6 +498,16 @@ impl TopicLog {
             if newest != 0 && newest < cutoff && !self.failed.load(Ordering::Acquire) {
                 self.roll(&mut state)?;
             }
+            let active = state.segments.last().expect("never empty");
+            if active.newest_ms.load(Ordering::Relaxed)
+                < now_ms().saturating_sub(IDLE.as_millis() as u64)
+            {
+                // Idle: give its file descriptor back (a topic never
+                // published again holds none). What it wrote is in the
+                // page cache; an fsync through another descriptor of the
+                // file covers it.
+                active.seal();
+            }
             let mut total: u64 = state.segments.iter().map(|s| s.end()).sum();
             let mut drop = 0;
             while drop + 1 < state.segments.len() {
@@ -663,10 +676,24 @@ mod tests {
                 .count()
         };
         assert_eq!(open_here(), 1);
+        // An idle topic gives back even that one; the next append opens
+        // it again.
+        log.state
+            .lock()
+            .segments
+            .last()
+            .unwrap()
+            .newest_ms
+            .store(1, Ordering::Relaxed);
+        log.sweep(Duration::from_secs(3600), u64::MAX).unwrap();
+        assert_eq!(open_here(), 0);
+        log.append(vec![new(b"message 19b")], small, false).unwrap();
+        assert_eq!(open_here(), 1);
         // Reads start anywhere and cross segments, in order, bounded.
         let read = log.read(7, 5, usize::MAX).unwrap();
         let offsets: Vec<u64> = read.messages.iter().map(|m| m.offset()).collect();
         assert_eq!(offsets, [7, 8, 9, 10, 11]);
+        assert_eq!(log.bounds().1, 21);
         assert_eq!(read.messages[0].payload().as_ref(), b"message 07");
         assert_eq!(
             read.messages[0].content_type().unwrap().as_bytes(),
@@ -676,13 +703,13 @@ mod tests {
         drop(log);
         let (log, _) = reopen(dir.path());
         let read = log.read(13, 100, usize::MAX).unwrap();
-        assert_eq!(read.messages.len(), 7);
+        assert_eq!(read.messages.len(), 8);
         assert_eq!(read.messages[0].offset(), 13);
         // Retention by bytes keeps whole segments, never the newest.
         let removed = log.sweep(Duration::from_secs(3600), 300).unwrap();
         assert!(removed > 0);
         let (first, next) = log.bounds();
-        assert!(first > 0 && next == 20, "{first} {next}");
+        assert!(first > 0 && next == 21, "{first} {next}");
         assert_eq!(
             log.read(0, 1, usize::MAX).unwrap().messages[0].offset(),
             first
@@ -693,13 +720,13 @@ mod tests {
         // offsets go on.
         std::thread::sleep(Duration::from_millis(20));
         log.sweep(Duration::from_millis(1), u64::MAX).unwrap();
-        assert_eq!(log.bounds(), (20, 20));
+        assert_eq!(log.bounds(), (21, 21));
         assert!(log.read(0, 10, usize::MAX).unwrap().messages.is_empty());
         let (m, _) = log.append(vec![new(b"later")], small, false).unwrap();
-        assert_eq!(m[0].offset(), 20);
+        assert_eq!(m[0].offset(), 21);
         drop(log);
         let (log, _) = reopen(dir.path());
-        assert_eq!(log.bounds(), (20, 21));
+        assert_eq!(log.bounds(), (21, 22));
     }
 
     #[test]

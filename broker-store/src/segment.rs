@@ -275,7 +275,25 @@ impl Segment {
         File::open(&self.path).map(Arc::new)
     }
 
-    /// Closes the file once the segment takes no more appends.
+    /// The file open for appends: kept open from here on, until
+    /// [`Segment::seal`].
+    pub(crate) fn writable(&self) -> io::Result<Arc<File>> {
+        let mut open = self.open.lock();
+        if let Some(file) = &*open {
+            return Ok(file.clone());
+        }
+        let file = Arc::new(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&self.path)?,
+        );
+        *open = Some(file.clone());
+        Ok(file)
+    }
+
+    /// Closes the file: once the segment takes no more appends, or while
+    /// its topic is idle (the next append opens it again).
     pub(crate) fn seal(&self) {
         *self.open.lock() = None;
     }

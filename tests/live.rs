@@ -1132,3 +1132,78 @@ async fn a_websocket_that_answers_no_pings_is_closed() {
         }
     }
 }
+
+/// `Last-Event-ID` (SSE) and `last_event_id` (WebSocket) resume with
+/// everything the log retains after that id, past `replay_messages` and
+/// in pages, then go live without a gap or a repeat.
+#[tokio::test]
+async fn a_resume_far_back_replays_everything_retained_in_order() {
+    let limits = Limits {
+        replay_messages: 5,
+        replay_bytes: 1024,
+        ..Limits::default()
+    };
+    let config = LiveConfig {
+        queue_capacity: 64,
+        ..LiveConfig::default()
+    };
+    let server = live_server_with(config, ApiConfig::default(), limits).await;
+    let publisher = server.publisher("orders", "p").await;
+    let token = listener(&server, "orders", "l").await;
+    // 600 messages: more than a page (256), than the queue (64) and than
+    // `replay_messages` (5).
+    let ids = publish_texts(
+        &server,
+        "orders",
+        &publisher,
+        (0..600).map(|n| format!("message {n:03} {}", "x".repeat(40))),
+    )
+    .await;
+
+    let auth = format!("Bearer {token}");
+    let mut sse = SseReader::open(
+        &server,
+        "/v1/topics/orders/events",
+        &[("authorization", &auth), ("last-event-id", &ids[3])],
+    )
+    .await
+    .unwrap();
+    let mut ws = ws_connect(&server, Some(&token)).await;
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "topic": "orders", "last_event_id": ids[3]}),
+    )
+    .await;
+    let ack = recv(&mut ws).await;
+    assert_eq!(ack["replayed"], 596, "{ack}");
+    // Published while the replays are under way: comes after them, once.
+    let later = publish(
+        &server,
+        "orders",
+        &publisher,
+        "text/plain",
+        b"later".to_vec(),
+    )
+    .await;
+    for id in &ids[4..] {
+        assert_eq!(sse.next().await.unwrap().id.as_ref(), Some(id));
+        let e = recv(&mut ws).await;
+        assert_eq!(e["message"]["id"], json!(id), "{e}");
+    }
+    let e = sse.next().await.unwrap();
+    assert_eq!(
+        (e.id.as_deref(), e.data.as_str()),
+        (Some(later.as_str()), "later")
+    );
+    let e = recv(&mut ws).await;
+    assert_eq!(e["message"]["id"], json!(later));
+    // `last_n` stays bounded by `replay_messages`.
+    send(&mut ws, json!({"type": "unsubscribe", "topic": "orders"})).await;
+    assert_eq!(recv(&mut ws).await["type"], "ack");
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "topic": "orders", "last_n": 1000}),
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await["replayed"], 5);
+}

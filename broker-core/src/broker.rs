@@ -421,10 +421,16 @@ impl Broker {
         }
     }
 
-    /// The retained messages of `topic` that `from` asks for, read from its
-    /// log, oldest first: at most the newest [`Limits::replay_messages`],
-    /// and of those at most [`Limits::replay_bytes`] of payload (the oldest
-    /// are left out first).
+    /// The part of `topic`'s log that `from` asks a live listener be
+    /// replayed: `[start, end)`, where `end` is the log's end now. A
+    /// listener attaches first, then takes the range, reads it page by
+    /// page ([`Broker::read`]), and skips live messages below `end`.
+    ///
+    /// - [`ReplayFrom::Last`]`(n)`: the last `n` retained, at most
+    ///   [`Limits::replay_messages`].
+    /// - [`ReplayFrom::After`]`(id)`: everything retained after the
+    ///   message with that id; an id not of this topic's log is taken as
+    ///   `Last(replay_messages)`.
     ///
     /// # Errors
     ///
@@ -449,15 +455,15 @@ impl Broker {
     /// for n in 0..3 {
     ///     ids.push(broker.publish("t", &token, None, format!("{n}").into()).await?.id);
     /// }
-    /// let last_two = broker.replay("t", ReplayFrom::Last(2)).await?;
-    /// assert_eq!(last_two.messages.len(), 2);
-    /// assert_eq!(last_two.messages[0].payload().as_ref(), b"1");
-    /// let after_first = broker.replay("t", ReplayFrom::After(&ids[0])).await?;
-    /// assert_eq!(after_first.messages[0].id(), ids[1]);
+    /// let last_two = broker.replay_range("t", ReplayFrom::Last(2)).await?;
+    /// assert_eq!((last_two.start, last_two.end), (1, 3));
+    /// let after_first = broker.replay_range("t", ReplayFrom::After(&ids[0])).await?;
+    /// let read = broker.read("t", after_first.start, 10, usize::MAX).await?;
+    /// assert_eq!(read.messages[0].id(), ids[1]);
     /// # Ok::<_, broker_core::Error>(())
     /// # }).unwrap();
     /// ```
-    pub async fn replay(&self, topic: &str, from: ReplayFrom<'_>) -> Result<Replay, Error> {
+    pub async fn replay_range(&self, topic: &str, from: ReplayFrom<'_>) -> Result<Replay, Error> {
         crate::topic::validate(topic)?;
         let name = {
             let registry = self.shared.registry.read();
@@ -465,47 +471,32 @@ impl Broker {
             t.name.clone()
         };
         let store = &self.shared.store;
-        let limit = self.shared.limits.replay_messages;
-        let (first, next) = store.bounds(&name).await?;
+        let limit = self.shared.limits.replay_messages as u64;
+        let (first, end) = store.bounds(&name).await?;
+        let newest = end.saturating_sub(limit).max(first);
         let start = match from {
-            ReplayFrom::Last(n) => next.saturating_sub(n.min(limit) as u64),
+            ReplayFrom::Last(n) => end.saturating_sub((n as u64).min(limit)).max(first),
             ReplayFrom::After(id) => match crate::store::claimed_offset(id) {
                 // Whether the id is of this log: compared with the message
-                // at its offset, or with any retained one when it is gone.
-                Some(offset) => {
+                // at its offset, or, when that one is gone, with the oldest
+                // retained one (all of a log's ids share their prefix).
+                Some(offset) if offset < end => {
                     let probe = store.read(&name, offset, 1, 0).await?;
                     match probe.messages.first() {
                         Some(m) if m.offset == offset && m.id == id => offset + 1,
-                        Some(m) if m.offset > offset && crate::store::same_log(&m.id, id) => first,
-                        _ => first,
+                        Some(m) if m.offset > offset && crate::store::same_log(&m.id, id) => {
+                            m.offset
+                        }
+                        _ => newest,
                     }
                 }
-                None => first,
+                _ => newest,
             },
-        }
-        .max(next.saturating_sub(limit as u64));
-        let read = if limit == 0 {
-            Read::default()
-        } else {
-            store.read(&name, start, limit, usize::MAX).await?
         };
-        // What the replay covers: up to its last message, else up to the
-        // end of the log (all of it before `start`, left out on purpose).
-        // Messages numbered after the `bounds` look-up that the count left
-        // out come live: they were published after the listener attached.
-        let up_to = match read.messages.last() {
-            Some(m) => Some(m.offset),
-            None => read.next.max(start).checked_sub(1),
-        };
-        let mut messages = read.messages;
-        let mut bytes: usize = messages.iter().map(|m| m.payload.len()).sum();
-        let mut skip = 0;
-        while bytes > self.shared.limits.replay_bytes && skip < messages.len() {
-            bytes -= messages[skip].payload.len();
-            skip += 1;
-        }
-        messages.drain(..skip);
-        Ok(Replay { messages, up_to })
+        Ok(Replay {
+            start: start.min(end),
+            end,
+        })
     }
 
     /// Up to `max_messages` messages of `topic` from offset `from` on,
@@ -1050,56 +1041,63 @@ mod tests {
         ids
     }
 
+    async fn ids_from(b: &Broker, topic: &str, range: Replay) -> Vec<String> {
+        let read = b
+            .read(topic, range.start, usize::MAX, usize::MAX)
+            .await
+            .unwrap();
+        read.messages
+            .iter()
+            .filter(|m| m.offset() < range.end)
+            .map(|m| m.id().to_owned())
+            .collect()
+    }
+
     #[tokio::test]
-    async fn the_replay_is_bounded_by_count_and_bytes() {
+    async fn last_n_is_bounded_by_replay_messages() {
         let limits = Limits {
             replay_messages: 3,
-            replay_bytes: 10,
             ..Limits::default()
         };
         let b = Broker::with_limits(Recorder::default(), limits);
         let ids = publish_n(&b, "t", &[1, 1, 1, 1]).await;
-        let all = b.replay("t", ReplayFrom::Last(usize::MAX)).await.unwrap();
-        let kept: Vec<_> = all.messages.iter().map(|m| m.id().to_owned()).collect();
-        assert_eq!(kept, ids[1..]);
-        assert_eq!(all.up_to, Some(3));
-        // Bytes: the oldest are left out until the rest fits in 10.
-        let more = publish_n(&b, "t", &[6]).await;
-        let kept = b.replay("t", ReplayFrom::Last(10)).await.unwrap().messages;
-        assert_eq!(kept.len(), 3);
-        assert_eq!(kept[2].id(), more[0]);
-        // Too large to replay: left out, yet covered by `up_to`.
-        let big = publish_n(&b, "t", &[11]).await;
-        let r = b.replay("t", ReplayFrom::Last(10)).await.unwrap();
-        assert!(r.messages.is_empty());
-        assert_eq!(r.up_to, Some(5));
-        assert!(!r.messages.iter().any(|m| m.id() == big[0]));
-        let none = b.replay("t", ReplayFrom::Last(0)).await.unwrap();
-        assert!(none.messages.is_empty());
-        assert_eq!(none.up_to, Some(5));
+        let all = b
+            .replay_range("t", ReplayFrom::Last(usize::MAX))
+            .await
+            .unwrap();
+        assert_eq!(all, Replay { start: 1, end: 4 });
+        assert_eq!(all.up_to(), Some(3));
+        assert_eq!(ids_from(&b, "t", all).await, ids[1..]);
+        let two = b.replay_range("t", ReplayFrom::Last(2)).await.unwrap();
+        assert_eq!(ids_from(&b, "t", two).await, ids[2..]);
+        let none = b.replay_range("t", ReplayFrom::Last(0)).await.unwrap();
+        assert!(none.is_empty());
+        assert_eq!(none.up_to(), Some(3));
         assert_eq!(
-            b.replay("zz", ReplayFrom::Last(1)).await.unwrap_err(),
+            b.replay_range("zz", ReplayFrom::Last(1)).await.unwrap_err(),
             Error::TopicNotFound
         );
     }
 
     #[tokio::test]
-    async fn replay_after_an_id_resumes_after_it() {
-        let (b, _) = broker();
-        let ids = publish_n(&b, "t", &[1, 1, 1]).await;
+    async fn replay_after_an_id_resumes_after_it_whatever_the_count() {
+        let limits = Limits {
+            replay_messages: 2,
+            ..Limits::default()
+        };
+        let b = Broker::with_limits(Recorder::default(), limits);
+        let ids = publish_n(&b, "t", &[1, 1, 1, 1, 1]).await;
         let after = |id: String| {
             let b = b.clone();
             async move {
-                let r = b.replay("t", ReplayFrom::After(&id)).await.unwrap();
-                r.messages
-                    .iter()
-                    .map(|m| m.id().to_owned())
-                    .collect::<Vec<_>>()
+                let range = b.replay_range("t", ReplayFrom::After(&id)).await.unwrap();
+                ids_from(&b, "t", range).await
             }
         };
+        // Everything retained after it, not only `replay_messages`.
         assert_eq!(after(ids[0].clone()).await, ids[1..]);
-        assert!(after(ids[2].clone()).await.is_empty());
-        // Ids not of this topic's log replay all that is retained.
+        assert!(after(ids[4].clone()).await.is_empty());
+        // Ids not of this topic's log replay the newest `replay_messages`.
         let other = publish_n(&b, "u", &[1]).await;
         for foreign in [
             "",
@@ -1108,9 +1106,9 @@ mod tests {
             "msg_000000000000000000000001",
             &other[0],
         ] {
-            assert_eq!(after(foreign.to_owned()).await, ids, "{foreign:?}");
+            assert_eq!(after(foreign.to_owned()).await, ids[3..], "{foreign:?}");
         }
-        // Nothing replayed with replay off, but `up_to` still covers the log.
+        // Replay off still covers the log.
         let off = Broker::with_limits(
             Recorder::default(),
             Limits {
@@ -1119,8 +1117,29 @@ mod tests {
             },
         );
         publish_n(&off, "t", &[1]).await;
-        let r = off.replay("t", ReplayFrom::Last(5)).await.unwrap();
-        assert!(r.messages.is_empty() && r.up_to == Some(0));
+        let r = off.replay_range("t", ReplayFrom::Last(5)).await.unwrap();
+        assert!(r.is_empty() && r.up_to() == Some(0));
+    }
+
+    #[tokio::test]
+    async fn an_id_whose_message_retention_removed_resumes_at_the_oldest_retained() {
+        let store = MemoryStore::new(
+            crate::Retention {
+                bytes_per_topic: 2,
+                ..crate::Retention::default()
+            },
+            1 << 20,
+        );
+        let b = Broker::open(Recorder::default(), Limits::default(), store)
+            .await
+            .unwrap();
+        let ids = publish_n(&b, "t", &[1, 1, 1, 1]).await;
+        let range = b
+            .replay_range("t", ReplayFrom::After(&ids[0]))
+            .await
+            .unwrap();
+        assert_eq!(range, Replay { start: 2, end: 4 });
+        assert_eq!(ids_from(&b, "t", range).await, ids[2..]);
     }
 
     /// A store that remembers every change, to check what the broker

@@ -32,13 +32,13 @@ pub struct Limits {
     /// Sum of the lengths of a subscriber's header names and values, in
     /// bytes. Default 8 KiB.
     pub max_header_bytes: usize,
-    /// Messages each topic keeps for replay to live listeners (`last_n`,
-    /// `Last-Event-ID`); 0 keeps none. Default 100.
+    /// Most messages a live listener's `last_n` replays (and what an id
+    /// not of the topic's log replays); 0 replays none. A `Last-Event-ID`
+    /// of the log replays everything retained after it, whatever this
+    /// says. Default 100.
     pub replay_messages: usize,
-    /// Bytes of payload each topic keeps for replay: the oldest retained
-    /// messages go first when a new one would pass it, and a message larger
-    /// than this is not retained at all. The replay memory is bounded by
-    /// `max_topics × replay_bytes`. Default 1 MiB.
+    /// Most payload bytes read from the log at once while replaying: what
+    /// one replaying connection holds in memory. Default 1 MiB.
     pub replay_bytes: usize,
     /// Length of a publisher or listener name in bytes. Default 128.
     pub max_publisher_name_len: usize,

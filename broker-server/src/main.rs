@@ -116,13 +116,14 @@ struct Args {
     #[arg(long, env = "BROKER_MAX_LISTENERS_PER_TOPIC", default_value_t = Limits::default().max_listeners_per_topic)]
     max_listeners_per_topic: usize,
 
-    /// Most messages replayed from the log to a live listener that asks
-    /// (`last_n`, `Last-Event-ID`); 0 replays none.
+    /// Most messages `last_n` replays from the log to a live listener; 0
+    /// replays none. (`Last-Event-ID` replays everything retained after
+    /// that id.)
     #[arg(long, env = "BROKER_REPLAY_MESSAGES", default_value_t = Limits::default().replay_messages)]
     replay_messages: usize,
 
-    /// Most payload bytes in one replay; the oldest messages are left out
-    /// first.
+    /// Most payload bytes a replaying live connection reads from the log
+    /// at once (its memory while it catches up).
     #[arg(long, env = "BROKER_REPLAY_BYTES", default_value_t = Limits::default().replay_bytes)]
     replay_bytes: usize,
 

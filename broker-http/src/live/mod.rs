@@ -9,6 +9,7 @@
 //! disconnected, or loses its oldest queued messages
 //! ([`Overflow`]); publishing and the other connections carry on.
 
+mod pager;
 mod queue;
 pub(crate) mod sse;
 pub(crate) mod ws;
@@ -26,6 +27,7 @@ use async_trait::async_trait;
 use broker_core::{Message, Notifier, Publish, TopicName};
 use parking_lot::{Mutex, RwLock};
 
+pub(crate) use pager::Pager;
 pub(crate) use queue::{LiveEvent, LiveQueue, Next};
 
 /// What happens when a live connection's queue is full.
@@ -33,7 +35,7 @@ pub(crate) use queue::{LiveEvent, LiveQueue, Next};
 pub enum Overflow {
     /// The client gets a `SLOW_CONSUMER` error and is disconnected (the
     /// default): it knows it missed messages, and can reconnect and resume
-    /// from the replay ring.
+    /// from the topic's log (`Last-Event-ID`).
     #[default]
     Disconnect,
     /// The oldest queued message is dropped (and counted) to make room:
@@ -463,7 +465,7 @@ pub(crate) fn published(payloads: &[&[u8]]) -> Vec<Arc<Message>> {
         );
         rt.block_on(publish).unwrap();
     }
-    rt.block_on(broker.replay("t", broker_core::ReplayFrom::Last(payloads.len())))
+    rt.block_on(broker.read("t", 0, payloads.len(), usize::MAX))
         .unwrap()
         .messages
 }
@@ -498,14 +500,18 @@ mod tests {
         conn.attach(TopicName::new("t").unwrap());
         assert_eq!(hub.listening("t"), 1);
         publish("in between");
-        let replay = block_on(broker.replay("t", ReplayFrom::Last(10))).unwrap();
-        conn.covered("t", replay.up_to);
+        let range = block_on(broker.replay_range("t", ReplayFrom::Last(10))).unwrap();
+        conn.covered("t", range.up_to());
         publish("after");
-        let replayed: Vec<_> = replay
-            .messages
-            .iter()
-            .map(|m| m.payload().clone())
-            .collect();
+        let mut pager = Pager::new(broker.clone(), TopicName::new("t").unwrap(), range);
+        let mut replayed = Vec::new();
+        loop {
+            let page = block_on(std::future::poll_fn(|cx| pager.poll_page(cx))).unwrap();
+            if page.is_empty() {
+                break;
+            }
+            replayed.extend(page.iter().map(|m| m.payload().clone()));
+        }
         assert_eq!(replayed, ["old", "in between"]);
         let mut live = Vec::new();
         let mut cx = Context::from_waker(Waker::noop());

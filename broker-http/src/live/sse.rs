@@ -8,7 +8,8 @@
 //! heartbeat when nothing else does. When the connection cannot keep up,
 //! it gets a `broker.error` event with `{"code":"SLOW_CONSUMER",…}` and
 //! the stream ends; `Last-Event-ID` on the reconnect resumes from the
-//! replay ring.
+//! topic's log, which the stream reads a page at a time before it goes
+//! live.
 
 use std::{
     collections::VecDeque,
@@ -26,7 +27,7 @@ use http_body_util::BodyExt as _;
 use hyper::body::{Body, Frame};
 use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
 
-use super::{Connection, LiveEvent, Next, Transport};
+use super::{Connection, LiveEvent, Next, Pager, Transport};
 use crate::{Api, ApiError, ResponseBody};
 
 /// Bytes gathered into one body frame when many events are ready.
@@ -56,17 +57,19 @@ pub(crate) async fn events(
     };
     let topic_name = broker_core::TopicName::new(topic)?;
     let mut connection = hub.connect(Transport::Sse)?;
-    // Attach first, then take the replay: nothing published in between is
-    // lost, and what the replay covers is skipped when it comes live.
-    connection.attach(topic_name);
-    let replay = api.broker().replay(topic, from).await?;
-    connection.covered(topic, replay.up_to);
+    // Attach first, then take the replay's range: nothing published in
+    // between is lost, and what the range covers is skipped when it comes
+    // live.
+    connection.attach(topic_name.clone());
+    let range = api.broker().replay_range(topic, from).await?;
+    connection.covered(topic, range.up_to());
     let period = connection.config().heartbeat;
     let mut heartbeat = interval_at(Instant::now() + period, period);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let body = SseBody {
         connection,
-        replay: replay.messages.into(),
+        replay: (!range.is_empty()).then(|| Pager::new(api.broker().clone(), topic_name, range)),
+        page: VecDeque::new(),
         heartbeat,
         started: false,
         done: false,
@@ -90,12 +93,14 @@ pub(crate) async fn events(
     Ok(response)
 }
 
-/// The event stream: replayed messages first, then live ones from the
+/// The event stream: replayed messages (read from the log a page at a
+/// time) first, then live ones from the
 /// connection's queue, with heartbeats in the silences. Dropping it (the
 /// client went away) detaches the connection from the hub.
 struct SseBody {
     connection: Connection,
-    replay: VecDeque<Arc<Message>>,
+    replay: Option<Pager>,
+    page: VecDeque<Arc<Message>>,
     heartbeat: Interval,
     started: bool,
     done: bool,
@@ -122,8 +127,21 @@ impl Body for SseBody {
         }
         let mut sent = 0;
         while batch.size < BATCH_BYTES {
-            let event = if let Some(message) = this.replay.pop_front() {
+            let event = if let Some(message) = this.page.pop_front() {
                 encode(&message)
+            } else if let Some(pager) = &mut this.replay {
+                match pager.poll_page(cx) {
+                    Poll::Ready(Ok(page)) if page.is_empty() => this.replay = None,
+                    Poll::Ready(Ok(page)) => this.page = page.into(),
+                    Poll::Ready(Err(e)) => {
+                        tracing::error!(error = %e, "reading a replay from the log failed");
+                        this.done = true;
+                        batch.push(replay_failed());
+                        break;
+                    }
+                    Poll::Pending => break,
+                }
+                continue;
             } else {
                 match this.connection.queue.poll_next(cx) {
                     Poll::Ready(Next::Event(e)) => {
@@ -228,6 +246,13 @@ pub(crate) fn encode(message: &Message) -> Bytes {
     }
     out.extend_from_slice(b"\n");
     out.freeze()
+}
+
+fn replay_failed() -> Bytes {
+    Bytes::from_static(
+        b"event: broker.error\ndata: {\"code\":\"INTERNAL\",\"message\":\"the replay could not be \
+          read from the log; reconnect with Last-Event-ID to resume\"}\n\n",
+    )
 }
 
 fn slow_consumer() -> Bytes {

@@ -42,7 +42,7 @@ use tokio_tungstenite::{
     WebSocketStream,
 };
 
-use super::{Connection, LiveEvent, Next, Transport};
+use super::{Connection, LiveEvent, Next, Pager, Transport};
 use crate::{Api, ApiError, ResponseBody};
 
 /// Events gathered into one flush when many are ready.
@@ -71,6 +71,7 @@ pub(crate) fn upgrade(
         api: api.clone(),
         connection,
         token,
+        replays: Default::default(),
     };
     let config = WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
@@ -138,6 +139,9 @@ struct Session {
     /// The token of the handshake (header or `access_token`), used by
     /// frames that carry none.
     token: Option<String>,
+    /// Replays still to send, one per subscription that asked for one,
+    /// read from the log a page at a time; the oldest subscription's first.
+    replays: std::collections::VecDeque<Pager>,
 }
 
 impl Session {
@@ -176,6 +180,29 @@ impl Session {
                     Next::Event(first) => events = self.events(first, &mut out),
                     Next::Overflowed => break Stop::Slow,
                     Next::Closed => break Stop::Closing,
+                },
+                page = std::future::poll_fn(|cx| match self.replays.front_mut() {
+                    Some(pager) => pager.poll_page(cx),
+                    None => std::task::Poll::Pending,
+                }), if !self.replays.is_empty() => match page {
+                    Ok(page) if page.is_empty() => {
+                        self.replays.pop_front();
+                    }
+                    Ok(page) => {
+                        events = page.len();
+                        out.extend(page.iter().map(|m| WsMessage::Text(encode(m))));
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading a replay from the log failed");
+                        let pager = self.replays.pop_front().expect("polled above");
+                        self.connection.detach(pager.topic().as_str());
+                        out.push(error(
+                            "INTERNAL",
+                            "the replay could not be read from the log; subscribe again with \
+                             last_event_id to resume",
+                            None,
+                        ));
+                    }
                 },
                 _ = heartbeat.tick() => {
                     if heard.elapsed() > 2 * period {
@@ -321,25 +348,27 @@ impl Session {
             (None, n) => ReplayFrom::Last(n.unwrap_or(0)),
         };
         let name = TopicName::new(topic).map_err(|e| Refusal::from(ApiError::from(e)))?;
-        self.connection.attach(name);
-        let replay = match self.api.broker().replay(topic, from).await {
-            Ok(replay) => replay,
+        self.connection.attach(name.clone());
+        let range = match self.api.broker().replay_range(topic, from).await {
+            Ok(range) => range,
             Err(e) => {
                 self.connection.detach(topic);
                 return Err(ApiError::from(e).into());
             }
         };
-        self.connection.covered(topic, replay.up_to);
-        let mut out = Vec::with_capacity(replay.messages.len() + 1);
-        out.push(reply(&ack(replay.messages.len())));
-        out.extend(replay.messages.iter().map(|m| WsMessage::Text(encode(m))));
-        // Counted as sent now: the ack and the replay go out in one write.
-        self.connection.queue.sent(replay.messages.len() as u64);
-        Ok(out)
+        self.connection.covered(topic, range.up_to());
+        if !range.is_empty() {
+            // Read and sent a page at a time by the session's loop, after
+            // this ack.
+            self.replays
+                .push_back(Pager::new(self.api.broker().clone(), name, range));
+        }
+        Ok(vec![reply(&ack(range.len() as usize))])
     }
 
     fn unsubscribe(&mut self, frame: &ClientFrame<'_>) -> Result<Vec<WsMessage>, Refusal> {
         let topic = frame.topic()?;
+        self.replays.retain(|p| p.topic().as_str() != topic);
         if !self.connection.detach(topic) {
             return Err(Refusal::bad(
                 "this connection is not subscribed to that topic",

@@ -1125,7 +1125,7 @@ mod tests {
     async fn an_id_whose_message_retention_removed_resumes_at_the_oldest_retained() {
         let store = MemoryStore::new(
             crate::Retention {
-                bytes_per_topic: 2,
+                bytes_per_topic: 2 * (1 + crate::memory::MESSAGE_OVERHEAD as u64),
                 ..crate::Retention::default()
             },
             1 << 20,

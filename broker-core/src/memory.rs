@@ -39,7 +39,8 @@ impl Default for Retention {
 }
 
 /// Topic logs kept in memory, bounded by [`Retention`] and by one byte
-/// budget shared by all topics.
+/// budget shared by all topics. Each message counts its payload and a
+/// fixed 160 bytes for its bookkeeping.
 ///
 /// Registrations are not kept (the broker's own index is the only copy):
 /// [`Store::load`] finds nothing and [`Store::save`] does nothing.
@@ -73,6 +74,15 @@ pub struct MemoryStore {
     logs: RwLock<HashMap<TopicName, Arc<Mutex<Log>>>>,
 }
 
+/// What a retained message costs beyond its payload: the `Message`, its
+/// id and the reference to it (measured: about 150 bytes with mimalloc),
+/// so that small messages are bounded by the budget too.
+pub(crate) const MESSAGE_OVERHEAD: usize = 160;
+
+fn cost(message: &Message) -> usize {
+    message.payload().len() + MESSAGE_OVERHEAD
+}
+
 #[derive(Debug)]
 struct Log {
     prefix: String,
@@ -90,15 +100,15 @@ impl Log {
         let Some(old) = self.messages.pop_front() else {
             return false;
         };
-        self.bytes -= old.payload().len() as u64;
-        held.fetch_sub(old.payload().len(), Ordering::Relaxed);
+        self.bytes -= cost(&old) as u64;
+        held.fetch_sub(cost(&old), Ordering::Relaxed);
         true
     }
 }
 
 impl MemoryStore {
     /// A store keeping each topic's log by `retention`, and at most
-    /// `budget` payload bytes across all topics: past it, the oldest
+    /// `budget` bytes across all topics: past it, the oldest
     /// messages of the topic being appended to go first, then those of
     /// others.
     pub fn new(retention: Retention, budget: usize) -> Self {
@@ -110,7 +120,7 @@ impl MemoryStore {
         }
     }
 
-    /// Payload bytes held by all logs.
+    /// Bytes held by all logs (payloads and bookkeeping).
     pub fn held_bytes(&self) -> usize {
         self.held.load(Ordering::Relaxed)
     }
@@ -212,7 +222,7 @@ impl Store for MemoryStore {
                     new.published_at,
                 ));
                 log.next += 1;
-                let size = message.payload().len();
+                let size = cost(&message);
                 log.bytes += size as u64;
                 self.held.fetch_add(size, Ordering::Relaxed);
                 log.messages.push_back(message.clone());
@@ -275,6 +285,8 @@ impl Store for MemoryStore {
 mod tests {
     use super::*;
 
+    const O: usize = MESSAGE_OVERHEAD;
+
     fn block_on<F: std::future::Future>(f: F) -> F::Output {
         tokio::runtime::Builder::new_current_thread()
             .build()
@@ -296,7 +308,8 @@ mod tests {
             let store = MemoryStore::new(
                 Retention {
                     age: Duration::from_secs(3600),
-                    bytes_per_topic: 10,
+                    // Two 4-byte messages fit, not three.
+                    bytes_per_topic: (2 * (4 + O) + 1) as u64,
                 },
                 1 << 20,
             );
@@ -305,12 +318,11 @@ mod tests {
                 let m = store.append(&t, vec![new(4)]).await.unwrap();
                 assert_eq!(m[0].offset(), i);
             }
-            // 10 bytes per topic: two 4-byte messages fit.
             let read = store.read(&t, 0, 100, usize::MAX).await.unwrap();
             assert_eq!((read.first, read.next), (3, 5));
             let offsets: Vec<_> = read.messages.iter().map(|m| m.offset()).collect();
             assert_eq!(offsets, [3, 4]);
-            assert_eq!(store.held_bytes(), 8);
+            assert_eq!(store.held_bytes(), 2 * (4 + O));
             // Ids carry the offset and one prefix per log.
             assert!(read.messages[0].id().ends_with("000000000003"));
             assert!(crate::store::same_log(
@@ -329,27 +341,28 @@ mod tests {
     #[test]
     fn the_budget_is_shared_and_evicts_others_when_needed() {
         block_on(async {
-            let store = MemoryStore::new(Retention::default(), 100);
+            let budget = 100 + 2 * O;
+            let store = MemoryStore::new(Retention::default(), budget);
             let (a, b) = (TopicName::new("a").unwrap(), TopicName::new("b").unwrap());
             store.append(&a, vec![new(60)]).await.unwrap();
             store.append(&b, vec![new(30)]).await.unwrap();
-            assert_eq!(store.held_bytes(), 90);
-            // b's new message pushes past 100: b's own older one goes
-            // first, which is enough.
+            assert_eq!(store.held_bytes(), 90 + 2 * O);
+            // b's new message pushes past the budget: b's own older one
+            // goes first, which is enough.
             store.append(&b, vec![new(30)]).await.unwrap();
-            assert_eq!(store.held_bytes(), 90);
+            assert_eq!(store.held_bytes(), 90 + 2 * O);
             assert_eq!(store.bounds(&a).await.unwrap(), (0, 1));
             assert_eq!(store.bounds(&b).await.unwrap(), (1, 2));
             // A message b cannot make room for by itself: a's go.
-            store.append(&b, vec![new(80)]).await.unwrap();
-            assert!(store.held_bytes() <= 100, "{}", store.held_bytes());
+            store.append(&b, vec![new(80 + O)]).await.unwrap();
+            assert!(store.held_bytes() <= budget, "{}", store.held_bytes());
             assert_eq!(store.bounds(&a).await.unwrap(), (1, 1));
             // Larger than the whole budget: handed out, not kept past the
             // next append.
-            let huge = store.append(&a, vec![new(500)]).await.unwrap();
+            let huge = store.append(&a, vec![new(5 * budget)]).await.unwrap();
             assert_eq!(huge[0].offset(), 1);
             store.append(&a, vec![new(1)]).await.unwrap();
-            assert!(store.held_bytes() <= 100);
+            assert!(store.held_bytes() <= budget);
         });
     }
 

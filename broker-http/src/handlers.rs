@@ -178,7 +178,11 @@ where
         api.config().body_timeout,
     )
     .await?;
-    let content_type = h.get(header::CONTENT_TYPE).cloned();
+    // A copy: a header value parsed by hyper is a slice of the request's
+    // read buffer, which the log would otherwise keep whole.
+    let content_type = h
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| http::HeaderValue::from_bytes(v.as_bytes()).ok());
     let receipt = api
         .broker()
         .publish(topic, token, content_type, payload)

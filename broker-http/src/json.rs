@@ -59,7 +59,12 @@ where
         return Err(ApiError::PayloadTooLarge(limit));
     }
     match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        // A body that came in one piece is a slice of the connection's read
+        // buffer: kept as it is (the log keeps messages), it would pin that
+        // whole buffer, kilobytes for a 100-byte message. A copy holds just
+        // the payload. (A body of several pieces is already one new buffer
+        // of its exact size; the copy is then one more memcpy.)
+        Ok(Ok(collected)) => Ok(Bytes::copy_from_slice(&collected.to_bytes())),
         Ok(Err(e)) if e.is::<LengthLimitError>() => Err(ApiError::PayloadTooLarge(limit)),
         Ok(Err(_)) => Err(ApiError::BadBody),
         Err(_) => Err(ApiError::BodyTimeout),

@@ -1,9 +1,13 @@
-//! The core of a webhook pub/sub broker: an in-memory registry of topics,
-//! publishers and subscribers, and a publish path that hands each message,
-//! with a snapshot of its topic's subscribers, to a pluggable [`Notifier`].
+//! The core of a webhook pub/sub broker: a registry of topics, publishers
+//! and subscribers, one log per topic behind a pluggable [`Store`], and a
+//! publish path that appends each message to its topic's log and then hands
+//! it, with a snapshot of the topic's subscribers, to a pluggable
+//! [`Notifier`].
 //!
-//! No I/O happens here: the HTTP delivery lives in `broker-http`'s
-//! `WebhookNotifier`; tests and benchmarks plug in their own notifier.
+//! No I/O happens here: the default store, [`MemoryStore`], keeps the logs
+//! in memory; `broker-store` keeps them on disk. The HTTP delivery lives in
+//! `broker-http`'s `WebhookNotifier`; tests and benchmarks plug in their own
+//! notifier.
 //!
 //! - Registration is idempotent: a publisher is keyed by (topic, name), a
 //!   subscriber by (topic, method, canonical URL).
@@ -11,8 +15,9 @@
 //!   constant time) may publish, and only on its own topic. Listener
 //!   tokens, for live listening, are issued and checked the same way
 //!   ([`Role`]).
-//! - Each topic keeps a bounded ring of its last messages for replay
-//!   ([`Broker::replay`], [`Limits::replay_messages`]).
+//! - Every message gets an offset in its topic's log (per topic, dense,
+//!   never reused); live listeners replay from the log
+//!   ([`Broker::replay_range`], [`Broker::read`]).
 //! - A publish reads the registry under a short read lock, copies out the
 //!   subscriber snapshot (one `Arc`), and calls the notifier once with the
 //!   whole fan-out. The payload is a shared [`bytes::Bytes`].

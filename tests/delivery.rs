@@ -59,10 +59,18 @@ async fn a_hanging_endpoint_delays_no_one_else() {
         healthy.next().await;
     }
     // While the healthy one got everything, the hanging one holds no more
-    // than its in-flight limit; the rest waits in its own queue.
+    // than its in-flight limit; the rest waits in the log, its cursor
+    // behind.
     let held = hanging.drain_now().len();
     assert!(held <= 8, "{held} requests in flight to one endpoint");
-    assert!(s.notifier.pending() >= 100 - 8);
+    let detail = s.get("/v1/topics/t").await.json();
+    let lag: Vec<u64> = detail["subscribers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|sub| sub["lag"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lag, [100, 0], "the hanging one lags, the healthy one not");
     gate.add_permits(usize::MAX >> 4);
     s.settle().await;
     assert_eq!(
@@ -135,9 +143,8 @@ async fn every_kind_of_bad_endpoint_on_one_topic() {
 }
 
 #[tokio::test]
-async fn a_full_queue_drops_the_oldest_and_counts_it() {
+async fn a_slow_subscriber_lags_behind_and_loses_nothing() {
     let s = server(DeliveryConfig {
-        queue_capacity: 4,
         max_in_flight: 1,
         ..DeliveryConfig::default()
     })
@@ -148,36 +155,42 @@ async fn a_full_queue_drops_the_oldest_and_counts_it() {
     s.subscriber("t", json!({"url": slow.url("/")})).await;
 
     let auth = format!("Bearer {token}");
-    // The first is taken in flight before the rest arrive.
-    s.call(
-        "POST",
-        "/v1/topics/t/messages",
-        &[("authorization", &auth)],
-        "0",
-    )
-    .await;
-    assert_eq!(slow.next().await.body, "0");
-    for i in 1..20 {
-        s.call(
-            "POST",
-            "/v1/topics/t/messages",
-            &[("authorization", &auth)],
-            i.to_string(),
-        )
-        .await;
+    for i in 0..2_000 {
+        let r = s
+            .call(
+                "POST",
+                "/v1/topics/t/messages",
+                &[("authorization", &auth)],
+                i.to_string(),
+            )
+            .await;
+        assert_eq!(r.status, 202);
     }
-    assert_eq!(s.notifier.pending(), 5, "one in flight and a full queue");
-    gate.add_permits(100);
+    assert_eq!(slow.next().await.body, "0");
+    // It lags: the topic detail says where it is and by how much.
+    let detail = s.get("/v1/topics/t").await.json();
+    let sub = &detail["subscribers"][0];
+    assert_eq!(sub["offset"], 0, "{sub}");
+    assert_eq!(sub["lag"], 2_000, "{sub}");
+    gate.add_permits(usize::MAX >> 4);
     s.settle().await;
-    let bodies: Vec<_> = slow.drain_now().into_iter().map(|r| r.body).collect();
-    assert_eq!(
-        bodies,
-        ["16", "17", "18", "19"],
-        "the newest four were kept"
-    );
+    let bodies: Vec<String> = std::iter::once("0".to_owned())
+        .chain(
+            slow.drain_now()
+                .into_iter()
+                .map(|r| String::from_utf8(r.body.to_vec()).unwrap()),
+        )
+        .collect();
+    let want: Vec<String> = (0..2_000).map(|i| i.to_string()).collect();
+    assert_eq!(bodies, want, "all of them, in order (one in flight)");
     assert_eq!(
         counters_of(&s, "t", &slow.url("/")).await,
-        counts(5, 0, 15, 0, 0)
+        counts(2_000, 0, 0, 0, 0)
+    );
+    let sub = &s.get("/v1/topics/t").await.json()["subscribers"][0];
+    assert_eq!(
+        (sub["offset"].as_u64(), sub["lag"].as_u64()),
+        (Some(2_000), Some(0))
     );
 }
 
@@ -204,9 +217,11 @@ async fn deregistering_stops_queued_deliveries() {
         slow.drain_now().is_empty(),
         "nothing after the one in flight"
     );
+    // The one in flight is abandoned too: deregistering ends deliveries at
+    // once.
     let topic = s.get("/v1/topics/t").await.json();
-    assert_eq!(topic["counters"]["delivered"], 1);
-    assert_eq!(topic["counters"]["dropped"], 9);
+    assert_eq!(topic["counters"]["delivered"], 0);
+    assert_eq!(topic["counters"]["dropped"], 10);
 }
 
 #[tokio::test]

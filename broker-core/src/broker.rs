@@ -79,6 +79,18 @@ struct Shared {
     closed: AtomicBool,
 }
 
+/// A [`Broker`] that a notifier holds without keeping it alive: the broker
+/// owns its notifier, so a strong handle back would be a cycle.
+#[derive(Clone, Debug, Default)]
+pub struct WeakBroker(std::sync::Weak<Shared>);
+
+impl WeakBroker {
+    /// The broker, while it is still there.
+    pub fn upgrade(&self) -> Option<Broker> {
+        self.0.upgrade().map(|shared| Broker { shared })
+    }
+}
+
 /// Per-topic counters, reachable without the registry lock.
 #[derive(Debug, Default)]
 pub(crate) struct TopicStats {
@@ -199,7 +211,9 @@ impl Broker {
 
     /// An in-memory broker with the given limits.
     pub fn with_limits(notifier: impl Notifier, limits: Limits) -> Self {
-        Self::build(notifier, limits, Box::new(MemoryStore::default()))
+        let broker = Self::build(notifier, limits, Box::new(MemoryStore::default()));
+        broker.shared.notifier.attach(&broker);
+        broker
     }
 
     fn build(notifier: impl Notifier, limits: Limits, store: Box<dyn Store>) -> Self {
@@ -257,6 +271,8 @@ impl Broker {
         }
         let next = records.last().map_or(0, |r| r.order() + 1);
         broker.shared.order.store(next, Ordering::Relaxed);
+        // Now that every subscriber is back, with its cursor.
+        broker.shared.notifier.attach(&broker);
         Ok(broker)
     }
 
@@ -281,7 +297,8 @@ impl Broker {
                 let topic = TopicName::new(&s.topic).map_err(|_| bad("has a bad topic"))?;
                 let secret =
                     SigningSecret::restore(&s.secret).ok_or_else(|| bad("has a bad secret"))?;
-                let subscriber = registry.restore_subscriber(s.id.clone(), topic, endpoint, secret);
+                let subscriber =
+                    registry.restore_subscriber(s.id.clone(), topic, endpoint, secret, s.cursor);
                 registry.insert_subscriber(subscriber);
             }
         }
@@ -536,11 +553,14 @@ impl Broker {
         endpoint: Endpoint,
     ) -> Result<Registration<Arc<Subscriber>>, Error> {
         let _order = self.shared.changes.lock().await;
-        let plan =
-            self.shared
-                .registry
-                .write()
-                .plan_subscriber(topic, endpoint, &self.shared.limits)?;
+        // A new subscriber starts at the end of the log.
+        let (_, end) = self.shared.store.bounds(&TopicName::new(topic)?).await?;
+        let plan = self.shared.registry.write().plan_subscriber(
+            topic,
+            endpoint,
+            &self.shared.limits,
+            end,
+        )?;
         if !plan.created {
             return Ok(plan);
         }
@@ -562,6 +582,7 @@ impl Broker {
             max_attempts: e.max_attempts(),
             secret: s.secret.expose().to_owned(),
             order: self.next_order(),
+            cursor: end,
         });
         self.durably(topic, Change::Put(&record)).await?;
         self.shared.registry.write().insert_subscriber(s.clone());
@@ -577,9 +598,15 @@ impl Broker {
     /// [`Error::Storage`].
     pub async fn deregister_subscriber(&self, topic: &str, id: &str) -> Result<(), Error> {
         let _order = self.shared.changes.lock().await;
-        self.shared.registry.read().find_subscriber(topic, id)?;
+        let subscriber = self
+            .shared
+            .registry
+            .read()
+            .find_subscriber(topic, id)?
+            .clone();
         self.shared.store.save(Change::Remove { id }).await?;
         self.shared.registry.write().remove_subscriber(topic, id);
+        self.shared.notifier.deregistered(&subscriber);
         Ok(())
     }
 
@@ -644,6 +671,35 @@ impl Broker {
             })
             .await;
         Ok(receipt)
+    }
+
+    /// Where `topic`'s log stands: the offset of its oldest retained
+    /// message and the offset the next one will get.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidTopic`], or [`Error::Storage`].
+    pub async fn log_bounds(&self, topic: &str) -> Result<(u64, u64), Error> {
+        self.shared.store.bounds(&TopicName::new(topic)?).await
+    }
+
+    /// Moves `subscriber`'s cursor forward to `cursor` (never back) and
+    /// hands it to the store, which keeps it within a short time.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`].
+    pub async fn commit_cursor(&self, subscriber: &Subscriber, cursor: u64) -> Result<(), Error> {
+        if subscriber.cursor.fetch_max(cursor, Ordering::AcqRel) >= cursor {
+            return Ok(());
+        }
+        self.shared.store.save_cursor(&subscriber.id, cursor).await
+    }
+
+    /// A handle that does not keep the broker alive, for a notifier to
+    /// hold (see [`Notifier::attach`]).
+    pub fn downgrade(&self) -> WeakBroker {
+        WeakBroker(Arc::downgrade(&self.shared))
     }
 
     /// Stops accepting publishes (they fail with [`Error::Closed`]);

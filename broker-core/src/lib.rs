@@ -74,7 +74,7 @@ mod store;
 mod subscriber;
 mod topic;
 
-pub use broker::{Broker, Registration, TopicDetail, TopicSummary};
+pub use broker::{Broker, Registration, TopicDetail, TopicSummary, WeakBroker};
 pub use credential::{Credential, Listener, Publisher, Role};
 pub use endpoint::Endpoint;
 pub use error::Error;

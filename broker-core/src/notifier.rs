@@ -37,6 +37,23 @@ use crate::Publish;
 pub trait Notifier: Send + Sync + 'static {
     /// Hands one publish over for delivery.
     async fn notify(&self, publish: Publish);
+
+    /// Called once, when the broker is built (after
+    /// [`Broker::open`](crate::Broker::open) has registered everything its
+    /// store holds): a notifier that reads the log keeps
+    /// [`Broker::downgrade`](crate::Broker::downgrade) and resumes
+    /// subscribers whose cursor is behind. The default does nothing.
+    fn attach(&self, broker: &crate::Broker) {
+        let _ = broker;
+    }
+
+    /// Called when a subscriber is deregistered
+    /// ([`Subscriber::is_active`](crate::Subscriber::is_active) is false by
+    /// then), so that a notifier can stop its deliveries at once. The
+    /// default does nothing.
+    fn deregistered(&self, subscriber: &Arc<crate::Subscriber>) {
+        let _ = subscriber;
+    }
 }
 
 #[async_trait]
@@ -44,12 +61,24 @@ impl<N: Notifier + ?Sized> Notifier for Arc<N> {
     async fn notify(&self, publish: Publish) {
         (**self).notify(publish).await
     }
+    fn attach(&self, broker: &crate::Broker) {
+        (**self).attach(broker)
+    }
+    fn deregistered(&self, subscriber: &Arc<crate::Subscriber>) {
+        (**self).deregistered(subscriber)
+    }
 }
 
 #[async_trait]
 impl<N: Notifier + ?Sized> Notifier for Box<N> {
     async fn notify(&self, publish: Publish) {
         (**self).notify(publish).await
+    }
+    fn attach(&self, broker: &crate::Broker) {
+        (**self).attach(broker)
+    }
+    fn deregistered(&self, subscriber: &Arc<crate::Subscriber>) {
+        (**self).deregistered(subscriber)
     }
 }
 
@@ -86,5 +115,13 @@ impl<A: Notifier, B: Notifier> Notifier for (A, B) {
     async fn notify(&self, publish: Publish) {
         self.0.notify(publish.clone()).await;
         self.1.notify(publish).await
+    }
+    fn attach(&self, broker: &crate::Broker) {
+        self.0.attach(broker);
+        self.1.attach(broker);
+    }
+    fn deregistered(&self, subscriber: &Arc<crate::Subscriber>) {
+        self.0.deregistered(subscriber);
+        self.1.deregistered(subscriber);
     }
 }

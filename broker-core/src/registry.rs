@@ -175,6 +175,7 @@ impl Registry {
         topic: &str,
         endpoint: Endpoint,
         limits: &Limits,
+        cursor: u64,
     ) -> Result<Registration<Arc<Subscriber>>, Error> {
         crate::topic::validate(topic)?;
         let key: SubscriberKey = (endpoint.method().clone(), endpoint.url().to_string());
@@ -208,6 +209,7 @@ impl Registry {
             endpoint,
             SigningSecret::generate(),
             t.stats.clone(),
+            cursor,
         ))))
     }
 
@@ -218,9 +220,10 @@ impl Registry {
         topic: TopicName,
         endpoint: Endpoint,
         secret: SigningSecret,
+        cursor: u64,
     ) -> Arc<Subscriber> {
         let stats = self.topic_or_create(&topic).stats.clone();
-        Arc::new(Subscriber::new(id, topic, endpoint, secret, stats))
+        Arc::new(Subscriber::new(id, topic, endpoint, secret, stats, cursor))
     }
 
     /// Adds a subscriber, creating its topic if needed.

@@ -89,6 +89,9 @@ pub struct SubscriberRecord {
     pub secret: String,
     /// Registration order.
     pub order: u64,
+    /// Its cursor: the offset up to which its deliveries are done. Stored
+    /// with the registration, and moved by [`Store::save_cursor`].
+    pub cursor: u64,
 }
 
 /// One change to the stored registrations.
@@ -169,6 +172,15 @@ pub trait Store: Send + Sync + 'static {
     /// Where `topic`'s log stands, without reading messages: `first` and
     /// `next` as in [`Read`].
     async fn bounds(&self, topic: &TopicName) -> Result<(u64, u64), Error>;
+
+    /// Moves a subscriber's cursor. May be buffered: a store makes cursors
+    /// durable within a short, documented time (`broker-store`: 100 ms),
+    /// since losing the last moves only means delivering those messages
+    /// again (deliveries are at least once). The default keeps nothing.
+    async fn save_cursor(&self, subscriber: &str, cursor: u64) -> Result<(), Error> {
+        let _ = (subscriber, cursor);
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -198,6 +210,9 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     async fn bounds(&self, topic: &TopicName) -> Result<(u64, u64), Error> {
         (**self).bounds(topic).await
     }
+    async fn save_cursor(&self, subscriber: &str, cursor: u64) -> Result<(), Error> {
+        (**self).save_cursor(subscriber, cursor).await
+    }
 }
 
 #[async_trait]
@@ -226,6 +241,9 @@ impl<S: Store + ?Sized> Store for Box<S> {
     }
     async fn bounds(&self, topic: &TopicName) -> Result<(u64, u64), Error> {
         (**self).bounds(topic).await
+    }
+    async fn save_cursor(&self, subscriber: &str, cursor: u64) -> Result<(), Error> {
+        (**self).save_cursor(subscriber, cursor).await
     }
 }
 

@@ -19,6 +19,10 @@ pub struct Subscriber {
     pub(crate) endpoint: Endpoint,
     pub(crate) secret: SigningSecret,
     pub(crate) active: AtomicBool,
+    /// The offset of its topic's log up to which every message is done
+    /// with (delivered, failed for good, or dropped): deliveries resume
+    /// here after a restart.
+    pub(crate) cursor: AtomicU64,
     pub(crate) stats: DeliveryStats,
     /// The topic's counters, which outlive the subscriber.
     topic_stats: Arc<TopicStats>,
@@ -35,6 +39,7 @@ impl Subscriber {
         endpoint: Endpoint,
         secret: SigningSecret,
         topic_stats: Arc<TopicStats>,
+        cursor: u64,
     ) -> Self {
         Subscriber {
             id,
@@ -42,6 +47,7 @@ impl Subscriber {
             endpoint,
             secret,
             active: AtomicBool::new(true),
+            cursor: AtomicU64::new(cursor),
             stats: DeliveryStats::default(),
             topic_stats,
             notifier_state: OnceLock::new(),
@@ -72,6 +78,15 @@ impl Subscriber {
     /// still has queued for it.
     pub fn is_active(&self) -> bool {
         self.active.load(Ordering::Acquire)
+    }
+
+    /// The offset up to which every message of its topic's log is done
+    /// with for this subscriber (see
+    /// [`Broker::commit_cursor`](crate::Broker::commit_cursor)). A new
+    /// subscriber starts at the end of the log: it gets what is published
+    /// after it registered.
+    pub fn cursor(&self) -> u64 {
+        self.cursor.load(Ordering::Acquire)
     }
 
     /// This subscriber's delivery counters.

@@ -217,8 +217,9 @@ pub(crate) fn list_topics(api: &Api) -> Response<ResponseBody> {
 }
 
 /// `GET /v1/topics/{topic}`: never shows tokens or secrets.
-pub(crate) fn topic_detail(api: &Api, topic: &str) -> Reply {
+pub(crate) async fn topic_detail(api: &Api, topic: &str) -> Reply {
     let t = api.broker().topic(topic)?;
+    let (_, end) = api.broker().log_bounds(topic).await?;
     let subscribers = t
         .subscribers
         .iter()
@@ -229,6 +230,8 @@ pub(crate) fn topic_detail(api: &Api, topic: &str) -> Reply {
             retry: json::RetryRequest {
                 max_attempts: s.endpoint().max_attempts(),
             },
+            offset: s.cursor(),
+            lag: end.saturating_sub(s.cursor()),
             counters: s.stats().snapshot().into(),
         })
         .collect();

@@ -234,6 +234,10 @@ pub(crate) struct SubscriberItem<'a> {
     pub(crate) url: String,
     pub(crate) method: &'a str,
     pub(crate) retry: RetryRequest,
+    /// The offset of the next message not yet done with.
+    pub(crate) offset: u64,
+    /// Messages of the log it has not yet done with.
+    pub(crate) lag: u64,
     pub(crate) counters: DeliveryCounters,
 }
 

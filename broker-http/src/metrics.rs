@@ -210,7 +210,7 @@ impl Collector for State {
             gauge(
                 &mut encoder,
                 "delivery_queue_depth",
-                "Deliveries queued, not yet in flight, across all subscribers",
+                "Messages read from the log for delivery and not in flight (waiting for a slot or a retry), across all subscribers",
                 queued as i64,
             )?;
         }

@@ -142,7 +142,7 @@ where
             match (method, route) {
                 (&Method::GET, Route::Topics) => Ok(handlers::list_topics(api)),
                 (&Method::GET, Route::Metrics) => handlers::metrics(api),
-                (&Method::GET, Route::Topic(t)) => handlers::topic_detail(api, t),
+                (&Method::GET, Route::Topic(t)) => handlers::topic_detail(api, t).await,
                 (&Method::POST, Route::Publishers(t)) => {
                     handlers::register_credential(api, Role::Publish, t, h, body).await
                 }

@@ -55,14 +55,11 @@ struct Args {
     #[arg(long, env = "BROKER_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     max_body_bytes: usize,
 
-    /// Time to finish queued deliveries on shutdown before exiting
-    /// (`10s`, `500ms`, `1m`; a bare number is seconds).
+    /// Time for subscribers to catch up on shutdown before exiting
+    /// (`10s`, `500ms`, `1m`; a bare number is seconds). What is left stays
+    /// in the log (delivered after a restart with `--data-dir`).
     #[arg(long, env = "BROKER_DRAIN_TIMEOUT", default_value = "10s", value_parser = duration)]
     drain_timeout: Duration,
-
-    /// Deliveries queued per subscriber; when full, the oldest is dropped.
-    #[arg(long, env = "BROKER_QUEUE_CAPACITY", default_value_t = 1024)]
-    queue_capacity: usize,
 
     /// Requests in flight per subscriber.
     #[arg(long, env = "BROKER_MAX_IN_FLIGHT", default_value_t = 8)]
@@ -331,7 +328,6 @@ fn main() -> ExitCode {
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let listener = TcpListener::bind(args.listen).await?;
     let notifier = WebhookNotifier::new(DeliveryConfig {
-        queue_capacity: args.queue_capacity,
         max_in_flight: args.max_in_flight,
         connect_timeout: args.connect_timeout,
         request_timeout: args.request_timeout,

@@ -117,6 +117,10 @@ impl Options {
     }
 }
 
+/// How often moved cursors are written: a crash loses at most this much
+/// of their progress (the messages are delivered again).
+pub const CURSOR_FLUSH: Duration = Duration::from_millis(100);
+
 /// The format of a data directory, written in its `FORMAT` file.
 const FORMAT: &str = "webhook-broker data directory, format 1\n";
 
@@ -134,6 +138,10 @@ pub(crate) struct Shared {
     registry: registry::Registry,
     /// Held for look-ups and inserts only.
     logs: RwLock<HashMap<TopicName, Arc<TopicLog>>>,
+    /// Cursors moved since the last flush, by subscriber id: written
+    /// together, in one transaction, every [`CURSOR_FLUSH`] by the
+    /// retention thread. Bounded by the number of subscribers.
+    cursors: parking_lot::Mutex<HashMap<String, u64>>,
     syncer: sync::Syncer,
     /// Kept open: the OS lock lives as long as this handle.
     _lock: File,
@@ -214,6 +222,7 @@ impl DiskStore {
             options,
             registry,
             logs: RwLock::new(logs),
+            cursors: Default::default(),
             syncer: sync::Syncer::default(),
             _lock: lock,
         });
@@ -264,7 +273,21 @@ impl Shared {
         self.logs.read().values().cloned().collect()
     }
 
+    /// Writes the cursors moved since the last flush.
+    fn flush_cursors(&self) -> Result<(), StoreError> {
+        let moved: Vec<(String, u64)> = std::mem::take(&mut *self.cursors.lock())
+            .into_iter()
+            .collect();
+        if moved.is_empty() {
+            return Ok(());
+        }
+        self.registry.save_cursors(&self.registry_path, &moved)
+    }
+
     fn sync_all(&self) -> Result<(), StoreError> {
+        if let Err(e) = self.flush_cursors() {
+            tracing::error!(error = %e, "writing cursors failed");
+        }
         let mut first = Ok(());
         for log in self.all_logs() {
             if let Err(e) = log.sync() {
@@ -411,6 +434,13 @@ impl Store for DiskStore {
     async fn bounds(&self, topic: &TopicName) -> Result<(u64, u64), broker_core::Error> {
         Ok(self.log(topic).map_or((0, 0), |log| log.bounds()))
     }
+
+    async fn save_cursor(&self, subscriber: &str, cursor: u64) -> Result<(), broker_core::Error> {
+        let mut cursors = self.shared.cursors.lock();
+        let entry = cursors.entry(subscriber.to_owned()).or_default();
+        *entry = (*entry).max(cursor);
+        Ok(())
+    }
 }
 
 /// Runs file work on tokio's blocking pool, off the request threads.
@@ -519,6 +549,7 @@ mod tests {
             max_attempts: 3,
             secret: "whsec_x".into(),
             order: 2,
+            cursor: 7,
         });
         {
             let store = DiskStore::open(dir.path(), Options::default()).unwrap();
@@ -526,10 +557,24 @@ mod tests {
                 store.save(Change::Put(r)).await.unwrap();
             }
             store.save(Change::Remove { id: "lis_1" }).await.unwrap();
+            // Cursors move forward only, and are written in the background.
+            store.save_cursor("sub_1", 40).await.unwrap();
+            store.save_cursor("sub_1", 30).await.unwrap();
+            // Not a registration: never written.
+            store.save_cursor("sub_gone", 5).await.unwrap();
         }
         let store = DiskStore::open(dir.path(), Options::default()).unwrap();
         let mut loaded = store.load().await.unwrap();
         loaded.sort_by_key(Record::order);
-        assert_eq!(loaded, [publisher, subscriber]);
+        let Record::Subscriber(mut moved) = subscriber.clone() else {
+            unreachable!()
+        };
+        moved.cursor = 40;
+        assert_eq!(loaded, [publisher, Record::Subscriber(moved)]);
+        // Removing a subscriber removes its cursor.
+        store.save(Change::Remove { id: "sub_1" }).await.unwrap();
+        store.save(Change::Put(&subscriber)).await.unwrap();
+        let loaded = store.load().await.unwrap();
+        assert!(loaded.contains(&subscriber), "{loaded:?}");
     }
 }

@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::StoreError;
 
 const REGISTRATIONS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("registrations");
+/// Subscribers' cursors by id: written often, so apart from the records.
+const CURSORS: TableDefinition<'_, &str, u64> = TableDefinition::new("cursors");
 
 pub(crate) struct Registry {
     db: Database,
@@ -42,6 +44,8 @@ struct StoredSubscriber {
     max_attempts: u32,
     secret: String,
     order: u64,
+    /// Where it started; later moves are in the cursors table.
+    cursor: u64,
 }
 
 fn db_error(path: &Path) -> impl Fn(redb::Error) -> StoreError + '_ {
@@ -59,6 +63,7 @@ impl Registry {
         // missing one.
         let tx = db.begin_write().map_err(|e| err(e.into()))?;
         tx.open_table(REGISTRATIONS).map_err(|e| err(e.into()))?;
+        tx.open_table(CURSORS).map_err(|e| err(e.into()))?;
         tx.commit().map_err(|e| err(e.into()))?;
         Ok(Registry { db })
     }
@@ -67,6 +72,7 @@ impl Registry {
         let err = db_error(path);
         let tx = self.db.begin_read().map_err(|e| err(e.into()))?;
         let table = tx.open_table(REGISTRATIONS).map_err(|e| err(e.into()))?;
+        let cursors = tx.open_table(CURSORS).map_err(|e| err(e.into()))?;
         let mut out = Vec::new();
         for entry in table.iter().map_err(|e| err(e.into()))? {
             let (id, value) = entry.map_err(|e| err(e.into()))?;
@@ -80,6 +86,10 @@ impl Registry {
                 Stored::Publisher(c) => credential(id, Role::Publish, c),
                 Stored::Listener(c) => credential(id, Role::Listen, c),
                 Stored::Subscriber(s) => Record::Subscriber(SubscriberRecord {
+                    cursor: cursors
+                        .get(id.as_str())
+                        .map_err(|e| err(e.into()))?
+                        .map_or(s.cursor, |c| c.value().max(s.cursor)),
                     id,
                     topic: s.topic,
                     url: s.url,
@@ -116,25 +126,54 @@ impl Registry {
                 max_attempts: s.max_attempts,
                 secret: s.secret.clone(),
                 order: s.order,
+                cursor: s.cursor,
             }),
         };
         let bytes = serde_json::to_vec(&stored).expect("plain data serializes");
-        self.write(path, |table| {
+        self.write(path, None, |table| {
             table.insert(record.id(), bytes.as_slice())?;
             Ok(())
         })
     }
 
     pub(crate) fn remove(&self, path: &Path, id: &str) -> Result<(), StoreError> {
-        self.write(path, |table| {
+        self.write(path, Some(id), |table| {
             table.remove(id)?;
             Ok(())
         })
     }
 
+    /// Writes many cursors in one transaction (one fsync), skipping those
+    /// of subscribers no longer registered.
+    pub(crate) fn save_cursors(
+        &self,
+        path: &Path,
+        cursors: &[(String, u64)],
+    ) -> Result<(), StoreError> {
+        let err = db_error(path);
+        let tx = self.db.begin_write().map_err(|e| err(e.into()))?;
+        {
+            let registrations = tx.open_table(REGISTRATIONS).map_err(|e| err(e.into()))?;
+            let mut table = tx.open_table(CURSORS).map_err(|e| err(e.into()))?;
+            for (id, cursor) in cursors {
+                let registered = registrations
+                    .get(id.as_str())
+                    .map_err(|e| err(e.into()))?
+                    .is_some();
+                if registered {
+                    table
+                        .insert(id.as_str(), *cursor)
+                        .map_err(|e| err(e.into()))?;
+                }
+            }
+        }
+        tx.commit().map_err(|e| err(e.into()))
+    }
+
     fn write(
         &self,
         path: &Path,
+        removed_id: Option<&str>,
         f: impl FnOnce(&mut redb::Table<'_, &str, &[u8]>) -> Result<(), redb::StorageError>,
     ) -> Result<(), StoreError> {
         let err = db_error(path);
@@ -142,6 +181,11 @@ impl Registry {
         {
             let mut table = tx.open_table(REGISTRATIONS).map_err(|e| err(e.into()))?;
             f(&mut table).map_err(|e| err(e.into()))?;
+            let mut cursors = tx.open_table(CURSORS).map_err(|e| err(e.into()))?;
+            // A removed subscriber's cursor goes with it.
+            if let Some(id) = removed_id {
+                cursors.remove(id).map_err(|e| err(e.into()))?;
+            }
         }
         tx.commit().map_err(|e| err(e.into()))
     }

@@ -1,5 +1,5 @@
-//! The store's two threads: the syncer (group commit) and the retention
-//! sweeper.
+//! The store's two threads: the syncer (group commit) and the sweeper
+//! (cursors every 100 ms, retention).
 //!
 //! The syncer waits for logs with unsynced appends, takes all of them at
 //! once, and fsyncs each: every append written before an fsync starts is
@@ -121,19 +121,29 @@ fn syncer(shared: &Shared, stopping: &AtomicBool) {
     }
 }
 
+/// Writes moved cursors every [`CURSOR_FLUSH`](crate::CURSOR_FLUSH), and
+/// applies retention every quarter of it (between 100 ms and a minute).
 fn sweeper(shared: &Shared, stop: &(Mutex<bool>, Condvar)) {
     let retention = shared.options.retention;
     let every = (retention.age / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let mut last_sweep = std::time::Instant::now();
     loop {
         {
             let mut stopped = stop.0.lock();
             if !*stopped {
-                stop.1.wait_for(&mut stopped, every);
+                stop.1.wait_for(&mut stopped, crate::CURSOR_FLUSH);
             }
             if *stopped {
                 return;
             }
         }
+        if let Err(e) = shared.flush_cursors() {
+            tracing::error!(error = %e, "writing cursors failed");
+        }
+        if last_sweep.elapsed() < every {
+            continue;
+        }
+        last_sweep = std::time::Instant::now();
         for log in shared.all_logs() {
             if let Err(e) = log.sweep(retention.age, retention.bytes_per_topic) {
                 tracing::error!(topic = %log.name, error = %e, "retention failed");

@@ -1,15 +1,15 @@
 //! Webhook delivery: the [`WebhookNotifier`] and its settings.
 //!
-//! Each subscriber gets its own bounded queue and at most
-//! [`DeliveryConfig::max_in_flight`] requests at a time, served by a worker
-//! task that exists only while the queue has work (see `queue.rs`). So a
-//! slow, hanging or dead endpoint fills only its own queue, and an idle
+//! Each subscriber is a cursor over its topic's log, served by a worker
+//! task that exists only while it has work, with at most
+//! [`DeliveryConfig::max_in_flight`] requests at a time (see `worker.rs`).
+//! So a slow, hanging or dead endpoint only lags behind, and an idle
 //! subscriber costs no task.
 
 mod policy;
-mod queue;
 mod retry;
 pub mod signature;
+mod worker;
 
 pub use policy::DestinationPolicy;
 
@@ -17,13 +17,13 @@ use std::{
     collections::HashMap,
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Arc, Weak,
+        Arc, OnceLock, Weak,
     },
     time::Duration,
 };
 
 use async_trait::async_trait;
-use broker_core::{Notifier, Publish};
+use broker_core::{Broker, Notifier, Publish, Subscriber, WeakBroker};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
@@ -39,10 +39,6 @@ use policy::PolicyConnector;
 /// Settings of webhook delivery.
 #[derive(Debug, Clone)]
 pub struct DeliveryConfig {
-    /// Deliveries queued per subscriber. When full, the oldest queued
-    /// delivery is dropped (and counted) to make room for the new one: a
-    /// subscriber that comes back gets the freshest messages. Default 1024.
-    pub queue_capacity: usize,
     /// Requests in flight per subscriber. Default 8.
     pub max_in_flight: usize,
     /// Time to establish a TCP connection. Default 2 s.
@@ -78,7 +74,6 @@ pub struct DeliveryConfig {
 impl Default for DeliveryConfig {
     fn default() -> Self {
         DeliveryConfig {
-            queue_capacity: 1024,
             max_in_flight: 8,
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(10),
@@ -94,8 +89,9 @@ impl Default for DeliveryConfig {
 }
 
 /// Delivers each published message to each subscriber's URL with its
-/// method and headers, signed per Standard Webhooks. Fire-and-forget:
-/// `notify` only enqueues.
+/// method and headers, signed per Standard Webhooks, reading it from the
+/// topic's log from the subscriber's cursor on. `notify` only wakes the
+/// subscribers' workers.
 ///
 /// Cheap to clone; clones share queues, connections and counters. Must be
 /// used inside a Tokio runtime (it spawns its workers there).
@@ -107,7 +103,7 @@ impl Default for DeliveryConfig {
 /// use broker_http::{DeliveryConfig, WebhookNotifier};
 ///
 /// let notifier = WebhookNotifier::new(DeliveryConfig {
-///     queue_capacity: 256,
+///     max_in_flight: 4,
 ///     ..DeliveryConfig::default()
 /// });
 /// let broker = Broker::new(notifier.clone());
@@ -121,10 +117,15 @@ pub struct WebhookNotifier {
 pub(crate) struct Shared {
     client: Client<HttpsConnector<PolicyConnector>, Full<Bytes>>,
     config: DeliveryConfig,
-    /// Deliveries queued or in flight, across all subscribers.
+    /// Messages read from the log and not yet done with (in flight, waiting
+    /// for a retry, or about to be sent), across all subscribers.
     pending: AtomicUsize,
-    /// Signalled when `pending` drops to zero.
+    /// Workers running.
+    running: AtomicUsize,
+    /// Signalled when a worker stops.
     idle: Notify,
+    /// The broker whose log the workers read, set by `attach`.
+    broker: OnceLock<WeakBroker>,
     /// Per-host attempt slots. Weak, so a host's entry dies with the last
     /// subscriber queue that uses it; dead entries are swept as the map
     /// doubles.
@@ -152,18 +153,27 @@ impl Shared {
         slots
     }
 
-    /// Marks `n` deliveries as done (sent, failed or dropped).
+    /// Marks `n` messages as done with (sent, failed or dropped).
     fn finished(&self, n: usize) {
-        if n > 0 && self.pending.fetch_sub(n, Ordering::AcqRel) == n {
-            self.idle.notify_waiters();
+        if n > 0 {
+            self.pending.fetch_sub(n, Ordering::AcqRel);
         }
+    }
+
+    /// A worker stopped.
+    fn stopped(&self) {
+        self.running.fetch_sub(1, Ordering::AcqRel);
+        self.idle.notify_waiters();
+    }
+
+    fn broker(&self) -> Option<Broker> {
+        self.broker.get()?.upgrade()
     }
 }
 
 impl WebhookNotifier {
     /// A notifier with its own connection pool.
     pub fn new(mut config: DeliveryConfig) -> Self {
-        config.queue_capacity = config.queue_capacity.max(1);
         config.max_in_flight = config.max_in_flight.max(1);
         let tls = config.tls.clone().unwrap_or_else(default_tls);
         let connector = HttpsConnectorBuilder::new()
@@ -186,7 +196,9 @@ impl WebhookNotifier {
                 client,
                 config,
                 pending: AtomicUsize::new(0),
+                running: AtomicUsize::new(0),
                 idle: Notify::new(),
+                broker: OnceLock::new(),
                 hosts: Mutex::default(),
                 metrics: crate::metrics::DeliveryMetrics::default(),
             }),
@@ -197,21 +209,31 @@ impl WebhookNotifier {
         &self.shared.metrics
     }
 
-    /// Deliveries queued or in flight right now.
+    /// Messages read from the log and not yet done with (in flight,
+    /// waiting for a retry, or about to be sent), across all subscribers.
+    /// What subscribers lag behind in the log beyond that is not counted.
     pub fn pending(&self) -> usize {
         self.shared.pending.load(Ordering::Acquire)
     }
 
-    /// Waits until every queued delivery is done or `deadline` has passed,
-    /// and returns how many were still pending. Call it after
-    /// [`Broker::close`](broker_core::Broker::close) so no new ones arrive.
+    /// Subscribers whose worker runs right now (catching up, delivering,
+    /// or waiting for a retry).
+    pub fn busy(&self) -> usize {
+        self.shared.running.load(Ordering::Acquire)
+    }
+
+    /// Waits until every worker has caught up and stopped or `deadline`
+    /// has passed, and returns how many messages were still pending. Call
+    /// it after [`Broker::close`](broker_core::Broker::close) so no new
+    /// ones arrive. What is left stays in the log: with a durable store,
+    /// delivery resumes there after a restart.
     pub async fn drain(&self, deadline: Duration) -> usize {
         let all_done = async {
             loop {
                 let idle = self.shared.idle.notified();
                 tokio::pin!(idle);
                 idle.as_mut().enable();
-                if self.pending() == 0 {
+                if self.busy() == 0 {
                     return;
                 }
                 idle.await;
@@ -249,12 +271,29 @@ impl std::fmt::Debug for WebhookNotifier {
 #[async_trait]
 impl Notifier for WebhookNotifier {
     async fn notify(&self, publish: Publish) {
-        // What every delivery of this message shares, built once.
-        let Some(outgoing) = queue::Outgoing::new(publish.message) else {
-            return;
-        };
+        // The message is in the log: each worker reads it from there.
         for subscriber in publish.subscribers.iter() {
-            queue::push(subscriber, &outgoing, &self.shared);
+            worker::wake(subscriber, &self.shared);
         }
+    }
+
+    fn attach(&self, broker: &Broker) {
+        if self.shared.broker.set(broker.downgrade()).is_err() {
+            tracing::error!("a WebhookNotifier serves one broker; this one is ignored");
+            return;
+        }
+        // Subscribers whose cursor is behind the log (after a restart)
+        // resume at once; the others' workers stop as soon as they see it.
+        for topic in broker.topics() {
+            if let Ok(detail) = broker.topic(topic.name.as_str()) {
+                for subscriber in &detail.subscribers {
+                    worker::wake(subscriber, &self.shared);
+                }
+            }
+        }
+    }
+
+    fn deregistered(&self, subscriber: &Arc<Subscriber>) {
+        worker::stop(subscriber, &self.shared);
     }
 }

@@ -1,10 +1,7 @@
 //! Retries for subscribers that opt in: exponential backoff with jitter,
 //! `Retry-After` honoured, and which failures are worth another attempt.
 
-use std::{
-    future::Future,
-    time::{Duration, SystemTime},
-};
+use std::time::{Duration, SystemTime};
 
 use http::{header, HeaderMap, StatusCode};
 
@@ -45,13 +42,6 @@ impl Attempt {
     }
 }
 
-/// The final outcome of a delivery, and how many attempts were retries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Finished {
-    pub(crate) last: Attempt,
-    pub(crate) retries: u32,
-}
-
 /// Backoff timing.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Backoff {
@@ -74,41 +64,34 @@ impl Backoff {
     }
 }
 
-/// Runs `attempt` up to `max_attempts` times, waiting between failures that
-/// are worth a retry, while `still_wanted()` holds (a deregistered
-/// subscriber is not retried).
-pub(crate) async fn with_retries<F, Fut>(
+/// How long to wait before attempting again after `result`, the
+/// `attempts`-th attempt (1-based) of at most `max_attempts`: `None` when
+/// this was the last one (delivered, refused, a failure not worth a retry,
+/// or no attempt left). A `Retry-After` is honoured, capped at
+/// `backoff.max`; otherwise the wait is [`Backoff::delay`] with `unit` as
+/// its random number.
+pub(crate) fn next_wait(
+    result: Attempt,
+    attempts: u32,
     max_attempts: u32,
     backoff: Backoff,
-    mut still_wanted: impl FnMut() -> bool,
-    mut attempt: F,
-) -> Finished
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Attempt>,
-{
-    let mut retries = 0;
-    loop {
-        let last = attempt().await;
-        let Attempt::Failed {
-            retryable: true,
-            retry_after,
-        } = last
-        else {
-            return Finished { last, retries };
-        };
-        if retries + 1 >= max_attempts || !still_wanted() {
-            return Finished { last, retries };
-        }
-        retries += 1;
-        let wait = retry_after
-            .map(|after| after.min(backoff.max))
-            .unwrap_or_else(|| backoff.delay(retries, fastrand::f64()));
-        tokio::time::sleep(wait).await;
-        if !still_wanted() {
-            return Finished { last, retries };
-        }
+    unit: f64,
+) -> Option<Duration> {
+    let Attempt::Failed {
+        retryable: true,
+        retry_after,
+    } = result
+    else {
+        return None;
+    };
+    if attempts >= max_attempts {
+        return None;
     }
+    Some(
+        retry_after
+            .map(|after| after.min(backoff.max))
+            .unwrap_or_else(|| backoff.delay(attempts, unit)),
+    )
 }
 
 /// A `Retry-After` header: delay-seconds or an HTTP date.
@@ -123,10 +106,6 @@ pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Durati
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
-    use tokio::time::Instant;
-
     use super::*;
 
     const BACKOFF: Backoff = Backoff {
@@ -185,28 +164,6 @@ mod tests {
         assert_eq!(retry_after(&h, now), None);
     }
 
-    /// Runs `with_retries` over scripted attempt results and returns when
-    /// each attempt started, relative to the first.
-    async fn run(max_attempts: u32, script: Vec<Attempt>) -> (Finished, Vec<Duration>) {
-        let start = Instant::now();
-        let times = Arc::new(Mutex::new(Vec::new()));
-        let mut script = script.into_iter();
-        let t = times.clone();
-        let finished = with_retries(
-            max_attempts,
-            BACKOFF,
-            || true,
-            || {
-                t.lock().unwrap().push(start.elapsed());
-                let next = script.next().expect("no more attempts were scripted");
-                async move { next }
-            },
-        )
-        .await;
-        let times = times.lock().unwrap().clone();
-        (finished, times)
-    }
-
     fn fail(retry_after: Option<u64>) -> Attempt {
         Attempt::Failed {
             retryable: true,
@@ -214,73 +171,40 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn retries_with_backoff_until_delivered() {
-        let (finished, times) = run(
-            5,
-            vec![fail(None), fail(None), fail(None), Attempt::Delivered],
-        )
-        .await;
-        assert_eq!(
-            finished,
-            Finished {
-                last: Attempt::Delivered,
-                retries: 3
-            }
-        );
-        assert_eq!(times.len(), 4);
-        for (i, window) in times.windows(2).enumerate() {
-            let gap = window[1] - window[0];
-            let full = Duration::from_secs(1 << i);
+    #[test]
+    fn retries_back_off_until_the_last_attempt() {
+        for attempts in 1..5 {
+            let wait = next_wait(fail(None), attempts, 5, BACKOFF, 0.5).unwrap();
+            let full = Duration::from_secs(1 << (attempts - 1));
             assert!(
-                gap >= full / 2 && gap <= full,
-                "retry {} waited {gap:?}",
-                i + 1
+                wait > full / 2 && wait < full,
+                "after attempt {attempts}: {wait:?}"
             );
         }
+        assert_eq!(next_wait(fail(None), 5, 5, BACKOFF, 0.5), None);
+        assert_eq!(next_wait(fail(None), 1, 1, BACKOFF, 0.5), None);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn honours_retry_after_capped_at_the_maximum() {
-        let (finished, times) = run(3, vec![fail(Some(20)), fail(Some(3600)), fail(None)]).await;
-        assert_eq!(finished.retries, 2);
-        assert_eq!(finished.last, fail(None));
-        assert_eq!(times[1] - times[0], Duration::from_secs(20));
-        assert_eq!(times[2] - times[1], Duration::from_secs(30));
+    #[test]
+    fn honours_retry_after_capped_at_the_maximum() {
+        assert_eq!(
+            next_wait(fail(Some(20)), 1, 3, BACKOFF, 0.5),
+            Some(Duration::from_secs(20))
+        );
+        assert_eq!(
+            next_wait(fail(Some(3600)), 1, 3, BACKOFF, 0.5),
+            Some(Duration::from_secs(30))
+        );
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn stops_at_max_attempts_and_on_final_failures() {
-        let (finished, times) = run(2, vec![fail(None), fail(None)]).await;
-        assert_eq!((finished.retries, times.len()), (1, 2));
-
+    #[test]
+    fn delivered_refused_and_final_failures_are_not_retried() {
         let final_failure = Attempt::Failed {
             retryable: false,
             retry_after: None,
         };
-        let (finished, times) = run(5, vec![final_failure]).await;
-        assert_eq!((finished.retries, times.len()), (0, 1));
-
-        let (finished, times) = run(5, vec![Attempt::Refused]).await;
-        assert_eq!((finished.last, times.len()), (Attempt::Refused, 1));
-
-        let (finished, times) = run(1, vec![fail(None)]).await;
-        assert_eq!((finished.retries, times.len()), (0, 1));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn stops_when_no_longer_wanted() {
-        let mut attempts = 0;
-        let finished = with_retries(
-            10,
-            BACKOFF,
-            || false,
-            || {
-                attempts += 1;
-                async { fail(None) }
-            },
-        )
-        .await;
-        assert_eq!((finished.retries, attempts), (0, 1));
+        for result in [Attempt::Delivered, Attempt::Refused, final_failure] {
+            assert_eq!(next_wait(result, 1, 5, BACKOFF, 0.5), None, "{result:?}");
+        }
     }
 }

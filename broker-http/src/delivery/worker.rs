@@ -1,0 +1,538 @@
+//! The delivery worker: each subscriber is a cursor over its topic's log.
+//!
+//! A subscriber's worker task runs only while it has work. It reads the
+//! log from its position a page at a time, keeps up to `max_in_flight`
+//! attempts going, and puts a failed attempt aside until its retry is due
+//! (so a retry holds up neither the subscriber's later messages nor anyone
+//! else). Its cursor, the offset below which every message is done with
+//! (delivered, failed for good, or dropped), is committed to the broker,
+//! which keeps it in the store: after a restart delivery resumes there, at
+//! least once.
+//!
+//! A publish only wakes the workers of the topic's subscribers: the
+//! message is in the log. A slow or dead subscriber lags behind, costing
+//! the memory of one page and its retries' offsets, and loses nothing
+//! while the log retains its messages; what retention removes before it is
+//! delivered is counted as dropped.
+
+use std::{
+    cmp::Reverse,
+    collections::{BTreeSet, BinaryHeap, VecDeque},
+    sync::{atomic::Ordering, Arc},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use broker_core::{Broker, Message, Outcome, Subscriber};
+use futures_util::{stream::FuturesUnordered, StreamExt};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Request};
+use http_body_util::{BodyExt, Full, Limited};
+use parking_lot::Mutex;
+use tokio::{
+    sync::{Notify, Semaphore},
+    time::Instant,
+};
+
+use super::{
+    policy::is_refusal,
+    retry::{next_wait, Attempt, Backoff},
+    signature::Signer,
+    Shared,
+};
+
+static WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
+static WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
+static WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
+const USER_AGENT: HeaderValue =
+    HeaderValue::from_static(concat!("webhook-broker/", env!("CARGO_PKG_VERSION")));
+
+/// Messages read from the log at once.
+const PAGE: usize = 256;
+/// Payload bytes read from the log at once.
+const PAGE_BYTES: usize = 4 << 20;
+/// A worker commits its cursor at most this often while it works (and
+/// always when it stops).
+const COMMIT_EVERY: Duration = Duration::from_millis(50);
+
+/// A subscriber's delivery state, kept in its notifier slot.
+pub(crate) struct Cursor {
+    /// Held to flip the flags, never across an `.await`.
+    flags: Mutex<Flags>,
+    /// Wakes a running worker: a publish on the topic, a deregistration.
+    wake: Notify,
+    signer: Signer,
+    /// The subscriber's headers, `Host` and `User-Agent`: every request
+    /// starts from a clone of these.
+    base_headers: HeaderMap,
+    /// Attempt slots shared with every subscriber on the same host.
+    host_slots: Arc<Semaphore>,
+}
+
+#[derive(Default)]
+struct Flags {
+    /// Whether a worker task runs.
+    running: bool,
+    /// Whether something happened since the worker last looked.
+    woken: bool,
+}
+
+fn cursor_of<'s>(subscriber: &'s Subscriber, shared: &Shared) -> Option<&'s Cursor> {
+    subscriber.notifier_state(|| Cursor {
+        flags: Mutex::default(),
+        wake: Notify::new(),
+        signer: Signer::new(subscriber.secret().key()),
+        base_headers: base_headers(subscriber),
+        host_slots: shared.host_slots(subscriber.endpoint().url()),
+    })
+}
+
+fn base_headers(subscriber: &Subscriber) -> HeaderMap {
+    let endpoint = subscriber.endpoint();
+    let mut headers = HeaderMap::with_capacity(endpoint.headers().len() + 6);
+    if let Some(host) = endpoint
+        .url()
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        headers.insert(header::HOST, host);
+    }
+    headers.insert(header::USER_AGENT, USER_AGENT);
+    headers.extend(
+        endpoint
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
+    headers
+}
+
+/// The current unix time in seconds as a header value, rebuilt at most
+/// once a second per thread.
+fn timestamp_header() -> HeaderValue {
+    thread_local! {
+        static CACHE: std::cell::RefCell<(u64, HeaderValue)> =
+            const { std::cell::RefCell::new((u64::MAX, HeaderValue::from_static("0"))) };
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.0 != now {
+            *cache = (now, HeaderValue::from(now));
+        }
+        cache.1.clone()
+    })
+}
+
+/// Tells `subscriber`'s worker there is something to do, starting it if
+/// none runs. Never blocks on anything but the flags' short lock.
+pub(crate) fn wake(subscriber: &Arc<Subscriber>, shared: &Arc<Shared>) {
+    if !subscriber.is_active() {
+        return;
+    }
+    let Some(cursor) = cursor_of(subscriber, shared) else {
+        return;
+    };
+    let start = {
+        let mut flags = cursor.flags.lock();
+        flags.woken = true;
+        !std::mem::replace(&mut flags.running, true)
+    };
+    if start {
+        shared.running.fetch_add(1, Ordering::AcqRel);
+        tokio::spawn(run(subscriber.clone(), shared.clone()));
+    } else {
+        cursor.wake.notify_one();
+    }
+}
+
+/// One message's deliveries: which attempt comes next.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Due {
+    at: Instant,
+    offset: u64,
+    /// Attempts made so far.
+    attempts: u32,
+}
+
+/// What one attempt came to.
+struct Tried {
+    offset: u64,
+    attempts: u32,
+    result: Attempt,
+}
+
+/// The worker's own state; only its task touches it.
+struct Work {
+    /// The next offset to read from the log.
+    next: u64,
+    /// Read, not yet attempted.
+    page: VecDeque<Arc<Message>>,
+    /// Offsets attempted and not done with (in flight or waiting for a
+    /// retry): the cursor cannot pass the lowest.
+    open: BTreeSet<u64>,
+    /// Failed attempts waiting for their retry, soonest first. Offsets
+    /// only: the message is read again from the log when due.
+    retries: BinaryHeap<Reverse<Due>>,
+    /// Whether the last read found the end of the log.
+    caught_up: bool,
+    /// The cursor last committed.
+    committed: u64,
+    committed_at: Instant,
+}
+
+impl Work {
+    /// Where the cursor stands: below every open offset and every message
+    /// read but not attempted.
+    fn cursor(&self) -> u64 {
+        let mut cursor = self.next;
+        if let Some(&open) = self.open.first() {
+            cursor = cursor.min(open);
+        }
+        if let Some(m) = self.page.front() {
+            cursor = cursor.min(m.offset());
+        }
+        cursor
+    }
+
+    /// Whether anything is left to do without new messages.
+    fn idle(&self) -> bool {
+        self.page.is_empty() && self.open.is_empty() && self.caught_up
+    }
+}
+
+/// Delivers `subscriber`'s messages from its cursor on until it has caught
+/// up with the log and nothing is in flight or waiting for a retry.
+async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
+    let Some(broker) = shared.broker() else {
+        stopped(&subscriber, &shared);
+        return;
+    };
+    let Some(cursor) = cursor_of(&subscriber, &shared) else {
+        stopped(&subscriber, &shared);
+        return;
+    };
+    let start = subscriber.cursor();
+    let mut work = Work {
+        next: start,
+        page: VecDeque::new(),
+        open: BTreeSet::new(),
+        retries: BinaryHeap::new(),
+        caught_up: false,
+        committed: start,
+        committed_at: Instant::now(),
+    };
+    let max_in_flight = shared.config.max_in_flight;
+    let mut in_flight = FuturesUnordered::new();
+    loop {
+        if !subscriber.is_active() {
+            // Deregistered: what is read, open or waiting, and what it had
+            // not read yet, is dropped.
+            let held = work.page.len() + work.open.len();
+            let unread = match broker.log_bounds(subscriber.topic().as_str()).await {
+                Ok((_, end)) => end.saturating_sub(work.next),
+                Err(_) => 0,
+            };
+            subscriber.record(Outcome::Dropped, held as u64 + unread);
+            shared.finished(held);
+            break;
+        }
+        // Fill the in-flight slots: due retries first, then new messages.
+        while in_flight.len() < max_in_flight {
+            let now = Instant::now();
+            if let Some(Reverse(due)) = work.retries.peek().copied() {
+                if due.at <= now {
+                    work.retries.pop();
+                    match read_one(&broker, &subscriber, due.offset).await {
+                        Some(message) => {
+                            in_flight.push(attempt(
+                                &subscriber,
+                                cursor,
+                                message,
+                                due.attempts,
+                                &shared,
+                            ));
+                        }
+                        None => {
+                            // Retention removed it before it was delivered.
+                            work.open.remove(&due.offset);
+                            subscriber.record(Outcome::Dropped, 1);
+                            shared.finished(1);
+                        }
+                    }
+                    continue;
+                }
+            }
+            if let Some(message) = work.page.pop_front() {
+                work.open.insert(message.offset());
+                in_flight.push(attempt(&subscriber, cursor, message, 0, &shared));
+                continue;
+            }
+            if work.caught_up {
+                break;
+            }
+            match broker
+                .read(subscriber.topic().as_str(), work.next, PAGE, PAGE_BYTES)
+                .await
+            {
+                Ok(read) => {
+                    if read.first > work.next {
+                        // Retention passed the cursor: those are gone.
+                        let lost = read.first - work.next;
+                        subscriber.record(Outcome::Dropped, lost);
+                        work.next = read.first;
+                    }
+                    match read.messages.last() {
+                        Some(last) => {
+                            work.next = last.offset() + 1;
+                            shared
+                                .pending
+                                .fetch_add(read.messages.len(), Ordering::AcqRel);
+                            work.page.extend(read.messages);
+                        }
+                        None => work.caught_up = true,
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(subscriber = subscriber.id(), error = %e, "reading the log failed");
+                    work.caught_up = true;
+                }
+            }
+        }
+        commit(&broker, &subscriber, &mut work, false).await;
+        if in_flight.is_empty() && work.retries.is_empty() && work.idle() {
+            // Nothing left: commit (before another worker could start
+            // from the cursor), then stop, unless woken meanwhile.
+            commit(&broker, &subscriber, &mut work, true).await;
+            let stop = {
+                let mut flags = cursor.flags.lock();
+                let woken = std::mem::take(&mut flags.woken);
+                if !woken {
+                    flags.running = false;
+                }
+                !woken
+            };
+            if stop {
+                shared.stopped();
+                return;
+            }
+            work.caught_up = false;
+            continue;
+        }
+        let retry_at = work.retries.peek().map(|Reverse(d)| d.at);
+        tokio::select! {
+            Some(tried) = in_flight.next(), if !in_flight.is_empty() => {
+                finish(&subscriber, &shared, &mut work, tried);
+            }
+            _ = sleep_until(retry_at), if retry_at.is_some() => {}
+            _ = cursor.wake.notified() => {
+                cursor.flags.lock().woken = false;
+                work.caught_up = false;
+            }
+        }
+    }
+    cursor.flags.lock().running = false;
+    shared.stopped();
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The worker of a subscriber that cannot run (no broker, no state).
+fn stopped(subscriber: &Subscriber, shared: &Shared) {
+    if let Some(cursor) = cursor_of(subscriber, shared) {
+        cursor.flags.lock().running = false;
+    }
+    shared.stopped();
+}
+
+/// Commits the cursor if it moved, at most every [`COMMIT_EVERY`] unless
+/// `now`.
+async fn commit(broker: &Broker, subscriber: &Subscriber, work: &mut Work, now: bool) {
+    let cursor = work.cursor();
+    if cursor <= work.committed || (!now && work.committed_at.elapsed() < COMMIT_EVERY) {
+        return;
+    }
+    work.committed = cursor;
+    work.committed_at = Instant::now();
+    if let Err(e) = broker.commit_cursor(subscriber, cursor).await {
+        tracing::error!(subscriber = subscriber.id(), error = %e, "committing the cursor failed");
+    }
+}
+
+/// Counts what an attempt came to, and puts a retry aside.
+fn finish(subscriber: &Subscriber, shared: &Shared, work: &mut Work, tried: Tried) {
+    let attempts = tried.attempts + 1;
+    let backoff = Backoff {
+        base: shared.config.retry_base_delay,
+        max: shared.config.retry_max_delay,
+    };
+    let wait = next_wait(
+        tried.result,
+        attempts,
+        subscriber.endpoint().max_attempts(),
+        backoff,
+        fastrand::f64(),
+    );
+    let outcome = match tried.result {
+        Attempt::Delivered => Outcome::Delivered,
+        Attempt::Refused => {
+            let refused = subscriber.stats().snapshot().refused;
+            // Log the first refusal and then ever more rarely, so a hostile
+            // subscriber cannot flood the log.
+            if refused.is_power_of_two() || refused == 0 {
+                tracing::warn!(
+                    subscriber = subscriber.id(),
+                    topic = %subscriber.topic(),
+                    // The host only: a URL's path or query may carry a
+                    // credential of the subscriber's.
+                    host = subscriber.endpoint().url().host().unwrap_or_default(),
+                    refused_so_far = refused + 1,
+                    "delivery refused by the destination policy"
+                );
+            }
+            Outcome::Refused
+        }
+        Attempt::Failed { .. } if wait.is_some() => {
+            let wait = wait.expect("checked");
+            subscriber.record(Outcome::Retried, 1);
+            work.retries.push(Reverse(Due {
+                at: Instant::now() + wait,
+                offset: tried.offset,
+                attempts,
+            }));
+            return;
+        }
+        Attempt::Failed { .. } => Outcome::Failed,
+    };
+    work.open.remove(&tried.offset);
+    subscriber.record(outcome, 1);
+    shared.finished(1);
+}
+
+/// The message at `offset`, if the log still has it.
+async fn read_one(broker: &Broker, subscriber: &Subscriber, offset: u64) -> Option<Arc<Message>> {
+    let read = broker
+        .read(subscriber.topic().as_str(), offset, 1, usize::MAX)
+        .await
+        .ok()?;
+    read.messages.into_iter().find(|m| m.offset() == offset)
+}
+
+/// One attempt, bounded by the request timeout once its host has a free
+/// slot (waiting for one is queueing, not attempting).
+async fn attempt(
+    subscriber: &Subscriber,
+    cursor: &Cursor,
+    message: Arc<Message>,
+    attempts: u32,
+    shared: &Shared,
+) -> Tried {
+    let offset = message.offset();
+    let result = attempt_once(subscriber, cursor, &message, shared).await;
+    Tried {
+        offset,
+        attempts,
+        result,
+    }
+}
+
+async fn attempt_once(
+    subscriber: &Subscriber,
+    cursor: &Cursor,
+    message: &Message,
+    shared: &Shared,
+) -> Attempt {
+    // The semaphore is never closed; `ok()` only avoids a panic path.
+    let _slot = cursor.host_slots.acquire().await.ok();
+    let send = async {
+        let request = build_request(cursor, subscriber.endpoint(), message)?;
+        let response = shared.client.request(request).await?;
+        let attempt = Attempt::from_response(response.status(), response.headers());
+        // Read a bounded amount so the connection can go back to the pool;
+        // a longer body is abandoned with its connection.
+        let _ = Limited::new(response.into_body(), shared.config.max_response_bytes)
+            .collect()
+            .await;
+        Ok::<_, BoxError>(attempt)
+    };
+    let metrics = &shared.metrics;
+    metrics.in_flight.inc();
+    let started = std::time::Instant::now();
+    let outcome = tokio::time::timeout(shared.config.request_timeout, send).await;
+    metrics.latency.observe(started.elapsed().as_secs_f64());
+    metrics.in_flight.dec();
+    match outcome {
+        Ok(Ok(attempt)) => {
+            if let Attempt::Failed { .. } = attempt {
+                tracing::debug!(
+                    subscriber = subscriber.id(),
+                    ?attempt,
+                    "delivery attempt failed"
+                );
+            }
+            attempt
+        }
+        Ok(Err(error)) if is_refusal(&*error) => Attempt::Refused,
+        Ok(Err(error)) => {
+            tracing::debug!(subscriber = subscriber.id(), %error, "delivery attempt failed");
+            Attempt::Failed {
+                retryable: true,
+                retry_after: None,
+            }
+        }
+        Err(_) => {
+            tracing::debug!(subscriber = subscriber.id(), "delivery attempt timed out");
+            Attempt::Failed {
+                retryable: true,
+                retry_after: None,
+            }
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The request of one attempt: a fresh timestamp and signature each time,
+/// the same `webhook-id` always (also after a restart: the id is the
+/// log's).
+fn build_request(
+    cursor: &Cursor,
+    endpoint: &broker_core::Endpoint,
+    message: &Message,
+) -> Result<Request<Full<bytes::Bytes>>, BoxError> {
+    let id = HeaderValue::from_str(message.id())?;
+    let timestamp = timestamp_header();
+    let signature = cursor
+        .signer
+        .sign_raw(id.as_bytes(), timestamp.as_bytes(), message.payload());
+
+    let mut request = Request::new(Full::new(message.payload().clone()));
+    *request.method_mut() = endpoint.method().clone();
+    *request.uri_mut() = endpoint.url().clone();
+    let headers = request.headers_mut();
+    *headers = cursor.base_headers.clone();
+    if let Some(content_type) = message.content_type() {
+        headers.insert(header::CONTENT_TYPE, content_type.clone());
+    }
+    headers.insert(WEBHOOK_ID.clone(), id);
+    headers.insert(WEBHOOK_TIMESTAMP.clone(), timestamp);
+    headers.insert(
+        WEBHOOK_SIGNATURE.clone(),
+        HeaderValue::from_bytes(&signature)?,
+    );
+    Ok(request)
+}
+
+/// Stops `subscriber`'s worker at once (it was deregistered): what is in
+/// flight is abandoned, what waits is dropped and counted.
+pub(crate) fn stop(subscriber: &Arc<Subscriber>, shared: &Arc<Shared>) {
+    if let Some(cursor) = cursor_of(subscriber, shared) {
+        cursor.wake.notify_one();
+    }
+}

@@ -495,3 +495,78 @@ async fn loopback_only_resolves_no_name_and_sends_nowhere_else() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_retry_schedule_is_followed_and_shown() {
+    let s = server(DeliveryConfig::default()).await;
+    let mut flaky = Sink::start(Behaviour::script(&[(500, None), (502, None)])).await;
+    let token = s.publisher("t", "p").await;
+    let sub = s
+        .subscriber(
+            "t",
+            json!({"url": flaky.url("/"), "retry": {"schedule": ["50ms", "1500ms"]}}),
+        )
+        .await;
+    assert_eq!(
+        sub["retry"],
+        json!({"max_attempts": 3, "schedule": ["50ms", "1500ms"]})
+    );
+    s.publish("t", &token, "text/plain", "m").await;
+    let first = flaky.next().await;
+    let second = flaky.next().await;
+    let third = flaky.next().await;
+    // The waits of the schedule, within its ±20 % (and the time to answer).
+    let gap1 = second.at - first.at;
+    let gap2 = third.at - second.at;
+    assert!(gap1 >= Duration::from_millis(40), "first wait {gap1:?}");
+    assert!(gap2 >= Duration::from_millis(1200), "second wait {gap2:?}");
+    s.settle().await;
+    assert_eq!(
+        counters_of(&s, "t", &flaky.url("/")).await,
+        counts(1, 0, 0, 0, 2)
+    );
+    for bad in [
+        json!({"schedule": ["5s", "25h"]}),
+        json!({"schedule": vec!["1s"; 21]}),
+        json!({"schedule": ["soon"]}),
+        json!({"schedule": ["1s"], "max_attempts": 2}),
+        json!({}),
+    ] {
+        let r = s
+            .post_json(
+                "/v1/topics/t/subscribers",
+                json!({"url": "http://127.0.0.1:9/s", "retry": bad}),
+            )
+            .await;
+        assert_eq!(r.status, 400, "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn an_ordered_subscriber_gets_one_at_a_time_in_offset_order() {
+    let s = server(DeliveryConfig::default()).await;
+    // The second message fails twice before it is delivered.
+    let mut sink = Sink::start(Behaviour::script(&[(200, None), (500, None), (500, None)])).await;
+    let token = s.publisher("t", "p").await;
+    let sub = s
+        .subscriber(
+            "t",
+            json!({"url": sink.url("/"), "ordered": true, "retry": {"schedule": ["20ms", "20ms"]}}),
+        )
+        .await;
+    assert_eq!(sub["ordered"], true);
+    for body in ["0", "1", "2", "3", "4", "5"] {
+        s.publish("t", &token, "text/plain", body).await;
+    }
+    s.settle().await;
+    let bodies: Vec<String> = sink
+        .drain_now()
+        .into_iter()
+        .map(|r| String::from_utf8(r.body.to_vec()).unwrap())
+        .collect();
+    assert_eq!(bodies, ["0", "1", "1", "1", "2", "3", "4", "5"]);
+    assert_eq!(
+        counters_of(&s, "t", &sink.url("/")).await,
+        counts(6, 0, 0, 0, 2)
+    );
+}

@@ -291,8 +291,13 @@ impl Broker {
             }
             Record::Subscriber(s) => {
                 let limits = &self.shared.limits;
+                let retry = match &s.schedule {
+                    Some(waits) => crate::Retry::Schedule(waits.as_slice().into()),
+                    None => crate::Retry::Attempts(s.max_attempts),
+                };
                 let endpoint = Endpoint::new(&s.url, Some(&s.method), s.headers.clone(), limits)
-                    .and_then(|e| e.with_max_attempts(s.max_attempts, limits))
+                    .and_then(|e| e.with_retry(retry, limits))
+                    .map(|e| e.with_ordered(s.ordered))
                     .map_err(|e| bad(&format!("is no longer valid: {e}")))?;
                 let topic = TopicName::new(&s.topic).map_err(|_| bad("has a bad topic"))?;
                 let secret =
@@ -580,6 +585,11 @@ impl Broker {
                 })
                 .collect(),
             max_attempts: e.max_attempts(),
+            schedule: match e.retry() {
+                crate::Retry::Schedule(waits) => Some(waits.to_vec()),
+                crate::Retry::Attempts(_) => None,
+            },
+            ordered: e.ordered(),
             secret: s.secret.expose().to_owned(),
             order: self.next_order(),
             cursor: end,

@@ -2,7 +2,7 @@
 
 use http::{header::HeaderName, HeaderMap, HeaderValue, Method, Uri};
 
-use crate::{Error, Limits};
+use crate::{Error, Limits, Retry, MAX_SCHEDULE, MAX_WAIT};
 
 /// Where and how a subscriber wants its deliveries: an absolute `http` or
 /// `https` URL, one of `POST`, `PUT` or `PATCH`, and custom headers.
@@ -32,7 +32,8 @@ pub struct Endpoint {
     url: Uri,
     method: Method,
     headers: HeaderMap,
-    max_attempts: u32,
+    retry: Retry,
+    ordered: bool,
 }
 
 /// Header names the broker sets itself or that belong to one connection.
@@ -94,7 +95,8 @@ impl Endpoint {
             url,
             method,
             headers,
-            max_attempts: 1,
+            retry: Retry::Attempts(1),
+            ordered: false,
         })
     }
 
@@ -117,15 +119,62 @@ impl Endpoint {
     /// assert_eq!(endpoint.max_attempts(), 5);
     /// # Ok::<_, broker_core::Error>(())
     /// ```
-    pub fn with_max_attempts(mut self, max_attempts: u32, limits: &Limits) -> Result<Self, Error> {
+    pub fn with_max_attempts(self, max_attempts: u32, limits: &Limits) -> Result<Self, Error> {
         if max_attempts == 0 || max_attempts > limits.max_delivery_attempts {
             return Err(invalid(format!(
                 "retry.max_attempts must be between 1 and {}",
                 limits.max_delivery_attempts
             )));
         }
-        self.max_attempts = max_attempts;
+        self.with_retry(Retry::Attempts(max_attempts), limits)
+    }
+
+    /// Sets the retry policy.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidEndpoint`] when [`Retry::Attempts`] is 0 or more than
+    /// [`Limits::max_delivery_attempts`], or a [`Retry::Schedule`] lists
+    /// more than [`MAX_SCHEDULE`] waits or one longer than [`MAX_WAIT`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use broker_core::{Endpoint, Limits, Retry};
+    ///
+    /// let limits = Limits::default();
+    /// let none: [(&str, &str); 0] = [];
+    /// let endpoint = Endpoint::new("http://h/", None, none, &limits)?.with_retry(Retry::standard(), &limits)?;
+    /// assert_eq!(endpoint.max_attempts(), 8);
+    /// # Ok::<_, broker_core::Error>(())
+    /// ```
+    pub fn with_retry(mut self, retry: Retry, limits: &Limits) -> Result<Self, Error> {
+        match &retry {
+            Retry::Attempts(n) if *n == 0 || *n > limits.max_delivery_attempts => {
+                return Err(invalid(format!(
+                    "retry.max_attempts must be between 1 and {}",
+                    limits.max_delivery_attempts
+                )))
+            }
+            Retry::Schedule(waits) if waits.len() > MAX_SCHEDULE => {
+                return Err(invalid(format!(
+                    "retry.schedule may list at most {MAX_SCHEDULE} waits"
+                )))
+            }
+            Retry::Schedule(waits) if waits.iter().any(|w| *w > MAX_WAIT) => {
+                return Err(invalid("retry.schedule waits must be at most 24h"))
+            }
+            _ => {}
+        }
+        self.retry = retry;
         Ok(self)
+    }
+
+    /// Delivers one message at a time, in offset order: a failing message
+    /// holds back the later ones until it is delivered or given up on.
+    pub fn with_ordered(mut self, ordered: bool) -> Self {
+        self.ordered = ordered;
+        self
     }
 
     /// The canonical URL.
@@ -145,7 +194,17 @@ impl Endpoint {
 
     /// How many attempts each delivery gets in all (1: no retry).
     pub fn max_attempts(&self) -> u32 {
-        self.max_attempts
+        self.retry.max_attempts()
+    }
+
+    /// The retry policy.
+    pub fn retry(&self) -> &Retry {
+        &self.retry
+    }
+
+    /// Whether deliveries go one at a time, in offset order.
+    pub fn ordered(&self) -> bool {
+        self.ordered
     }
 }
 

@@ -69,6 +69,7 @@ mod message;
 mod notifier;
 mod registry;
 mod replay;
+mod retry;
 mod secret;
 mod store;
 mod subscriber;
@@ -83,6 +84,7 @@ pub use memory::{MemoryStore, Retention};
 pub use message::{Message, Publish, Receipt, Subscribers};
 pub use notifier::Notifier;
 pub use replay::{Replay, ReplayFrom};
+pub use retry::{format_duration, parse_duration, Retry, MAX_SCHEDULE, MAX_WAIT};
 pub use secret::{SigningSecret, Token};
 pub use store::{
     message_id, new_id_prefix, Change, CredentialRecord, NewMessage, Read, Record, Store,

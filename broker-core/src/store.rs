@@ -83,8 +83,13 @@ pub struct SubscriberRecord {
     pub method: String,
     /// Its own headers, names lower-case.
     pub headers: Vec<(String, String)>,
-    /// Attempts per delivery.
+    /// Attempts per delivery (with exponential backoff), when `schedule`
+    /// is `None`.
     pub max_attempts: u32,
+    /// The waits of a retry schedule, if it has one.
+    pub schedule: Option<Vec<std::time::Duration>>,
+    /// One delivery at a time, in offset order.
+    pub ordered: bool,
     /// The `whsec_…` signing secret (a secret: see SECURITY.md).
     pub secret: String,
     /// Registration order.

@@ -130,9 +130,14 @@ where
         req.headers.unwrap_or_default().0,
         broker.limits(),
     )?;
-    if let Some(retry) = req.retry {
-        endpoint = endpoint.with_max_attempts(retry.max_attempts, broker.limits())?;
+    let retry = match &req.retry {
+        Some(retry) => Some(retry.policy()?),
+        None => api.config().default_retry.clone(),
+    };
+    if let Some(retry) = retry {
+        endpoint = endpoint.with_retry(retry, broker.limits())?;
     }
+    endpoint = endpoint.with_ordered(req.ordered.unwrap_or(false));
     let reg = broker.register_subscriber(topic, endpoint).await?;
     let s = &reg.item;
     let e = s.endpoint();
@@ -148,9 +153,8 @@ where
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.to_str().unwrap_or_default()))
                 .collect(),
-            retry: json::RetryRequest {
-                max_attempts: e.max_attempts(),
-            },
+            retry: e.retry().into(),
+            ordered: e.ordered(),
             secret: s.secret().expose(),
         },
     ))
@@ -227,9 +231,8 @@ pub(crate) async fn topic_detail(api: &Api, topic: &str) -> Reply {
             id: s.id(),
             url: s.endpoint().url().to_string(),
             method: s.endpoint().method().as_str(),
-            retry: json::RetryRequest {
-                max_attempts: s.endpoint().max_attempts(),
-            },
+            retry: s.endpoint().retry().into(),
+            ordered: s.endpoint().ordered(),
             offset: s.cursor(),
             lag: end.saturating_sub(s.cursor()),
             counters: s.stats().snapshot().into(),

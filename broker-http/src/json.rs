@@ -130,13 +130,69 @@ pub(crate) struct SubscriberRequest {
     pub(crate) headers: Option<HeaderList>,
     #[serde(default)]
     pub(crate) retry: Option<RetryRequest>,
+    #[serde(default)]
+    pub(crate) ordered: Option<bool>,
 }
 
-/// Opting in to retries: `{"max_attempts": N}`, attempts in all.
-#[derive(Deserialize, Serialize)]
+/// A retry policy: `{"max_attempts": N}` (attempts in all, exponential
+/// backoff) or `{"schedule": ["5s", "5m", …]}` (the waits between
+/// attempts).
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RetryRequest {
+    #[serde(default)]
+    pub(crate) max_attempts: Option<u32>,
+    #[serde(default)]
+    pub(crate) schedule: Option<Vec<String>>,
+}
+
+impl RetryRequest {
+    pub(crate) fn policy(&self) -> Result<broker_core::Retry, ApiError> {
+        let invalid =
+            |reason: String| ApiError::Broker(broker_core::Error::InvalidEndpoint { reason });
+        match (&self.max_attempts, &self.schedule) {
+            (Some(n), None) => Ok(broker_core::Retry::Attempts(*n)),
+            (None, Some(waits)) => {
+                let waits = waits
+                    .iter()
+                    .map(|w| {
+                        broker_core::parse_duration(w)
+                            .map_err(|e| invalid(format!("retry.schedule: {e}")))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(broker_core::Retry::Schedule(waits.into()))
+            }
+            _ => Err(invalid(
+                "retry takes either max_attempts or schedule".to_owned(),
+            )),
+        }
+    }
+}
+
+/// A retry policy as answered: always `max_attempts`, and the schedule
+/// when there is one.
+#[derive(Serialize)]
+pub(crate) struct RetryShown {
     pub(crate) max_attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) schedule: Option<Vec<String>>,
+}
+
+impl From<&broker_core::Retry> for RetryShown {
+    fn from(retry: &broker_core::Retry) -> Self {
+        RetryShown {
+            max_attempts: retry.max_attempts(),
+            schedule: match retry {
+                broker_core::Retry::Schedule(waits) => Some(
+                    waits
+                        .iter()
+                        .map(|w| broker_core::format_duration(*w))
+                        .collect(),
+                ),
+                broker_core::Retry::Attempts(_) => None,
+            },
+        }
+    }
 }
 
 /// A JSON object of header names to string values, kept in order and with
@@ -182,7 +238,8 @@ pub(crate) struct SubscriberCreated<'a> {
     pub(crate) url: String,
     pub(crate) method: &'a str,
     pub(crate) headers: BTreeMap<&'a str, &'a str>,
-    pub(crate) retry: RetryRequest,
+    pub(crate) retry: RetryShown,
+    pub(crate) ordered: bool,
     pub(crate) secret: &'a str,
 }
 
@@ -233,7 +290,8 @@ pub(crate) struct SubscriberItem<'a> {
     pub(crate) id: &'a str,
     pub(crate) url: String,
     pub(crate) method: &'a str,
-    pub(crate) retry: RetryRequest,
+    pub(crate) retry: RetryShown,
+    pub(crate) ordered: bool,
     /// The offset of the next message not yet done with.
     pub(crate) offset: u64,
     /// Messages of the log it has not yet done with.

@@ -96,6 +96,9 @@ pub struct ApiConfig {
     /// broker's notifier, or it hears no publishes. `None`, the default:
     /// those paths answer `404`.
     pub live: Option<LiveHub>,
+    /// The retry policy of a subscriber that names none. `None`, the
+    /// default: one attempt (the spec's fire-and-forget).
+    pub default_retry: Option<broker_core::Retry>,
 }
 
 impl ApiConfig {
@@ -108,6 +111,7 @@ impl ApiConfig {
             body_timeout: std::time::Duration::from_secs(30),
             metrics: None,
             live: None,
+            default_retry: None,
         }
     }
 }
@@ -127,6 +131,7 @@ impl std::fmt::Debug for ApiConfig {
             .field("body_timeout", &self.body_timeout)
             .field("metrics", &self.metrics.is_some())
             .field("live", &self.live)
+            .field("default_retry", &self.default_retry)
             .finish()
     }
 }

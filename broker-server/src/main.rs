@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use broker_core::{Broker, Limits, MemoryStore, Retention};
+use broker_core::{Broker, Limits, MemoryStore, Retention, Retry};
 use broker_http::{
     serve, Api, ApiConfig, DeliveryConfig, DestinationPolicy, LiveConfig, LiveHub, Metrics,
     Overflow, ServerConfig, WebhookNotifier,
@@ -151,6 +151,13 @@ struct Args {
     #[arg(long, env = "BROKER_MAX_MEMORY_BYTES", default_value = "512MiB", value_parser = bytes)]
     max_memory_bytes: u64,
 
+    /// The retry policy of a subscriber that registers without one: `none`
+    /// (one attempt), `standard` (the Standard Webhooks schedule: 5s, 5m,
+    /// 30m, 2h, 5h, 10h, 10h) or waits separated by commas (`1s,10s,1m`).
+    /// Default: `none` in memory, `standard` with `--data-dir`.
+    #[arg(long, env = "BROKER_DEFAULT_RETRY", value_parser = retry)]
+    default_retry: Option<Retry>,
+
     /// With `--data-dir`: size at which a topic's log starts a new segment
     /// file.
     #[arg(long, env = "BROKER_SEGMENT_BYTES", default_value = "64MiB", value_parser = bytes)]
@@ -285,21 +292,29 @@ fn bytes(text: &str) -> Result<u64, String> {
 
 /// Parses `10s`, `500ms`, `2m`, `24h`, `7d`, or a bare number of seconds.
 fn duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 10s, 500ms or 2m"))?;
-    match unit.trim() {
-        "" | "s" => Ok(Duration::from_secs(n)),
-        "ms" => Ok(Duration::from_millis(n)),
-        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
-        "h" => Ok(Duration::from_secs(n.saturating_mul(3600))),
-        "d" => Ok(Duration::from_secs(n.saturating_mul(86_400))),
-        other => Err(format!("unknown unit {other:?}: use ms, s, m, h or d")),
+    broker_core::parse_duration(text)
+}
+
+/// Parses `none`, `standard`, or a schedule: waits separated by commas.
+fn retry(text: &str) -> Result<Retry, String> {
+    match text.trim() {
+        "none" => Ok(Retry::Attempts(1)),
+        "standard" => Ok(Retry::standard()),
+        schedule => {
+            let waits = schedule
+                .split(',')
+                .map(duration)
+                .collect::<Result<Vec<_>, _>>()?;
+            if waits.len() > broker_core::MAX_SCHEDULE
+                || waits.iter().any(|w| *w > broker_core::MAX_WAIT)
+            {
+                return Err(format!(
+                    "a schedule lists at most {} waits of at most 24h",
+                    broker_core::MAX_SCHEDULE
+                ));
+            }
+            Ok(Retry::Schedule(waits.into()))
+        }
     }
 }
 
@@ -411,6 +426,13 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 Metrics::new(&broker, Some(&notifier)).with_live(&live),
             )),
             live: Some(live),
+            default_retry: Some(args.default_retry.clone().unwrap_or_else(|| {
+                if args.data_dir.is_some() {
+                    Retry::standard()
+                } else {
+                    Retry::Attempts(1)
+                }
+            })),
             ..ApiConfig::default()
         },
     );
@@ -511,6 +533,17 @@ mod tests {
         assert_eq!(fsync("100ms"), Ok(Fsync::Every(Duration::from_millis(100))));
         for bad in ["", "0ms", "sometimes"] {
             assert!(fsync(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(retry("none"), Ok(Retry::Attempts(1)));
+        assert_eq!(retry("standard"), Ok(Retry::standard()));
+        assert_eq!(
+            retry("1s,10s"),
+            Ok(Retry::Schedule(
+                vec![Duration::from_secs(1), Duration::from_secs(10)].into()
+            ))
+        );
+        for bad in ["", "1s,,2s", "25h", "sometimes"] {
+            assert!(retry(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -239,6 +239,8 @@ pub struct Received {
     pub path: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// When the sink received it.
+    pub at: std::time::Instant,
 }
 
 /// What a sink does with a request once recorded.
@@ -364,6 +366,7 @@ impl Sink {
                             path: parts.uri.path().to_owned(),
                             headers: parts.headers,
                             body,
+                            at: std::time::Instant::now(),
                         });
                         Ok::<_, Infallible>(respond(&behaviour).await)
                     }

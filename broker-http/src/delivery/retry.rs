@@ -3,6 +3,8 @@
 
 use std::time::{Duration, SystemTime};
 
+use broker_core::Retry;
+
 use http::{header, HeaderMap, StatusCode};
 
 /// The result of one attempt.
@@ -65,33 +67,47 @@ impl Backoff {
 }
 
 /// How long to wait before attempting again after `result`, the
-/// `attempts`-th attempt (1-based) of at most `max_attempts`: `None` when
-/// this was the last one (delivered, refused, a failure not worth a retry,
-/// or no attempt left). A `Retry-After` is honoured, capped at
-/// `backoff.max`; otherwise the wait is [`Backoff::delay`] with `unit` as
-/// its random number.
+/// `attempts`-th attempt (1-based) under `retry`: `None` when this was the
+/// last one (delivered, refused, a failure not worth a retry, or no attempt
+/// left).
+///
+/// - [`Retry::Attempts`]: [`Backoff::delay`], `unit` its random number; a
+///   `Retry-After` is honoured up to `backoff.max`.
+/// - [`Retry::Schedule`]: the schedule's wait ±20 % (`unit` picks where);
+///   a `Retry-After` is honoured up to the schedule's longest wait.
 pub(crate) fn next_wait(
     result: Attempt,
     attempts: u32,
-    max_attempts: u32,
+    retry: &Retry,
     backoff: Backoff,
     unit: f64,
 ) -> Option<Duration> {
     let Attempt::Failed {
         retryable: true,
         retry_after,
+        ..
     } = result
     else {
         return None;
     };
-    if attempts >= max_attempts {
+    if attempts >= retry.max_attempts() {
         return None;
     }
-    Some(
-        retry_after
+    let unit = unit.clamp(0.0, 1.0);
+    Some(match retry {
+        Retry::Attempts(_) => retry_after
             .map(|after| after.min(backoff.max))
             .unwrap_or_else(|| backoff.delay(attempts, unit)),
-    )
+        Retry::Schedule(waits) => {
+            let longest = waits.iter().max().copied().unwrap_or_default();
+            retry_after
+                .map(|after| after.min(longest))
+                .unwrap_or_else(|| {
+                    let wait = waits[attempts as usize - 1];
+                    wait.mul_f64(0.8 + 0.4 * unit)
+                })
+        }
+    })
 }
 
 /// A `Retry-After` header: delay-seconds or an HTTP date.
@@ -173,26 +189,54 @@ mod tests {
 
     #[test]
     fn retries_back_off_until_the_last_attempt() {
+        let five = Retry::Attempts(5);
         for attempts in 1..5 {
-            let wait = next_wait(fail(None), attempts, 5, BACKOFF, 0.5).unwrap();
+            let wait = next_wait(fail(None), attempts, &five, BACKOFF, 0.5).unwrap();
             let full = Duration::from_secs(1 << (attempts - 1));
             assert!(
                 wait > full / 2 && wait < full,
                 "after attempt {attempts}: {wait:?}"
             );
         }
-        assert_eq!(next_wait(fail(None), 5, 5, BACKOFF, 0.5), None);
-        assert_eq!(next_wait(fail(None), 1, 1, BACKOFF, 0.5), None);
+        assert_eq!(next_wait(fail(None), 5, &five, BACKOFF, 0.5), None);
+        let one = Retry::Attempts(1);
+        assert_eq!(next_wait(fail(None), 1, &one, BACKOFF, 0.5), None);
+    }
+
+    #[test]
+    fn a_schedule_waits_its_waits_within_twenty_percent() {
+        let standard = Retry::standard();
+        let Retry::Schedule(waits) = &standard else {
+            unreachable!()
+        };
+        for (i, wait) in waits.iter().enumerate() {
+            let attempts = i as u32 + 1;
+            let low = next_wait(fail(None), attempts, &standard, BACKOFF, 0.0).unwrap();
+            let high = next_wait(fail(None), attempts, &standard, BACKOFF, 1.0).unwrap();
+            assert_eq!(low, wait.mul_f64(0.8), "after attempt {attempts}");
+            assert_eq!(high, wait.mul_f64(1.2), "after attempt {attempts}");
+        }
+        assert_eq!(next_wait(fail(None), 8, &standard, BACKOFF, 0.5), None);
+        // Retry-After: honoured up to the schedule's longest wait (10 h).
+        assert_eq!(
+            next_wait(fail(Some(7)), 1, &standard, BACKOFF, 0.5),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            next_wait(fail(Some(86_400)), 1, &standard, BACKOFF, 0.5),
+            Some(Duration::from_secs(36_000))
+        );
     }
 
     #[test]
     fn honours_retry_after_capped_at_the_maximum() {
+        let three = Retry::Attempts(3);
         assert_eq!(
-            next_wait(fail(Some(20)), 1, 3, BACKOFF, 0.5),
+            next_wait(fail(Some(20)), 1, &three, BACKOFF, 0.5),
             Some(Duration::from_secs(20))
         );
         assert_eq!(
-            next_wait(fail(Some(3600)), 1, 3, BACKOFF, 0.5),
+            next_wait(fail(Some(3600)), 1, &three, BACKOFF, 0.5),
             Some(Duration::from_secs(30))
         );
     }
@@ -204,7 +248,11 @@ mod tests {
             retry_after: None,
         };
         for result in [Attempt::Delivered, Attempt::Refused, final_failure] {
-            assert_eq!(next_wait(result, 1, 5, BACKOFF, 0.5), None, "{result:?}");
+            assert_eq!(
+                next_wait(result, 1, &Retry::Attempts(5), BACKOFF, 0.5),
+                None,
+                "{result:?}"
+            );
         }
     }
 }

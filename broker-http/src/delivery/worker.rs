@@ -223,7 +223,14 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
         committed: start,
         committed_at: Instant::now(),
     };
-    let max_in_flight = shared.config.max_in_flight;
+    // An ordered subscriber gets one message at a time, and a failing one
+    // holds back the rest until it is delivered or given up on.
+    let ordered = subscriber.endpoint().ordered();
+    let max_in_flight = if ordered {
+        1
+    } else {
+        shared.config.max_in_flight
+    };
     let mut in_flight = FuturesUnordered::new();
     loop {
         if !subscriber.is_active() {
@@ -263,6 +270,10 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
                     }
                     continue;
                 }
+            }
+            if ordered && !work.open.is_empty() {
+                // The one open message is in flight or waits for its retry.
+                break;
             }
             if let Some(message) = work.page.pop_front() {
                 work.open.insert(message.offset());
@@ -375,7 +386,7 @@ fn finish(subscriber: &Subscriber, shared: &Shared, work: &mut Work, tried: Trie
     let wait = next_wait(
         tried.result,
         attempts,
-        subscriber.endpoint().max_attempts(),
+        subscriber.endpoint().retry(),
         backoff,
         fastrand::f64(),
     );

@@ -31,7 +31,8 @@ async fn counters_of(s: &TestServer, topic: &str, url: &str) -> Value {
 }
 
 fn counts(delivered: u64, failed: u64, dropped: u64, refused: u64, retried: u64) -> Value {
-    json!({"delivered": delivered, "failed": failed, "dropped": dropped, "refused": refused, "retried": retried})
+    // Every delivery given up on goes to the dead letters.
+    json!({"delivered": delivered, "failed": failed, "dropped": dropped, "refused": refused, "retried": retried, "dead_lettered": failed})
 }
 
 /// A topic "t" with a publisher (its token returned), an endpoint that
@@ -135,7 +136,7 @@ async fn every_kind_of_bad_endpoint_on_one_topic() {
     let topic = s.get("/v1/topics/t").await.json();
     assert_eq!(
         topic["counters"],
-        json!({"published": N, "delivered": 2 * N, "failed": 4 * N, "dropped": 0, "refused": 0, "retried": 0})
+        json!({"published": N, "delivered": 2 * N, "failed": 4 * N, "dropped": 0, "refused": 0, "retried": 0, "dead_lettered": 4 * N})
     );
     // Redirects are not followed.
     assert!(redirect_target.drain_now().is_empty());
@@ -569,4 +570,154 @@ async fn an_ordered_subscriber_gets_one_at_a_time_in_offset_order() {
         counters_of(&s, "t", &sink.url("/")).await,
         counts(6, 0, 0, 0, 2)
     );
+}
+
+#[tokio::test]
+async fn dead_letters_are_listed_redriven_and_replayed() {
+    let s = server(DeliveryConfig::default()).await;
+    // Six failures: both attempts of three messages; then all is well.
+    let mut sink = Sink::start(Behaviour::script(&[(500, None); 6])).await;
+    let token = s.publisher("t", "p").await;
+    let sub = s
+        .subscriber(
+            "t",
+            json!({"url": sink.url("/"), "retry": {"schedule": ["10ms"]}}),
+        )
+        .await;
+    let base = format!("/v1/topics/t/subscribers/{}", sub["id"].as_str().unwrap());
+    let started = std::time::SystemTime::now() - Duration::from_secs(1);
+    let mut ids = Vec::new();
+    for body in ["a", "b", "c"] {
+        ids.push(s.publish("t", &token, "text/plain", body).await.json()["id"].clone());
+    }
+    s.settle().await;
+    assert_eq!(sink.drain_now().len(), 6);
+    assert_eq!(
+        counters_of(&s, "t", &sink.url("/")).await,
+        counts(0, 3, 0, 0, 3)
+    );
+    let listed = s.get(&format!("{base}/dead-letters")).await;
+    assert_eq!(listed.status, 200);
+    let dead = listed.json()["dead_letters"].clone();
+    assert_eq!(dead.as_array().unwrap().len(), 3, "{dead}");
+    for (i, d) in dead.as_array().unwrap().iter().enumerate() {
+        assert_eq!(d["message_id"], ids[i]);
+        assert_eq!(d["offset"], i);
+        assert_eq!(d["attempts"], 2);
+        assert_eq!(d["last_status"], 500);
+        assert!(d["last_error"].as_str().unwrap().contains("status"), "{d}");
+        assert!(d["failed_at"].as_str().unwrap().ends_with('Z'), "{d}");
+    }
+    let limited = s.get(&format!("{base}/dead-letters?limit=1")).await.json();
+    assert_eq!(limited["dead_letters"].as_array().unwrap().len(), 1);
+
+    // Redrive one by id, then the rest.
+    let r = s
+        .post_json(&format!("{base}/redrive"), json!({"message_ids": [ids[1]]}))
+        .await;
+    assert_eq!((r.status.as_u16(), r.json()), (202, json!({"redriven": 1})));
+    s.settle().await;
+    let got = sink.drain_now();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].headers["webhook-id"], ids[1].as_str().unwrap());
+    let left = s.get(&format!("{base}/dead-letters")).await.json();
+    let left: Vec<_> = left["dead_letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["message_id"].clone())
+        .collect();
+    assert_eq!(left, [ids[0].clone(), ids[2].clone()]);
+    let r = s.post_json(&format!("{base}/redrive"), json!({})).await;
+    assert_eq!(r.json(), json!({"redriven": 2}));
+    s.settle().await;
+    assert_eq!(sink.drain_now().len(), 2);
+    let none = s.get(&format!("{base}/dead-letters")).await.json();
+    assert_eq!(none, json!({"dead_letters": []}));
+
+    // Replay from an offset and from a time: all three again.
+    let r = s
+        .post_json(&format!("{base}/replay"), json!({"from_offset": 1}))
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.json()),
+        (202, json!({"replayed": 2, "from_offset": 1}))
+    );
+    s.settle().await;
+    assert_eq!(sink.drain_now().len(), 2);
+    let since = httpdate::fmt_http_date(started); // not RFC 3339: refused
+    let r = s
+        .post_json(&format!("{base}/replay"), json!({"since": since}))
+        .await;
+    assert_eq!(r.status, 400);
+    let since = {
+        let secs = started
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        // Written by hand here, to check the server's reading of it.
+        let (days, rest) = (secs / 86_400, secs % 86_400);
+        let (y, m, d) = civil(days as i64);
+        format!(
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+            rest / 3600,
+            rest / 60 % 60,
+            rest % 60
+        )
+    };
+    let r = s
+        .post_json(&format!("{base}/replay"), json!({"since": since}))
+        .await;
+    assert_eq!(
+        r.json(),
+        json!({"replayed": 3, "from_offset": 0}),
+        "{since}"
+    );
+    s.settle().await;
+    let again: Vec<_> = sink
+        .drain_now()
+        .into_iter()
+        .map(|r| r.headers["webhook-id"].to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(again.len(), 3);
+    for id in &ids {
+        assert!(again.contains(&id.as_str().unwrap().to_owned()));
+    }
+
+    // Unknown subscribers and malformed bodies.
+    for path in ["dead-letters", "redrive", "replay"] {
+        let url = format!("/v1/topics/t/subscribers/sub_nope/{path}");
+        let r = match path {
+            "dead-letters" => s.get(&url).await,
+            "redrive" => s.post_json(&url, json!({})).await,
+            _ => s.post_json(&url, json!({"from_offset": 0})).await,
+        };
+        assert_eq!(r.status, 404, "{path}");
+    }
+    for (path, body) in [
+        ("redrive", json!({"ids": []})),
+        ("replay", json!({})),
+        ("replay", json!({"from_offset": 0, "since": since})),
+        ("replay", json!({"from_offset": -1})),
+    ] {
+        let r = s.post_json(&format!("{base}/{path}"), body.clone()).await;
+        assert_eq!(r.status, 400, "{path} {body}");
+    }
+    for limit in ["0", "1001", "x"] {
+        let r = s.get(&format!("{base}/dead-letters?limit={limit}")).await;
+        assert_eq!(r.status, 400, "limit={limit}");
+    }
+}
+
+/// The civil date of a day number (days since 1970-01-01).
+fn civil(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }

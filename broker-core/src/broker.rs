@@ -15,7 +15,7 @@ use parking_lot::RwLock;
 use crate::{
     registry::Registry,
     secret::{SigningSecret, Token},
-    store::{Change, CredentialRecord, NewMessage, Read, Record, SubscriberRecord},
+    store::{Change, CredentialRecord, DeadLetter, NewMessage, Read, Record, SubscriberRecord},
     Credential, DeliveryCounts, DeliveryStats, Endpoint, Error, Limits, Listener, MemoryStore,
     Notifier, Publish, Publisher, Receipt, Replay, ReplayFrom, Role, Store, Subscriber, TopicName,
 };
@@ -138,6 +138,7 @@ impl ShardedStats {
                 sum.dropped += c.dropped;
                 sum.refused += c.refused;
                 sum.retried += c.retried;
+                sum.dead_lettered += c.dead_lettered;
                 sum
             })
     }
@@ -706,6 +707,143 @@ impl Broker {
         self.shared.store.save_cursor(&subscriber.id, cursor).await
     }
 
+    /// Keeps `subscriber`'s dead letter (a delivery given up on) in the
+    /// store.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`].
+    pub async fn dead_letter(
+        &self,
+        subscriber: &Subscriber,
+        dead: &DeadLetter,
+    ) -> Result<(), Error> {
+        self.shared
+            .store
+            .put_dead_letter(&subscriber.id, dead)
+            .await
+    }
+
+    /// Forgets `subscriber`'s dead letter at `offset` (redriven and
+    /// delivered).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`].
+    pub async fn forget_dead_letter(
+        &self,
+        subscriber: &Subscriber,
+        offset: u64,
+    ) -> Result<(), Error> {
+        self.shared
+            .store
+            .remove_dead_letter(&subscriber.id, offset)
+            .await
+    }
+
+    fn subscriber(&self, topic: &str, id: &str) -> Result<Arc<Subscriber>, Error> {
+        Ok(self
+            .shared
+            .registry
+            .read()
+            .find_subscriber(topic, id)?
+            .clone())
+    }
+
+    /// The dead letters of subscriber `id` on `topic`, oldest first, at
+    /// most `limit`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidTopic`], [`Error::SubscriberNotFound`], or
+    /// [`Error::Storage`].
+    pub async fn dead_letters(
+        &self,
+        topic: &str,
+        id: &str,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, Error> {
+        let subscriber = self.subscriber(topic, id)?;
+        self.shared.store.dead_letters(&subscriber.id, limit).await
+    }
+
+    /// Delivers subscriber `id`'s dead letters again with a fresh retry
+    /// schedule: all of them, or those with the given message ids. Each
+    /// stays in the list until it is delivered (or is dead again). Returns
+    /// how many were redriven.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidTopic`], [`Error::SubscriberNotFound`], or
+    /// [`Error::Storage`].
+    pub async fn redrive(
+        &self,
+        topic: &str,
+        id: &str,
+        message_ids: Option<&[String]>,
+    ) -> Result<usize, Error> {
+        let subscriber = self.subscriber(topic, id)?;
+        let mut dead = self
+            .shared
+            .store
+            .dead_letters(&subscriber.id, usize::MAX)
+            .await?;
+        if let Some(ids) = message_ids {
+            dead.retain(|d| ids.contains(&d.message_id));
+        }
+        let n = dead.len();
+        if n > 0 {
+            self.shared.notifier.redrive(&subscriber, dead);
+        }
+        Ok(n)
+    }
+
+    /// Delivers subscriber `id`'s retained messages again from offset
+    /// `from` on (from the oldest retained when `from` is older). Returns
+    /// the offset it starts from and how many messages that is.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidTopic`], [`Error::SubscriberNotFound`], or
+    /// [`Error::Storage`].
+    pub async fn replay_subscriber(
+        &self,
+        topic: &str,
+        id: &str,
+        from: u64,
+    ) -> Result<(u64, u64), Error> {
+        let subscriber = self.subscriber(topic, id)?;
+        let (first, end) = self.shared.store.bounds(&subscriber.topic).await?;
+        let from = from.clamp(first, end);
+        if from < end {
+            self.shared.notifier.rewind(&subscriber, from);
+        }
+        Ok((from, end - from))
+    }
+
+    /// The offset of the first retained message of `topic` published at or
+    /// after `since` (the log's end if none was), found by a binary search
+    /// over the log: publish times follow offsets.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidTopic`], or [`Error::Storage`].
+    pub async fn offset_at(&self, topic: &str, since: SystemTime) -> Result<u64, Error> {
+        let name = TopicName::new(topic)?;
+        let store = &self.shared.store;
+        let (mut low, mut high) = store.bounds(&name).await?;
+        while low < high {
+            let mid = low + (high - low) / 2;
+            let read = store.read(&name, mid, 1, 0).await?;
+            match read.messages.first() {
+                Some(m) if m.published_at < since => low = m.offset.max(mid) + 1,
+                Some(_) => high = mid,
+                None => low = read.first.max(mid + 1),
+            }
+        }
+        Ok(low)
+    }
+
     /// A handle that does not keep the broker alive, for a notifier to
     /// hold (see [`Notifier::attach`]).
     pub fn downgrade(&self) -> WeakBroker {
@@ -1248,6 +1386,15 @@ mod tests {
         async fn bounds(&self, topic: &TopicName) -> Result<(u64, u64), Error> {
             self.log.bounds(topic).await
         }
+        async fn put_dead_letter(&self, s: &str, dead: &DeadLetter) -> Result<(), Error> {
+            self.log.put_dead_letter(s, dead).await
+        }
+        async fn remove_dead_letter(&self, s: &str, offset: u64) -> Result<(), Error> {
+            self.log.remove_dead_letter(s, offset).await
+        }
+        async fn dead_letters(&self, s: &str, limit: usize) -> Result<Vec<DeadLetter>, Error> {
+            self.log.dead_letters(s, limit).await
+        }
     }
 
     #[tokio::test]
@@ -1320,6 +1467,15 @@ mod tests {
             Err(Error::storage("disk full"))
         }
         async fn bounds(&self, _: &TopicName) -> Result<(u64, u64), Error> {
+            Err(Error::storage("disk full"))
+        }
+        async fn put_dead_letter(&self, _: &str, _: &DeadLetter) -> Result<(), Error> {
+            Err(Error::storage("disk full"))
+        }
+        async fn remove_dead_letter(&self, _: &str, _: u64) -> Result<(), Error> {
+            Err(Error::storage("disk full"))
+        }
+        async fn dead_letters(&self, _: &str, _: usize) -> Result<Vec<DeadLetter>, Error> {
             Err(Error::storage("disk full"))
         }
     }

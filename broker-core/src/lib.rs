@@ -80,15 +80,15 @@ pub use credential::{Credential, Listener, Publisher, Role};
 pub use endpoint::Endpoint;
 pub use error::Error;
 pub use limits::Limits;
-pub use memory::{MemoryStore, Retention};
+pub use memory::{MemoryStore, Retention, MAX_DEAD_LETTERS};
 pub use message::{Message, Publish, Receipt, Subscribers};
 pub use notifier::Notifier;
 pub use replay::{Replay, ReplayFrom};
 pub use retry::{format_duration, parse_duration, Retry, MAX_SCHEDULE, MAX_WAIT};
 pub use secret::{SigningSecret, Token};
 pub use store::{
-    message_id, new_id_prefix, Change, CredentialRecord, NewMessage, Read, Record, Store,
-    SubscriberRecord,
+    message_id, new_id_prefix, Change, CredentialRecord, DeadLetter, NewMessage, Read, Record,
+    Store, SubscriberRecord,
 };
 pub use subscriber::{DeliveryCounts, DeliveryStats, Outcome, Subscriber};
 pub use topic::{TopicName, MAX_TOPIC_LEN};

@@ -3,7 +3,7 @@
 //! `SystemTime::now` at append.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc,
@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
 
 use crate::{
-    store::{message_id, new_id_prefix, Change, NewMessage, Read, Record},
+    store::{message_id, new_id_prefix, Change, DeadLetter, NewMessage, Read, Record},
     Error, Message, Store, TopicName,
 };
 
@@ -43,7 +43,8 @@ impl Default for Retention {
 /// fixed 160 bytes for its bookkeeping.
 ///
 /// Registrations are not kept (the broker's own index is the only copy):
-/// [`Store::load`] finds nothing and [`Store::save`] does nothing.
+/// [`Store::load`] finds nothing and [`Store::save`] does nothing but
+/// forget a removed subscriber's dead letters, which it keeps, bounded.
 ///
 /// # Examples
 ///
@@ -72,7 +73,13 @@ pub struct MemoryStore {
     /// Held for look-ups and inserts only; a log's own lock is taken after
     /// this one is dropped.
     logs: RwLock<HashMap<TopicName, Arc<Mutex<Log>>>>,
+    /// Dead letters by subscriber, by offset: at most
+    /// [`MAX_DEAD_LETTERS`] a subscriber, the oldest evicted first.
+    dead: Mutex<HashMap<String, BTreeMap<u64, DeadLetter>>>,
 }
+
+/// Dead letters kept per subscriber in memory.
+pub const MAX_DEAD_LETTERS: usize = 10_000;
 
 /// What a retained message costs beyond its payload: the `Message`, its
 /// id and the reference to it (measured: about 150 bytes with mimalloc),
@@ -117,6 +124,7 @@ impl MemoryStore {
             budget,
             held: AtomicUsize::new(0),
             logs: RwLock::default(),
+            dead: Mutex::default(),
         }
     }
 
@@ -188,8 +196,37 @@ impl Store for MemoryStore {
         Ok(Vec::new())
     }
 
-    async fn save(&self, _: Change<'_>) -> Result<(), Error> {
+    async fn save(&self, change: Change<'_>) -> Result<(), Error> {
+        if let Change::Remove { id } = change {
+            self.dead.lock().remove(id);
+        }
         Ok(())
+    }
+
+    async fn put_dead_letter(&self, subscriber: &str, dead: &DeadLetter) -> Result<(), Error> {
+        let mut all = self.dead.lock();
+        let mine = all.entry(subscriber.to_owned()).or_default();
+        mine.insert(dead.offset, dead.clone());
+        while mine.len() > MAX_DEAD_LETTERS {
+            mine.pop_first();
+        }
+        Ok(())
+    }
+
+    async fn remove_dead_letter(&self, subscriber: &str, offset: u64) -> Result<(), Error> {
+        if let Some(mine) = self.dead.lock().get_mut(subscriber) {
+            mine.remove(&offset);
+        }
+        Ok(())
+    }
+
+    async fn dead_letters(&self, subscriber: &str, limit: usize) -> Result<Vec<DeadLetter>, Error> {
+        Ok(self
+            .dead
+            .lock()
+            .get(subscriber)
+            .map(|mine| mine.values().take(limit).cloned().collect())
+            .unwrap_or_default())
     }
 
     async fn append(

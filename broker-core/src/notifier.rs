@@ -54,6 +54,20 @@ pub trait Notifier: Send + Sync + 'static {
     fn deregistered(&self, subscriber: &Arc<crate::Subscriber>) {
         let _ = subscriber;
     }
+
+    /// Delivers these dead letters of `subscriber` again, with a fresh
+    /// retry schedule ([`Broker::redrive`](crate::Broker::redrive)). The
+    /// default does nothing.
+    fn redrive(&self, subscriber: &Arc<crate::Subscriber>, dead: Vec<crate::DeadLetter>) {
+        let _ = (subscriber, dead);
+    }
+
+    /// Delivers `subscriber`'s messages again from offset `from` on
+    /// ([`Broker::replay_subscriber`](crate::Broker::replay_subscriber)).
+    /// The default does nothing.
+    fn rewind(&self, subscriber: &Arc<crate::Subscriber>, from: u64) {
+        let _ = (subscriber, from);
+    }
 }
 
 #[async_trait]
@@ -67,6 +81,12 @@ impl<N: Notifier + ?Sized> Notifier for Arc<N> {
     fn deregistered(&self, subscriber: &Arc<crate::Subscriber>) {
         (**self).deregistered(subscriber)
     }
+    fn redrive(&self, subscriber: &Arc<crate::Subscriber>, dead: Vec<crate::DeadLetter>) {
+        (**self).redrive(subscriber, dead)
+    }
+    fn rewind(&self, subscriber: &Arc<crate::Subscriber>, from: u64) {
+        (**self).rewind(subscriber, from)
+    }
 }
 
 #[async_trait]
@@ -79,6 +99,12 @@ impl<N: Notifier + ?Sized> Notifier for Box<N> {
     }
     fn deregistered(&self, subscriber: &Arc<crate::Subscriber>) {
         (**self).deregistered(subscriber)
+    }
+    fn redrive(&self, subscriber: &Arc<crate::Subscriber>, dead: Vec<crate::DeadLetter>) {
+        (**self).redrive(subscriber, dead)
+    }
+    fn rewind(&self, subscriber: &Arc<crate::Subscriber>, from: u64) {
+        (**self).rewind(subscriber, from)
     }
 }
 
@@ -123,5 +149,13 @@ impl<A: Notifier, B: Notifier> Notifier for (A, B) {
     fn deregistered(&self, subscriber: &Arc<crate::Subscriber>) {
         self.0.deregistered(subscriber);
         self.1.deregistered(subscriber);
+    }
+    fn redrive(&self, subscriber: &Arc<crate::Subscriber>, dead: Vec<crate::DeadLetter>) {
+        self.0.redrive(subscriber, dead.clone());
+        self.1.redrive(subscriber, dead);
+    }
+    fn rewind(&self, subscriber: &Arc<crate::Subscriber>, from: u64) {
+        self.0.rewind(subscriber, from);
+        self.1.rewind(subscriber, from);
     }
 }

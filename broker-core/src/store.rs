@@ -99,6 +99,24 @@ pub struct SubscriberRecord {
     pub cursor: u64,
 }
 
+/// A delivery given up on: its attempts are exhausted. Kept until it is
+/// redriven and delivered (or given up on again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The message id.
+    pub message_id: String,
+    /// Its offset in the topic's log.
+    pub offset: u64,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The HTTP status of the last attempt, if a response came.
+    pub last_status: Option<u16>,
+    /// What went wrong last, in words.
+    pub last_error: String,
+    /// When it was given up on.
+    pub failed_at: SystemTime,
+}
+
 /// One change to the stored registrations.
 #[derive(Debug, Clone, Copy)]
 pub enum Change<'a> {
@@ -186,6 +204,17 @@ pub trait Store: Send + Sync + 'static {
         let _ = (subscriber, cursor);
         Ok(())
     }
+
+    /// Keeps a subscriber's dead letter (replacing one at the same offset),
+    /// durably.
+    async fn put_dead_letter(&self, subscriber: &str, dead: &DeadLetter) -> Result<(), Error>;
+
+    /// Forgets a subscriber's dead letter at `offset` (redriven and
+    /// delivered).
+    async fn remove_dead_letter(&self, subscriber: &str, offset: u64) -> Result<(), Error>;
+
+    /// A subscriber's dead letters, oldest offset first, at most `limit`.
+    async fn dead_letters(&self, subscriber: &str, limit: usize) -> Result<Vec<DeadLetter>, Error>;
 }
 
 #[async_trait]
@@ -218,6 +247,15 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     async fn save_cursor(&self, subscriber: &str, cursor: u64) -> Result<(), Error> {
         (**self).save_cursor(subscriber, cursor).await
     }
+    async fn put_dead_letter(&self, subscriber: &str, dead: &DeadLetter) -> Result<(), Error> {
+        (**self).put_dead_letter(subscriber, dead).await
+    }
+    async fn remove_dead_letter(&self, subscriber: &str, offset: u64) -> Result<(), Error> {
+        (**self).remove_dead_letter(subscriber, offset).await
+    }
+    async fn dead_letters(&self, subscriber: &str, limit: usize) -> Result<Vec<DeadLetter>, Error> {
+        (**self).dead_letters(subscriber, limit).await
+    }
 }
 
 #[async_trait]
@@ -249,6 +287,15 @@ impl<S: Store + ?Sized> Store for Box<S> {
     }
     async fn save_cursor(&self, subscriber: &str, cursor: u64) -> Result<(), Error> {
         (**self).save_cursor(subscriber, cursor).await
+    }
+    async fn put_dead_letter(&self, subscriber: &str, dead: &DeadLetter) -> Result<(), Error> {
+        (**self).put_dead_letter(subscriber, dead).await
+    }
+    async fn remove_dead_letter(&self, subscriber: &str, offset: u64) -> Result<(), Error> {
+        (**self).remove_dead_letter(subscriber, offset).await
+    }
+    async fn dead_letters(&self, subscriber: &str, limit: usize) -> Result<Vec<DeadLetter>, Error> {
+        (**self).dead_letters(subscriber, limit).await
     }
 }
 

@@ -146,6 +146,7 @@ pub struct DeliveryStats {
     dropped: AtomicU64,
     refused: AtomicU64,
     retried: AtomicU64,
+    dead_lettered: AtomicU64,
 }
 
 /// A point-in-time copy of [`DeliveryStats`].
@@ -164,6 +165,9 @@ pub struct DeliveryCounts {
     /// Attempts made again after a failure (not deliveries: one delivery
     /// retried twice counts 2 here and 1 in `delivered` or `failed`).
     pub retried: u64,
+    /// Deliveries given up on that went to the dead letters (each is also
+    /// counted in `failed`).
+    pub dead_lettered: u64,
 }
 
 /// What became of deliveries, for [`Subscriber::record`].
@@ -179,6 +183,8 @@ pub enum Outcome {
     Refused,
     /// An attempt made again after a failure.
     Retried,
+    /// Given up on and kept in the dead letters.
+    DeadLettered,
 }
 
 impl DeliveryStats {
@@ -190,6 +196,7 @@ impl DeliveryStats {
             Outcome::Dropped => &self.dropped,
             Outcome::Refused => &self.refused,
             Outcome::Retried => &self.retried,
+            Outcome::DeadLettered => &self.dead_lettered,
         };
         counter.fetch_add(n, Ordering::Relaxed);
     }
@@ -202,6 +209,7 @@ impl DeliveryStats {
             dropped: self.dropped.load(Ordering::Relaxed),
             refused: self.refused.load(Ordering::Relaxed),
             retried: self.retried.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
         }
     }
 }

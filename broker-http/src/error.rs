@@ -44,6 +44,8 @@ pub enum ApiError {
     LiveDisabled,
     /// A query parameter is malformed.
     InvalidQuery(&'static str),
+    /// A JSON body that parsed but asks for something impossible.
+    InvalidRequest(&'static str),
     /// No route has this path.
     NotFound,
     /// The route exists, but not with this method; the `Allow` value.
@@ -80,7 +82,7 @@ impl ApiError {
             ApiError::ListenerForbidden => StatusCode::FORBIDDEN,
             ApiError::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             ApiError::TooManyLiveConnections => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::InvalidQuery(_) => StatusCode::BAD_REQUEST,
+            ApiError::InvalidQuery(_) | ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound | ApiError::LiveDisabled => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         }
@@ -117,6 +119,7 @@ impl ApiError {
             ApiError::UpgradeRequired => "upgrade_required",
             ApiError::TooManyLiveConnections => "too_many_live_connections",
             ApiError::InvalidQuery(_) => "invalid_query",
+            ApiError::InvalidRequest(_) => "invalid_request",
             ApiError::NotFound => "not_found",
             ApiError::LiveDisabled => "live_disabled",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
@@ -242,6 +245,7 @@ impl fmt::Display for ApiError {
                 f.write_str("live listening (SSE, WebSocket) is not enabled on this server")
             }
             ApiError::InvalidQuery(why) => write!(f, "invalid query: {why}"),
+            ApiError::InvalidRequest(why) => write!(f, "invalid request: {why}"),
             ApiError::NotFound => f.write_str("no such path; the API lives under /v1"),
             ApiError::MethodNotAllowed(allow) => {
                 write!(f, "this path does not take that method; it takes {allow}")

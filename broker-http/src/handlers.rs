@@ -274,6 +274,106 @@ pub(crate) async fn topic_detail(api: &Api, topic: &str) -> Reply {
     ))
 }
 
+/// `GET /v1/topics/{topic}/subscribers/{id}/dead-letters?limit=N`
+/// (default 100, at most 1,000), oldest first.
+pub(crate) async fn dead_letters(api: &Api, topic: &str, id: &str, query: Option<&str>) -> Reply {
+    let mut limit = 100;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        if let Some(value) = pair.strip_prefix("limit=") {
+            limit = value
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=1_000).contains(n))
+                .ok_or(ApiError::InvalidQuery(
+                    "limit must be a whole number from 1 to 1000",
+                ))?;
+        }
+    }
+    let dead = api.broker().dead_letters(topic, id, limit).await?;
+    Ok(reply(
+        StatusCode::OK,
+        &json::DeadLetters {
+            dead_letters: dead
+                .into_iter()
+                .map(|d| json::DeadLetterItem {
+                    message_id: d.message_id,
+                    offset: d.offset,
+                    attempts: d.attempts,
+                    last_status: d.last_status,
+                    last_error: d.last_error,
+                    failed_at: crate::time::format_rfc3339(d.failed_at),
+                })
+                .collect(),
+        },
+    ))
+}
+
+/// `POST /v1/topics/{topic}/subscribers/{id}/redrive`
+pub(crate) async fn redrive<B>(api: &Api, topic: &str, id: &str, h: &HeaderMap, body: B) -> Reply
+where
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    broker_core::TopicName::validate(topic)?;
+    let req: json::RedriveRequest = json::read_json(
+        h,
+        body,
+        api.config().max_json_bytes,
+        api.config().body_timeout,
+    )
+    .await?;
+    let redriven = api
+        .broker()
+        .redrive(topic, id, req.message_ids.as_deref())
+        .await?;
+    Ok(reply(StatusCode::ACCEPTED, &json::Redriven { redriven }))
+}
+
+/// `POST /v1/topics/{topic}/subscribers/{id}/replay`
+pub(crate) async fn replay_subscriber<B>(
+    api: &Api,
+    topic: &str,
+    id: &str,
+    h: &HeaderMap,
+    body: B,
+) -> Reply
+where
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    broker_core::TopicName::validate(topic)?;
+    let req: json::ReplayRequest = json::read_json(
+        h,
+        body,
+        api.config().max_json_bytes,
+        api.config().body_timeout,
+    )
+    .await?;
+    let broker = api.broker();
+    let from = match (req.from_offset, req.since.as_deref()) {
+        (Some(offset), None) => offset,
+        (None, Some(since)) => {
+            let since = crate::time::parse_rfc3339(since).ok_or(ApiError::InvalidRequest(
+                "since must be an RFC 3339 time, like 2026-11-23T12:00:00Z",
+            ))?;
+            broker.offset_at(topic, since).await?
+        }
+        _ => {
+            return Err(ApiError::InvalidRequest(
+                "replay takes either from_offset or since",
+            ))
+        }
+    };
+    let (from_offset, replayed) = broker.replay_subscriber(topic, id, from).await?;
+    Ok(reply(
+        StatusCode::ACCEPTED,
+        &json::Replayed {
+            replayed,
+            from_offset,
+        },
+    ))
+}
+
 fn no_content() -> Response<ResponseBody> {
     let mut r = Response::new(json::body_of(Bytes::new()));
     *r.status_mut() = StatusCode::NO_CONTENT;

@@ -313,6 +313,7 @@ pub(crate) struct DeliveryCounters {
     pub(crate) dropped: u64,
     pub(crate) refused: u64,
     pub(crate) retried: u64,
+    pub(crate) dead_lettered: u64,
 }
 
 impl From<broker_core::DeliveryCounts> for DeliveryCounters {
@@ -323,6 +324,7 @@ impl From<broker_core::DeliveryCounts> for DeliveryCounters {
             dropped: c.dropped,
             refused: c.refused,
             retried: c.retried,
+            dead_lettered: c.dead_lettered,
         }
     }
 }
@@ -330,4 +332,49 @@ impl From<broker_core::DeliveryCounts> for DeliveryCounters {
 #[derive(Serialize)]
 pub(crate) struct Health {
     pub(crate) status: &'static str,
+}
+
+/// `GET …/dead-letters`
+#[derive(Serialize)]
+pub(crate) struct DeadLetters {
+    pub(crate) dead_letters: Vec<DeadLetterItem>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct DeadLetterItem {
+    pub(crate) message_id: String,
+    pub(crate) offset: u64,
+    pub(crate) attempts: u32,
+    pub(crate) last_status: Option<u16>,
+    pub(crate) last_error: String,
+    pub(crate) failed_at: String,
+}
+
+/// `POST …/redrive`: `{}` for all, or some message ids.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RedriveRequest {
+    #[serde(default)]
+    pub(crate) message_ids: Option<Vec<String>>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct Redriven {
+    pub(crate) redriven: usize,
+}
+
+/// `POST …/replay`: from an offset, or from a time.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReplayRequest {
+    #[serde(default)]
+    pub(crate) from_offset: Option<u64>,
+    #[serde(default)]
+    pub(crate) since: Option<String>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct Replayed {
+    pub(crate) replayed: u64,
+    pub(crate) from_offset: u64,
 }

@@ -54,6 +54,7 @@ mod live;
 mod metrics;
 mod routes;
 mod server;
+mod time;
 
 use std::{convert::Infallible, future::Future, pin::Pin, sync::Arc};
 

@@ -228,7 +228,7 @@ impl Collector for State {
         let mut deliveries = encoder.encode_descriptor(
             "deliveries",
             "Delivery outcomes, by topic: delivered, failed, dropped (queue full, deregistered), \
-             refused (destination policy), retried (extra attempts)",
+             refused (destination policy), retried (extra attempts), dead_lettered (given up on, kept)",
             None,
             MetricType::Counter,
         )?;
@@ -240,6 +240,7 @@ impl Collector for State {
                 ("dropped", d.dropped),
                 ("refused", d.refused),
                 ("retried", d.retried),
+                ("dead_lettered", d.dead_lettered),
             ] {
                 let labels = [("topic", t.name.as_str()), ("outcome", outcome)];
                 ConstCounter::new(value).encode(deliveries.encode_family(&labels)?)?;

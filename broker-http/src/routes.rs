@@ -19,6 +19,9 @@ pub(crate) enum Route<'a> {
     Publisher(&'a str, &'a str),
     Subscribers(&'a str),
     Subscriber(&'a str, &'a str),
+    DeadLetters(&'a str, &'a str),
+    Redrive(&'a str, &'a str),
+    SubscriberReplay(&'a str, &'a str),
     Messages(&'a str),
     Listeners(&'a str),
     Listener(&'a str, &'a str),
@@ -57,6 +60,14 @@ impl<'a> Route<'a> {
             [Some("v1"), Some("topics"), Some(t), Some("subscribers"), Some(id), None] => {
                 Route::Subscriber(t, id)
             }
+            [Some("v1"), Some("topics"), Some(t), Some("subscribers"), Some(id), Some(action)] => {
+                match action {
+                    "dead-letters" => Route::DeadLetters(t, id),
+                    "redrive" => Route::Redrive(t, id),
+                    "replay" => Route::SubscriberReplay(t, id),
+                    _ => return None,
+                }
+            }
             [Some("v1"), Some("topics"), Some(t), Some("messages"), None, _] => Route::Messages(t),
             [Some("v1"), Some("topics"), Some(t), Some("events"), None, _] => Route::Events(t),
             [Some("v1"), Some("topics"), Some(t), Some("listeners"), None, _] => {
@@ -82,6 +93,9 @@ impl<'a> Route<'a> {
             Route::Publisher(..) => "publisher",
             Route::Subscribers(_) => "subscribers",
             Route::Subscriber(..) => "subscriber",
+            Route::DeadLetters(..) => "dead_letters",
+            Route::Redrive(..) => "redrive",
+            Route::SubscriberReplay(..) => "subscriber_replay",
             Route::Messages(_) => "messages",
             Route::Listeners(_) => "listeners",
             Route::Listener(..) => "listener",
@@ -100,10 +114,13 @@ impl<'a> Route<'a> {
             | Route::Topics
             | Route::Topic(_)
             | Route::Events(_)
+            | Route::DeadLetters(..)
             | Route::WebSocket => "GET",
             Route::Publishers(_)
             | Route::Subscribers(_)
             | Route::Messages(_)
+            | Route::Redrive(..)
+            | Route::SubscriberReplay(..)
             | Route::Listeners(_) => "POST",
             Route::Publisher(..) | Route::Subscriber(..) | Route::Listener(..) => "DELETE",
         }
@@ -155,6 +172,15 @@ where
                 (&Method::DELETE, Route::Subscriber(t, id)) => {
                     handlers::deregister_subscriber(api, t, id).await
                 }
+                (&Method::GET, Route::DeadLetters(t, id)) => {
+                    handlers::dead_letters(api, t, id, parts.uri.query()).await
+                }
+                (&Method::POST, Route::Redrive(t, id)) => {
+                    handlers::redrive(api, t, id, h, body).await
+                }
+                (&Method::POST, Route::SubscriberReplay(t, id)) => {
+                    handlers::replay_subscriber(api, t, id, h, body).await
+                }
                 (&Method::POST, Route::Listeners(t)) => {
                     handlers::register_credential(api, Role::Listen, t, h, body).await
                 }
@@ -184,6 +210,19 @@ mod tests {
             ("/v1/topics/a/publishers/p", Some(Publisher("a", "p"))),
             ("/v1/topics/a/subscribers", Some(Subscribers("a"))),
             ("/v1/topics/a/subscribers/s", Some(Subscriber("a", "s"))),
+            (
+                "/v1/topics/a/subscribers/s/dead-letters",
+                Some(DeadLetters("a", "s")),
+            ),
+            (
+                "/v1/topics/a/subscribers/s/redrive",
+                Some(Redrive("a", "s")),
+            ),
+            (
+                "/v1/topics/a/subscribers/s/replay",
+                Some(SubscriberReplay("a", "s")),
+            ),
+            ("/v1/topics/a/subscribers/s/other", None),
             ("/v1/topics/a/messages", Some(Messages("a"))),
             ("/v1/topics/a/events", Some(Events("a"))),
             ("/v1/topics/a/listeners", Some(Listeners("a"))),

@@ -435,6 +435,48 @@ impl Store for DiskStore {
         Ok(self.log(topic).map_or((0, 0), |log| log.bounds()))
     }
 
+    async fn put_dead_letter(
+        &self,
+        subscriber: &str,
+        dead: &broker_core::DeadLetter,
+    ) -> Result<(), broker_core::Error> {
+        let (shared, subscriber, dead) = (self.shared.clone(), subscriber.to_owned(), dead.clone());
+        blocking(move || {
+            shared
+                .registry
+                .put_dead_letter(&shared.registry_path, &subscriber, &dead)
+        })
+        .await
+    }
+
+    async fn remove_dead_letter(
+        &self,
+        subscriber: &str,
+        offset: u64,
+    ) -> Result<(), broker_core::Error> {
+        let (shared, subscriber) = (self.shared.clone(), subscriber.to_owned());
+        blocking(move || {
+            shared
+                .registry
+                .remove_dead_letter(&shared.registry_path, &subscriber, offset)
+        })
+        .await
+    }
+
+    async fn dead_letters(
+        &self,
+        subscriber: &str,
+        limit: usize,
+    ) -> Result<Vec<broker_core::DeadLetter>, broker_core::Error> {
+        let (shared, subscriber) = (self.shared.clone(), subscriber.to_owned());
+        blocking(move || {
+            shared
+                .registry
+                .dead_letters(&shared.registry_path, &subscriber, limit)
+        })
+        .await
+    }
+
     async fn save_cursor(&self, subscriber: &str, cursor: u64) -> Result<(), broker_core::Error> {
         let mut cursors = self.shared.cursors.lock();
         let entry = cursors.entry(subscriber.to_owned()).or_default();
@@ -547,6 +589,8 @@ mod tests {
             method: "PUT".into(),
             headers: vec![("x-k".into(), "v".into())],
             max_attempts: 3,
+            schedule: Some(vec![Duration::from_secs(5), Duration::from_millis(1500)]),
+            ordered: true,
             secret: "whsec_x".into(),
             order: 2,
             cursor: 7,
@@ -576,5 +620,53 @@ mod tests {
         store.save(Change::Put(&subscriber)).await.unwrap();
         let loaded = store.load().await.unwrap();
         assert!(loaded.contains(&subscriber), "{loaded:?}");
+    }
+
+    #[tokio::test]
+    async fn dead_letters_are_kept_per_subscriber_in_offset_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let dead = |offset: u64| broker_core::DeadLetter {
+            message_id: format!("msg_{offset}"),
+            offset,
+            attempts: 8,
+            last_status: Some(500),
+            last_error: "the endpoint answered with an error status".into(),
+            failed_at: std::time::UNIX_EPOCH + Duration::from_millis(1_795_430_227_250),
+        };
+        let record = |id: &str| {
+            Record::Subscriber(SubscriberRecord {
+                id: id.into(),
+                topic: "t".into(),
+                url: "http://h/".into(),
+                method: "POST".into(),
+                headers: vec![],
+                max_attempts: 1,
+                schedule: None,
+                ordered: false,
+                secret: "whsec_x".into(),
+                order: 0,
+                cursor: 0,
+            })
+        };
+        {
+            let store = DiskStore::open(dir.path(), Options::default()).unwrap();
+            for id in ["sub_1", "sub_10"] {
+                store.save(Change::Put(&record(id))).await.unwrap();
+            }
+            for offset in [9, 2, 5] {
+                store.put_dead_letter("sub_1", &dead(offset)).await.unwrap();
+            }
+            store.put_dead_letter("sub_10", &dead(1)).await.unwrap();
+            store.remove_dead_letter("sub_1", 5).await.unwrap();
+        }
+        let store = DiskStore::open(dir.path(), Options::default()).unwrap();
+        let mine = store.dead_letters("sub_1", 100).await.unwrap();
+        assert_eq!(mine, [dead(2), dead(9)]);
+        assert_eq!(store.dead_letters("sub_1", 1).await.unwrap(), [dead(2)]);
+        assert_eq!(store.dead_letters("sub_10", 100).await.unwrap(), [dead(1)]);
+        // A removed subscriber's dead letters go with it.
+        store.save(Change::Remove { id: "sub_1" }).await.unwrap();
+        assert!(store.dead_letters("sub_1", 100).await.unwrap().is_empty());
+        assert_eq!(store.dead_letters("sub_10", 100).await.unwrap().len(), 1);
     }
 }

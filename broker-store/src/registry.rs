@@ -2,9 +2,9 @@
 //! JSON document. A change is one redb write transaction, committed with
 //! redb's default durability (fsynced before `commit` returns).
 
-use std::path::Path;
+use std::{path::Path, time::UNIX_EPOCH};
 
-use broker_core::{CredentialRecord, Record, Role, SubscriberRecord};
+use broker_core::{CredentialRecord, DeadLetter, Record, Role, SubscriberRecord};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
@@ -13,6 +13,28 @@ use crate::StoreError;
 const REGISTRATIONS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("registrations");
 /// Subscribers' cursors by id: written often, so apart from the records.
 const CURSORS: TableDefinition<'_, &str, u64> = TableDefinition::new("cursors");
+/// Dead letters by `{subscriber id}/{offset, 20 digits}`: a subscriber's
+/// are one key range, in offset order.
+const DEAD_LETTERS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("dead_letters");
+
+fn dead_key(subscriber: &str, offset: u64) -> String {
+    format!("{subscriber}/{offset:020}")
+}
+
+/// The key range of a subscriber's dead letters: `/` is followed by `0`.
+fn dead_range(subscriber: &str) -> (String, String) {
+    (format!("{subscriber}/"), format!("{subscriber}0"))
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredDeadLetter {
+    message_id: String,
+    offset: u64,
+    attempts: u32,
+    last_status: Option<u16>,
+    last_error: String,
+    failed_at_ms: u64,
+}
 
 pub(crate) struct Registry {
     db: Database,
@@ -42,6 +64,11 @@ struct StoredSubscriber {
     method: String,
     headers: Vec<(String, String)>,
     max_attempts: u32,
+    /// A retry schedule's waits, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    schedule_ms: Option<Vec<u64>>,
+    #[serde(default)]
+    ordered: bool,
     secret: String,
     order: u64,
     /// Where it started; later moves are in the cursors table.
@@ -64,6 +91,7 @@ impl Registry {
         let tx = db.begin_write().map_err(|e| err(e.into()))?;
         tx.open_table(REGISTRATIONS).map_err(|e| err(e.into()))?;
         tx.open_table(CURSORS).map_err(|e| err(e.into()))?;
+        tx.open_table(DEAD_LETTERS).map_err(|e| err(e.into()))?;
         tx.commit().map_err(|e| err(e.into()))?;
         Ok(Registry { db })
     }
@@ -96,6 +124,13 @@ impl Registry {
                     method: s.method,
                     headers: s.headers,
                     max_attempts: s.max_attempts,
+                    schedule: s.schedule_ms.map(|waits| {
+                        waits
+                            .into_iter()
+                            .map(std::time::Duration::from_millis)
+                            .collect()
+                    }),
+                    ordered: s.ordered,
                     secret: s.secret,
                     order: s.order,
                 }),
@@ -124,6 +159,11 @@ impl Registry {
                 method: s.method.clone(),
                 headers: s.headers.clone(),
                 max_attempts: s.max_attempts,
+                schedule_ms: s
+                    .schedule
+                    .as_ref()
+                    .map(|waits| waits.iter().map(|w| w.as_millis() as u64).collect()),
+                ordered: s.ordered,
                 secret: s.secret.clone(),
                 order: s.order,
                 cursor: s.cursor,
@@ -170,6 +210,86 @@ impl Registry {
         tx.commit().map_err(|e| err(e.into()))
     }
 
+    pub(crate) fn put_dead_letter(
+        &self,
+        path: &Path,
+        subscriber: &str,
+        dead: &DeadLetter,
+    ) -> Result<(), StoreError> {
+        let err = db_error(path);
+        let stored = StoredDeadLetter {
+            message_id: dead.message_id.clone(),
+            offset: dead.offset,
+            attempts: dead.attempts,
+            last_status: dead.last_status,
+            last_error: dead.last_error.clone(),
+            failed_at_ms: dead
+                .failed_at
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        };
+        let bytes = serde_json::to_vec(&stored).expect("plain data serializes");
+        let tx = self.db.begin_write().map_err(|e| err(e.into()))?;
+        {
+            let mut table = tx.open_table(DEAD_LETTERS).map_err(|e| err(e.into()))?;
+            table
+                .insert(dead_key(subscriber, dead.offset).as_str(), bytes.as_slice())
+                .map_err(|e| err(e.into()))?;
+        }
+        tx.commit().map_err(|e| err(e.into()))
+    }
+
+    pub(crate) fn remove_dead_letter(
+        &self,
+        path: &Path,
+        subscriber: &str,
+        offset: u64,
+    ) -> Result<(), StoreError> {
+        let err = db_error(path);
+        let tx = self.db.begin_write().map_err(|e| err(e.into()))?;
+        {
+            let mut table = tx.open_table(DEAD_LETTERS).map_err(|e| err(e.into()))?;
+            table
+                .remove(dead_key(subscriber, offset).as_str())
+                .map_err(|e| err(e.into()))?;
+        }
+        tx.commit().map_err(|e| err(e.into()))
+    }
+
+    pub(crate) fn dead_letters(
+        &self,
+        path: &Path,
+        subscriber: &str,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let err = db_error(path);
+        let tx = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let table = tx.open_table(DEAD_LETTERS).map_err(|e| err(e.into()))?;
+        let (from, to) = dead_range(subscriber);
+        let mut out = Vec::new();
+        for entry in table
+            .range(from.as_str()..to.as_str())
+            .map_err(|e| err(e.into()))?
+            .take(limit)
+        {
+            let (key, value) = entry.map_err(|e| err(e.into()))?;
+            let stored: StoredDeadLetter =
+                serde_json::from_slice(value.value()).map_err(|e| StoreError::Corrupt {
+                    path: path.to_owned(),
+                    reason: format!("dead letter {}: {e}", key.value()),
+                })?;
+            out.push(DeadLetter {
+                message_id: stored.message_id,
+                offset: stored.offset,
+                attempts: stored.attempts,
+                last_status: stored.last_status,
+                last_error: stored.last_error,
+                failed_at: UNIX_EPOCH + std::time::Duration::from_millis(stored.failed_at_ms),
+            });
+        }
+        Ok(out)
+    }
+
     fn write(
         &self,
         path: &Path,
@@ -182,9 +302,13 @@ impl Registry {
             let mut table = tx.open_table(REGISTRATIONS).map_err(|e| err(e.into()))?;
             f(&mut table).map_err(|e| err(e.into()))?;
             let mut cursors = tx.open_table(CURSORS).map_err(|e| err(e.into()))?;
-            // A removed subscriber's cursor goes with it.
+            // A removed subscriber's cursor and dead letters go with it.
             if let Some(id) = removed_id {
                 cursors.remove(id).map_err(|e| err(e.into()))?;
+                let mut dead = tx.open_table(DEAD_LETTERS).map_err(|e| err(e.into()))?;
+                let (from, to) = dead_range(id);
+                dead.retain_in(from.as_str()..to.as_str(), |_, _| false)
+                    .map_err(|e| err(e.into()))?;
             }
         }
         tx.commit().map_err(|e| err(e.into()))

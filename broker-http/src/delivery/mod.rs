@@ -23,7 +23,7 @@ use std::{
 };
 
 use async_trait::async_trait;
-use broker_core::{Broker, Notifier, Publish, Subscriber, WeakBroker};
+use broker_core::{Broker, DeadLetter, Notifier, Publish, Subscriber, WeakBroker};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
@@ -295,5 +295,13 @@ impl Notifier for WebhookNotifier {
 
     fn deregistered(&self, subscriber: &Arc<Subscriber>) {
         worker::stop(subscriber, &self.shared);
+    }
+
+    fn redrive(&self, subscriber: &Arc<Subscriber>, dead: Vec<DeadLetter>) {
+        worker::redrive(subscriber, &self.shared, dead);
+    }
+
+    fn rewind(&self, subscriber: &Arc<Subscriber>, from: u64) {
+        worker::rewind(subscriber, &self.shared, from);
     }
 }

@@ -15,10 +15,13 @@ pub(crate) enum Attempt {
     /// The destination policy refused the address: never retried.
     Refused,
     /// Anything else; `retryable` for timeouts, connection errors, 408,
-    /// 429 and 5xx; `retry_after` from a 429 or 503 that said when.
+    /// 429 and 5xx; `retry_after` from a 429 or 503 that said when;
+    /// `status` when a response came, else `error` says what happened.
     Failed {
         retryable: bool,
         retry_after: Option<Duration>,
+        status: Option<u16>,
+        error: &'static str,
     },
 }
 
@@ -40,6 +43,8 @@ impl Attempt {
         Attempt::Failed {
             retryable,
             retry_after,
+            status: Some(status.as_u16()),
+            error: "the endpoint answered with an error status",
         }
     }
 }
@@ -143,21 +148,23 @@ mod tests {
     #[test]
     fn classifies_statuses() {
         let h = HeaderMap::new();
-        let failed = |retryable| Attempt::Failed {
+        let failed = |retryable, status| Attempt::Failed {
             retryable,
             retry_after: None,
+            status: Some(status),
+            error: "the endpoint answered with an error status",
         };
         for (status, want) in [
             (200, Attempt::Delivered),
             (204, Attempt::Delivered),
-            (301, failed(false)),
-            (400, failed(false)),
-            (404, failed(false)),
-            (410, failed(false)),
-            (408, failed(true)),
-            (429, failed(true)),
-            (500, failed(true)),
-            (503, failed(true)),
+            (301, failed(false, 301)),
+            (400, failed(false, 400)),
+            (404, failed(false, 404)),
+            (410, failed(false, 410)),
+            (408, failed(true, 408)),
+            (429, failed(true, 429)),
+            (500, failed(true, 500)),
+            (503, failed(true, 503)),
         ] {
             let got = Attempt::from_response(StatusCode::from_u16(status).unwrap(), &h);
             assert_eq!(got, want, "{status}");
@@ -184,6 +191,8 @@ mod tests {
         Attempt::Failed {
             retryable: true,
             retry_after: retry_after.map(Duration::from_secs),
+            status: None,
+            error: "connection failed",
         }
     }
 
@@ -246,6 +255,8 @@ mod tests {
         let final_failure = Attempt::Failed {
             retryable: false,
             retry_after: None,
+            status: Some(404),
+            error: "the endpoint answered with an error status",
         };
         for result in [Attempt::Delivered, Attempt::Refused, final_failure] {
             assert_eq!(

@@ -22,7 +22,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use broker_core::{Broker, Message, Outcome, Subscriber};
+use broker_core::{Broker, DeadLetter, Message, Outcome, Subscriber};
 use futures_util::{stream::FuturesUnordered, StreamExt};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request};
 use http_body_util::{BodyExt, Full, Limited};
@@ -73,6 +73,10 @@ struct Flags {
     running: bool,
     /// Whether something happened since the worker last looked.
     woken: bool,
+    /// Dead letters to deliver again (`Broker::redrive`).
+    redrive: Vec<DeadLetter>,
+    /// Deliver again from this offset (`Broker::replay_subscriber`).
+    rewind: Option<u64>,
 }
 
 fn cursor_of<'s>(subscriber: &'s Subscriber, shared: &Shared) -> Option<&'s Cursor> {
@@ -128,6 +132,22 @@ fn timestamp_header() -> HeaderValue {
 /// Tells `subscriber`'s worker there is something to do, starting it if
 /// none runs. Never blocks on anything but the flags' short lock.
 pub(crate) fn wake(subscriber: &Arc<Subscriber>, shared: &Arc<Shared>) {
+    wake_with(subscriber, shared, |_| {});
+}
+
+/// Hands `subscriber`'s worker dead letters to deliver again.
+pub(crate) fn redrive(subscriber: &Arc<Subscriber>, shared: &Arc<Shared>, dead: Vec<DeadLetter>) {
+    wake_with(subscriber, shared, |flags| flags.redrive.extend(dead));
+}
+
+/// Has `subscriber`'s worker deliver again from `from` on.
+pub(crate) fn rewind(subscriber: &Arc<Subscriber>, shared: &Arc<Shared>, from: u64) {
+    wake_with(subscriber, shared, |flags| {
+        flags.rewind = Some(flags.rewind.map_or(from, |r| r.min(from)));
+    });
+}
+
+fn wake_with(subscriber: &Arc<Subscriber>, shared: &Arc<Shared>, change: impl FnOnce(&mut Flags)) {
     if !subscriber.is_active() {
         return;
     }
@@ -136,6 +156,7 @@ pub(crate) fn wake(subscriber: &Arc<Subscriber>, shared: &Arc<Shared>) {
     };
     let start = {
         let mut flags = cursor.flags.lock();
+        change(&mut flags);
         flags.woken = true;
         !std::mem::replace(&mut flags.running, true)
     };
@@ -159,6 +180,7 @@ struct Due {
 /// What one attempt came to.
 struct Tried {
     offset: u64,
+    message_id: String,
     attempts: u32,
     result: Attempt,
 }
@@ -175,6 +197,9 @@ struct Work {
     /// Failed attempts waiting for their retry, soonest first. Offsets
     /// only: the message is read again from the log when due.
     retries: BinaryHeap<Reverse<Due>>,
+    /// Dead letters being delivered again, by offset: below the cursor,
+    /// so not in `open`.
+    redriven: std::collections::HashSet<u64>,
     /// Whether the last read found the end of the log.
     caught_up: bool,
     /// The cursor last committed.
@@ -219,6 +244,7 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
         page: VecDeque::new(),
         open: BTreeSet::new(),
         retries: BinaryHeap::new(),
+        redriven: Default::default(),
         caught_up: false,
         committed: start,
         committed_at: Instant::now(),
@@ -242,9 +268,10 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
                 Err(_) => 0,
             };
             subscriber.record(Outcome::Dropped, held as u64 + unread);
-            shared.finished(held);
+            shared.finished(held + work.redriven.len());
             break;
         }
+        take_requests(cursor, &shared, &mut work);
         // Fill the in-flight slots: due retries first, then new messages.
         while in_flight.len() < max_in_flight {
             let now = Instant::now();
@@ -334,7 +361,8 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
         let retry_at = work.retries.peek().map(|Reverse(d)| d.at);
         tokio::select! {
             Some(tried) = in_flight.next(), if !in_flight.is_empty() => {
-                finish(&subscriber, &shared, &mut work, tried);
+                let settled = finish(&subscriber, &shared, &mut work, tried);
+                settle(&broker, &subscriber, settled).await;
             }
             _ = sleep_until(retry_at), if retry_at.is_some() => {}
             _ = cursor.wake.notified() => {
@@ -376,8 +404,43 @@ async fn commit(broker: &Broker, subscriber: &Subscriber, work: &mut Work, now: 
     }
 }
 
-/// Counts what an attempt came to, and puts a retry aside.
-fn finish(subscriber: &Subscriber, shared: &Shared, work: &mut Work, tried: Tried) {
+/// Takes what `redrive` and `rewind` asked for.
+fn take_requests(cursor: &Cursor, shared: &Shared, work: &mut Work) {
+    let (redrive, rewind) = {
+        let mut flags = cursor.flags.lock();
+        (std::mem::take(&mut flags.redrive), flags.rewind.take())
+    };
+    let now = Instant::now();
+    for dead in redrive {
+        if work.redriven.insert(dead.offset) {
+            shared.pending.fetch_add(1, Ordering::AcqRel);
+            work.retries.push(Reverse(Due {
+                at: now,
+                offset: dead.offset,
+                attempts: 0,
+            }));
+        }
+    }
+    if let Some(from) = rewind {
+        if from < work.next {
+            // What was read past `from` is read again.
+            shared.finished(work.page.len());
+            work.page.clear();
+            work.next = from;
+        }
+        work.caught_up = false;
+    }
+}
+
+/// Counts what an attempt came to, and puts a retry aside. Returns the
+/// dead letter to keep when the delivery is given up on, and whether a
+/// redriven one was delivered (its dead letter is then forgotten).
+fn finish(
+    subscriber: &Subscriber,
+    shared: &Shared,
+    work: &mut Work,
+    tried: Tried,
+) -> Option<Settled> {
     let attempts = tried.attempts + 1;
     let backoff = Backoff {
         base: shared.config.retry_base_delay,
@@ -417,13 +480,49 @@ fn finish(subscriber: &Subscriber, shared: &Shared, work: &mut Work, tried: Trie
                 offset: tried.offset,
                 attempts,
             }));
-            return;
+            return None;
         }
         Attempt::Failed { .. } => Outcome::Failed,
     };
     work.open.remove(&tried.offset);
+    let redriven = work.redriven.remove(&tried.offset);
     subscriber.record(outcome, 1);
     shared.finished(1);
+    match (outcome, tried.result) {
+        (Outcome::Delivered, _) if redriven => Some(Settled::Forget(tried.offset)),
+        (Outcome::Failed, Attempt::Failed { status, error, .. }) => {
+            subscriber.record(Outcome::DeadLettered, 1);
+            Some(Settled::Dead(DeadLetter {
+                message_id: tried.message_id,
+                offset: tried.offset,
+                attempts,
+                last_status: status,
+                last_error: error.to_owned(),
+                failed_at: SystemTime::now(),
+            }))
+        }
+        _ => None,
+    }
+}
+
+/// What `finish` leaves for the store.
+enum Settled {
+    /// Keep this dead letter.
+    Dead(DeadLetter),
+    /// A redriven dead letter at this offset was delivered.
+    Forget(u64),
+}
+
+/// Writes what `finish` settled.
+async fn settle(broker: &Broker, subscriber: &Subscriber, settled: Option<Settled>) {
+    let written = match settled {
+        None => return,
+        Some(Settled::Dead(dead)) => broker.dead_letter(subscriber, &dead).await,
+        Some(Settled::Forget(offset)) => broker.forget_dead_letter(subscriber, offset).await,
+    };
+    if let Err(e) = written {
+        tracing::error!(subscriber = subscriber.id(), error = %e, "writing a dead letter failed");
+    }
 }
 
 /// The message at `offset`, if the log still has it.
@@ -448,6 +547,7 @@ async fn attempt(
     let result = attempt_once(subscriber, cursor, &message, shared).await;
     Tried {
         offset,
+        message_id: message.id().to_owned(),
         attempts,
         result,
     }
@@ -495,6 +595,8 @@ async fn attempt_once(
             Attempt::Failed {
                 retryable: true,
                 retry_after: None,
+                status: None,
+                error: "the connection failed or broke",
             }
         }
         Err(_) => {
@@ -502,6 +604,8 @@ async fn attempt_once(
             Attempt::Failed {
                 retryable: true,
                 retry_after: None,
+                status: None,
+                error: "no answer within the request timeout",
             }
         }
     }

@@ -721,3 +721,51 @@ fn civil(z: i64) -> (i64, u32, u32) {
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
+
+#[tokio::test]
+async fn a_410_disables_the_subscriber_and_enable_resumes_it() {
+    let s = server(DeliveryConfig::default()).await;
+    // Gone for the first message; fine afterwards.
+    let mut sink = Sink::start(Behaviour::script(&[(410, None)])).await;
+    let token = s.publisher("t", "p").await;
+    let sub = s
+        .subscriber(
+            "t",
+            json!({"url": sink.url("/"), "ordered": true, "retry": {"max_attempts": 5}}),
+        )
+        .await;
+    let base = format!("/v1/topics/t/subscribers/{}", sub["id"].as_str().unwrap());
+    s.publish("t", &token, "text/plain", "gone").await;
+    s.settle().await;
+    let detail = s.get("/v1/topics/t").await.json();
+    let status = |detail: &Value| detail["subscribers"][0]["status"].clone();
+    assert_eq!(status(&detail), "disabled", "{detail}");
+    // 410 is not retried; the message is a dead letter.
+    assert_eq!(sink.drain_now().len(), 1);
+    let dead = s.get(&format!("{base}/dead-letters")).await.json();
+    assert_eq!(dead["dead_letters"][0]["last_status"], 410);
+    // Disabled: nothing goes out; it lags.
+    for body in ["a", "b"] {
+        s.publish("t", &token, "text/plain", body).await;
+    }
+    s.settle().await;
+    assert!(sink.drain_now().is_empty());
+    assert_eq!(
+        s.get("/v1/topics/t").await.json()["subscribers"][0]["lag"],
+        2
+    );
+
+    let r = s.post_json(&format!("{base}/enable"), json!({})).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["status"], "active");
+    s.settle().await;
+    let bodies: Vec<_> = sink.drain_now().into_iter().map(|r| r.body).collect();
+    assert_eq!(bodies, ["a", "b"], "resumed from its cursor");
+    let detail = s.get("/v1/topics/t").await.json();
+    assert_eq!(status(&detail), "active");
+    assert_eq!(detail["subscribers"][0]["lag"], 0);
+    let r = s
+        .post_json("/v1/topics/t/subscribers/sub_nope/enable", json!({}))
+        .await;
+    assert_eq!(r.status, 404);
+}

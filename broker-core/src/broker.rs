@@ -303,8 +303,17 @@ impl Broker {
                 let topic = TopicName::new(&s.topic).map_err(|_| bad("has a bad topic"))?;
                 let secret =
                     SigningSecret::restore(&s.secret).ok_or_else(|| bad("has a bad secret"))?;
-                let subscriber =
-                    registry.restore_subscriber(s.id.clone(), topic, endpoint, secret, s.cursor);
+                let subscriber = registry.restore_subscriber(
+                    s.id.clone(),
+                    topic,
+                    endpoint,
+                    secret,
+                    crate::subscriber::Standing {
+                        cursor: s.cursor,
+                        order: s.order,
+                        enabled: s.enabled,
+                    },
+                );
                 registry.insert_subscriber(subscriber);
             }
         }
@@ -566,40 +575,82 @@ impl Broker {
             endpoint,
             &self.shared.limits,
             end,
+            self.shared.order.load(Ordering::Relaxed),
         )?;
         if !plan.created {
             return Ok(plan);
         }
-        let s = &plan.item;
-        let e = &s.endpoint;
-        let record = Record::Subscriber(SubscriberRecord {
-            id: s.id.clone(),
-            topic: s.topic.to_string(),
-            url: e.url().to_string(),
-            method: e.method().to_string(),
-            headers: e
-                .headers()
-                .iter()
-                .map(|(k, v)| {
-                    let value = String::from_utf8_lossy(v.as_bytes()).into_owned();
-                    (k.as_str().to_owned(), value)
-                })
-                .collect(),
-            max_attempts: e.max_attempts(),
-            schedule: match e.retry() {
-                crate::Retry::Schedule(waits) => Some(waits.to_vec()),
-                crate::Retry::Attempts(_) => None,
-            },
-            ordered: e.ordered(),
-            secret: s.secret.expose().to_owned(),
-            order: self.next_order(),
-            cursor: end,
-        });
+        self.next_order();
+        let record = subscriber_record(&plan.item);
         self.durably(topic, Change::Put(&record)).await?;
-        self.shared.registry.write().insert_subscriber(s.clone());
+        self.shared
+            .registry
+            .write()
+            .insert_subscriber(plan.item.clone());
         Ok(plan)
     }
 
+    /// Enables or disables subscriber `id` on `topic`, durably. A disabled
+    /// subscriber gets nothing delivered and its cursor waits; enabled
+    /// again, it resumes from its cursor. (The delivery side disables a
+    /// subscriber whose endpoint answers `410 Gone` or fails for too long.)
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidTopic`], [`Error::SubscriberNotFound`], or
+    /// [`Error::Storage`].
+    pub async fn set_enabled(
+        &self,
+        topic: &str,
+        id: &str,
+        enabled: bool,
+    ) -> Result<Arc<Subscriber>, Error> {
+        let _order = self.shared.changes.lock().await;
+        let subscriber = self.subscriber(topic, id)?;
+        if subscriber.is_enabled() == enabled {
+            return Ok(subscriber);
+        }
+        subscriber.enabled.store(enabled, Ordering::Release);
+        let record = subscriber_record(&subscriber);
+        if let Err(e) = self.shared.store.save(Change::Put(&record)).await {
+            subscriber.enabled.store(!enabled, Ordering::Release);
+            return Err(e);
+        }
+        self.shared.notifier.changed(&subscriber);
+        Ok(subscriber)
+    }
+}
+
+/// The record a store keeps of `s`.
+fn subscriber_record(s: &Subscriber) -> Record {
+    let e = &s.endpoint;
+    Record::Subscriber(SubscriberRecord {
+        id: s.id.clone(),
+        topic: s.topic.to_string(),
+        url: e.url().to_string(),
+        method: e.method().to_string(),
+        headers: e
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                let value = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                (k.as_str().to_owned(), value)
+            })
+            .collect(),
+        max_attempts: e.max_attempts(),
+        schedule: match e.retry() {
+            crate::Retry::Schedule(waits) => Some(waits.to_vec()),
+            crate::Retry::Attempts(_) => None,
+        },
+        ordered: e.ordered(),
+        enabled: s.is_enabled(),
+        secret: s.secret.expose().to_owned(),
+        order: s.order,
+        cursor: s.cursor(),
+    })
+}
+
+impl Broker {
     /// Deregisters a subscriber. Deliveries still queued for it are dropped
     /// by the notifier ([`Subscriber::is_active`] turns false).
     ///
@@ -617,7 +668,7 @@ impl Broker {
             .clone();
         self.shared.store.save(Change::Remove { id }).await?;
         self.shared.registry.write().remove_subscriber(topic, id);
-        self.shared.notifier.deregistered(&subscriber);
+        self.shared.notifier.changed(&subscriber);
         Ok(())
     }
 

@@ -47,11 +47,12 @@ pub trait Notifier: Send + Sync + 'static {
         let _ = broker;
     }
 
-    /// Called when a subscriber is deregistered
-    /// ([`Subscriber::is_active`](crate::Subscriber::is_active) is false by
-    /// then), so that a notifier can stop its deliveries at once. The
-    /// default does nothing.
-    fn deregistered(&self, subscriber: &Arc<crate::Subscriber>) {
+    /// Called when a subscriber is deregistered, disabled or enabled
+    /// ([`Subscriber::is_active`](crate::Subscriber::is_active) and
+    /// [`Subscriber::is_enabled`](crate::Subscriber::is_enabled) say which
+    /// by then), so that a notifier can stop or resume its deliveries at
+    /// once. The default does nothing.
+    fn changed(&self, subscriber: &Arc<crate::Subscriber>) {
         let _ = subscriber;
     }
 
@@ -78,8 +79,8 @@ impl<N: Notifier + ?Sized> Notifier for Arc<N> {
     fn attach(&self, broker: &crate::Broker) {
         (**self).attach(broker)
     }
-    fn deregistered(&self, subscriber: &Arc<crate::Subscriber>) {
-        (**self).deregistered(subscriber)
+    fn changed(&self, subscriber: &Arc<crate::Subscriber>) {
+        (**self).changed(subscriber)
     }
     fn redrive(&self, subscriber: &Arc<crate::Subscriber>, dead: Vec<crate::DeadLetter>) {
         (**self).redrive(subscriber, dead)
@@ -97,8 +98,8 @@ impl<N: Notifier + ?Sized> Notifier for Box<N> {
     fn attach(&self, broker: &crate::Broker) {
         (**self).attach(broker)
     }
-    fn deregistered(&self, subscriber: &Arc<crate::Subscriber>) {
-        (**self).deregistered(subscriber)
+    fn changed(&self, subscriber: &Arc<crate::Subscriber>) {
+        (**self).changed(subscriber)
     }
     fn redrive(&self, subscriber: &Arc<crate::Subscriber>, dead: Vec<crate::DeadLetter>) {
         (**self).redrive(subscriber, dead)
@@ -146,9 +147,9 @@ impl<A: Notifier, B: Notifier> Notifier for (A, B) {
         self.0.attach(broker);
         self.1.attach(broker);
     }
-    fn deregistered(&self, subscriber: &Arc<crate::Subscriber>) {
-        self.0.deregistered(subscriber);
-        self.1.deregistered(subscriber);
+    fn changed(&self, subscriber: &Arc<crate::Subscriber>) {
+        self.0.changed(subscriber);
+        self.1.changed(subscriber);
     }
     fn redrive(&self, subscriber: &Arc<crate::Subscriber>, dead: Vec<crate::DeadLetter>) {
         self.0.redrive(subscriber, dead.clone());

@@ -12,6 +12,7 @@ use crate::{
     credential::validate_name,
     message::Subscribers,
     secret::{new_id, SigningSecret, Token},
+    subscriber::Standing,
     Credential, Endpoint, Error, Limits, Registration, Role, Subscriber, TopicName,
 };
 
@@ -176,6 +177,7 @@ impl Registry {
         endpoint: Endpoint,
         limits: &Limits,
         cursor: u64,
+        order: u64,
     ) -> Result<Registration<Arc<Subscriber>>, Error> {
         crate::topic::validate(topic)?;
         let key: SubscriberKey = (endpoint.method().clone(), endpoint.url().to_string());
@@ -209,7 +211,11 @@ impl Registry {
             endpoint,
             SigningSecret::generate(),
             t.stats.clone(),
-            cursor,
+            Standing {
+                cursor,
+                order,
+                enabled: true,
+            },
         ))))
     }
 
@@ -220,10 +226,12 @@ impl Registry {
         topic: TopicName,
         endpoint: Endpoint,
         secret: SigningSecret,
-        cursor: u64,
+        standing: Standing,
     ) -> Arc<Subscriber> {
         let stats = self.topic_or_create(&topic).stats.clone();
-        Arc::new(Subscriber::new(id, topic, endpoint, secret, stats, cursor))
+        Arc::new(Subscriber::new(
+            id, topic, endpoint, secret, stats, standing,
+        ))
     }
 
     /// Adds a subscriber, creating its topic if needed.

@@ -90,6 +90,8 @@ pub struct SubscriberRecord {
     pub schedule: Option<Vec<std::time::Duration>>,
     /// One delivery at a time, in offset order.
     pub ordered: bool,
+    /// False while disabled.
+    pub enabled: bool,
     /// The `whsec_…` signing secret (a secret: see SECURITY.md).
     pub secret: String,
     /// Registration order.

@@ -11,6 +11,14 @@ use std::{
 
 use crate::{broker::TopicStats, secret::SigningSecret, Endpoint, TopicName};
 
+/// Where a subscriber stands: what a store keeps besides its endpoint.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Standing {
+    pub(crate) cursor: u64,
+    pub(crate) order: u64,
+    pub(crate) enabled: bool,
+}
+
 /// A subscriber registered on a topic: its endpoint, its signing secret,
 /// whether it is still registered, and what happened to its deliveries.
 pub struct Subscriber {
@@ -19,6 +27,11 @@ pub struct Subscriber {
     pub(crate) endpoint: Endpoint,
     pub(crate) secret: SigningSecret,
     pub(crate) active: AtomicBool,
+    /// False while disabled (its endpoint answered `410 Gone`, or failed
+    /// for too long): nothing is delivered, the cursor waits.
+    pub(crate) enabled: AtomicBool,
+    /// Its place in registration order (kept in its stored record).
+    pub(crate) order: u64,
     /// The offset of its topic's log up to which every message is done
     /// with (delivered, failed for good, or dropped): deliveries resume
     /// here after a restart.
@@ -39,7 +52,7 @@ impl Subscriber {
         endpoint: Endpoint,
         secret: SigningSecret,
         topic_stats: Arc<TopicStats>,
-        cursor: u64,
+        standing: Standing,
     ) -> Self {
         Subscriber {
             id,
@@ -47,7 +60,9 @@ impl Subscriber {
             endpoint,
             secret,
             active: AtomicBool::new(true),
-            cursor: AtomicU64::new(cursor),
+            enabled: AtomicBool::new(standing.enabled),
+            order: standing.order,
+            cursor: AtomicU64::new(standing.cursor),
             stats: DeliveryStats::default(),
             topic_stats,
             notifier_state: OnceLock::new(),
@@ -87,6 +102,12 @@ impl Subscriber {
     /// after it registered.
     pub fn cursor(&self) -> u64 {
         self.cursor.load(Ordering::Acquire)
+    }
+
+    /// Whether deliveries go out: false once disabled (see
+    /// [`Broker::set_enabled`](crate::Broker::set_enabled)).
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.load(Ordering::Acquire)
     }
 
     /// This subscriber's delivery counters.

@@ -233,6 +233,7 @@ pub(crate) async fn topic_detail(api: &Api, topic: &str) -> Reply {
             method: s.endpoint().method().as_str(),
             retry: s.endpoint().retry().into(),
             ordered: s.endpoint().ordered(),
+            status: json::status(s),
             offset: s.cursor(),
             lag: end.saturating_sub(s.cursor()),
             counters: s.stats().snapshot().into(),
@@ -370,6 +371,20 @@ where
         &json::Replayed {
             replayed,
             from_offset,
+        },
+    ))
+}
+
+/// `POST /v1/topics/{topic}/subscribers/{id}/enable`: resumes a disabled
+/// subscriber from its cursor.
+pub(crate) async fn enable(api: &Api, topic: &str, id: &str) -> Reply {
+    let s = api.broker().set_enabled(topic, id, true).await?;
+    Ok(reply(
+        StatusCode::OK,
+        &json::Enabled {
+            id: s.id(),
+            status: json::status(&s),
+            offset: s.cursor(),
         },
     ))
 }

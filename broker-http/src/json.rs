@@ -292,6 +292,8 @@ pub(crate) struct SubscriberItem<'a> {
     pub(crate) method: &'a str,
     pub(crate) retry: RetryShown,
     pub(crate) ordered: bool,
+    /// `active` or `disabled`.
+    pub(crate) status: &'static str,
     /// The offset of the next message not yet done with.
     pub(crate) offset: u64,
     /// Messages of the log it has not yet done with.
@@ -377,4 +379,21 @@ pub(crate) struct ReplayRequest {
 pub(crate) struct Replayed {
     pub(crate) replayed: u64,
     pub(crate) from_offset: u64,
+}
+
+/// `POST …/enable`
+#[derive(Serialize)]
+pub(crate) struct Enabled<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) status: &'static str,
+    pub(crate) offset: u64,
+}
+
+/// A subscriber's status as the API names it.
+pub(crate) fn status(subscriber: &broker_core::Subscriber) -> &'static str {
+    if subscriber.is_enabled() {
+        "active"
+    } else {
+        "disabled"
+    }
 }

@@ -22,6 +22,7 @@ pub(crate) enum Route<'a> {
     DeadLetters(&'a str, &'a str),
     Redrive(&'a str, &'a str),
     SubscriberReplay(&'a str, &'a str),
+    Enable(&'a str, &'a str),
     Messages(&'a str),
     Listeners(&'a str),
     Listener(&'a str, &'a str),
@@ -65,6 +66,7 @@ impl<'a> Route<'a> {
                     "dead-letters" => Route::DeadLetters(t, id),
                     "redrive" => Route::Redrive(t, id),
                     "replay" => Route::SubscriberReplay(t, id),
+                    "enable" => Route::Enable(t, id),
                     _ => return None,
                 }
             }
@@ -96,6 +98,7 @@ impl<'a> Route<'a> {
             Route::DeadLetters(..) => "dead_letters",
             Route::Redrive(..) => "redrive",
             Route::SubscriberReplay(..) => "subscriber_replay",
+            Route::Enable(..) => "enable",
             Route::Messages(_) => "messages",
             Route::Listeners(_) => "listeners",
             Route::Listener(..) => "listener",
@@ -121,6 +124,7 @@ impl<'a> Route<'a> {
             | Route::Messages(_)
             | Route::Redrive(..)
             | Route::SubscriberReplay(..)
+            | Route::Enable(..)
             | Route::Listeners(_) => "POST",
             Route::Publisher(..) | Route::Subscriber(..) | Route::Listener(..) => "DELETE",
         }
@@ -181,6 +185,7 @@ where
                 (&Method::POST, Route::SubscriberReplay(t, id)) => {
                     handlers::replay_subscriber(api, t, id, h, body).await
                 }
+                (&Method::POST, Route::Enable(t, id)) => handlers::enable(api, t, id).await,
                 (&Method::POST, Route::Listeners(t)) => {
                     handlers::register_credential(api, Role::Listen, t, h, body).await
                 }
@@ -222,6 +227,7 @@ mod tests {
                 "/v1/topics/a/subscribers/s/replay",
                 Some(SubscriberReplay("a", "s")),
             ),
+            ("/v1/topics/a/subscribers/s/enable", Some(Enable("a", "s"))),
             ("/v1/topics/a/subscribers/s/other", None),
             ("/v1/topics/a/messages", Some(Messages("a"))),
             ("/v1/topics/a/events", Some(Events("a"))),

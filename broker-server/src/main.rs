@@ -69,6 +69,12 @@ struct Args {
     #[arg(long, env = "BROKER_CONNECT_TIMEOUT", default_value = "2s", value_parser = duration)]
     connect_timeout: Duration,
 
+    /// A subscriber every attempt of which has failed for this long is
+    /// disabled (one whose endpoint answers `410 Gone` at once);
+    /// `POST …/subscribers/{id}/enable` resumes it.
+    #[arg(long, env = "BROKER_DISABLE_AFTER", default_value = "5d", value_parser = duration)]
+    disable_after: Duration,
+
     /// Time for one whole delivery attempt.
     #[arg(long, env = "BROKER_REQUEST_TIMEOUT", default_value = "10s", value_parser = duration)]
     request_timeout: Duration,
@@ -346,6 +352,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         max_in_flight: args.max_in_flight,
         connect_timeout: args.connect_timeout,
         request_timeout: args.request_timeout,
+        disable_after: args.disable_after,
         destination_policy: DestinationPolicy {
             deny_private: args.deny_private_destinations,
             loopback_only: args.loopback_only_destinations,

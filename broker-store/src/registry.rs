@@ -69,6 +69,8 @@ struct StoredSubscriber {
     schedule_ms: Option<Vec<u64>>,
     #[serde(default)]
     ordered: bool,
+    #[serde(default = "yes")]
+    enabled: bool,
     secret: String,
     order: u64,
     /// Where it started; later moves are in the cursors table.
@@ -131,6 +133,7 @@ impl Registry {
                             .collect()
                     }),
                     ordered: s.ordered,
+                    enabled: s.enabled,
                     secret: s.secret,
                     order: s.order,
                 }),
@@ -164,6 +167,7 @@ impl Registry {
                     .as_ref()
                     .map(|waits| waits.iter().map(|w| w.as_millis() as u64).collect()),
                 ordered: s.ordered,
+                enabled: s.enabled,
                 secret: s.secret.clone(),
                 order: s.order,
                 cursor: s.cursor,
@@ -313,6 +317,10 @@ impl Registry {
         }
         tx.commit().map_err(|e| err(e.into()))
     }
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn credential(id: String, role: Role, c: StoredCredential) -> Record {

@@ -66,6 +66,9 @@ pub struct DeliveryConfig {
     /// No retry waits longer than this, whatever the backoff or a
     /// `Retry-After` says. Default 5 min.
     pub retry_max_delay: Duration,
+    /// A subscriber every attempt of which has failed for this long is
+    /// disabled (one answering `410 Gone` at once). Default 5 days.
+    pub disable_after: Duration,
     /// TLS settings for `https://` subscribers. Default (`None`): the
     /// webpki root certificates, TLS 1.2 and 1.3.
     pub tls: Option<Arc<rustls::ClientConfig>>,
@@ -83,6 +86,7 @@ impl Default for DeliveryConfig {
             destination_policy: DestinationPolicy::default(),
             retry_base_delay: Duration::from_secs(1),
             retry_max_delay: Duration::from_secs(300),
+            disable_after: Duration::from_secs(5 * 86_400),
             tls: None,
         }
     }
@@ -293,8 +297,12 @@ impl Notifier for WebhookNotifier {
         }
     }
 
-    fn deregistered(&self, subscriber: &Arc<Subscriber>) {
-        worker::stop(subscriber, &self.shared);
+    fn changed(&self, subscriber: &Arc<Subscriber>) {
+        if subscriber.is_active() && subscriber.is_enabled() {
+            worker::wake(subscriber, &self.shared);
+        } else {
+            worker::stop(subscriber, &self.shared);
+        }
     }
 
     fn redrive(&self, subscriber: &Arc<Subscriber>, dead: Vec<DeadLetter>) {

@@ -148,7 +148,7 @@ pub(crate) fn rewind(subscriber: &Arc<Subscriber>, shared: &Arc<Shared>, from: u
 }
 
 fn wake_with(subscriber: &Arc<Subscriber>, shared: &Arc<Shared>, change: impl FnOnce(&mut Flags)) {
-    if !subscriber.is_active() {
+    if !subscriber.is_active() || !subscriber.is_enabled() {
         return;
     }
     let Some(cursor) = cursor_of(subscriber, shared) else {
@@ -202,6 +202,8 @@ struct Work {
     redriven: std::collections::HashSet<u64>,
     /// Whether the last read found the end of the log.
     caught_up: bool,
+    /// Since when every attempt has failed (none delivered since).
+    failing_since: Option<Instant>,
     /// The cursor last committed.
     committed: u64,
     committed_at: Instant,
@@ -245,6 +247,7 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
         open: BTreeSet::new(),
         retries: BinaryHeap::new(),
         redriven: Default::default(),
+        failing_since: None,
         caught_up: false,
         committed: start,
         committed_at: Instant::now(),
@@ -269,6 +272,14 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
             };
             subscriber.record(Outcome::Dropped, held as u64 + unread);
             shared.finished(held + work.redriven.len());
+            break;
+        }
+        if !subscriber.is_enabled() {
+            // Disabled: nothing more goes out; what is open stays below
+            // the cursor, to go out once it is enabled again.
+            shared.finished(work.page.len() + work.open.len() + work.redriven.len());
+            work.page.clear();
+            commit(&broker, &subscriber, &mut work, true).await;
             break;
         }
         take_requests(cursor, &shared, &mut work);
@@ -435,13 +446,30 @@ fn take_requests(cursor: &Cursor, shared: &Shared, work: &mut Work) {
 /// Counts what an attempt came to, and puts a retry aside. Returns the
 /// dead letter to keep when the delivery is given up on, and whether a
 /// redriven one was delivered (its dead letter is then forgotten).
-fn finish(
-    subscriber: &Subscriber,
-    shared: &Shared,
-    work: &mut Work,
-    tried: Tried,
-) -> Option<Settled> {
+fn finish(subscriber: &Subscriber, shared: &Shared, work: &mut Work, tried: Tried) -> Vec<Settled> {
     let attempts = tried.attempts + 1;
+    let mut settled = Vec::new();
+    match tried.result {
+        Attempt::Delivered => work.failing_since = None,
+        Attempt::Failed { status, .. } => {
+            let since = *work.failing_since.get_or_insert_with(Instant::now);
+            if status == Some(410) {
+                tracing::info!(
+                    subscriber = subscriber.id(),
+                    "the endpoint answered 410 Gone: disabling it"
+                );
+                settled.push(Settled::Disable);
+            } else if since.elapsed() >= shared.config.disable_after {
+                tracing::warn!(
+                    subscriber = subscriber.id(),
+                    failing_for = ?since.elapsed(),
+                    "every attempt failed for the disable-after time: disabling it"
+                );
+                settled.push(Settled::Disable);
+            }
+        }
+        Attempt::Refused => {}
+    }
     let backoff = Backoff {
         base: shared.config.retry_base_delay,
         max: shared.config.retry_max_delay,
@@ -480,7 +508,7 @@ fn finish(
                 offset: tried.offset,
                 attempts,
             }));
-            return None;
+            return settled;
         }
         Attempt::Failed { .. } => Outcome::Failed,
     };
@@ -489,39 +517,51 @@ fn finish(
     subscriber.record(outcome, 1);
     shared.finished(1);
     match (outcome, tried.result) {
-        (Outcome::Delivered, _) if redriven => Some(Settled::Forget(tried.offset)),
+        (Outcome::Delivered, _) if redriven => settled.push(Settled::Forget(tried.offset)),
         (Outcome::Failed, Attempt::Failed { status, error, .. }) => {
             subscriber.record(Outcome::DeadLettered, 1);
-            Some(Settled::Dead(DeadLetter {
-                message_id: tried.message_id,
-                offset: tried.offset,
-                attempts,
-                last_status: status,
-                last_error: error.to_owned(),
-                failed_at: SystemTime::now(),
-            }))
+            // Written before a `Disable`, so a 410's message is kept.
+            settled.insert(
+                0,
+                Settled::Dead(DeadLetter {
+                    message_id: tried.message_id,
+                    offset: tried.offset,
+                    attempts,
+                    last_status: status,
+                    last_error: error.to_owned(),
+                    failed_at: SystemTime::now(),
+                }),
+            );
         }
-        _ => None,
+        _ => {}
     }
+    settled
 }
 
-/// What `finish` leaves for the store.
+/// What `finish` leaves for the broker to write.
 enum Settled {
     /// Keep this dead letter.
     Dead(DeadLetter),
     /// A redriven dead letter at this offset was delivered.
     Forget(u64),
+    /// Disable the subscriber (`410 Gone`, or failing for too long).
+    Disable,
 }
 
 /// Writes what `finish` settled.
-async fn settle(broker: &Broker, subscriber: &Subscriber, settled: Option<Settled>) {
-    let written = match settled {
-        None => return,
-        Some(Settled::Dead(dead)) => broker.dead_letter(subscriber, &dead).await,
-        Some(Settled::Forget(offset)) => broker.forget_dead_letter(subscriber, offset).await,
-    };
-    if let Err(e) = written {
-        tracing::error!(subscriber = subscriber.id(), error = %e, "writing a dead letter failed");
+async fn settle(broker: &Broker, subscriber: &Subscriber, settled: Vec<Settled>) {
+    for one in settled {
+        let written = match one {
+            Settled::Dead(dead) => broker.dead_letter(subscriber, &dead).await,
+            Settled::Forget(offset) => broker.forget_dead_letter(subscriber, offset).await,
+            Settled::Disable => broker
+                .set_enabled(subscriber.topic().as_str(), subscriber.id(), false)
+                .await
+                .map(|_| ()),
+        };
+        if let Err(e) = written {
+            tracing::error!(subscriber = subscriber.id(), error = %e, "settling a delivery failed");
+        }
     }
 }
 

@@ -769,3 +769,41 @@ async fn a_410_disables_the_subscriber_and_enable_resumes_it() {
         .await;
     assert_eq!(r.status, 404);
 }
+
+#[tokio::test]
+async fn a_rotated_secret_signs_beside_the_old_one() {
+    let s = server(DeliveryConfig::default()).await;
+    let mut sink = Sink::ok().await;
+    let token = s.publisher("t", "p").await;
+    let sub = s.subscriber("t", json!({"url": sink.url("/")})).await;
+    let old = sub["secret"].as_str().unwrap().to_owned();
+    let path = format!(
+        "/v1/topics/t/subscribers/{}/rotate-secret",
+        sub["id"].as_str().unwrap()
+    );
+    let r = s.post_json(&path, json!({})).await;
+    assert_eq!(r.status, 200);
+    let new = r.json()["secret"].as_str().unwrap().to_owned();
+    assert!(new.starts_with("whsec_") && new != old);
+    s.publish("t", &token, "text/plain", "m").await;
+    let got = sink.next().await;
+    let signatures = got.headers["webhook-signature"].to_str().unwrap();
+    assert_eq!(signatures.split(' ').count(), 2, "{signatures}");
+    for secret in [&old, &new] {
+        standardwebhooks::Webhook::new(secret)
+            .unwrap()
+            .verify(&got.body, &got.headers)
+            .expect("verifies with either secret");
+    }
+    // A registration replay answers the current secret.
+    let again = s
+        .post_json("/v1/topics/t/subscribers", json!({"url": sink.url("/")}))
+        .await;
+    assert_eq!(again.json()["secret"], new.as_str());
+    assert_eq!(
+        s.post_json("/v1/topics/t/subscribers/sub_nope/rotate-secret", json!({}))
+            .await
+            .status,
+        404
+    );
+}

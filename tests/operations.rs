@@ -136,6 +136,10 @@ async fn the_openapi_document_is_served_and_covers_every_route() {
         ("/v1/topics/{topic}/subscribers/{id}/redrive", &["post"]),
         ("/v1/topics/{topic}/subscribers/{id}/replay", &["post"]),
         ("/v1/topics/{topic}/subscribers/{id}/enable", &["post"]),
+        (
+            "/v1/topics/{topic}/subscribers/{id}/rotate-secret",
+            &["post"],
+        ),
         ("/v1/topics/{topic}/messages", &["post"]),
         ("/v1/topics/{topic}/listeners", &["post"]),
         ("/v1/topics/{topic}/listeners/{id}", &["delete"]),
@@ -156,5 +160,5 @@ async fn the_openapi_document_is_served_and_covers_every_route() {
             assert_ne!(r.json()["error"]["code"], "not_found", "{path}");
         }
     }
-    assert_eq!(paths.len(), 19, "a documented path the test does not know");
+    assert_eq!(paths.len(), 20, "a documented path the test does not know");
 }

@@ -5,7 +5,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
 use bytes::Bytes;
@@ -312,6 +312,14 @@ impl Broker {
                         cursor: s.cursor,
                         order: s.order,
                         enabled: s.enabled,
+                        previous_secret: match &s.previous_secret {
+                            Some((secret, until)) => Some((
+                                SigningSecret::restore(secret)
+                                    .ok_or_else(|| bad("has a bad previous secret"))?,
+                                *until,
+                            )),
+                            None => None,
+                        },
                     },
                 );
                 registry.insert_subscriber(subscriber);
@@ -590,6 +598,40 @@ impl Broker {
         Ok(plan)
     }
 
+    /// Gives subscriber `id` a new signing secret, durably, and returns it.
+    /// For `overlap` the old one signs deliveries too (two signatures in
+    /// `webhook-signature`, as Standard Webhooks allows), so receivers can
+    /// switch without missing a message.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidTopic`], [`Error::SubscriberNotFound`], or
+    /// [`Error::Storage`].
+    pub async fn rotate_secret(
+        &self,
+        topic: &str,
+        id: &str,
+        overlap: Duration,
+    ) -> Result<SigningSecret, Error> {
+        let _order = self.shared.changes.lock().await;
+        let subscriber = self.subscriber(topic, id)?;
+        let fresh = SigningSecret::generate();
+        let before = {
+            let mut secrets = subscriber.secrets.write();
+            let before = secrets.clone();
+            secrets.previous = Some((before.current.clone(), SystemTime::now() + overlap));
+            secrets.current = fresh.clone();
+            before
+        };
+        let record = subscriber_record(&subscriber);
+        if let Err(e) = self.shared.store.save(Change::Put(&record)).await {
+            *subscriber.secrets.write() = before;
+            return Err(e);
+        }
+        subscriber.secrets_version.fetch_add(1, Ordering::AcqRel);
+        Ok(fresh)
+    }
+
     /// Enables or disables subscriber `id` on `topic`, durably. A disabled
     /// subscriber gets nothing delivered and its cursor waits; enabled
     /// again, it resumes from its cursor. (The delivery side disables a
@@ -624,6 +666,7 @@ impl Broker {
 /// The record a store keeps of `s`.
 fn subscriber_record(s: &Subscriber) -> Record {
     let e = &s.endpoint;
+    let secrets = s.secrets.read().clone();
     Record::Subscriber(SubscriberRecord {
         id: s.id.clone(),
         topic: s.topic.to_string(),
@@ -644,7 +687,11 @@ fn subscriber_record(s: &Subscriber) -> Record {
         },
         ordered: e.ordered(),
         enabled: s.is_enabled(),
-        secret: s.secret.expose().to_owned(),
+        secret: secrets.current.expose().to_owned(),
+        previous_secret: secrets
+            .previous
+            .as_ref()
+            .map(|(secret, until)| (secret.expose().to_owned(), *until)),
         order: s.order,
         cursor: s.cursor(),
     })
@@ -1413,7 +1460,10 @@ mod tests {
         async fn save(&self, change: Change<'_>) -> Result<(), Error> {
             let mut records = self.records.lock();
             match change {
-                Change::Put(r) => records.push(r.clone()),
+                Change::Put(r) => {
+                    records.retain(|old| old.id() != r.id());
+                    records.push(r.clone());
+                }
                 Change::Remove { id } => records.retain(|r| r.id() != id),
             }
             Ok(())
@@ -1490,6 +1540,19 @@ mod tests {
         assert_eq!(sub.item.endpoint().max_attempts(), 3);
         assert_eq!(again.topic("u").unwrap().subscribers[0].id(), s2.id());
         assert!(again.topic("t").unwrap().publishers.len() == 1);
+        // A rotation and a disabling are stored too.
+        let fresh = again
+            .rotate_secret("u", s2.id(), Duration::from_secs(3600))
+            .await
+            .unwrap();
+        again.set_enabled("u", s2.id(), false).await.unwrap();
+        let third = Broker::open(Recorder::default(), Limits::default(), store.clone())
+            .await
+            .unwrap();
+        let s2_again = third.topic("u").unwrap().subscribers[0].clone();
+        assert_eq!(s2_again.secret(), fresh);
+        assert_eq!(s2_again.previous_secret().unwrap().0, s2.secret());
+        assert!(!s2_again.is_enabled());
         // New registrations come after the loaded ones.
         again.register_publisher("t", "q").await.unwrap();
         let orders: Vec<u64> = store.records.lock().iter().map(Record::order).collect();

@@ -215,6 +215,7 @@ impl Registry {
                 cursor,
                 order,
                 enabled: true,
+                previous_secret: None,
             },
         ))))
     }

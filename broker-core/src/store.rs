@@ -94,6 +94,9 @@ pub struct SubscriberRecord {
     pub enabled: bool,
     /// The `whsec_…` signing secret (a secret: see SECURITY.md).
     pub secret: String,
+    /// The secret the last rotation replaced, and until when deliveries
+    /// are signed with it too.
+    pub previous_secret: Option<(String, SystemTime)>,
     /// Registration order.
     pub order: u64,
     /// Its cursor: the offset up to which its deliveries are done. Stored

@@ -7,16 +7,27 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, OnceLock,
     },
+    time::SystemTime,
 };
 
 use crate::{broker::TopicStats, secret::SigningSecret, Endpoint, TopicName};
 
 /// Where a subscriber stands: what a store keeps besides its endpoint.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Standing {
     pub(crate) cursor: u64,
     pub(crate) order: u64,
     pub(crate) enabled: bool,
+    pub(crate) previous_secret: Option<(SigningSecret, SystemTime)>,
+}
+
+/// A subscriber's signing secrets.
+#[derive(Debug, Clone)]
+pub(crate) struct Secrets {
+    pub(crate) current: SigningSecret,
+    /// The secret before the last rotation, and until when deliveries are
+    /// signed with it too.
+    pub(crate) previous: Option<(SigningSecret, SystemTime)>,
 }
 
 /// A subscriber registered on a topic: its endpoint, its signing secret,
@@ -25,7 +36,13 @@ pub struct Subscriber {
     pub(crate) id: String,
     pub(crate) topic: TopicName,
     pub(crate) endpoint: Endpoint,
-    pub(crate) secret: SigningSecret,
+    /// The signing secret, and the one it replaced while its overlap
+    /// lasts. Read per delivery by a notifier that signs (a short read
+    /// lock); written on rotation.
+    pub(crate) secrets: parking_lot::RwLock<Secrets>,
+    /// Counts rotations, so a notifier can tell its cached signers are
+    /// stale without taking the lock.
+    pub(crate) secrets_version: AtomicU64,
     pub(crate) active: AtomicBool,
     /// False while disabled (its endpoint answered `410 Gone`, or failed
     /// for too long): nothing is delivered, the cursor waits.
@@ -58,7 +75,11 @@ impl Subscriber {
             id,
             topic,
             endpoint,
-            secret,
+            secrets: parking_lot::RwLock::new(Secrets {
+                current: secret,
+                previous: standing.previous_secret,
+            }),
+            secrets_version: AtomicU64::new(0),
             active: AtomicBool::new(true),
             enabled: AtomicBool::new(standing.enabled),
             order: standing.order,
@@ -85,8 +106,23 @@ impl Subscriber {
     }
 
     /// The secret deliveries are signed with.
-    pub fn secret(&self) -> &SigningSecret {
-        &self.secret
+    pub fn secret(&self) -> SigningSecret {
+        self.secrets.read().current.clone()
+    }
+
+    /// The secret the last rotation replaced, while deliveries are still
+    /// signed with it too (until the time given).
+    pub fn previous_secret(&self) -> Option<(SigningSecret, SystemTime)> {
+        self.secrets
+            .read()
+            .previous
+            .clone()
+            .filter(|(_, until)| *until > SystemTime::now())
+    }
+
+    /// Changes each time the secret is rotated.
+    pub fn secrets_version(&self) -> u64 {
+        self.secrets_version.load(Ordering::Acquire)
     }
 
     /// False once the subscriber is deregistered: a notifier drops what it

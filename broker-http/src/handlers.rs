@@ -389,6 +389,20 @@ pub(crate) async fn enable(api: &Api, topic: &str, id: &str) -> Reply {
     ))
 }
 
+/// `POST /v1/topics/{topic}/subscribers/{id}/rotate-secret`
+pub(crate) async fn rotate_secret(api: &Api, topic: &str, id: &str) -> Reply {
+    let fresh = api
+        .broker()
+        .rotate_secret(topic, id, api.config().secret_overlap)
+        .await?;
+    Ok(reply(
+        StatusCode::OK,
+        &json::Rotated {
+            secret: fresh.expose(),
+        },
+    ))
+}
+
 fn no_content() -> Response<ResponseBody> {
     let mut r = Response::new(json::body_of(Bytes::new()));
     *r.status_mut() = StatusCode::NO_CONTENT;

@@ -397,3 +397,9 @@ pub(crate) fn status(subscriber: &broker_core::Subscriber) -> &'static str {
         "disabled"
     }
 }
+
+/// `POST …/rotate-secret`
+#[derive(Serialize)]
+pub(crate) struct Rotated<'a> {
+    pub(crate) secret: &'a str,
+}

@@ -100,6 +100,9 @@ pub struct ApiConfig {
     /// The retry policy of a subscriber that names none. `None`, the
     /// default: one attempt (the spec's fire-and-forget).
     pub default_retry: Option<broker_core::Retry>,
+    /// After a secret rotation, how long deliveries are signed with the old
+    /// secret too. Default 24 h.
+    pub secret_overlap: std::time::Duration,
 }
 
 impl ApiConfig {
@@ -113,6 +116,7 @@ impl ApiConfig {
             metrics: None,
             live: None,
             default_retry: None,
+            secret_overlap: std::time::Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -133,6 +137,7 @@ impl std::fmt::Debug for ApiConfig {
             .field("metrics", &self.metrics.is_some())
             .field("live", &self.live)
             .field("default_retry", &self.default_retry)
+            .field("secret_overlap", &self.secret_overlap)
             .finish()
     }
 }

@@ -23,6 +23,7 @@ pub(crate) enum Route<'a> {
     Redrive(&'a str, &'a str),
     SubscriberReplay(&'a str, &'a str),
     Enable(&'a str, &'a str),
+    RotateSecret(&'a str, &'a str),
     Messages(&'a str),
     Listeners(&'a str),
     Listener(&'a str, &'a str),
@@ -67,6 +68,7 @@ impl<'a> Route<'a> {
                     "redrive" => Route::Redrive(t, id),
                     "replay" => Route::SubscriberReplay(t, id),
                     "enable" => Route::Enable(t, id),
+                    "rotate-secret" => Route::RotateSecret(t, id),
                     _ => return None,
                 }
             }
@@ -99,6 +101,7 @@ impl<'a> Route<'a> {
             Route::Redrive(..) => "redrive",
             Route::SubscriberReplay(..) => "subscriber_replay",
             Route::Enable(..) => "enable",
+            Route::RotateSecret(..) => "rotate_secret",
             Route::Messages(_) => "messages",
             Route::Listeners(_) => "listeners",
             Route::Listener(..) => "listener",
@@ -125,6 +128,7 @@ impl<'a> Route<'a> {
             | Route::Redrive(..)
             | Route::SubscriberReplay(..)
             | Route::Enable(..)
+            | Route::RotateSecret(..)
             | Route::Listeners(_) => "POST",
             Route::Publisher(..) | Route::Subscriber(..) | Route::Listener(..) => "DELETE",
         }
@@ -186,6 +190,9 @@ where
                     handlers::replay_subscriber(api, t, id, h, body).await
                 }
                 (&Method::POST, Route::Enable(t, id)) => handlers::enable(api, t, id).await,
+                (&Method::POST, Route::RotateSecret(t, id)) => {
+                    handlers::rotate_secret(api, t, id).await
+                }
                 (&Method::POST, Route::Listeners(t)) => {
                     handlers::register_credential(api, Role::Listen, t, h, body).await
                 }
@@ -228,6 +235,10 @@ mod tests {
                 Some(SubscriberReplay("a", "s")),
             ),
             ("/v1/topics/a/subscribers/s/enable", Some(Enable("a", "s"))),
+            (
+                "/v1/topics/a/subscribers/s/rotate-secret",
+                Some(RotateSecret("a", "s")),
+            ),
             ("/v1/topics/a/subscribers/s/other", None),
             ("/v1/topics/a/messages", Some(Messages("a"))),
             ("/v1/topics/a/events", Some(Events("a"))),

@@ -164,6 +164,11 @@ struct Args {
     #[arg(long, env = "BROKER_DEFAULT_RETRY", value_parser = retry)]
     default_retry: Option<Retry>,
 
+    /// After a subscriber's secret is rotated, how long deliveries carry a
+    /// signature with the old secret too.
+    #[arg(long, env = "BROKER_SECRET_OVERLAP", default_value = "24h", value_parser = duration)]
+    secret_overlap: Duration,
+
     /// With `--data-dir`: size at which a topic's log starts a new segment
     /// file.
     #[arg(long, env = "BROKER_SEGMENT_BYTES", default_value = "64MiB", value_parser = bytes)]
@@ -440,6 +445,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                     Retry::Attempts(1)
                 }
             })),
+            secret_overlap: args.secret_overlap,
             ..ApiConfig::default()
         },
     );

@@ -593,6 +593,10 @@ mod tests {
             ordered: true,
             enabled: true,
             secret: "whsec_x".into(),
+            previous_secret: Some((
+                "whsec_y".into(),
+                std::time::UNIX_EPOCH + Duration::from_millis(1_795_430_227_250),
+            )),
             order: 2,
             cursor: 7,
         });
@@ -646,6 +650,7 @@ mod tests {
                 ordered: false,
                 enabled: true,
                 secret: "whsec_x".into(),
+                previous_secret: None,
                 order: 0,
                 cursor: 0,
             })

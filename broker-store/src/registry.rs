@@ -72,6 +72,10 @@ struct StoredSubscriber {
     #[serde(default = "yes")]
     enabled: bool,
     secret: String,
+    /// The secret the last rotation replaced, and until when (ms since the
+    /// epoch) it signs too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    previous_secret: Option<(String, u64)>,
     order: u64,
     /// Where it started; later moves are in the cursors table.
     cursor: u64,
@@ -135,6 +139,9 @@ impl Registry {
                     ordered: s.ordered,
                     enabled: s.enabled,
                     secret: s.secret,
+                    previous_secret: s.previous_secret.map(|(secret, until)| {
+                        (secret, UNIX_EPOCH + std::time::Duration::from_millis(until))
+                    }),
                     order: s.order,
                 }),
             });
@@ -169,6 +176,12 @@ impl Registry {
                 ordered: s.ordered,
                 enabled: s.enabled,
                 secret: s.secret.clone(),
+                previous_secret: s.previous_secret.as_ref().map(|(secret, until)| {
+                    let ms = until
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64);
+                    (secret.clone(), ms)
+                }),
                 order: s.order,
                 cursor: s.cursor,
             }),

@@ -59,7 +59,9 @@ pub(crate) struct Cursor {
     flags: Mutex<Flags>,
     /// Wakes a running worker: a publish on the topic, a deregistration.
     wake: Notify,
-    signer: Signer,
+    /// Signers of the subscriber's secrets, rebuilt when a rotation
+    /// changes its `secrets_version`. Held only to clone them out.
+    signers: Mutex<Signers>,
     /// The subscriber's headers, `Host` and `User-Agent`: every request
     /// starts from a clone of these.
     base_headers: HeaderMap,
@@ -79,11 +81,32 @@ struct Flags {
     rewind: Option<u64>,
 }
 
+/// The signers of a subscriber's current secret and, while its overlap
+/// lasts, the one it replaced.
+#[derive(Clone)]
+struct Signers {
+    version: u64,
+    current: Signer,
+    previous: Option<(Signer, SystemTime)>,
+}
+
+impl Signers {
+    fn of(subscriber: &Subscriber) -> Self {
+        Signers {
+            version: subscriber.secrets_version(),
+            current: Signer::new(subscriber.secret().key()),
+            previous: subscriber
+                .previous_secret()
+                .map(|(secret, until)| (Signer::new(secret.key()), until)),
+        }
+    }
+}
+
 fn cursor_of<'s>(subscriber: &'s Subscriber, shared: &Shared) -> Option<&'s Cursor> {
     subscriber.notifier_state(|| Cursor {
         flags: Mutex::default(),
         wake: Notify::new(),
-        signer: Signer::new(subscriber.secret().key()),
+        signers: Mutex::new(Signers::of(subscriber)),
         base_headers: base_headers(subscriber),
         host_slots: shared.host_slots(subscriber.endpoint().url()),
     })
@@ -602,7 +625,14 @@ async fn attempt_once(
     // The semaphore is never closed; `ok()` only avoids a panic path.
     let _slot = cursor.host_slots.acquire().await.ok();
     let send = async {
-        let request = build_request(cursor, subscriber.endpoint(), message)?;
+        let signers = {
+            let mut signers = cursor.signers.lock();
+            if signers.version != subscriber.secrets_version() {
+                *signers = Signers::of(subscriber);
+            }
+            signers.clone()
+        };
+        let request = build_request(cursor, &signers, subscriber.endpoint(), message)?;
         let response = shared.client.request(request).await?;
         let attempt = Attempt::from_response(response.status(), response.headers());
         // Read a bounded amount so the connection can go back to the pool;
@@ -658,14 +688,28 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// log's).
 fn build_request(
     cursor: &Cursor,
+    signers: &Signers,
     endpoint: &broker_core::Endpoint,
     message: &Message,
 ) -> Result<Request<Full<bytes::Bytes>>, BoxError> {
     let id = HeaderValue::from_str(message.id())?;
     let timestamp = timestamp_header();
-    let signature = cursor
-        .signer
-        .sign_raw(id.as_bytes(), timestamp.as_bytes(), message.payload());
+    let sign =
+        |signer: &Signer| signer.sign_raw(id.as_bytes(), timestamp.as_bytes(), message.payload());
+    let current = sign(&signers.current);
+    // While a rotated-out secret's overlap lasts, both signatures, space
+    // separated, as Standard Webhooks allows: a receiver verifies with
+    // either secret.
+    let signature = match &signers.previous {
+        Some((previous, until)) if *until > SystemTime::now() => {
+            let mut both = Vec::with_capacity(2 * current.len() + 1);
+            both.extend_from_slice(&current);
+            both.push(b' ');
+            both.extend_from_slice(&sign(previous));
+            HeaderValue::from_bytes(&both)?
+        }
+        _ => HeaderValue::from_bytes(&current)?,
+    };
 
     let mut request = Request::new(Full::new(message.payload().clone()));
     *request.method_mut() = endpoint.method().clone();
@@ -677,10 +721,7 @@ fn build_request(
     }
     headers.insert(WEBHOOK_ID.clone(), id);
     headers.insert(WEBHOOK_TIMESTAMP.clone(), timestamp);
-    headers.insert(
-        WEBHOOK_SIGNATURE.clone(),
-        HeaderValue::from_bytes(&signature)?,
-    );
+    headers.insert(WEBHOOK_SIGNATURE.clone(), signature);
     Ok(request)
 }
 

@@ -82,8 +82,10 @@ async fn a_hanging_endpoint_delays_no_one_else() {
 
 #[tokio::test]
 async fn every_kind_of_bad_endpoint_on_one_topic() {
+    // Every failure counted: no circuit opens.
     let s = server(DeliveryConfig {
         request_timeout: Duration::from_millis(300),
+        circuit_after: 0,
         ..DeliveryConfig::default()
     })
     .await;
@@ -574,7 +576,11 @@ async fn an_ordered_subscriber_gets_one_at_a_time_in_offset_order() {
 
 #[tokio::test]
 async fn dead_letters_are_listed_redriven_and_replayed() {
-    let s = server(DeliveryConfig::default()).await;
+    let s = server(DeliveryConfig {
+        circuit_after: 0,
+        ..DeliveryConfig::default()
+    })
+    .await;
     // Six failures: both attempts of three messages; then all is well.
     let mut sink = Sink::start(Behaviour::script(&[(500, None); 6])).await;
     let token = s.publisher("t", "p").await;
@@ -806,4 +812,46 @@ async fn a_rotated_secret_signs_beside_the_old_one() {
             .status,
         404
     );
+}
+
+#[tokio::test]
+async fn five_failures_in_a_row_open_the_circuit_and_pause_attempts() {
+    // One in flight, so that exactly five attempts come before it opens.
+    let s = server(DeliveryConfig {
+        circuit_open_for: Duration::from_secs(60),
+        max_in_flight: 1,
+        ..DeliveryConfig::default()
+    })
+    .await;
+    let mut failing = Sink::start(Behaviour::Status(500)).await;
+    let mut healthy = Sink::ok().await;
+    let token = s.publisher("t", "p").await;
+    s.subscriber("t", json!({"url": failing.url("/")})).await;
+    s.subscriber("t", json!({"url": healthy.url("/")})).await;
+    for _ in 0..20 {
+        s.publish("t", &token, "text/plain", "m").await;
+    }
+    for _ in 0..20 {
+        healthy.next().await;
+    }
+    // Awaited (bounded): the failing one's circuit opens.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let detail = loop {
+        let detail = s.get("/v1/topics/t").await.json();
+        if detail["subscribers"][0]["circuit"] == "open" {
+            break detail;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the circuit did not open: {detail}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let sub = &detail["subscribers"][0];
+    // Five attempts, all failed; the other fifteen wait, not failed.
+    assert_eq!(failing.drain_now().len(), 5);
+    assert_eq!(sub["counters"]["failed"], 5, "{sub}");
+    // (The cursor may trail the last failure by a commit.)
+    assert!(sub["lag"].as_u64().unwrap() >= 15, "{sub}");
+    assert_eq!(detail["subscribers"][1]["circuit"], "closed");
 }

@@ -182,6 +182,11 @@ impl Subscriber {
             .get_or_init(|| Box::new(init()))
             .downcast_ref()
     }
+
+    /// The notifier's state, if it made one (of type `T`).
+    pub fn notifier_state_if<T: Any + Send + Sync>(&self) -> Option<&T> {
+        self.notifier_state.get()?.downcast_ref()
+    }
 }
 
 impl fmt::Debug for Subscriber {

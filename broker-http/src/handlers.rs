@@ -234,6 +234,7 @@ pub(crate) async fn topic_detail(api: &Api, topic: &str) -> Reply {
             retry: s.endpoint().retry().into(),
             ordered: s.endpoint().ordered(),
             status: json::status(s),
+            circuit: crate::WebhookNotifier::circuit(s),
             offset: s.cursor(),
             lag: end.saturating_sub(s.cursor()),
             counters: s.stats().snapshot().into(),

@@ -130,7 +130,7 @@ pub(crate) struct SubscriberRequest {
     pub(crate) headers: Option<HeaderList>,
     #[serde(default)]
     pub(crate) retry: Option<RetryRequest>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub(crate) ordered: Option<bool>,
 }
 
@@ -140,9 +140,9 @@ pub(crate) struct SubscriberRequest {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RetryRequest {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub(crate) max_attempts: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub(crate) schedule: Option<Vec<String>>,
 }
 
@@ -294,6 +294,8 @@ pub(crate) struct SubscriberItem<'a> {
     pub(crate) ordered: bool,
     /// `active` or `disabled`.
     pub(crate) status: &'static str,
+    /// `closed`, `open` or `half_open`.
+    pub(crate) circuit: &'static str,
     /// The offset of the next message not yet done with.
     pub(crate) offset: u64,
     /// Messages of the log it has not yet done with.
@@ -356,7 +358,7 @@ pub(crate) struct DeadLetterItem {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RedriveRequest {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub(crate) message_ids: Option<Vec<String>>,
 }
 
@@ -369,9 +371,9 @@ pub(crate) struct Redriven {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ReplayRequest {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub(crate) from_offset: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub(crate) since: Option<String>,
 }
 
@@ -402,4 +404,14 @@ pub(crate) fn status(subscriber: &broker_core::Subscriber) -> &'static str {
 #[derive(Serialize)]
 pub(crate) struct Rotated<'a> {
     pub(crate) secret: &'a str,
+}
+
+/// An optional field that, when present, must hold a value: `null` is
+/// refused (absent is `None` through `#[serde(default)]`).
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
 }

@@ -75,6 +75,12 @@ struct Args {
     #[arg(long, env = "BROKER_DISABLE_AFTER", default_value = "5d", value_parser = duration)]
     disable_after: Duration,
 
+    /// How long a subscriber's circuit stays open after 5 failed attempts
+    /// in a row: nothing is attempted meanwhile, then one probe at a time
+    /// (each failed probe doubles it, up to 5 min).
+    #[arg(long, env = "BROKER_CIRCUIT_OPEN_FOR", default_value = "30s", value_parser = duration)]
+    circuit_open_for: Duration,
+
     /// Time for one whole delivery attempt.
     #[arg(long, env = "BROKER_REQUEST_TIMEOUT", default_value = "10s", value_parser = duration)]
     request_timeout: Duration,
@@ -358,6 +364,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         connect_timeout: args.connect_timeout,
         request_timeout: args.request_timeout,
         disable_after: args.disable_after,
+        circuit_open_for: args.circuit_open_for,
         destination_policy: DestinationPolicy {
             deny_private: args.deny_private_destinations,
             loopback_only: args.loopback_only_destinations,

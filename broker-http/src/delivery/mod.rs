@@ -66,6 +66,13 @@ pub struct DeliveryConfig {
     /// No retry waits longer than this, whatever the backoff or a
     /// `Retry-After` says. Default 5 min.
     pub retry_max_delay: Duration,
+    /// Failed attempts in a row that open a subscriber's circuit; 0 never
+    /// opens it. Default 5.
+    pub circuit_after: u32,
+    /// How long a subscriber's circuit stays open (nothing is attempted
+    /// meanwhile; then one probe at a time, each failed probe doubling it,
+    /// up to 5 min). Default 30 s.
+    pub circuit_open_for: Duration,
     /// A subscriber every attempt of which has failed for this long is
     /// disabled (one answering `410 Gone` at once). Default 5 days.
     pub disable_after: Duration,
@@ -87,6 +94,8 @@ impl Default for DeliveryConfig {
             retry_base_delay: Duration::from_secs(1),
             retry_max_delay: Duration::from_secs(300),
             disable_after: Duration::from_secs(5 * 86_400),
+            circuit_after: 5,
+            circuit_open_for: Duration::from_secs(30),
             tls: None,
         }
     }
@@ -207,6 +216,11 @@ impl WebhookNotifier {
                 metrics: crate::metrics::DeliveryMetrics::default(),
             }),
         }
+    }
+
+    /// A subscriber's circuit: `closed`, `open` or `half_open`.
+    pub fn circuit(subscriber: &Subscriber) -> &'static str {
+        worker::circuit(subscriber)
     }
 
     pub(crate) fn metrics(&self) -> &crate::metrics::DeliveryMetrics {

@@ -49,6 +49,10 @@ const USER_AGENT: HeaderValue =
 const PAGE: usize = 256;
 /// Payload bytes read from the log at once.
 const PAGE_BYTES: usize = 4 << 20;
+/// The longest a circuit stays open (the first opening lasts
+/// `DeliveryConfig::circuit_open_for`, each failed probe doubles it).
+const OPEN_AT_MOST: Duration = Duration::from_secs(300);
+
 /// A worker commits its cursor at most this often while it works (and
 /// always when it stops).
 const COMMIT_EVERY: Duration = Duration::from_millis(50);
@@ -59,6 +63,11 @@ pub(crate) struct Cursor {
     flags: Mutex<Flags>,
     /// Wakes a running worker: a publish on the topic, a deregistration.
     wake: Notify,
+    /// The circuit's state, for the topic detail and metrics: 0 closed,
+    /// 1 open, 2 half open. Only the worker writes it.
+    circuit: std::sync::atomic::AtomicU8,
+    /// The endpoint's health when the last worker run stopped.
+    health: Mutex<Option<Health>>,
     /// Signers of the subscriber's secrets, rebuilt when a rotation
     /// changes its `secrets_version`. Held only to clone them out.
     signers: Mutex<Signers>,
@@ -106,6 +115,8 @@ fn cursor_of<'s>(subscriber: &'s Subscriber, shared: &Shared) -> Option<&'s Curs
     subscriber.notifier_state(|| Cursor {
         flags: Mutex::default(),
         wake: Notify::new(),
+        circuit: std::sync::atomic::AtomicU8::new(0),
+        health: Mutex::new(None),
         signers: Mutex::new(Signers::of(subscriber)),
         base_headers: base_headers(subscriber),
         host_slots: shared.host_slots(subscriber.endpoint().url()),
@@ -208,6 +219,20 @@ struct Tried {
     result: Attempt,
 }
 
+/// How an endpoint has been answering: what the circuit breaker and
+/// `disable_after` go by. Outlives a worker run (kept in the cursor).
+#[derive(Clone, Copy)]
+struct Health {
+    /// Since when every attempt has failed (none delivered since).
+    failing_since: Option<Instant>,
+    /// Failed attempts in a row.
+    failures: u32,
+    /// While the circuit is open: until when; then one probe at a time.
+    open_until: Option<Instant>,
+    /// How long it opens next.
+    open_for: Duration,
+}
+
 /// The worker's own state; only its task touches it.
 struct Work {
     /// The next offset to read from the log.
@@ -225,8 +250,8 @@ struct Work {
     redriven: std::collections::HashSet<u64>,
     /// Whether the last read found the end of the log.
     caught_up: bool,
-    /// Since when every attempt has failed (none delivered since).
-    failing_since: Option<Instant>,
+    /// The endpoint's health, kept in the cursor between worker runs.
+    health: Health,
     /// The cursor last committed.
     committed: u64,
     committed_at: Instant,
@@ -270,7 +295,12 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
         open: BTreeSet::new(),
         retries: BinaryHeap::new(),
         redriven: Default::default(),
-        failing_since: None,
+        health: cursor.health.lock().unwrap_or(Health {
+            failing_since: None,
+            failures: 0,
+            open_until: None,
+            open_for: shared.config.circuit_open_for,
+        }),
         caught_up: false,
         committed: start,
         committed_at: Instant::now(),
@@ -307,7 +337,22 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
         }
         take_requests(cursor, &shared, &mut work);
         // Fill the in-flight slots: due retries first, then new messages.
-        while in_flight.len() < max_in_flight {
+        // The circuit: open, nothing is attempted (a paused attempt is not
+        // a failed one); half open, one probe at a time.
+        let limit = match work.health.open_until {
+            Some(until) if Instant::now() < until => 0,
+            Some(_) => 1,
+            None => max_in_flight,
+        };
+        cursor.circuit.store(
+            match (work.health.open_until, limit) {
+                (None, _) => 0,
+                (Some(_), 0) => 1,
+                _ => 2,
+            },
+            Ordering::Relaxed,
+        );
+        while in_flight.len() < limit {
             let now = Instant::now();
             if let Some(Reverse(due)) = work.retries.peek().copied() {
                 if due.at <= now {
@@ -377,6 +422,7 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
             // Nothing left: commit (before another worker could start
             // from the cursor), then stop, unless woken meanwhile.
             commit(&broker, &subscriber, &mut work, true).await;
+            *cursor.health.lock() = Some(work.health);
             let stop = {
                 let mut flags = cursor.flags.lock();
                 let woken = std::mem::take(&mut flags.woken);
@@ -392,7 +438,14 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
             work.caught_up = false;
             continue;
         }
-        let retry_at = work.retries.peek().map(|Reverse(d)| d.at);
+        let retry_at = match (
+            work.retries.peek().map(|Reverse(d)| d.at),
+            work.health.open_until,
+        ) {
+            // Open: the next thing to do is the probe.
+            (_, Some(until)) if Instant::now() < until => Some(until),
+            (at, _) => at,
+        };
         tokio::select! {
             Some(tried) = in_flight.next(), if !in_flight.is_empty() => {
                 let settled = finish(&subscriber, &shared, &mut work, tried);
@@ -405,6 +458,7 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
             }
         }
     }
+    *cursor.health.lock() = Some(work.health);
     cursor.flags.lock().running = false;
     shared.stopped();
 }
@@ -473,9 +527,29 @@ fn finish(subscriber: &Subscriber, shared: &Shared, work: &mut Work, tried: Trie
     let attempts = tried.attempts + 1;
     let mut settled = Vec::new();
     match tried.result {
-        Attempt::Delivered => work.failing_since = None,
+        Attempt::Delivered => {
+            work.health.failing_since = None;
+            work.health.failures = 0;
+            work.health.open_until = None;
+            work.health.open_for = shared.config.circuit_open_for;
+        }
         Attempt::Failed { status, .. } => {
-            let since = *work.failing_since.get_or_insert_with(Instant::now);
+            work.health.failures += 1;
+            if work.health.open_until.is_some() {
+                // A failed probe: open again, for longer.
+                work.health.open_for = (work.health.open_for * 2).min(OPEN_AT_MOST);
+                work.health.open_until = Some(Instant::now() + work.health.open_for);
+            } else if shared.config.circuit_after > 0
+                && work.health.failures >= shared.config.circuit_after
+            {
+                tracing::info!(
+                    subscriber = subscriber.id(),
+                    failures = work.health.failures,
+                    "circuit open"
+                );
+                work.health.open_until = Some(Instant::now() + work.health.open_for);
+            }
+            let since = *work.health.failing_since.get_or_insert_with(Instant::now);
             if status == Some(410) {
                 tracing::info!(
                     subscriber = subscriber.id(),
@@ -730,5 +804,18 @@ fn build_request(
 pub(crate) fn stop(subscriber: &Arc<Subscriber>, shared: &Arc<Shared>) {
     if let Some(cursor) = cursor_of(subscriber, shared) {
         cursor.wake.notify_one();
+    }
+}
+
+/// A subscriber's circuit, as the API names it: `closed`, `open` or
+/// `half_open` (`closed` when no worker ever ran).
+pub(crate) fn circuit(subscriber: &Subscriber) -> &'static str {
+    match subscriber
+        .notifier_state_if::<Cursor>()
+        .map(|c| c.circuit.load(Ordering::Relaxed))
+    {
+        Some(1) => "open",
+        Some(2) => "half_open",
+        _ => "closed",
     }
 }

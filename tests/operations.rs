@@ -85,6 +85,12 @@ async fn metrics_follow_deliveries_and_publishes() {
     );
     assert_eq!(sample(&text, "broker_deliveries_in_flight"), Some(0.0));
     assert_eq!(sample(&text, "broker_delivery_queue_depth"), Some(0.0));
+    assert_eq!(d("dead_lettered"), Some(3.0), "{text}");
+    // Caught up: no lag; nothing disabled, no circuit open (3 failures).
+    let topic = |name: &str| sample(&text, &format!(r#"{name}{{topic="orders"}}"#));
+    assert_eq!(topic("broker_delivery_lag_messages"), Some(0.0), "{text}");
+    assert_eq!(topic("broker_subscribers_disabled"), Some(0.0), "{text}");
+    assert_eq!(topic("broker_circuits_open"), Some(0.0), "{text}");
     assert!(
         sample(
             &text,

@@ -95,6 +95,9 @@ impl WeakBroker {
 #[derive(Debug, Default)]
 pub(crate) struct TopicStats {
     pub(crate) published: AtomicU64,
+    /// The offset after the last message known to be in the topic's log
+    /// (kept as publishes go, for lag without a store call).
+    pub(crate) log_end: AtomicU64,
     /// Outcomes of all deliveries on the topic, including those of
     /// subscribers since deregistered.
     pub(crate) deliveries: ShardedStats,
@@ -184,6 +187,10 @@ pub struct TopicSummary {
     pub published: u64,
     /// Outcomes of its deliveries since it was created.
     pub deliveries: DeliveryCounts,
+    /// Messages its subscribers have yet to be done with, summed.
+    pub lag: u64,
+    /// Its subscribers that are disabled.
+    pub disabled: usize,
 }
 
 /// Everything registered on one topic.
@@ -272,6 +279,18 @@ impl Broker {
         }
         let next = records.last().map_or(0, |r| r.order() + 1);
         broker.shared.order.store(next, Ordering::Relaxed);
+        let topics: Vec<_> = {
+            let registry = broker.shared.registry.read();
+            registry
+                .topics
+                .values()
+                .map(|t| (t.name.clone(), t.stats.clone()))
+                .collect()
+        };
+        for (name, stats) in topics {
+            let (_, end) = broker.shared.store.bounds(&name).await?;
+            stats.log_end.fetch_max(end, Ordering::AcqRel);
+        }
         // Now that every subscriber is back, with its cursor.
         broker.shared.notifier.attach(&broker);
         Ok(broker)
@@ -595,6 +614,10 @@ impl Broker {
             .registry
             .write()
             .insert_subscriber(plan.item.clone());
+        plan.item
+            .topic_stats()
+            .log_end
+            .fetch_max(end, Ordering::AcqRel);
         Ok(plan)
     }
 
@@ -767,6 +790,9 @@ impl Broker {
             .pop()
             .ok_or_else(|| Error::storage("the store numbered no message"))?;
         stats.published.fetch_add(1, Ordering::Relaxed);
+        stats
+            .log_end
+            .fetch_max(message.offset + 1, Ordering::AcqRel);
         let receipt = Receipt {
             id: message.id.clone(),
             offset: message.offset,
@@ -967,13 +993,22 @@ impl Broker {
             .read()
             .topics
             .values()
-            .map(|t| TopicSummary {
-                name: t.name.clone(),
-                publishers: t.publishers.len(),
-                listeners: t.listeners.len(),
-                subscribers: t.subscribers.len(),
-                published: t.stats.published.load(Ordering::Relaxed),
-                deliveries: t.stats.deliveries.snapshot(),
+            .map(|t| {
+                let end = t.stats.log_end.load(Ordering::Acquire);
+                TopicSummary {
+                    name: t.name.clone(),
+                    publishers: t.publishers.len(),
+                    listeners: t.listeners.len(),
+                    subscribers: t.subscribers.len(),
+                    published: t.stats.published.load(Ordering::Relaxed),
+                    deliveries: t.stats.deliveries.snapshot(),
+                    lag: t
+                        .subscribers
+                        .iter()
+                        .map(|s| end.saturating_sub(s.cursor()))
+                        .sum(),
+                    disabled: t.subscribers.iter().filter(|s| !s.is_enabled()).count(),
+                }
             })
             .collect();
         topics.sort_by(|a, b| a.name.cmp(&b.name));

@@ -90,6 +90,10 @@ impl Subscriber {
         }
     }
 
+    pub(crate) fn topic_stats(&self) -> &TopicStats {
+        &self.topic_stats
+    }
+
     /// The subscriber's id (`sub_…`).
     pub fn id(&self) -> &str {
         &self.id

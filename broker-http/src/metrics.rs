@@ -225,6 +225,45 @@ impl Collector for State {
             let labels = [("topic", t.name.as_str())];
             ConstCounter::new(t.published).encode(published.encode_family(&labels)?)?;
         }
+        let mut lag = encoder.encode_descriptor(
+            "delivery_lag_messages",
+            "Messages the topic's subscribers have yet to be done with, summed, by topic",
+            None,
+            MetricType::Gauge,
+        )?;
+        for t in &topics {
+            let labels = [("topic", t.name.as_str())];
+            ConstGauge::new(t.lag as i64).encode(lag.encode_family(&labels)?)?;
+        }
+        let mut disabled = encoder.encode_descriptor(
+            "subscribers_disabled",
+            "Disabled subscribers (410 Gone, or failing for --disable-after), by topic",
+            None,
+            MetricType::Gauge,
+        )?;
+        for t in &topics {
+            let labels = [("topic", t.name.as_str())];
+            ConstGauge::new(t.disabled as i64).encode(disabled.encode_family(&labels)?)?;
+        }
+        if self.notifier.is_some() {
+            let mut open = encoder.encode_descriptor(
+                "circuits_open",
+                "Subscribers whose circuit is open or half open, by topic",
+                None,
+                MetricType::Gauge,
+            )?;
+            for t in &topics {
+                let n = self.broker.topic(t.name.as_str()).map_or(0, |detail| {
+                    detail
+                        .subscribers
+                        .iter()
+                        .filter(|s| WebhookNotifier::circuit(s) != "closed")
+                        .count()
+                });
+                let labels = [("topic", t.name.as_str())];
+                ConstGauge::new(n as i64).encode(open.encode_family(&labels)?)?;
+            }
+        }
         let mut deliveries = encoder.encode_descriptor(
             "deliveries",
             "Delivery outcomes, by topic: delivered, failed, dropped (queue full, deregistered), \

@@ -7,6 +7,8 @@
 //!     [--seconds 5] [--payload 100] [--rate 0 (publishes/s, 0 = as fast as possible)]
 //!     [--rate-of-ceiling 0.5 (instead of --rate: this fraction of the ceiling)]
 //!     [--max-in-flight 8 (per subscriber, as the server's flag)]
+//!     [--data-dir PATH (the broker keeps its log there, --fsync always;
+//!      default: in memory)]
 //! ```
 //!
 //! Everything runs on loopback, bounded by `--seconds` per phase plus a
@@ -49,6 +51,7 @@ struct Options {
     rate: f64,
     rate_of_ceiling: f64,
     max_in_flight: usize,
+    data_dir: Option<String>,
 }
 
 fn options() -> Options {
@@ -60,6 +63,7 @@ fn options() -> Options {
         rate: 0.0,
         rate_of_ceiling: 0.0,
         max_in_flight: DeliveryConfig::default().max_in_flight,
+        data_dir: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     fn parse<T: std::str::FromStr>(flag: &str, value: Option<&String>) -> T {
@@ -78,6 +82,7 @@ fn options() -> Options {
             "--rate" => o.rate = parse(flag, value),
             "--rate-of-ceiling" => o.rate_of_ceiling = parse(flag, value),
             "--max-in-flight" => o.max_in_flight = parse(flag, value),
+            "--data-dir" => o.data_dir = Some(parse(flag, value)),
             other => panic!("unknown option {other}"),
         }
     }
@@ -237,7 +242,16 @@ async fn main() {
         max_in_flight: o.max_in_flight,
         ..DeliveryConfig::default()
     });
-    let broker = Broker::new(notifier.clone());
+    let broker = match &o.data_dir {
+        None => Broker::new(notifier.clone()),
+        Some(dir) => {
+            let store = broker_store::DiskStore::open(dir, broker_store::Options::default())
+                .expect("the data dir opens");
+            Broker::open(notifier.clone(), broker_core::Limits::default(), store)
+                .await
+                .unwrap()
+        }
+    };
     let token = broker
         .register_publisher("load", "load")
         .await

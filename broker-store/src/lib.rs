@@ -92,6 +92,11 @@ pub struct Options {
     pub retention: Retention,
     /// A new segment is started past this many bytes. Default 64 MiB.
     pub segment_bytes: u64,
+    /// Bytes the tail caches of all topics hold at most (at most 4 MiB a
+    /// topic, dropped when a topic is idle for a minute): readers keeping
+    /// up (deliveries, live listeners) read from there, not the files.
+    /// Default 64 MiB.
+    pub cache_bytes: usize,
 }
 
 impl Default for Options {
@@ -100,6 +105,7 @@ impl Default for Options {
             fsync: Fsync::Always,
             retention: Retention::default(),
             segment_bytes: 64 << 20,
+            cache_bytes: 64 << 20,
         }
     }
 }
@@ -138,6 +144,8 @@ pub(crate) struct Shared {
     registry: registry::Registry,
     /// Held for look-ups and inserts only.
     logs: RwLock<HashMap<TopicName, Arc<TopicLog>>>,
+    /// The tail caches' shared budget.
+    cache: log::Cache,
     /// Cursors moved since the last flush, by subscriber id: written
     /// together, in one transaction, every [`CURSOR_FLUSH`] by the
     /// retention thread. Bounded by the number of subscribers.
@@ -222,6 +230,10 @@ impl DiskStore {
             options,
             registry,
             logs: RwLock::new(logs),
+            cache: log::Cache {
+                budget: options.cache_bytes,
+                held: Default::default(),
+            },
             cursors: Default::default(),
             syncer: sync::Syncer::default(),
             _lock: lock,
@@ -406,7 +418,12 @@ impl Store for DiskStore {
     ) -> Result<Vec<Arc<Message>>, broker_core::Error> {
         let log = self.log_or_create(topic)?;
         let always = self.shared.options.fsync == Fsync::Always;
-        let (messages, next) = log.append(messages, self.shared.options.rolling(), always)?;
+        let (messages, next) = log.append(
+            messages,
+            self.shared.options.rolling(),
+            always,
+            &self.shared.cache,
+        )?;
         match self.shared.options.fsync {
             Fsync::Always => {
                 self.shared.syncer.request(&log, true);
@@ -428,6 +445,9 @@ impl Store for DiskStore {
         let Some(log) = self.log(topic) else {
             return Ok(Read::default());
         };
+        if let Some(read) = log.read_cached(from, max_messages, max_bytes) {
+            return Ok(read);
+        }
         blocking(move || log.read(from, max_messages, max_bytes)).await
     }
 
@@ -675,5 +695,44 @@ mod tests {
         store.save(Change::Remove { id: "sub_1" }).await.unwrap();
         assert!(store.dead_letters("sub_1", 100).await.unwrap().is_empty());
         assert_eq!(store.dead_letters("sub_10", 100).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn recent_messages_are_read_from_the_tail_cache_within_its_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(
+            dir.path(),
+            Options {
+                fsync: Fsync::Never,
+                // Three 100-byte messages (and their bookkeeping) fit.
+                cache_bytes: 800,
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        let topic = TopicName::new("t").unwrap();
+        for n in 0..20 {
+            store
+                .append(&topic, vec![new(format!("{n:0100}"))])
+                .await
+                .unwrap();
+        }
+        let log = store.log(&topic).unwrap();
+        let cached = log.read_cached(18, 10, usize::MAX).unwrap();
+        let offsets: Vec<u64> = cached.messages.iter().map(|m| m.offset()).collect();
+        assert_eq!(offsets, [18, 19]);
+        assert!(
+            store
+                .shared
+                .cache
+                .held
+                .load(std::sync::atomic::Ordering::Relaxed)
+                <= 800
+        );
+        assert!(log.read_cached(0, 10, usize::MAX).is_none(), "evicted");
+        // The store falls back to the files for what the cache lost.
+        let all = store.read(&topic, 0, 100, usize::MAX).await.unwrap();
+        assert_eq!(all.messages.len(), 20);
+        assert_eq!(all.messages[0].payload(), &format!("{:0100}", 0));
     }
 }

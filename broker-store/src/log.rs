@@ -54,6 +54,25 @@ pub(crate) struct TopicLog {
     pub(crate) failed: AtomicBool,
     /// Queued for the syncer.
     pub(crate) dirty: AtomicBool,
+    /// The newest messages, kept in memory so that subscribers and
+    /// listeners keeping up read them without touching the file; bounded
+    /// per topic and by the store's cache budget.
+    recent: Mutex<Recent>,
+}
+
+/// The tail cache of a log.
+#[derive(Default)]
+struct Recent {
+    messages: std::collections::VecDeque<Arc<Message>>,
+    bytes: usize,
+}
+
+/// Bytes of messages a topic's tail cache holds at most.
+const RECENT_PER_TOPIC: usize = 4 << 20;
+
+/// What a cached message counts for (payload and bookkeeping).
+fn cached_size(m: &Message) -> usize {
+    m.payload().len() + 160
 }
 
 struct State {
@@ -69,6 +88,13 @@ pub(crate) struct Recovered {
     pub(crate) truncated_bytes: u64,
     /// Why the first bad record was bad.
     pub(crate) reason: Option<&'static str>,
+}
+
+/// The budget all topics' tail caches share.
+#[derive(Debug)]
+pub(crate) struct Cache {
+    pub(crate) budget: usize,
+    pub(crate) held: std::sync::atomic::AtomicUsize,
 }
 
 /// A topic with no append for this long closes its newest segment's file.
@@ -158,6 +184,7 @@ impl TopicLog {
             synced: watch::Sender::new(next),
             failed: AtomicBool::new(false),
             dirty: AtomicBool::new(false),
+            recent: Mutex::default(),
         }
     }
 
@@ -281,6 +308,7 @@ impl TopicLog {
         messages: Vec<NewMessage>,
         rolling: Rolling,
         wait_for_sync: bool,
+        cache: &Cache,
     ) -> Result<(Vec<Arc<Message>>, u64), StoreError> {
         if self.failed.load(Ordering::Acquire) {
             return Err(StoreError::Failed {
@@ -338,6 +366,24 @@ impl TopicLog {
             .end
             .store(start + buf.len() as u64, Ordering::Release);
         state.next = first + out.len() as u64;
+        {
+            // Cached under the state lock, so the cache is in offset order.
+            let mut recent = self.recent.lock();
+            for m in &out {
+                recent.bytes += cached_size(m);
+                cache.held.fetch_add(cached_size(m), Ordering::Relaxed);
+                recent.messages.push_back(m.clone());
+            }
+            while recent.bytes > RECENT_PER_TOPIC.min(cache.budget)
+                || cache.held.load(Ordering::Relaxed) > cache.budget
+            {
+                let Some(old) = recent.messages.pop_front() else {
+                    break;
+                };
+                recent.bytes -= cached_size(&old);
+                cache.held.fetch_sub(cached_size(&old), Ordering::Relaxed);
+            }
+        }
         if !wait_for_sync {
             self.committed.store(state.next, Ordering::Release);
         }
@@ -419,6 +465,48 @@ impl TopicLog {
         )
     }
 
+    /// Reads committed messages from `from` out of the tail cache, if it
+    /// holds `from` (no file read; `None` otherwise).
+    pub(crate) fn read_cached(
+        &self,
+        from: u64,
+        max_messages: usize,
+        max_bytes: usize,
+    ) -> Option<Read> {
+        let (first, committed) = self.bounds();
+        let recent = self.recent.lock();
+        let oldest = recent.messages.front()?.offset();
+        let from = from.max(first);
+        if from < oldest || from > committed {
+            return None;
+        }
+        let mut read = Read {
+            messages: Vec::new(),
+            first,
+            next: committed,
+        };
+        let mut bytes = 0usize;
+        let skip = (from - oldest) as usize;
+        for m in recent.messages.iter().skip(skip) {
+            if m.offset() >= committed || read.messages.len() >= max_messages {
+                break;
+            }
+            bytes += m.payload().len();
+            if bytes > max_bytes && !read.messages.is_empty() {
+                break;
+            }
+            read.messages.push(m.clone());
+        }
+        Some(read)
+    }
+
+    /// Empties the tail cache (the topic went idle).
+    fn drop_cache(&self, cache: &Cache) {
+        let mut recent = self.recent.lock();
+        cache.held.fetch_sub(recent.bytes, Ordering::Relaxed);
+        *recent = Recent::default();
+    }
+
     /// Reads committed messages from `from` (blocking file reads).
     pub(crate) fn read(
         &self,
@@ -489,7 +577,12 @@ impl TopicLog {
     /// oldest segments while expired or over `max_bytes`. Files are
     /// removed after the lock is dropped; readers holding a segment keep
     /// reading from its open file.
-    pub(crate) fn sweep(&self, max_age: Duration, max_bytes: u64) -> Result<usize, StoreError> {
+    pub(crate) fn sweep(
+        &self,
+        max_age: Duration,
+        max_bytes: u64,
+        cache: &Cache,
+    ) -> Result<usize, StoreError> {
         let cutoff = now_ms().saturating_sub(max_age.as_millis() as u64);
         let removed: Vec<Arc<Segment>> = {
             let mut state = self.state.lock();
@@ -505,8 +598,9 @@ impl TopicLog {
                 // Idle: give its file descriptor back (a topic never
                 // published again holds none). What it wrote is in the
                 // page cache; an fsync through another descriptor of the
-                // file covers it.
+                // file covers it. Its tail cache goes too.
                 active.seal();
+                self.drop_cache(cache);
             }
             let mut total: u64 = state.segments.iter().map(|s| s.end()).sum();
             let mut drop = 0;
@@ -555,6 +649,12 @@ mod tests {
         }
     }
 
+    /// No tail cache: every read goes to the files.
+    static NO: Cache = Cache {
+        budget: 0,
+        held: std::sync::atomic::AtomicUsize::new(0),
+    };
+
     const ROLL: Rolling = Rolling {
         bytes: 1 << 20,
         age: Duration::from_secs(3600),
@@ -574,7 +674,7 @@ mod tests {
             .iter()
             .enumerate()
         {
-            let (m, _) = log.append(vec![new(payload)], ROLL, false).unwrap();
+            let (m, _) = log.append(vec![new(payload)], ROLL, false, &NO).unwrap();
             ids.push(m[0].id().to_owned());
             bounds[i + 1] = log.segments()[0].1;
         }
@@ -607,7 +707,7 @@ mod tests {
             assert_eq!(all(&log), ["first", "second"], "cut at {cut}");
             assert_eq!(log.bounds(), (0, 2));
             // The next append takes the next offset, with the same ids.
-            let (m, _) = log.append(vec![new(b"again")], ROLL, false).unwrap();
+            let (m, _) = log.append(vec![new(b"again")], ROLL, false, &NO).unwrap();
             assert_eq!(m[0].offset(), 2);
             assert_eq!(m[0].id()[..16], ids[0][..16]);
             let (log, recovered) = reopen(scratch.path());
@@ -662,6 +762,7 @@ mod tests {
                 vec![new(format!("message {i:02}").as_bytes())],
                 small,
                 false,
+                &NO,
             )
             .unwrap();
         }
@@ -685,9 +786,10 @@ mod tests {
             .unwrap()
             .newest_ms
             .store(1, Ordering::Relaxed);
-        log.sweep(Duration::from_secs(3600), u64::MAX).unwrap();
+        log.sweep(Duration::from_secs(3600), u64::MAX, &NO).unwrap();
         assert_eq!(open_here(), 0);
-        log.append(vec![new(b"message 19b")], small, false).unwrap();
+        log.append(vec![new(b"message 19b")], small, false, &NO)
+            .unwrap();
         assert_eq!(open_here(), 1);
         // Reads start anywhere and cross segments, in order, bounded.
         let read = log.read(7, 5, usize::MAX).unwrap();
@@ -706,7 +808,7 @@ mod tests {
         assert_eq!(read.messages.len(), 8);
         assert_eq!(read.messages[0].offset(), 13);
         // Retention by bytes keeps whole segments, never the newest.
-        let removed = log.sweep(Duration::from_secs(3600), 300).unwrap();
+        let removed = log.sweep(Duration::from_secs(3600), 300, &NO).unwrap();
         assert!(removed > 0);
         let (first, next) = log.bounds();
         assert!(first > 0 && next == 21, "{first} {next}");
@@ -719,10 +821,10 @@ mod tests {
         // Retention by age takes everything but an empty newest segment;
         // offsets go on.
         std::thread::sleep(Duration::from_millis(20));
-        log.sweep(Duration::from_millis(1), u64::MAX).unwrap();
+        log.sweep(Duration::from_millis(1), u64::MAX, &NO).unwrap();
         assert_eq!(log.bounds(), (21, 21));
         assert!(log.read(0, 10, usize::MAX).unwrap().messages.is_empty());
-        let (m, _) = log.append(vec![new(b"later")], small, false).unwrap();
+        let (m, _) = log.append(vec![new(b"later")], small, false, &NO).unwrap();
         assert_eq!(m[0].offset(), 21);
         drop(log);
         let (log, _) = reopen(dir.path());
@@ -746,7 +848,9 @@ mod tests {
     fn unsynced_appends_are_not_read_until_synced() {
         let dir = tempfile::tempdir().unwrap();
         let log = TopicLog::create(topic(), dir.path().to_owned()).unwrap();
-        let (_, next) = log.append(vec![new(b"a"), new(b"b")], ROLL, true).unwrap();
+        let (_, next) = log
+            .append(vec![new(b"a"), new(b"b")], ROLL, true, &NO)
+            .unwrap();
         assert_eq!(next, 2);
         assert_eq!(log.bounds(), (0, 0));
         assert!(log.read(0, 10, usize::MAX).unwrap().messages.is_empty());

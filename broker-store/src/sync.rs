@@ -145,7 +145,7 @@ fn sweeper(shared: &Shared, stop: &(Mutex<bool>, Condvar)) {
         }
         last_sweep = std::time::Instant::now();
         for log in shared.all_logs() {
-            if let Err(e) = log.sweep(retention.age, retention.bytes_per_topic) {
+            if let Err(e) = log.sweep(retention.age, retention.bytes_per_topic, &shared.cache) {
                 tracing::error!(topic = %log.name, error = %e, "retention failed");
             }
         }

@@ -70,7 +70,7 @@ pub(crate) struct Cursor {
     health: Mutex<Option<Health>>,
     /// Signers of the subscriber's secrets, rebuilt when a rotation
     /// changes its `secrets_version`. Held only to clone them out.
-    signers: Mutex<Signers>,
+    signers: Mutex<Arc<Signers>>,
     /// The subscriber's headers, `Host` and `User-Agent`: every request
     /// starts from a clone of these.
     base_headers: HeaderMap,
@@ -92,7 +92,6 @@ struct Flags {
 
 /// The signers of a subscriber's current secret and, while its overlap
 /// lasts, the one it replaced.
-#[derive(Clone)]
 struct Signers {
     version: u64,
     current: Signer,
@@ -117,7 +116,7 @@ fn cursor_of<'s>(subscriber: &'s Subscriber, shared: &Shared) -> Option<&'s Curs
         wake: Notify::new(),
         circuit: std::sync::atomic::AtomicU8::new(0),
         health: Mutex::new(None),
-        signers: Mutex::new(Signers::of(subscriber)),
+        signers: Mutex::new(Arc::new(Signers::of(subscriber))),
         base_headers: base_headers(subscriber),
         host_slots: shared.host_slots(subscriber.endpoint().url()),
     })
@@ -699,10 +698,11 @@ async fn attempt_once(
     // The semaphore is never closed; `ok()` only avoids a panic path.
     let _slot = cursor.host_slots.acquire().await.ok();
     let send = async {
+        // One reference count per attempt; rebuilt only after a rotation.
         let signers = {
             let mut signers = cursor.signers.lock();
             if signers.version != subscriber.secrets_version() {
-                *signers = Signers::of(subscriber);
+                *signers = Arc::new(Signers::of(subscriber));
             }
             signers.clone()
         };

@@ -656,21 +656,16 @@ async fn dead_letters_are_listed_redriven_and_replayed() {
         .post_json(&format!("{base}/replay"), json!({"since": since}))
         .await;
     assert_eq!(r.status, 400);
-    let since = {
-        let secs = started
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        // Written by hand here, to check the server's reading of it.
-        let (days, rest) = (secs / 86_400, secs % 86_400);
-        let (y, m, d) = civil(days as i64);
-        format!(
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-            rest / 3600,
-            rest / 60 % 60,
-            rest % 60
+    // After everything: nothing, from the end; before everything: all
+    // three (written with an offset and in UTC).
+    let later = s
+        .post_json(
+            &format!("{base}/replay"),
+            json!({"since": "2999-01-01T00:00:00+01:00"}),
         )
-    };
+        .await;
+    assert_eq!(later.json(), json!({"replayed": 0, "from_offset": 3}));
+    let since = "2000-01-01T00:00:00Z";
     let r = s
         .post_json(&format!("{base}/replay"), json!({"since": since}))
         .await;
@@ -713,19 +708,6 @@ async fn dead_letters_are_listed_redriven_and_replayed() {
         let r = s.get(&format!("{base}/dead-letters?limit={limit}")).await;
         assert_eq!(r.status, 400, "limit={limit}");
     }
-}
-
-/// The civil date of a day number (days since 1970-01-01).
-fn civil(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 #[tokio::test]

@@ -213,7 +213,8 @@ struct Due {
 /// What one attempt came to.
 struct Tried {
     offset: u64,
-    message_id: String,
+    /// The message (a reference count): its id names a dead letter.
+    message: Arc<Message>,
     attempts: u32,
     result: Attempt,
 }
@@ -620,7 +621,7 @@ fn finish(subscriber: &Subscriber, shared: &Shared, work: &mut Work, tried: Trie
             settled.insert(
                 0,
                 Settled::Dead(DeadLetter {
-                    message_id: tried.message_id,
+                    message_id: tried.message.id().to_owned(),
                     offset: tried.offset,
                     attempts,
                     last_status: status,
@@ -683,7 +684,7 @@ async fn attempt(
     let result = attempt_once(subscriber, cursor, &message, shared).await;
     Tried {
         offset,
-        message_id: message.id().to_owned(),
+        message,
         attempts,
         result,
     }

@@ -837,3 +837,141 @@ async fn five_failures_in_a_row_open_the_circuit_and_pause_attempts() {
     assert!(sub["lag"].as_u64().unwrap() >= 15, "{sub}");
     assert_eq!(detail["subscribers"][1]["circuit"], "closed");
 }
+
+/// Publishes `n` small messages ("0", "1", …) on `topic` from 8 tasks.
+async fn publish_numbered(s: &Arc<TestServer>, topic: &str, token: &str, n: usize) {
+    let tasks: Vec<_> = (0..8)
+        .map(|k| {
+            let (s, topic, auth) = (s.clone(), topic.to_owned(), format!("Bearer {token}"));
+            tokio::spawn(async move {
+                for i in (k..n).step_by(8) {
+                    let r = s
+                        .call(
+                            "POST",
+                            &format!("/v1/topics/{topic}/messages"),
+                            &[("authorization", &auth)],
+                            i.to_string(),
+                        )
+                        .await;
+                    assert_eq!(r.status, 202);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// The "lag without loss": an endpoint taking 50 ms a request
+/// behind 3,000 small messages receives every one of them, in memory and
+/// with a data dir (both at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_endpoint_behind_3000_messages_receives_all_of_them() {
+    const N: usize = 3_000;
+    let dir = tempfile::tempdir().unwrap();
+    let disk = broker_store::DiskStore::open(dir.path(), broker_store::Options::default()).unwrap();
+    let servers = [
+        Arc::new(server(DeliveryConfig::default()).await),
+        Arc::new(TestServer::with_store(DeliveryConfig::default(), disk).await),
+    ];
+    let runs = servers.iter().map(|s| {
+        let s = s.clone();
+        async move {
+            let mut slow = Sink::start(Behaviour::Slow(Duration::from_millis(50))).await;
+            let token = s.publisher("t", "p").await;
+            s.subscriber("t", json!({"url": slow.url("/")})).await;
+            publish_numbered(&s, "t", &token, N).await;
+            let mut seen = vec![false; N];
+            for _ in 0..N {
+                let got = slow.next().await;
+                let i: usize = std::str::from_utf8(&got.body).unwrap().parse().unwrap();
+                assert!(!std::mem::replace(&mut seen[i], true), "{i} twice");
+            }
+            s.settle().await;
+            assert_eq!(
+                counters_of(&s, "t", &slow.url("/")).await,
+                counts(N as u64, 0, 0, 0, 0)
+            );
+            let sub = &s.get("/v1/topics/t").await.json()["subscribers"][0];
+            assert_eq!(sub["lag"], 0, "{sub}");
+        }
+    });
+    futures_util::future::join_all(runs).await;
+}
+
+/// Deliveries charge what they hold to the memory budget, and keep to
+/// half of it: with endpoints holding every request, what four workers
+/// hold stays within half the budget and one message each, while the log
+/// evicts to make room (those count as dropped, never silently lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_hold_at_most_half_the_memory_budget() {
+    const BUDGET: usize = 256 << 10;
+    const SIZE: usize = 8 << 10;
+    const N: u64 = 100;
+    let store = broker_core::MemoryStore::new(broker_core::Retention::default(), BUDGET);
+    let s = TestServer::with_store(DeliveryConfig::default(), store).await;
+    let memory = s.broker.memory().clone();
+    let gate = Arc::new(Semaphore::new(0));
+    let mut sinks = Vec::new();
+    for _ in 0..4 {
+        let sink = Sink::start(Behaviour::Gated(gate.clone())).await;
+        s.subscriber("t", json!({"url": sink.url("/")})).await;
+        sinks.push(sink);
+    }
+    let token = s.publisher("t", "p").await;
+    let auth = format!("Bearer {token}");
+    let mut most = 0;
+    for _ in 0..N {
+        let r = s
+            .call(
+                "POST",
+                "/v1/topics/t/messages",
+                &[("authorization", &auth)],
+                vec![b'x'; SIZE],
+            )
+            .await;
+        assert_eq!(r.status, 202);
+        most = most.max(memory.pinned());
+    }
+    // Let the workers read what they may while the endpoints hold on.
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        most = most.max(memory.pinned());
+    }
+    assert!(most > 0, "the deliveries were charged");
+    let bound = BUDGET / 2 + 4 * (SIZE + 160);
+    assert!(most <= bound, "deliveries held {most} bytes, over {bound}");
+    assert!(
+        memory.used() <= BUDGET + 4 * (SIZE + 160),
+        "{}",
+        memory.used()
+    );
+    gate.add_permits(usize::MAX >> 4);
+    s.settle().await;
+    for sink in &sinks {
+        let c = counters_of(&s, "t", &sink.url("/")).await;
+        assert_eq!(
+            c["delivered"].as_u64().unwrap() + c["dropped"].as_u64().unwrap(),
+            N,
+            "{c}"
+        );
+        assert!(c["dropped"].as_u64().unwrap() > 0, "the log evicted: {c}");
+    }
+    assert_eq!(memory.pinned(), 0, "every charge was given back");
+}
+
+/// When deliveries alone hold more than the whole budget, publishing is
+/// refused with 503 and Retry-After until they finish.
+#[tokio::test]
+async fn publishing_is_refused_while_deliveries_hold_the_whole_budget() {
+    let s = server(DeliveryConfig::default()).await;
+    let token = s.publisher("t", "p").await;
+    let memory = s.broker.memory().clone();
+    let held = memory.charge(memory.limit() + 1);
+    let r = s.publish("t", &token, "text/plain", "m").await;
+    assert_eq!(r.error_code(503), "overloaded");
+    assert_eq!(r.headers["retry-after"], "1");
+    drop(held);
+    assert_eq!(s.publish("t", &token, "text/plain", "m").await.status, 202);
+}

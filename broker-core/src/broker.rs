@@ -16,8 +16,9 @@ use crate::{
     registry::Registry,
     secret::{SigningSecret, Token},
     store::{Change, CredentialRecord, DeadLetter, NewMessage, Read, Record, SubscriberRecord},
-    Credential, DeliveryCounts, DeliveryStats, Endpoint, Error, Limits, Listener, MemoryStore,
-    Notifier, Publish, Publisher, Receipt, Replay, ReplayFrom, Role, Store, Subscriber, TopicName,
+    Credential, DeliveryCounts, DeliveryStats, Endpoint, Error, Limits, Listener, MemoryBudget,
+    MemoryStore, Notifier, Publish, Publisher, Receipt, Replay, ReplayFrom, Role, Store,
+    Subscriber, TopicName,
 };
 
 /// The in-memory broker. Cheap to clone: every clone is a handle to the same
@@ -75,6 +76,8 @@ struct Shared {
     order: AtomicU64,
     notifier: Box<dyn Notifier>,
     store: Box<dyn Store>,
+    /// The store's memory budget, which deliveries charge too.
+    memory: MemoryBudget,
     limits: Limits,
     closed: AtomicBool,
 }
@@ -231,6 +234,7 @@ impl Broker {
                 changes: tokio::sync::Mutex::new(()),
                 order: AtomicU64::new(0),
                 notifier: Box::new(notifier),
+                memory: store.memory(),
                 store,
                 limits,
                 closed: AtomicBool::new(false),
@@ -752,7 +756,10 @@ impl Broker {
     /// [`Error::InvalidTopic`]; [`Error::Unauthorized`] when the token is
     /// not a registered publisher's; [`Error::Forbidden`] when it is another
     /// topic's; [`Error::Closed`] after [`Broker::close`];
-    /// [`Error::Storage`] when the log could not take it.
+    /// [`Error::Overloaded`] while deliveries hold more message bytes than
+    /// the whole [`MemoryBudget`] (see [`MemoryBudget::is_full`]; nothing is
+    /// kept, retry shortly); [`Error::Storage`] when the log could not take
+    /// it.
     pub async fn publish(
         &self,
         topic: &str,
@@ -763,6 +770,12 @@ impl Broker {
         crate::topic::validate(topic)?;
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
+        }
+        if self.shared.memory.is_full() {
+            return Err(Error::Overloaded {
+                used: self.shared.memory.pinned(),
+                limit: self.shared.memory.limit(),
+            });
         }
         let (topic, subscribers, stats) = {
             let registry = self.shared.registry.read();
@@ -806,6 +819,12 @@ impl Broker {
             })
             .await;
         Ok(receipt)
+    }
+
+    /// The memory budget the broker's messages are held within: the
+    /// store's ([`Store::memory`]). Deliveries charge what they hold.
+    pub fn memory(&self) -> &MemoryBudget {
+        &self.shared.memory
     }
 
     /// Where `topic`'s log stands: the offset of its oldest retained

@@ -61,6 +61,16 @@ pub enum Error {
         /// What failed, for the operator (no secrets).
         reason: String,
     },
+    /// The broker holds more message bytes than its
+    /// [`MemoryBudget`](crate::MemoryBudget) allows in what it cannot
+    /// evict (deliveries in flight): a publish is refused until some
+    /// finish. Nothing was changed; retry shortly.
+    Overloaded {
+        /// The bytes held.
+        used: usize,
+        /// The budget's limit.
+        limit: usize,
+    },
 }
 
 impl Error {
@@ -105,6 +115,11 @@ impl fmt::Display for Error {
             }
             Error::Closed => f.write_str("the broker is shutting down and accepts no publishes"),
             Error::Storage { reason } => write!(f, "storage unavailable: {reason}"),
+            Error::Overloaded { used, limit } => write!(
+                f,
+                "the broker holds {used} bytes of messages in flight, over its memory budget \
+                 of {limit}: retry shortly"
+            ),
         }
     }
 }

@@ -60,6 +60,7 @@
 //! ```
 
 mod broker;
+mod budget;
 mod credential;
 mod endpoint;
 mod error;
@@ -76,6 +77,7 @@ mod subscriber;
 mod topic;
 
 pub use broker::{Broker, Registration, TopicDetail, TopicSummary, WeakBroker};
+pub use budget::{Charge, MemoryBudget};
 pub use credential::{Credential, Listener, Publisher, Role};
 pub use endpoint::Endpoint;
 pub use error::Error;

@@ -16,7 +16,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::{
     store::{message_id, new_id_prefix, Change, DeadLetter, NewMessage, Read, Record},
-    Error, Message, Store, TopicName,
+    Error, MemoryBudget, Message, Store, TopicName,
 };
 
 /// How long and how much of each topic's log is kept.
@@ -67,8 +67,9 @@ impl Default for Retention {
 #[derive(Debug)]
 pub struct MemoryStore {
     retention: Retention,
-    budget: usize,
-    /// Payload bytes held by all logs.
+    /// Shared with deliveries: the logs evict while it is over.
+    budget: MemoryBudget,
+    /// Payload bytes held by all logs (also counted in `budget`).
     held: AtomicUsize,
     /// Held for look-ups and inserts only; a log's own lock is taken after
     /// this one is dropped.
@@ -87,7 +88,7 @@ pub const MAX_DEAD_LETTERS: usize = 10_000;
 pub(crate) const MESSAGE_OVERHEAD: usize = 160;
 
 fn cost(message: &Message) -> usize {
-    message.payload().len() + MESSAGE_OVERHEAD
+    message.held_bytes()
 }
 
 #[derive(Debug)]
@@ -103,12 +104,13 @@ impl Log {
         self.next - self.messages.len() as u64
     }
 
-    fn pop(&mut self, held: &AtomicUsize) -> bool {
+    fn pop(&mut self, held: &AtomicUsize, budget: &MemoryBudget) -> bool {
         let Some(old) = self.messages.pop_front() else {
             return false;
         };
         self.bytes -= cost(&old) as u64;
         held.fetch_sub(cost(&old), Ordering::Relaxed);
+        budget.release_cached(cost(&old));
         true
     }
 }
@@ -119,6 +121,14 @@ impl MemoryStore {
     /// messages of the topic being appended to go first, then those of
     /// others.
     pub fn new(retention: Retention, budget: usize) -> Self {
+        MemoryStore::with_budget(retention, MemoryBudget::new(budget))
+    }
+
+    /// A store keeping each topic's log by `retention` within `budget`,
+    /// shared with others: while the budget is over (whoever charged it),
+    /// the oldest messages of the topic being appended to go first, then
+    /// those of others.
+    pub fn with_budget(retention: Retention, budget: MemoryBudget) -> Self {
         MemoryStore {
             retention,
             budget,
@@ -166,13 +176,13 @@ impl MemoryStore {
             .filter(|(name, _)| *name != except)
             .map(|(_, log)| log.clone())
             .collect();
-        while self.held_bytes() > self.budget {
+        while self.budget.is_over() {
             let mut freed = false;
             for log in &logs {
                 if let Some(mut log) = log.try_lock() {
-                    freed |= log.pop(&self.held);
+                    freed |= log.pop(&self.held, &self.budget);
                 }
-                if self.held_bytes() <= self.budget {
+                if !self.budget.is_over() {
                     return;
                 }
             }
@@ -180,6 +190,13 @@ impl MemoryStore {
                 return;
             }
         }
+    }
+}
+
+impl Drop for MemoryStore {
+    fn drop(&mut self) {
+        // The budget may outlive the store (shared with others).
+        self.budget.release_cached(self.held_bytes());
     }
 }
 
@@ -229,6 +246,10 @@ impl Store for MemoryStore {
             .unwrap_or_default())
     }
 
+    fn memory(&self) -> MemoryBudget {
+        self.budget.clone()
+    }
+
     async fn append(
         &self,
         topic: &TopicName,
@@ -246,7 +267,7 @@ impl Store for MemoryStore {
                 .front()
                 .is_some_and(|m| m.published_at() < expired)
             {
-                log.pop(&self.held);
+                log.pop(&self.held, &self.budget);
             }
             for new in messages {
                 let offset = log.next;
@@ -262,6 +283,7 @@ impl Store for MemoryStore {
                 let size = cost(&message);
                 log.bytes += size as u64;
                 self.held.fetch_add(size, Ordering::Relaxed);
+                self.budget.add_cached(size);
                 log.messages.push_back(message.clone());
                 out.push(message);
             }
@@ -269,12 +291,12 @@ impl Store for MemoryStore {
             // budgets is still handed out, and goes at the next append.
             let keep = out.len();
             while log.messages.len() > keep
-                && (log.bytes > self.retention.bytes_per_topic || self.held_bytes() > self.budget)
+                && (log.bytes > self.retention.bytes_per_topic || self.budget.is_over())
             {
-                log.pop(&self.held);
+                log.pop(&self.held, &self.budget);
             }
         }
-        if self.held_bytes() > self.budget {
+        if self.budget.is_over() {
             self.evict_elsewhere(topic);
         }
         Ok(out)
@@ -400,6 +422,27 @@ mod tests {
             assert_eq!(huge[0].offset(), 1);
             store.append(&a, vec![new(1)]).await.unwrap();
             assert!(store.held_bytes() <= budget);
+        });
+    }
+
+    #[test]
+    fn what_others_charge_to_a_shared_budget_makes_the_logs_evict() {
+        block_on(async {
+            let budget = MemoryBudget::new(100 + 2 * O);
+            let store = MemoryStore::with_budget(Retention::default(), budget.clone());
+            let a = TopicName::new("a").unwrap();
+            store.append(&a, vec![new(40), new(40)]).await.unwrap();
+            assert_eq!(budget.used(), 80 + 2 * O);
+            // Deliveries hold 50 bytes the log does not know of: the next
+            // append evicts until the whole is within the budget.
+            let in_flight = budget.charge(50);
+            store.append(&a, vec![new(10)]).await.unwrap();
+            assert!(!budget.is_over(), "{}", budget.used());
+            assert_eq!(store.bounds(&a).await.unwrap(), (1, 3));
+            assert_eq!(budget.pinned(), 50, "only the log's bytes can be evicted");
+            drop(in_flight);
+            drop(store);
+            assert_eq!(budget.used(), 0, "a dropped store gives its bytes back");
         });
     }
 

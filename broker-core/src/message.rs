@@ -62,6 +62,14 @@ impl Message {
     pub fn payload(&self) -> &Bytes {
         &self.payload
     }
+    /// What holding the message in memory costs, as a
+    /// [`MemoryBudget`](crate::MemoryBudget) counts it: its payload and a
+    /// fixed 160 bytes for the `Message`, its id and the reference to it
+    /// (measured: about 150 bytes with mimalloc), so that small messages
+    /// are bounded too.
+    pub fn held_bytes(&self) -> usize {
+        self.payload.len() + crate::memory::MESSAGE_OVERHEAD
+    }
     /// When the broker accepted it.
     pub fn published_at(&self) -> SystemTime {
         self.published_at

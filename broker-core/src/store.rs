@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::HeaderValue;
 
-use crate::{Error, Message, Role, TopicName};
+use crate::{Error, MemoryBudget, Message, Role, TopicName};
 
 /// A registration as a store keeps it: plain strings, so any backend can
 /// write it its own way.
@@ -220,6 +220,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// A subscriber's dead letters, oldest offset first, at most `limit`.
     async fn dead_letters(&self, subscriber: &str, limit: usize) -> Result<Vec<DeadLetter>, Error>;
+
+    /// The memory budget the store keeps its in-memory messages within (a
+    /// log, a cache), shared with whatever else holds messages: the broker
+    /// asks once, when it opens, and deliveries charge it too. The default
+    /// is a budget of its own without a limit, for a store holding no
+    /// messages in memory.
+    fn memory(&self) -> MemoryBudget {
+        MemoryBudget::new(usize::MAX)
+    }
 }
 
 #[async_trait]
@@ -261,6 +270,9 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     async fn dead_letters(&self, subscriber: &str, limit: usize) -> Result<Vec<DeadLetter>, Error> {
         (**self).dead_letters(subscriber, limit).await
     }
+    fn memory(&self) -> MemoryBudget {
+        (**self).memory()
+    }
 }
 
 #[async_trait]
@@ -301,6 +313,9 @@ impl<S: Store + ?Sized> Store for Box<S> {
     }
     async fn dead_letters(&self, subscriber: &str, limit: usize) -> Result<Vec<DeadLetter>, Error> {
         (**self).dead_letters(subscriber, limit).await
+    }
+    fn memory(&self) -> MemoryBudget {
+        (**self).memory()
     }
 }
 

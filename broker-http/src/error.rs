@@ -69,7 +69,9 @@ impl ApiError {
                 E::Unauthorized => StatusCode::UNAUTHORIZED,
                 E::Forbidden => StatusCode::FORBIDDEN,
                 E::SubscriberConflict { .. } | E::LimitExceeded { .. } => StatusCode::CONFLICT,
-                E::Closed | E::Storage { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                E::Closed | E::Storage { .. } | E::Overloaded { .. } => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
             ApiError::InvalidJson(_) | ApiError::BadBody => StatusCode::BAD_REQUEST,
@@ -107,6 +109,7 @@ impl ApiError {
                 E::LimitExceeded { .. } => "limit_exceeded",
                 E::Closed => "shutting_down",
                 E::Storage { .. } => "storage_unavailable",
+                E::Overloaded { .. } => "overloaded",
                 _ => "internal",
             },
             ApiError::InvalidJson(_) => "invalid_json",
@@ -178,7 +181,9 @@ impl ApiError {
                     .headers_mut()
                     .insert(header::ALLOW, HeaderValue::from_static(allow));
             }
-            ApiError::Broker(broker_core::Error::Storage { .. }) => {
+            ApiError::Broker(
+                broker_core::Error::Storage { .. } | broker_core::Error::Overloaded { .. },
+            ) => {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -158,10 +158,10 @@ struct Args {
     #[arg(long, env = "BROKER_RETENTION_BYTES", default_value = "1GiB", value_parser = bytes)]
     retention_bytes: u64,
 
-    /// In memory (no `--data-dir`): most bytes the topic logs hold in all
-    /// (payloads and 160 bytes a message); past it the oldest messages go,
-    /// from any topic. With `--data-dir`: most bytes the tail caches of the
-    /// logs hold.
+    /// Most message bytes held in memory (payloads and 160 bytes a
+    /// message): the topic logs (with `--data-dir`, their tail caches),
+    /// which evict their oldest messages past it, and what deliveries hold,
+    /// at most half of it (see README, "One memory budget").
     #[arg(long, env = "BROKER_MAX_MEMORY_BYTES", default_value = "512MiB", value_parser = bytes)]
     max_memory_bytes: u64,
 
@@ -415,7 +415,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 fsync: args.fsync,
                 retention,
                 segment_bytes: args.segment_bytes,
-                cache_bytes: usize::try_from(args.max_memory_bytes).unwrap_or(usize::MAX),
+                memory_bytes: usize::try_from(args.max_memory_bytes).unwrap_or(usize::MAX),
             };
             let dir = dir.clone();
             let store =

@@ -62,7 +62,7 @@ use std::{
 
 use async_trait::async_trait;
 pub use broker_core::Retention;
-use broker_core::{Change, Message, NewMessage, Read, Record, Store, TopicName};
+use broker_core::{Change, MemoryBudget, Message, NewMessage, Read, Record, Store, TopicName};
 use parking_lot::RwLock;
 
 pub use error::StoreError;
@@ -92,11 +92,12 @@ pub struct Options {
     pub retention: Retention,
     /// A new segment is started past this many bytes. Default 64 MiB.
     pub segment_bytes: u64,
-    /// Bytes the tail caches of all topics hold at most (at most 4 MiB a
-    /// topic, dropped when a topic is idle for a minute): readers keeping
-    /// up (deliveries, live listeners) read from there, not the files.
-    /// Default 64 MiB.
-    pub cache_bytes: usize,
+    /// The memory budget (`--max-memory-bytes`): the messages the tail
+    /// caches hold (at most 4 MiB a topic, dropped when a topic is idle for
+    /// a minute; readers keeping up, deliveries and live listeners, read
+    /// from there, not the files) and those deliveries hold (see
+    /// [`broker_core::MemoryBudget`]) share it. Default 512 MiB.
+    pub memory_bytes: usize,
 }
 
 impl Default for Options {
@@ -105,7 +106,7 @@ impl Default for Options {
             fsync: Fsync::Always,
             retention: Retention::default(),
             segment_bytes: 64 << 20,
-            cache_bytes: 64 << 20,
+            memory_bytes: 512 << 20,
         }
     }
 }
@@ -231,7 +232,7 @@ impl DiskStore {
             registry,
             logs: RwLock::new(logs),
             cache: log::Cache {
-                budget: options.cache_bytes,
+                memory: MemoryBudget::new(options.memory_bytes),
                 held: Default::default(),
             },
             cursors: Default::default(),
@@ -392,6 +393,10 @@ fn check_format(dir: &Path) -> Result<(), StoreError> {
 
 #[async_trait]
 impl Store for DiskStore {
+    fn memory(&self) -> MemoryBudget {
+        self.shared.cache.memory.clone()
+    }
+
     async fn load(&self) -> Result<Vec<Record>, broker_core::Error> {
         let shared = self.shared.clone();
         blocking(move || shared.registry.load(&shared.registry_path)).await
@@ -705,7 +710,7 @@ mod tests {
             Options {
                 fsync: Fsync::Never,
                 // Three 100-byte messages (and their bookkeeping) fit.
-                cache_bytes: 800,
+                memory_bytes: 800,
                 ..Options::default()
             },
         )

@@ -18,7 +18,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use broker_core::{message_id, Message, NewMessage, Read, TopicName};
+use broker_core::{message_id, MemoryBudget, Message, NewMessage, Read, TopicName};
 use bytes::Bytes;
 use http::HeaderValue;
 use parking_lot::Mutex;
@@ -72,7 +72,7 @@ const RECENT_PER_TOPIC: usize = 4 << 20;
 
 /// What a cached message counts for (payload and bookkeeping).
 fn cached_size(m: &Message) -> usize {
-    m.payload().len() + 160
+    m.held_bytes()
 }
 
 struct State {
@@ -90,11 +90,20 @@ pub(crate) struct Recovered {
     pub(crate) reason: Option<&'static str>,
 }
 
-/// The budget all topics' tail caches share.
+/// The budget all topics' tail caches share with deliveries.
 #[derive(Debug)]
 pub(crate) struct Cache {
-    pub(crate) budget: usize,
+    pub(crate) memory: MemoryBudget,
+    /// What the tail caches hold (also counted in `memory`).
     pub(crate) held: std::sync::atomic::AtomicUsize,
+}
+
+impl Drop for Cache {
+    fn drop(&mut self) {
+        // The budget may outlive the store (a broker's deliveries).
+        self.memory
+            .release_cached(self.held.load(std::sync::atomic::Ordering::Relaxed));
+    }
 }
 
 /// A topic with no append for this long closes its newest segment's file.
@@ -372,16 +381,18 @@ impl TopicLog {
             for m in &out {
                 recent.bytes += cached_size(m);
                 cache.held.fetch_add(cached_size(m), Ordering::Relaxed);
+                cache.memory.add_cached(cached_size(m));
                 recent.messages.push_back(m.clone());
             }
-            while recent.bytes > RECENT_PER_TOPIC.min(cache.budget)
-                || cache.held.load(Ordering::Relaxed) > cache.budget
+            while recent.bytes > RECENT_PER_TOPIC.min(cache.memory.limit())
+                || cache.memory.is_over()
             {
                 let Some(old) = recent.messages.pop_front() else {
                     break;
                 };
                 recent.bytes -= cached_size(&old);
                 cache.held.fetch_sub(cached_size(&old), Ordering::Relaxed);
+                cache.memory.release_cached(cached_size(&old));
             }
         }
         if !wait_for_sync {
@@ -504,6 +515,7 @@ impl TopicLog {
     fn drop_cache(&self, cache: &Cache) {
         let mut recent = self.recent.lock();
         cache.held.fetch_sub(recent.bytes, Ordering::Relaxed);
+        cache.memory.release_cached(recent.bytes);
         *recent = Recent::default();
     }
 
@@ -650,10 +662,10 @@ mod tests {
     }
 
     /// No tail cache: every read goes to the files.
-    static NO: Cache = Cache {
-        budget: 0,
+    static NO: std::sync::LazyLock<Cache> = std::sync::LazyLock::new(|| Cache {
+        memory: MemoryBudget::new(0),
         held: std::sync::atomic::AtomicUsize::new(0),
-    };
+    });
 
     const ROLL: Rolling = Rolling {
         bytes: 1 << 20,

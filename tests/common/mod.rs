@@ -104,6 +104,31 @@ impl TestServer {
             Some(live) => Broker::with_limits((notifier.clone(), live.clone()), limits),
             None => Broker::with_limits(notifier.clone(), limits),
         };
+        Self::around(broker, notifier, api, server).await
+    }
+
+    /// A server whose broker keeps its logs in `store` (a small memory
+    /// budget, a data dir).
+    pub async fn with_store(delivery: DeliveryConfig, store: impl broker_core::Store) -> Self {
+        let notifier = WebhookNotifier::new(delivery);
+        let broker = Broker::open(notifier.clone(), Limits::default(), store)
+            .await
+            .expect("the store opens");
+        Self::around(
+            broker,
+            notifier,
+            ApiConfig::default(),
+            ServerConfig::default(),
+        )
+        .await
+    }
+
+    async fn around(
+        broker: Broker,
+        notifier: WebhookNotifier,
+        api: ApiConfig,
+        server: ServerConfig,
+    ) -> Self {
         let mut api = api;
         if api.metrics.is_none() {
             let mut metrics = Metrics::new(&broker, Some(&notifier));
@@ -252,6 +277,8 @@ pub enum Behaviour {
     Gated(Arc<Semaphore>),
     /// Never answer.
     Hang,
+    /// Answer 200 after this long.
+    Slow(Duration),
     /// Answer 307 to this location.
     Redirect(String),
     /// Answer 200 with a body of this many bytes, streamed.
@@ -285,6 +312,10 @@ async fn respond(behaviour: &Behaviour) -> Response<SinkBody> {
             status(200)
         }
         Behaviour::Hang => std::future::pending().await,
+        Behaviour::Slow(wait) => {
+            tokio::time::sleep(*wait).await;
+            status(200)
+        }
         Behaviour::Redirect(location) => {
             let mut res = status(307);
             res.headers_mut()

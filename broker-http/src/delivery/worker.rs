@@ -22,7 +22,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use broker_core::{Broker, DeadLetter, Message, Outcome, Subscriber};
+use broker_core::{Broker, DeadLetter, MemoryBudget, Message, Outcome, Subscriber};
 use futures_util::{stream::FuturesUnordered, StreamExt};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request};
 use http_body_util::{BodyExt, Full, Limited};
@@ -233,6 +233,51 @@ struct Health {
     open_for: Duration,
 }
 
+/// The message bytes a worker holds, read ahead or in flight, charged to
+/// the broker's [`MemoryBudget`] (so that what a hanging endpoint holds
+/// after the log evicted it is counted); released when dropped.
+struct Held {
+    memory: MemoryBudget,
+    bytes: usize,
+}
+
+impl Held {
+    fn add(&mut self, message: &Message) {
+        self.bytes += message.held_bytes();
+        self.memory.add(message.held_bytes());
+    }
+
+    fn release(&mut self, message: &Message) {
+        self.bytes -= message.held_bytes();
+        self.memory.release(message.held_bytes());
+    }
+
+    /// Whether this worker should wait for what it holds to finish before
+    /// reading more (when it has an attempt in flight to wait for): it
+    /// holds something, and deliveries as a whole hold over half the
+    /// budget (the other half is the log's, or the cache's). A worker
+    /// holding nothing may always read one message, so that no subscriber
+    /// waits on the others.
+    fn pressed(&self) -> bool {
+        self.bytes > 0 && self.memory.pinned() > self.memory.limit() / 2
+    }
+
+    /// How many payload bytes the next read may take: what is left of
+    /// the deliveries' half of the budget, at most `page`, and 1 (one
+    /// message) when nothing is left.
+    fn room(&self, page: usize) -> usize {
+        (self.memory.limit() / 2)
+            .saturating_sub(self.memory.pinned())
+            .clamp(1, page)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.memory.release(self.bytes);
+    }
+}
+
 /// The worker's own state; only its task touches it.
 struct Work {
     /// The next offset to read from the log.
@@ -255,6 +300,8 @@ struct Work {
     /// The cursor last committed.
     committed: u64,
     committed_at: Instant,
+    /// What `page` and the attempts in flight hold.
+    held: Held,
 }
 
 impl Work {
@@ -269,6 +316,13 @@ impl Work {
             cursor = cursor.min(m.offset());
         }
         cursor
+    }
+
+    /// Forgets what was read and not attempted.
+    fn clear_page(&mut self) {
+        for message in std::mem::take(&mut self.page) {
+            self.held.release(&message);
+        }
     }
 
     /// Whether anything is left to do without new messages.
@@ -304,6 +358,10 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
         caught_up: false,
         committed: start,
         committed_at: Instant::now(),
+        held: Held {
+            memory: broker.memory().clone(),
+            bytes: 0,
+        },
     };
     // An ordered subscriber gets one message at a time, and a failing one
     // holds back the rest until it is delivered or given up on.
@@ -331,7 +389,7 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
             // Disabled: nothing more goes out; what is open stays below
             // the cursor, to go out once it is enabled again.
             shared.finished(work.page.len() + work.open.len() + work.redriven.len());
-            work.page.clear();
+            work.clear_page();
             commit(&broker, &subscriber, &mut work, true).await;
             break;
         }
@@ -352,13 +410,17 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
             },
             Ordering::Relaxed,
         );
+        // Over the memory budget's half for deliveries, a worker waits for
+        // what it holds to finish before reading more.
+        let mut pressed = false;
         while in_flight.len() < limit {
             let now = Instant::now();
             if let Some(Reverse(due)) = work.retries.peek().copied() {
-                if due.at <= now {
+                if due.at <= now && (in_flight.is_empty() || !work.held.pressed()) {
                     work.retries.pop();
                     match read_one(&broker, &subscriber, due.offset).await {
                         Some(message) => {
+                            work.held.add(&message);
                             in_flight.push(attempt(
                                 &subscriber,
                                 cursor,
@@ -376,6 +438,8 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
                     }
                     continue;
                 }
+                // Due but pressed: after an attempt in flight ends.
+                pressed |= due.at <= now;
             }
             if ordered && !work.open.is_empty() {
                 // The one open message is in flight or waits for its retry.
@@ -389,8 +453,17 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
             if work.caught_up {
                 break;
             }
+            if work.held.pressed() && !in_flight.is_empty() {
+                pressed = true;
+                break;
+            }
             match broker
-                .read(subscriber.topic().as_str(), work.next, PAGE, PAGE_BYTES)
+                .read(
+                    subscriber.topic().as_str(),
+                    work.next,
+                    PAGE,
+                    work.held.room(PAGE_BYTES),
+                )
                 .await
             {
                 Ok(read) => {
@@ -406,6 +479,9 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
                             shared
                                 .pending
                                 .fetch_add(read.messages.len(), Ordering::AcqRel);
+                            for message in &read.messages {
+                                work.held.add(message);
+                            }
                             work.page.extend(read.messages);
                         }
                         None => work.caught_up = true,
@@ -442,6 +518,9 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
             work.retries.peek().map(|Reverse(d)| d.at),
             work.health.open_until,
         ) {
+            // Pressed, a due retry waits for an attempt in flight to end
+            // (there is one: nothing waits on pressure otherwise).
+            _ if pressed && !in_flight.is_empty() => None,
             // Open: the next thing to do is the probe.
             (_, Some(until)) if Instant::now() < until => Some(until),
             (at, _) => at,
@@ -513,7 +592,7 @@ fn take_requests(cursor: &Cursor, shared: &Shared, work: &mut Work) {
         if from < work.next {
             // What was read past `from` is read again.
             shared.finished(work.page.len());
-            work.page.clear();
+            work.clear_page();
             work.next = from;
         }
         work.caught_up = false;
@@ -524,6 +603,7 @@ fn take_requests(cursor: &Cursor, shared: &Shared, work: &mut Work) {
 /// dead letter to keep when the delivery is given up on, and whether a
 /// redriven one was delivered (its dead letter is then forgotten).
 fn finish(subscriber: &Subscriber, shared: &Shared, work: &mut Work, tried: Tried) -> Vec<Settled> {
+    work.held.release(&tried.message);
     let attempts = tried.attempts + 1;
     let mut settled = Vec::new();
     match tried.result {

@@ -15,7 +15,10 @@ use parking_lot::RwLock;
 use crate::{
     registry::Registry,
     secret::{SigningSecret, Token},
-    store::{Change, CredentialRecord, DeadLetter, NewMessage, Read, Record, SubscriberRecord},
+    store::{
+        Change, CredentialRecord, DeadLetter, NewMessage, PendingRetry, Read, Record,
+        SubscriberRecord,
+    },
     Credential, DeliveryCounts, DeliveryStats, Endpoint, Error, Limits, Listener, MemoryBudget,
     MemoryStore, Notifier, Publish, Publisher, Receipt, Replay, ReplayFrom, Role, Store,
     Subscriber, TopicName,
@@ -848,6 +851,52 @@ impl Broker {
             return Ok(());
         }
         self.shared.store.save_cursor(&subscriber.id, cursor).await
+    }
+
+    /// Keeps `subscriber`'s pending retry in the store, so that a restart
+    /// goes on with its schedule ([`Store::save_retry`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`].
+    pub async fn keep_retry(
+        &self,
+        subscriber: &Subscriber,
+        retry: PendingRetry,
+    ) -> Result<(), Error> {
+        self.shared.store.save_retry(&subscriber.id, retry).await
+    }
+
+    /// Forgets `subscriber`'s pending retry at `offset` (done with).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`].
+    pub async fn forget_retry(&self, subscriber: &Subscriber, offset: u64) -> Result<(), Error> {
+        self.shared.store.forget_retry(&subscriber.id, offset).await
+    }
+
+    /// `subscriber`'s stored pending retries at or past its cursor, oldest
+    /// offset first; those below it (done with before a restart, their
+    /// forgetting lost) are forgotten now.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`].
+    pub async fn pending_retries(
+        &self,
+        subscriber: &Subscriber,
+    ) -> Result<Vec<PendingRetry>, Error> {
+        let cursor = subscriber.cursor();
+        let mut pending = self.shared.store.pending_retries(&subscriber.id).await?;
+        let done = pending.partition_point(|r| r.offset < cursor);
+        for stale in pending.drain(..done) {
+            self.shared
+                .store
+                .forget_retry(&subscriber.id, stale.offset)
+                .await?;
+        }
+        Ok(pending)
     }
 
     /// Keeps `subscriber`'s dead letter (a delivery given up on) in the

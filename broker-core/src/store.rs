@@ -122,6 +122,19 @@ pub struct DeadLetter {
     pub failed_at: SystemTime,
 }
 
+/// A delivery waiting for its retry: how many attempts were made and when
+/// the next is due. Kept by a durable store so that a restart goes on with
+/// the schedule where it was, rather than starting it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingRetry {
+    /// The message's offset in the topic's log.
+    pub offset: u64,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// When the next attempt is due.
+    pub due: SystemTime,
+}
+
 /// One change to the stored registrations.
 #[derive(Debug, Clone, Copy)]
 pub enum Change<'a> {
@@ -221,6 +234,29 @@ pub trait Store: Send + Sync + 'static {
     /// A subscriber's dead letters, oldest offset first, at most `limit`.
     async fn dead_letters(&self, subscriber: &str, limit: usize) -> Result<Vec<DeadLetter>, Error>;
 
+    /// Keeps a subscriber's pending retry (replacing the one at the same
+    /// offset). May be buffered like [`save_cursor`](Self::save_cursor):
+    /// losing the last ones only means a delivery's schedule starts again
+    /// after a restart. The default keeps nothing.
+    async fn save_retry(&self, subscriber: &str, retry: PendingRetry) -> Result<(), Error> {
+        let _ = (subscriber, retry);
+        Ok(())
+    }
+
+    /// Forgets a subscriber's pending retry at `offset` (the delivery is
+    /// done with). Buffered like [`save_retry`](Self::save_retry).
+    async fn forget_retry(&self, subscriber: &str, offset: u64) -> Result<(), Error> {
+        let _ = (subscriber, offset);
+        Ok(())
+    }
+
+    /// A subscriber's pending retries, oldest offset first (those below its
+    /// cursor included: the caller skips them). The default has none.
+    async fn pending_retries(&self, subscriber: &str) -> Result<Vec<PendingRetry>, Error> {
+        let _ = subscriber;
+        Ok(Vec::new())
+    }
+
     /// The memory budget the store keeps its in-memory messages within (a
     /// log, a cache), shared with whatever else holds messages: the broker
     /// asks once, when it opens, and deliveries charge it too. The default
@@ -270,6 +306,15 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     async fn dead_letters(&self, subscriber: &str, limit: usize) -> Result<Vec<DeadLetter>, Error> {
         (**self).dead_letters(subscriber, limit).await
     }
+    async fn save_retry(&self, subscriber: &str, retry: PendingRetry) -> Result<(), Error> {
+        (**self).save_retry(subscriber, retry).await
+    }
+    async fn forget_retry(&self, subscriber: &str, offset: u64) -> Result<(), Error> {
+        (**self).forget_retry(subscriber, offset).await
+    }
+    async fn pending_retries(&self, subscriber: &str) -> Result<Vec<PendingRetry>, Error> {
+        (**self).pending_retries(subscriber).await
+    }
     fn memory(&self) -> MemoryBudget {
         (**self).memory()
     }
@@ -313,6 +358,15 @@ impl<S: Store + ?Sized> Store for Box<S> {
     }
     async fn dead_letters(&self, subscriber: &str, limit: usize) -> Result<Vec<DeadLetter>, Error> {
         (**self).dead_letters(subscriber, limit).await
+    }
+    async fn save_retry(&self, subscriber: &str, retry: PendingRetry) -> Result<(), Error> {
+        (**self).save_retry(subscriber, retry).await
+    }
+    async fn forget_retry(&self, subscriber: &str, offset: u64) -> Result<(), Error> {
+        (**self).forget_retry(subscriber, offset).await
+    }
+    async fn pending_retries(&self, subscriber: &str) -> Result<Vec<PendingRetry>, Error> {
+        (**self).pending_retries(subscriber).await
     }
     fn memory(&self) -> MemoryBudget {
         (**self).memory()

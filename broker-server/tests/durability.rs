@@ -201,6 +201,14 @@ fn receiver() -> (String, mpsc::Receiver<(http::HeaderMap, Vec<u8>)>) {
 
 /// The same, on `listener`.
 fn receiver_on(listener: TcpListener) -> (String, mpsc::Receiver<(http::HeaderMap, Vec<u8>)>) {
+    receiver_answering(listener, "200 OK")
+}
+
+/// The same, answering with `status` (e.g. "500 Internal Server Error").
+fn receiver_answering(
+    listener: TcpListener,
+    status: &'static str,
+) -> (String, mpsc::Receiver<(http::HeaderMap, Vec<u8>)>) {
     let addr = listener.local_addr().unwrap().to_string();
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
@@ -231,8 +239,10 @@ fn receiver_on(listener: TcpListener) -> (String, mpsc::Receiver<(http::HeaderMa
             }
             let mut body = vec![0; length];
             reader.read_exact(&mut body).unwrap();
-            let _ = stream
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
             if tx.send((headers, body)).is_err() {
                 break;
             }
@@ -564,4 +574,67 @@ fn deliveries_owed_before_a_sigkill_arrive_after_the_restart() {
     assert!(wait_for_exit(&mut child).success());
     let (_child, addr, _, _) = start_on(dir.path(), &[]);
     assert_eq!(cursor(&addr), (1_000, 0));
+}
+
+/// Pending retries are durable: a delivery that failed twice before a
+/// SIGKILL goes on with its schedule after the restart (its last two
+/// attempts, not four fresh ones), with the same `webhook-id`, and ends as
+/// a dead letter that counts all four.
+#[test]
+fn a_pending_retry_goes_on_with_its_schedule_after_a_sigkill() {
+    let dir = data_dir();
+    let (endpoint, attempts) = receiver_answering(
+        TcpListener::bind("127.0.0.1:0").unwrap(),
+        "500 Internal Server Error",
+    );
+    let (mut child, addr, _, _) = start_on(dir.path(), &[]);
+    let (_, p) = register(&addr, "/v1/topics/t/publishers", r#"{"name":"p"}"#);
+    let token = json_field(&p, "token");
+    // Four attempts: at once, after 100 ms, after 3 s, after 100 ms.
+    let subscriber = format!(
+        r#"{{"url":"http://{endpoint}/hook","retry":{{"schedule":["100ms","3s","100ms"]}}}}"#
+    );
+    let (status, sub) = register(&addr, "/v1/topics/t/subscribers", &subscriber);
+    assert!(status.contains("201"), "{status} {sub}");
+    let sub_id = json_field(&sub, "id");
+    let (status, body) = publish(&addr, &token, "m");
+    assert!(status.contains("202"), "{status}");
+    let id = json_field(&body, "id");
+    for n in 1..=2 {
+        let (headers, _) = attempts
+            .recv_timeout(PATIENCE)
+            .unwrap_or_else(|_| panic!("attempt {n} did not come"));
+        assert_eq!(headers["webhook-id"], id.as_str());
+    }
+    // The third attempt is due in 3 s; its retry is written within 100 ms
+    // (the store's documented flush), well before this kill.
+    thread::sleep(Duration::from_millis(500));
+    kill9(&mut child);
+
+    let (_child, addr, _, _) = start_on(dir.path(), &[]);
+    for n in 3..=4 {
+        let (headers, _) = attempts
+            .recv_timeout(PATIENCE)
+            .unwrap_or_else(|_| panic!("attempt {n} did not come after the restart"));
+        assert_eq!(headers["webhook-id"], id.as_str(), "the same id");
+    }
+    let path = format!("/v1/topics/t/subscribers/{sub_id}/dead-letters");
+    let deadline = Instant::now() + PATIENCE;
+    let dead = loop {
+        let (_, body) = http(&addr, "GET", &path, "", "");
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if let Some(dead) = body["dead_letters"].as_array().and_then(|d| d.first()) {
+            break dead.clone();
+        }
+        assert!(Instant::now() < deadline, "no dead letter: {body}");
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(dead["message_id"], id.as_str());
+    assert_eq!(dead["attempts"], 4, "{dead}");
+    assert_eq!(dead["last_status"], 500, "{dead}");
+    // Dead-lettered after the fourth: no attempt started the schedule again.
+    assert!(
+        attempts.try_recv().is_err(),
+        "more than two attempts after the restart"
+    );
 }

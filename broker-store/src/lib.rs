@@ -151,6 +151,9 @@ pub(crate) struct Shared {
     /// together, in one transaction, every [`CURSOR_FLUSH`] by the
     /// retention thread. Bounded by the number of subscribers.
     cursors: parking_lot::Mutex<HashMap<String, u64>>,
+    /// Pending retries kept (`Some`: attempts, due in unix ms) or
+    /// forgotten (`None`) since the last flush, written with the cursors.
+    retries: parking_lot::Mutex<HashMap<(String, u64), registry::RetryValue>>,
     syncer: sync::Syncer,
     /// Kept open: the OS lock lives as long as this handle.
     _lock: File,
@@ -236,6 +239,7 @@ impl DiskStore {
                 held: Default::default(),
             },
             cursors: Default::default(),
+            retries: Default::default(),
             syncer: sync::Syncer::default(),
             _lock: lock,
         });
@@ -286,15 +290,20 @@ impl Shared {
         self.logs.read().values().cloned().collect()
     }
 
-    /// Writes the cursors moved since the last flush.
+    /// Writes the cursors moved and the retries kept or forgotten since
+    /// the last flush, in one transaction.
     fn flush_cursors(&self) -> Result<(), StoreError> {
         let moved: Vec<(String, u64)> = std::mem::take(&mut *self.cursors.lock())
             .into_iter()
             .collect();
-        if moved.is_empty() {
+        let retries: Vec<_> = std::mem::take(&mut *self.retries.lock())
+            .into_iter()
+            .collect();
+        if moved.is_empty() && retries.is_empty() {
             return Ok(());
         }
-        self.registry.save_cursors(&self.registry_path, &moved)
+        self.registry
+            .save_progress(&self.registry_path, &moved, &retries)
     }
 
     fn sync_all(&self) -> Result<(), StoreError> {
@@ -508,6 +517,45 @@ impl Store for DiskStore {
         *entry = (*entry).max(cursor);
         Ok(())
     }
+
+    async fn save_retry(
+        &self,
+        subscriber: &str,
+        retry: broker_core::PendingRetry,
+    ) -> Result<(), broker_core::Error> {
+        let due = retry
+            .due
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.shared.retries.lock().insert(
+            (subscriber.to_owned(), retry.offset),
+            Some((retry.attempts, due)),
+        );
+        Ok(())
+    }
+
+    async fn forget_retry(&self, subscriber: &str, offset: u64) -> Result<(), broker_core::Error> {
+        self.shared
+            .retries
+            .lock()
+            .insert((subscriber.to_owned(), offset), None);
+        Ok(())
+    }
+
+    async fn pending_retries(
+        &self,
+        subscriber: &str,
+    ) -> Result<Vec<broker_core::PendingRetry>, broker_core::Error> {
+        let (shared, subscriber) = (self.shared.clone(), subscriber.to_owned());
+        blocking(move || {
+            // What is buffered first, so that the table is the whole truth.
+            shared.flush_cursors()?;
+            shared
+                .registry
+                .pending_retries(&shared.registry_path, &subscriber)
+        })
+        .await
+    }
 }
 
 /// Runs file work on tokio's blocking pool, off the request threads.
@@ -700,6 +748,58 @@ mod tests {
         store.save(Change::Remove { id: "sub_1" }).await.unwrap();
         assert!(store.dead_letters("sub_1", 100).await.unwrap().is_empty());
         assert_eq!(store.dead_letters("sub_10", 100).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn pending_retries_survive_a_reopen_and_go_with_their_subscriber() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |ms: u64| std::time::UNIX_EPOCH + Duration::from_millis(ms);
+        let retry = |offset: u64, attempts: u32| broker_core::PendingRetry {
+            offset,
+            attempts,
+            due: at(1_795_430_227_000 + offset),
+        };
+        let record = Record::Subscriber(SubscriberRecord {
+            id: "sub_1".into(),
+            topic: "t".into(),
+            url: "http://h/".into(),
+            method: "POST".into(),
+            headers: vec![],
+            max_attempts: 1,
+            schedule: None,
+            ordered: false,
+            enabled: true,
+            secret: "whsec_x".into(),
+            previous_secret: None,
+            order: 0,
+            cursor: 0,
+        });
+        {
+            let store = DiskStore::open(dir.path(), Options::default()).unwrap();
+            store.save(Change::Put(&record)).await.unwrap();
+            store.save_retry("sub_1", retry(7, 2)).await.unwrap();
+            store.save_retry("sub_1", retry(3, 1)).await.unwrap();
+            store.save_retry("sub_1", retry(3, 4)).await.unwrap();
+            store.save_retry("sub_1", retry(9, 1)).await.unwrap();
+            store.forget_retry("sub_1", 9).await.unwrap();
+            // Not a registration: never written.
+            store.save_retry("sub_gone", retry(1, 1)).await.unwrap();
+            // Buffered writes are read back at once.
+            assert_eq!(
+                store.pending_retries("sub_1").await.unwrap(),
+                [retry(3, 4), retry(7, 2)]
+            );
+            store.save_retry("sub_1", retry(8, 5)).await.unwrap();
+            // Dropped without a read: the background flush has it.
+        }
+        let store = DiskStore::open(dir.path(), Options::default()).unwrap();
+        assert_eq!(
+            store.pending_retries("sub_1").await.unwrap(),
+            [retry(3, 4), retry(7, 2), retry(8, 5)]
+        );
+        assert!(store.pending_retries("sub_gone").await.unwrap().is_empty());
+        store.save(Change::Remove { id: "sub_1" }).await.unwrap();
+        assert!(store.pending_retries("sub_1").await.unwrap().is_empty());
     }
 
     #[tokio::test]

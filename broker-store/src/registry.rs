@@ -4,7 +4,7 @@
 
 use std::{path::Path, time::UNIX_EPOCH};
 
-use broker_core::{CredentialRecord, DeadLetter, Record, Role, SubscriberRecord};
+use broker_core::{CredentialRecord, DeadLetter, PendingRetry, Record, Role, SubscriberRecord};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +16,16 @@ const CURSORS: TableDefinition<'_, &str, u64> = TableDefinition::new("cursors");
 /// Dead letters by `{subscriber id}/{offset, 20 digits}`: a subscriber's
 /// are one key range, in offset order.
 const DEAD_LETTERS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("dead_letters");
+
+/// Pending retries by `{subscriber id}/{offset, 20 digits}`: (attempts
+/// made, when the next is due in unix ms). Written with the cursors.
+const RETRIES: TableDefinition<'_, &str, (u32, u64)> = TableDefinition::new("retries");
+
+/// A pending retry kept or forgotten: `(subscriber id, offset)` and
+/// `Some((attempts, due in unix ms))` or `None`.
+pub(crate) type RetryChange = ((String, u64), RetryValue);
+/// `Some((attempts, due in unix ms))`, or `None` for forgotten.
+pub(crate) type RetryValue = Option<(u32, u64)>;
 
 fn dead_key(subscriber: &str, offset: u64) -> String {
     format!("{subscriber}/{offset:020}")
@@ -98,6 +108,7 @@ impl Registry {
         tx.open_table(REGISTRATIONS).map_err(|e| err(e.into()))?;
         tx.open_table(CURSORS).map_err(|e| err(e.into()))?;
         tx.open_table(DEAD_LETTERS).map_err(|e| err(e.into()))?;
+        tx.open_table(RETRIES).map_err(|e| err(e.into()))?;
         tx.commit().map_err(|e| err(e.into()))?;
         Ok(Registry { db })
     }
@@ -200,31 +211,84 @@ impl Registry {
         })
     }
 
-    /// Writes many cursors in one transaction (one fsync), skipping those
-    /// of subscribers no longer registered.
-    pub(crate) fn save_cursors(
+    /// Writes many cursors and pending retries (kept: `Some`, forgotten:
+    /// `None`) in one transaction (one fsync), skipping those of
+    /// subscribers no longer registered.
+    pub(crate) fn save_progress(
         &self,
         path: &Path,
         cursors: &[(String, u64)],
+        retries: &[RetryChange],
     ) -> Result<(), StoreError> {
         let err = db_error(path);
         let tx = self.db.begin_write().map_err(|e| err(e.into()))?;
         {
             let registrations = tx.open_table(REGISTRATIONS).map_err(|e| err(e.into()))?;
+            let registered = |id: &str| {
+                registrations
+                    .get(id)
+                    .map(|found| found.is_some())
+                    .map_err(|e| err(e.into()))
+            };
             let mut table = tx.open_table(CURSORS).map_err(|e| err(e.into()))?;
             for (id, cursor) in cursors {
-                let registered = registrations
-                    .get(id.as_str())
-                    .map_err(|e| err(e.into()))?
-                    .is_some();
-                if registered {
+                if registered(id)? {
                     table
                         .insert(id.as_str(), *cursor)
                         .map_err(|e| err(e.into()))?;
                 }
             }
+            let mut table = tx.open_table(RETRIES).map_err(|e| err(e.into()))?;
+            for ((id, offset), retry) in retries {
+                let key = dead_key(id, *offset);
+                match retry {
+                    Some(retry) if registered(id)? => {
+                        table
+                            .insert(key.as_str(), *retry)
+                            .map_err(|e| err(e.into()))?;
+                    }
+                    _ => {
+                        table.remove(key.as_str()).map_err(|e| err(e.into()))?;
+                    }
+                }
+            }
         }
         tx.commit().map_err(|e| err(e.into()))
+    }
+
+    /// A subscriber's pending retries, in offset order.
+    pub(crate) fn pending_retries(
+        &self,
+        path: &Path,
+        subscriber: &str,
+    ) -> Result<Vec<PendingRetry>, StoreError> {
+        let err = db_error(path);
+        let tx = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let table = tx.open_table(RETRIES).map_err(|e| err(e.into()))?;
+        let (from, to) = dead_range(subscriber);
+        let mut out = Vec::new();
+        for entry in table
+            .range(from.as_str()..to.as_str())
+            .map_err(|e| err(e.into()))?
+        {
+            let (key, value) = entry.map_err(|e| err(e.into()))?;
+            let offset = key
+                .value()
+                .rsplit('/')
+                .next()
+                .and_then(|o| o.parse().ok())
+                .ok_or_else(|| StoreError::Corrupt {
+                    path: path.to_owned(),
+                    reason: format!("retry key {}", key.value()),
+                })?;
+            let (attempts, due_ms) = value.value();
+            out.push(PendingRetry {
+                offset,
+                attempts,
+                due: UNIX_EPOCH + std::time::Duration::from_millis(due_ms),
+            });
+        }
+        Ok(out)
     }
 
     pub(crate) fn put_dead_letter(
@@ -319,12 +383,17 @@ impl Registry {
             let mut table = tx.open_table(REGISTRATIONS).map_err(|e| err(e.into()))?;
             f(&mut table).map_err(|e| err(e.into()))?;
             let mut cursors = tx.open_table(CURSORS).map_err(|e| err(e.into()))?;
-            // A removed subscriber's cursor and dead letters go with it.
+            // A removed subscriber's cursor, dead letters and pending
+            // retries go with it.
             if let Some(id) = removed_id {
                 cursors.remove(id).map_err(|e| err(e.into()))?;
-                let mut dead = tx.open_table(DEAD_LETTERS).map_err(|e| err(e.into()))?;
                 let (from, to) = dead_range(id);
+                let mut dead = tx.open_table(DEAD_LETTERS).map_err(|e| err(e.into()))?;
                 dead.retain_in(from.as_str()..to.as_str(), |_, _| false)
+                    .map_err(|e| err(e.into()))?;
+                let mut retries = tx.open_table(RETRIES).map_err(|e| err(e.into()))?;
+                retries
+                    .retain_in(from.as_str()..to.as_str(), |_, _| false)
                     .map_err(|e| err(e.into()))?;
             }
         }

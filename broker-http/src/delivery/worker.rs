@@ -22,7 +22,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use broker_core::{Broker, DeadLetter, MemoryBudget, Message, Outcome, Subscriber};
+use broker_core::{Broker, DeadLetter, MemoryBudget, Message, Outcome, PendingRetry, Subscriber};
 use futures_util::{stream::FuturesUnordered, StreamExt};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request};
 use http_body_util::{BodyExt, Full, Limited};
@@ -76,6 +76,9 @@ pub(crate) struct Cursor {
     base_headers: HeaderMap,
     /// Attempt slots shared with every subscriber on the same host.
     host_slots: Arc<Semaphore>,
+    /// Whether a worker took up the retries the store kept from before a
+    /// restart (once per process: later runs start with none pending).
+    retries_loaded: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -119,6 +122,7 @@ fn cursor_of<'s>(subscriber: &'s Subscriber, shared: &Shared) -> Option<&'s Curs
         signers: Mutex::new(Arc::new(Signers::of(subscriber))),
         base_headers: base_headers(subscriber),
         host_slots: shared.host_slots(subscriber.endpoint().url()),
+        retries_loaded: std::sync::atomic::AtomicBool::new(false),
     })
 }
 
@@ -371,6 +375,28 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
     } else {
         shared.config.max_in_flight
     };
+    if !cursor.retries_loaded.swap(true, Ordering::AcqRel) {
+        // Retries pending before a restart go on with their schedule.
+        match broker.pending_retries(&subscriber).await {
+            Ok(pending) => {
+                let now = (Instant::now(), SystemTime::now());
+                for retry in pending {
+                    let wait = retry.due.duration_since(now.1).unwrap_or_default();
+                    if work.open.insert(retry.offset) {
+                        shared.pending.fetch_add(1, Ordering::AcqRel);
+                        work.retries.push(Reverse(Due {
+                            at: now.0 + wait,
+                            offset: retry.offset,
+                            attempts: retry.attempts,
+                        }));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(subscriber = subscriber.id(), error = %e, "reading pending retries failed");
+            }
+        }
+    }
     let mut in_flight = FuturesUnordered::new();
     loop {
         if !subscriber.is_active() {
@@ -434,6 +460,10 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
                             work.open.remove(&due.offset);
                             subscriber.record(Outcome::Dropped, 1);
                             shared.finished(1);
+                            if due.attempts > 0 {
+                                settle(&broker, &subscriber, vec![Settled::Forget(due.offset)])
+                                    .await;
+                            }
                         }
                     }
                     continue;
@@ -446,7 +476,13 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
                 break;
             }
             if let Some(message) = work.page.pop_front() {
-                work.open.insert(message.offset());
+                if !work.open.insert(message.offset()) {
+                    // Already under way: a retry kept from before a restart
+                    // (or in flight when a replay read it again).
+                    work.held.release(&message);
+                    shared.finished(1);
+                    continue;
+                }
                 in_flight.push(attempt(&subscriber, cursor, message, 0, &shared));
                 continue;
             }
@@ -685,6 +721,15 @@ fn finish(subscriber: &Subscriber, shared: &Shared, work: &mut Work, tried: Trie
                 offset: tried.offset,
                 attempts,
             }));
+            // A redelivered dead letter is below the cursor: a restart
+            // leaves it a dead letter, so its retries are not kept.
+            if !work.redriven.contains(&tried.offset) {
+                settled.push(Settled::Retry(PendingRetry {
+                    offset: tried.offset,
+                    attempts,
+                    due: SystemTime::now() + wait,
+                }));
+            }
             return settled;
         }
         Attempt::Failed { .. } => Outcome::Failed,
@@ -693,8 +738,12 @@ fn finish(subscriber: &Subscriber, shared: &Shared, work: &mut Work, tried: Trie
     let redriven = work.redriven.remove(&tried.offset);
     subscriber.record(outcome, 1);
     shared.finished(1);
+    if tried.attempts > 0 && !redriven {
+        // It had a retry kept: done with now.
+        settled.push(Settled::Forget(tried.offset));
+    }
     match (outcome, tried.result) {
-        (Outcome::Delivered, _) if redriven => settled.push(Settled::Forget(tried.offset)),
+        (Outcome::Delivered, _) if redriven => settled.push(Settled::Undead(tried.offset)),
         (Outcome::Failed, Attempt::Failed { status, error, .. }) => {
             subscriber.record(Outcome::DeadLettered, 1);
             // Written before a `Disable`, so a 410's message is kept.
@@ -720,6 +769,10 @@ enum Settled {
     /// Keep this dead letter.
     Dead(DeadLetter),
     /// A redriven dead letter at this offset was delivered.
+    Undead(u64),
+    /// Keep this pending retry (so that a restart goes on with it).
+    Retry(PendingRetry),
+    /// The delivery at this offset, which had a retry kept, is done with.
     Forget(u64),
     /// Disable the subscriber (`410 Gone`, or failing for too long).
     Disable,
@@ -730,7 +783,9 @@ async fn settle(broker: &Broker, subscriber: &Subscriber, settled: Vec<Settled>)
     for one in settled {
         let written = match one {
             Settled::Dead(dead) => broker.dead_letter(subscriber, &dead).await,
-            Settled::Forget(offset) => broker.forget_dead_letter(subscriber, offset).await,
+            Settled::Undead(offset) => broker.forget_dead_letter(subscriber, offset).await,
+            Settled::Retry(retry) => broker.keep_retry(subscriber, retry).await,
+            Settled::Forget(offset) => broker.forget_retry(subscriber, offset).await,
             Settled::Disable => broker
                 .set_enabled(subscriber.topic().as_str(), subscriber.id(), false)
                 .await

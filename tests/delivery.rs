@@ -975,3 +975,56 @@ async fn publishing_is_refused_while_deliveries_hold_the_whole_budget() {
     drop(held);
     assert_eq!(s.publish("t", &token, "text/plain", "m").await.status, 202);
 }
+
+/// The Standard Webhooks schedule followed for real, on tokio's paused
+/// clock: seven failures, eight attempts over about 27.6 hours of virtual
+/// time, each wait within its ±20 %, then delivered; a few real seconds.
+#[tokio::test(start_paused = true)]
+async fn the_standard_schedule_runs_for_a_day_on_a_paused_clock() {
+    const STANDARD: [u64; 7] = [5, 300, 1_800, 7_200, 18_000, 36_000, 36_000];
+    let s = server(DeliveryConfig {
+        // Only the schedule spaces the attempts here.
+        circuit_after: 0,
+        ..DeliveryConfig::default()
+    })
+    .await;
+    let mut flaky = Sink::start(Behaviour::script(&[(503, None); 7])).await;
+    let token = s.publisher("t", "p").await;
+    s.subscriber(
+        "t",
+        json!({"url": flaky.url("/"), "retry": {"schedule": ["5s", "5m", "30m", "2h", "5h", "10h", "10h"]}}),
+    )
+    .await;
+    let started = tokio::time::Instant::now();
+    s.publish("t", &token, "text/plain", "m").await;
+    // No real-time patience here: virtual time jumps to each retry. A
+    // missing attempt shows as the virtual deadline passing instead.
+    let attempts = tokio::time::timeout(Duration::from_secs(40 * 3600), async {
+        let mut at = Vec::new();
+        for _ in 0..8 {
+            at.push(flaky.received.recv().await.expect("the sink runs").at);
+        }
+        at
+    })
+    .await
+    .expect("eight attempts within 40 hours");
+    for (n, (pair, wait)) in attempts.windows(2).zip(STANDARD).enumerate() {
+        let gap = (pair[1] - pair[0]).as_secs_f64();
+        let wait = wait as f64;
+        assert!(
+            gap >= 0.8 * wait && gap <= 1.2 * wait + 1.0,
+            "wait {n}: {gap} s for a scheduled {wait} s"
+        );
+    }
+    let total = attempts[7] - started;
+    assert!(
+        total >= Duration::from_secs(22 * 3600) && total <= Duration::from_secs(34 * 3600),
+        "{total:?}"
+    );
+    let c = counters_of(&s, "t", &flaky.url("/")).await;
+    assert_eq!(
+        (c["delivered"].as_u64(), c["retried"].as_u64()),
+        (Some(1), Some(7)),
+        "{c}"
+    );
+}

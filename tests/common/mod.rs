@@ -265,7 +265,7 @@ pub struct Received {
     pub headers: HeaderMap,
     pub body: Bytes,
     /// When the sink received it.
-    pub at: std::time::Instant,
+    pub at: tokio::time::Instant,
 }
 
 /// What a sink does with a request once recorded.
@@ -397,7 +397,7 @@ impl Sink {
                             path: parts.uri.path().to_owned(),
                             headers: parts.headers,
                             body,
-                            at: std::time::Instant::now(),
+                            at: tokio::time::Instant::now(),
                         });
                         Ok::<_, Infallible>(respond(&behaviour).await)
                     }

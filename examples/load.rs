@@ -271,7 +271,13 @@ async fn main() {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(
         listener,
-        Api::new(broker.clone(), ApiConfig::default()),
+        Api::new(
+            broker.clone(),
+            ApiConfig {
+                pace: Some(notifier.clone()),
+                ..ApiConfig::default()
+            },
+        ),
         ServerConfig::default(),
         async {
             let _ = stopped.await;
@@ -352,8 +358,11 @@ async fn main() {
         total as f64 / expected.max(1) as f64
     );
     println!(
-        "broker counters: delivered={} failed={} dropped={}",
-        counts.delivered, counts.failed, counts.dropped
+        "broker counters: delivered={} failed={} dropped={}; publishes paced: {}",
+        counts.delivered,
+        counts.failed,
+        counts.dropped,
+        notifier.paced()
     );
     println!(
         "publish->receive latency ms: p50={:.3} p99={:.3} max={:.3} (n={})",

@@ -1028,3 +1028,50 @@ async fn the_standard_schedule_runs_for_a_day_on_a_paused_clock() {
         "{c}"
     );
 }
+
+/// What paces publishers counts only subscribers that are delivering: a
+/// hanging endpoint, however far behind, counts nothing; a slow one counts
+/// while it is behind (at most 1,024), and nothing once caught up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_subscribers_that_deliver_count_toward_the_pace() {
+    let s = Arc::new(
+        server(DeliveryConfig {
+            max_in_flight: 1,
+            ..DeliveryConfig::default()
+        })
+        .await,
+    );
+    let hanging = Sink::start(Behaviour::Hang).await;
+    let token = s.publisher("t", "p").await;
+    s.subscriber("t", json!({"url": hanging.url("/")})).await;
+    publish_numbered(&s, "t", &token, 2_000).await;
+    assert_eq!(s.notifier.backlog(), 0, "a hanging endpoint never counts");
+
+    let slow = Sink::start(Behaviour::Slow(Duration::from_millis(2))).await;
+    let token = s.publisher("u", "p").await;
+    s.subscriber("u", json!({"url": slow.url("/")})).await;
+    publish_numbered(&s, "u", &token, 2_000).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut most = 0;
+    while tokio::time::Instant::now() < deadline {
+        most = most.max(s.notifier.backlog());
+        let lag = s.get("/v1/topics/u").await.json()["subscribers"][0]["lag"]
+            .as_u64()
+            .unwrap();
+        if lag == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(most > 0 && most <= 1_024, "{most}");
+    // Caught up: the worker stops and counts nothing.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while s.notifier.backlog() != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}",
+            s.notifier.backlog()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -191,6 +191,9 @@ where
         .broker()
         .publish(topic, token, content_type, payload)
         .await?;
+    if let Some(notifier) = &api.config().pace {
+        notifier.pace().await;
+    }
     Ok(reply(
         StatusCode::ACCEPTED,
         &json::Published {

@@ -103,6 +103,10 @@ pub struct ApiConfig {
     /// After a secret rotation, how long deliveries are signed with the old
     /// secret too. Default 24 h.
     pub secret_overlap: std::time::Duration,
+    /// The webhook notifier whose [`pace`](WebhookNotifier::pace) a publish
+    /// waits for before it is answered (the message is in the log by
+    /// then). `None`, the default: publishes are never paced.
+    pub pace: Option<WebhookNotifier>,
 }
 
 impl ApiConfig {
@@ -117,6 +121,7 @@ impl ApiConfig {
             live: None,
             default_retry: None,
             secret_overlap: std::time::Duration::from_secs(24 * 3600),
+            pace: None,
         }
     }
 }

@@ -81,6 +81,17 @@ struct Args {
     #[arg(long, env = "BROKER_CIRCUIT_OPEN_FOR", default_value = "30s", value_parser = duration)]
     circuit_open_for: Duration,
 
+    /// Publishes are paced (answered later, never refused) while the
+    /// process uses 85 % of its cores and the subscribers that are
+    /// delivering are more than this many messages behind as a whole (each
+    /// counting at most 1,024); 0 never paces.
+    #[arg(long, env = "BROKER_PACE_AFTER", default_value_t = 4_096)]
+    pace_after: u64,
+
+    /// The longest a publish is paced.
+    #[arg(long, env = "BROKER_PACE_AT_MOST", default_value = "100ms", value_parser = duration)]
+    pace_at_most: Duration,
+
     /// Time for one whole delivery attempt.
     #[arg(long, env = "BROKER_REQUEST_TIMEOUT", default_value = "10s", value_parser = duration)]
     request_timeout: Duration,
@@ -367,6 +378,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         request_timeout: args.request_timeout,
         disable_after: args.disable_after,
         circuit_open_for: args.circuit_open_for,
+        pace_after: args.pace_after,
+        pace_at_most: args.pace_at_most,
         destination_policy: DestinationPolicy {
             deny_private: args.deny_private_destinations,
             loopback_only: args.loopback_only_destinations,
@@ -456,6 +469,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 }
             })),
             secret_overlap: args.secret_overlap,
+            pace: Some(notifier.clone()),
             ..ApiConfig::default()
         },
     );

@@ -6,6 +6,7 @@
 //! So a slow, hanging or dead endpoint only lags behind, and an idle
 //! subscriber costs no task.
 
+mod pace;
 mod policy;
 mod retry;
 pub mod signature;
@@ -79,6 +80,14 @@ pub struct DeliveryConfig {
     /// TLS settings for `https://` subscribers. Default (`None`): the
     /// webpki root certificates, TLS 1.2 and 1.3.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Publishes are paced (answered later, never refused) while the
+    /// process is out of CPU and the subscribers that are delivering are
+    /// behind by more than this many messages as a whole, each counting
+    /// at most 1,024: see [`WebhookNotifier::pace`]. 0 never paces.
+    /// Default 4,096.
+    pub pace_after: u64,
+    /// The longest a publish is paced. Default 100 ms.
+    pub pace_at_most: Duration,
 }
 
 impl Default for DeliveryConfig {
@@ -97,6 +106,8 @@ impl Default for DeliveryConfig {
             circuit_after: 5,
             circuit_open_for: Duration::from_secs(30),
             tls: None,
+            pace_after: 4_096,
+            pace_at_most: Duration::from_millis(100),
         }
     }
 }
@@ -144,6 +155,8 @@ pub(crate) struct Shared {
     /// doubles.
     hosts: Mutex<HashMap<String, Weak<Semaphore>>>,
     metrics: crate::metrics::DeliveryMetrics,
+    /// Publishers' pace: what workers report of their backlogs.
+    pace: Arc<pace::Pace>,
 }
 
 impl Shared {
@@ -206,6 +219,7 @@ impl WebhookNotifier {
             .build(connector);
         WebhookNotifier {
             shared: Arc::new(Shared {
+                pace: Arc::new(pace::Pace::new(config.pace_after, config.pace_at_most)),
                 client,
                 config,
                 pending: AtomicUsize::new(0),
@@ -232,6 +246,32 @@ impl WebhookNotifier {
     /// What subscribers lag behind in the log beyond that is not counted.
     pub fn pending(&self) -> usize {
         self.shared.pending.load(Ordering::Acquire)
+    }
+
+    /// Waits while publishers should be paced: the process is out of CPU
+    /// (it used 85 % of its cores over the last 100 ms) and the
+    /// subscribers that are delivering (one delivered within the last
+    /// second, circuit closed) are behind as a whole by more than
+    /// [`DeliveryConfig::pace_after`], each counting at most 1,024
+    /// messages; at most [`DeliveryConfig::pace_at_most`]. Publishing
+    /// faster than the broker can deliver only grows the log: this gives
+    /// the CPU back to the deliveries. A slow endpoint uses no CPU and one
+    /// subscriber alone never counts enough, so neither paces anyone.
+    /// Returns whether it waited. The HTTP API calls it after each publish
+    /// when [`ApiConfig::pace`](crate::ApiConfig::pace) is set.
+    pub async fn pace(&self) -> bool {
+        self.shared.pace.wait().await
+    }
+
+    /// Publishes paced so far.
+    pub fn paced(&self) -> u64 {
+        self.shared.pace.paced()
+    }
+
+    /// The backlog the pace goes by: the messages the subscribers that are
+    /// delivering are behind, each counting at most 1,024.
+    pub fn backlog(&self) -> u64 {
+        self.shared.pace.backlog()
     }
 
     /// Subscribers whose worker runs right now (catching up, delivering,

@@ -306,6 +306,12 @@ struct Work {
     committed_at: Instant,
     /// What `page` and the attempts in flight hold.
     held: Held,
+    /// Messages behind the log's end at the last read.
+    behind: u64,
+    /// When an attempt was last delivered.
+    delivered_at: Option<Instant>,
+    /// What this worker counts for in the publishers' pace.
+    paced: u64,
 }
 
 impl Work {
@@ -320,6 +326,25 @@ impl Work {
             cursor = cursor.min(m.offset());
         }
         cursor
+    }
+
+    /// Reports this worker's backlog to the publishers' pace: counted
+    /// (at most `PER_SUBSCRIBER`) only while it delivers, `0` otherwise.
+    fn pace(&mut self, shared: &Shared, stopping: bool) {
+        let delivering = !stopping
+            && self.health.open_until.is_none()
+            && self
+                .delivered_at
+                .is_some_and(|at| at.elapsed() < Duration::from_secs(1));
+        let counted = if delivering {
+            self.behind.min(super::pace::PER_SUBSCRIBER)
+        } else {
+            0
+        };
+        if counted != self.paced {
+            shared.pace.moved(self.paced, counted);
+            self.paced = counted;
+        }
     }
 
     /// Forgets what was read and not attempted.
@@ -366,6 +391,9 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
             memory: broker.memory().clone(),
             bytes: 0,
         },
+        behind: 0,
+        delivered_at: None,
+        paced: 0,
     };
     // An ordered subscriber gets one message at a time, and a failing one
     // holds back the rest until it is delivered or given up on.
@@ -503,6 +531,7 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
                 .await
             {
                 Ok(read) => {
+                    work.behind = read.next.saturating_sub(work.cursor());
                     if read.first > work.next {
                         // Retention passed the cursor: those are gone.
                         let lost = read.first - work.next;
@@ -530,11 +559,13 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
             }
         }
         commit(&broker, &subscriber, &mut work, false).await;
+        work.pace(&shared, false);
         if in_flight.is_empty() && work.retries.is_empty() && work.idle() {
             // Nothing left: commit (before another worker could start
             // from the cursor), then stop, unless woken meanwhile.
             commit(&broker, &subscriber, &mut work, true).await;
             *cursor.health.lock() = Some(work.health);
+            work.pace(&shared, true);
             let stop = {
                 let mut flags = cursor.flags.lock();
                 let woken = std::mem::take(&mut flags.woken);
@@ -574,6 +605,7 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
         }
     }
     *cursor.health.lock() = Some(work.health);
+    work.pace(&shared, true);
     cursor.flags.lock().running = false;
     shared.stopped();
 }
@@ -644,6 +676,7 @@ fn finish(subscriber: &Subscriber, shared: &Shared, work: &mut Work, tried: Trie
     let mut settled = Vec::new();
     match tried.result {
         Attempt::Delivered => {
+            work.delivered_at = Some(Instant::now());
             work.health.failing_since = None;
             work.health.failures = 0;
             work.health.open_until = None;

@@ -2,12 +2,17 @@
 //! resident memory (RSS, so allocator overhead included) while subscribers
 //! are registered.
 //!
-//! `cargo run --release --example memory -- [subscribers=100000]`
+//! `cargo run --release --example memory -- [subscribers=100000] [lagging]`
 //!
 //! Reports bytes per subscriber right after registration, and after one
-//! publish, once each subscriber's delivery state (queue, signing key,
+//! publish, once each subscriber's delivery state (cursor, signing key,
 //! host slot) exists and its worker has finished (the deliveries go to a
 //! closed port on 127.0.0.1 and fail at once).
+//!
+//! With `lagging`, the endpoint accepts connections and never answers, and
+//! 100 messages are published: every subscriber lags 100 behind, its
+//! worker running with a page read and (for the host's 256 slots) requests
+//! in flight; reports the bytes per lagging subscriber.
 
 use std::time::Duration;
 
@@ -27,9 +32,20 @@ async fn main() {
         .nth(1)
         .map(|a| a.parse().expect("a number of subscribers"))
         .unwrap_or(100_000);
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
+    let lagging = std::env::args().nth(2).as_deref() == Some("lagging");
+    let endpoint = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = endpoint.local_addr().unwrap().port();
+    if lagging {
+        // Accepts and holds every connection, never reading a byte.
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in endpoint.incoming().flatten() {
+                held.push(stream);
+            }
+        });
+    } else {
+        drop(endpoint);
+    }
 
     let notifier = WebhookNotifier::new(DeliveryConfig::default());
     let broker = Broker::new(notifier.clone());
@@ -59,6 +75,36 @@ async fn main() {
         registered as f64 / n as f64
     );
 
+    if lagging {
+        const MESSAGES: usize = 100;
+        for _ in 0..MESSAGES {
+            broker
+                .publish("mem", &token, None, vec![b'x'; 100].into())
+                .await
+                .unwrap();
+        }
+        // Every worker runs and has read its page (some are waiting for a
+        // host slot with it); measured before the first attempts time out
+        // (10 s), once the count stops growing.
+        let mut last = 0;
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let pending = notifier.pending();
+            if notifier.busy() == n && pending == last {
+                break;
+            }
+            last = pending;
+        }
+        let after = resident().saturating_sub(before);
+        println!(
+            "lagging {MESSAGES} behind: {} bytes in all, {:.0} bytes per subscriber ({} workers, {} messages read and pending)",
+            after,
+            after as f64 / n as f64,
+            notifier.busy(),
+            notifier.pending()
+        );
+        return;
+    }
     broker
         .publish("mem", &token, None, "x".into())
         .await

@@ -148,6 +148,7 @@ impl ShardedStats {
                 sum.refused += c.refused;
                 sum.retried += c.retried;
                 sum.dead_lettered += c.dead_lettered;
+                sum.dead_letters_evicted += c.dead_letters_evicted;
                 sum
             })
     }
@@ -900,7 +901,8 @@ impl Broker {
     }
 
     /// Keeps `subscriber`'s dead letter (a delivery given up on) in the
-    /// store.
+    /// store; the oldest ones the store drops to stay within its bound are
+    /// counted as [`Outcome::DeadLetterEvicted`](crate::Outcome).
     ///
     /// # Errors
     ///
@@ -910,10 +912,15 @@ impl Broker {
         subscriber: &Subscriber,
         dead: &DeadLetter,
     ) -> Result<(), Error> {
-        self.shared
+        let evicted = self
+            .shared
             .store
             .put_dead_letter(&subscriber.id, dead)
-            .await
+            .await?;
+        if evicted > 0 {
+            subscriber.record(crate::Outcome::DeadLetterEvicted, evicted);
+        }
+        Ok(())
     }
 
     /// Forgets `subscriber`'s dead letter at `offset` (redriven and
@@ -1590,7 +1597,7 @@ mod tests {
         async fn bounds(&self, topic: &TopicName) -> Result<(u64, u64), Error> {
             self.log.bounds(topic).await
         }
-        async fn put_dead_letter(&self, s: &str, dead: &DeadLetter) -> Result<(), Error> {
+        async fn put_dead_letter(&self, s: &str, dead: &DeadLetter) -> Result<u64, Error> {
             self.log.put_dead_letter(s, dead).await
         }
         async fn remove_dead_letter(&self, s: &str, offset: u64) -> Result<(), Error> {
@@ -1686,7 +1693,7 @@ mod tests {
         async fn bounds(&self, _: &TopicName) -> Result<(u64, u64), Error> {
             Err(Error::storage("disk full"))
         }
-        async fn put_dead_letter(&self, _: &str, _: &DeadLetter) -> Result<(), Error> {
+        async fn put_dead_letter(&self, _: &str, _: &DeadLetter) -> Result<u64, Error> {
             Err(Error::storage("disk full"))
         }
         async fn remove_dead_letter(&self, _: &str, _: u64) -> Result<(), Error> {

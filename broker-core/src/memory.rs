@@ -220,14 +220,16 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn put_dead_letter(&self, subscriber: &str, dead: &DeadLetter) -> Result<(), Error> {
+    async fn put_dead_letter(&self, subscriber: &str, dead: &DeadLetter) -> Result<u64, Error> {
         let mut all = self.dead.lock();
         let mine = all.entry(subscriber.to_owned()).or_default();
         mine.insert(dead.offset, dead.clone());
+        let mut evicted = 0;
         while mine.len() > MAX_DEAD_LETTERS {
             mine.pop_first();
+            evicted += 1;
         }
-        Ok(())
+        Ok(evicted)
     }
 
     async fn remove_dead_letter(&self, subscriber: &str, offset: u64) -> Result<(), Error> {
@@ -443,6 +445,28 @@ mod tests {
             drop(in_flight);
             drop(store);
             assert_eq!(budget.used(), 0, "a dropped store gives its bytes back");
+        });
+    }
+
+    #[test]
+    fn dead_letters_are_bounded_and_evictions_told() {
+        block_on(async {
+            let store = MemoryStore::default();
+            let dead = |offset: u64| DeadLetter {
+                message_id: format!("msg_{offset}"),
+                offset,
+                attempts: 1,
+                last_status: Some(500),
+                last_error: "the endpoint answered with an error status".into(),
+                failed_at: SystemTime::UNIX_EPOCH,
+            };
+            let mut evicted = 0;
+            for offset in 0..MAX_DEAD_LETTERS as u64 + 2 {
+                evicted += store.put_dead_letter("s", &dead(offset)).await.unwrap();
+            }
+            assert_eq!(evicted, 2);
+            let kept = store.dead_letters("s", 1).await.unwrap();
+            assert_eq!(kept[0].offset, 2, "the oldest went first");
         });
     }
 

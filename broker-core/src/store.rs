@@ -224,8 +224,9 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// Keeps a subscriber's dead letter (replacing one at the same offset),
-    /// durably.
-    async fn put_dead_letter(&self, subscriber: &str, dead: &DeadLetter) -> Result<(), Error>;
+    /// durably, and returns how many of its oldest dead letters went to
+    /// keep the list within [`MAX_DEAD_LETTERS`](crate::MAX_DEAD_LETTERS).
+    async fn put_dead_letter(&self, subscriber: &str, dead: &DeadLetter) -> Result<u64, Error>;
 
     /// Forgets a subscriber's dead letter at `offset` (redriven and
     /// delivered).
@@ -297,7 +298,7 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     async fn save_cursor(&self, subscriber: &str, cursor: u64) -> Result<(), Error> {
         (**self).save_cursor(subscriber, cursor).await
     }
-    async fn put_dead_letter(&self, subscriber: &str, dead: &DeadLetter) -> Result<(), Error> {
+    async fn put_dead_letter(&self, subscriber: &str, dead: &DeadLetter) -> Result<u64, Error> {
         (**self).put_dead_letter(subscriber, dead).await
     }
     async fn remove_dead_letter(&self, subscriber: &str, offset: u64) -> Result<(), Error> {
@@ -350,7 +351,7 @@ impl<S: Store + ?Sized> Store for Box<S> {
     async fn save_cursor(&self, subscriber: &str, cursor: u64) -> Result<(), Error> {
         (**self).save_cursor(subscriber, cursor).await
     }
-    async fn put_dead_letter(&self, subscriber: &str, dead: &DeadLetter) -> Result<(), Error> {
+    async fn put_dead_letter(&self, subscriber: &str, dead: &DeadLetter) -> Result<u64, Error> {
         (**self).put_dead_letter(subscriber, dead).await
     }
     async fn remove_dead_letter(&self, subscriber: &str, offset: u64) -> Result<(), Error> {

@@ -213,6 +213,7 @@ pub struct DeliveryStats {
     refused: AtomicU64,
     retried: AtomicU64,
     dead_lettered: AtomicU64,
+    dead_letters_evicted: AtomicU64,
 }
 
 /// A point-in-time copy of [`DeliveryStats`].
@@ -234,6 +235,9 @@ pub struct DeliveryCounts {
     /// Deliveries given up on that went to the dead letters (each is also
     /// counted in `failed`).
     pub dead_lettered: u64,
+    /// Dead letters dropped to keep a subscriber's list within its bound
+    /// (10,000, the oldest first).
+    pub dead_letters_evicted: u64,
 }
 
 /// What became of deliveries, for [`Subscriber::record`].
@@ -251,6 +255,8 @@ pub enum Outcome {
     Retried,
     /// Given up on and kept in the dead letters.
     DeadLettered,
+    /// An old dead letter dropped to keep the list within its bound.
+    DeadLetterEvicted,
 }
 
 impl DeliveryStats {
@@ -263,6 +269,7 @@ impl DeliveryStats {
             Outcome::Refused => &self.refused,
             Outcome::Retried => &self.retried,
             Outcome::DeadLettered => &self.dead_lettered,
+            Outcome::DeadLetterEvicted => &self.dead_letters_evicted,
         };
         counter.fetch_add(n, Ordering::Relaxed);
     }
@@ -276,6 +283,7 @@ impl DeliveryStats {
             refused: self.refused.load(Ordering::Relaxed),
             retried: self.retried.load(Ordering::Relaxed),
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            dead_letters_evicted: self.dead_letters_evicted.load(Ordering::Relaxed),
         }
     }
 }

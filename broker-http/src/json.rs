@@ -318,6 +318,7 @@ pub(crate) struct DeliveryCounters {
     pub(crate) refused: u64,
     pub(crate) retried: u64,
     pub(crate) dead_lettered: u64,
+    pub(crate) dead_letters_evicted: u64,
 }
 
 impl From<broker_core::DeliveryCounts> for DeliveryCounters {
@@ -329,6 +330,7 @@ impl From<broker_core::DeliveryCounts> for DeliveryCounters {
             refused: c.refused,
             retried: c.retried,
             dead_lettered: c.dead_lettered,
+            dead_letters_evicted: c.dead_letters_evicted,
         }
     }
 }

@@ -267,7 +267,8 @@ impl Collector for State {
         let mut deliveries = encoder.encode_descriptor(
             "deliveries",
             "Delivery outcomes, by topic: delivered, failed, dropped (queue full, deregistered), \
-             refused (destination policy), retried (extra attempts), dead_lettered (given up on, kept)",
+             refused (destination policy), retried (extra attempts), dead_lettered (given up on, kept), \
+             dead_letter_evicted (an old dead letter dropped to keep the list bounded)",
             None,
             MetricType::Counter,
         )?;
@@ -280,6 +281,7 @@ impl Collector for State {
                 ("refused", d.refused),
                 ("retried", d.retried),
                 ("dead_lettered", d.dead_lettered),
+                ("dead_letter_evicted", d.dead_letters_evicted),
             ] {
                 let labels = [("topic", t.name.as_str()), ("outcome", outcome)];
                 ConstCounter::new(value).encode(deliveries.encode_family(&labels)?)?;

@@ -473,7 +473,7 @@ impl Store for DiskStore {
         &self,
         subscriber: &str,
         dead: &broker_core::DeadLetter,
-    ) -> Result<(), broker_core::Error> {
+    ) -> Result<u64, broker_core::Error> {
         let (shared, subscriber, dead) = (self.shared.clone(), subscriber.to_owned(), dead.clone());
         blocking(move || {
             shared
@@ -748,6 +748,58 @@ mod tests {
         store.save(Change::Remove { id: "sub_1" }).await.unwrap();
         assert!(store.dead_letters("sub_1", 100).await.unwrap().is_empty());
         assert_eq!(store.dead_letters("sub_10", 100).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn dead_letters_are_bounded_per_subscriber_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let dead = |offset: u64| broker_core::DeadLetter {
+            message_id: format!("msg_{offset}"),
+            offset,
+            attempts: 1,
+            last_status: None,
+            last_error: "no answer within the request timeout".into(),
+            failed_at: std::time::UNIX_EPOCH,
+        };
+        let offsets =
+            |v: Vec<broker_core::DeadLetter>| v.iter().map(|d| d.offset).collect::<Vec<_>>();
+        {
+            let store = DiskStore::open(dir.path(), Options::default()).unwrap();
+            store
+                .shared
+                .registry
+                .max_dead_letters
+                .store(3, std::sync::atomic::Ordering::Relaxed);
+            let mut evicted = Vec::new();
+            for offset in 0..5 {
+                evicted.push(store.put_dead_letter("sub_1", &dead(offset)).await.unwrap());
+            }
+            assert_eq!(evicted, [0, 0, 0, 1, 1]);
+            assert_eq!(
+                offsets(store.dead_letters("sub_1", 10).await.unwrap()),
+                [2, 3, 4]
+            );
+            // Replacing one is no new one; a removed one makes room.
+            assert_eq!(store.put_dead_letter("sub_1", &dead(3)).await.unwrap(), 0);
+            store.remove_dead_letter("sub_1", 2).await.unwrap();
+            assert_eq!(store.put_dead_letter("sub_1", &dead(7)).await.unwrap(), 0);
+            assert_eq!(
+                offsets(store.dead_letters("sub_1", 10).await.unwrap()),
+                [3, 4, 7]
+            );
+        }
+        // Reopened, the count is taken from the table again.
+        let store = DiskStore::open(dir.path(), Options::default()).unwrap();
+        store
+            .shared
+            .registry
+            .max_dead_letters
+            .store(3, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(store.put_dead_letter("sub_1", &dead(9)).await.unwrap(), 1);
+        assert_eq!(
+            offsets(store.dead_letters("sub_1", 10).await.unwrap()),
+            [4, 7, 9]
+        );
     }
 
     #[tokio::test]

@@ -48,6 +48,12 @@ struct StoredDeadLetter {
 
 pub(crate) struct Registry {
     db: Database,
+    /// How many dead letters each subscriber has, counted from the table
+    /// on first use; kept as they come and go.
+    dead_counts: parking_lot::Mutex<std::collections::HashMap<String, usize>>,
+    /// Dead letters kept per subscriber, the oldest dropped first
+    /// ([`broker_core::MAX_DEAD_LETTERS`]; lower in tests).
+    pub(crate) max_dead_letters: std::sync::atomic::AtomicUsize,
 }
 
 /// A record as stored: the shape of [`Record`], with serde.
@@ -110,7 +116,11 @@ impl Registry {
         tx.open_table(DEAD_LETTERS).map_err(|e| err(e.into()))?;
         tx.open_table(RETRIES).map_err(|e| err(e.into()))?;
         tx.commit().map_err(|e| err(e.into()))?;
-        Ok(Registry { db })
+        Ok(Registry {
+            db,
+            dead_counts: Default::default(),
+            max_dead_letters: broker_core::MAX_DEAD_LETTERS.into(),
+        })
     }
 
     pub(crate) fn load(&self, path: &Path) -> Result<Vec<Record>, StoreError> {
@@ -291,12 +301,16 @@ impl Registry {
         Ok(out)
     }
 
+    /// Keeps a dead letter; returns how many of the subscriber's oldest
+    /// went to stay within `max_dead_letters`. Writers of dead letters are
+    /// one subscriber's worker at a time, so the count needs no more than
+    /// its lock around the transaction.
     pub(crate) fn put_dead_letter(
         &self,
         path: &Path,
         subscriber: &str,
         dead: &DeadLetter,
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
         let err = db_error(path);
         let stored = StoredDeadLetter {
             message_id: dead.message_id.clone(),
@@ -310,14 +324,49 @@ impl Registry {
                 .map_or(0, |d| d.as_millis() as u64),
         };
         let bytes = serde_json::to_vec(&stored).expect("plain data serializes");
+        let max = self
+            .max_dead_letters
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .max(1);
+        // Held across the transaction: the count and the table agree.
+        let mut counts = self.dead_counts.lock();
         let tx = self.db.begin_write().map_err(|e| err(e.into()))?;
-        {
+        let (from, to) = dead_range(subscriber);
+        let mut evicted = 0;
+        let count = {
             let mut table = tx.open_table(DEAD_LETTERS).map_err(|e| err(e.into()))?;
-            table
+            let mut count = match counts.get(subscriber) {
+                Some(&n) => n,
+                None => table
+                    .range(from.as_str()..to.as_str())
+                    .map_err(|e| err(e.into()))?
+                    .count(),
+            };
+            let replaced = table
                 .insert(dead_key(subscriber, dead.offset).as_str(), bytes.as_slice())
-                .map_err(|e| err(e.into()))?;
-        }
-        tx.commit().map_err(|e| err(e.into()))
+                .map_err(|e| err(e.into()))?
+                .is_some();
+            if !replaced {
+                count += 1;
+            }
+            while count > max {
+                let oldest = table
+                    .range(from.as_str()..to.as_str())
+                    .map_err(|e| err(e.into()))?
+                    .next()
+                    .transpose()
+                    .map_err(|e| err(e.into()))?
+                    .map(|(key, _)| key.value().to_owned());
+                let Some(oldest) = oldest else { break };
+                table.remove(oldest.as_str()).map_err(|e| err(e.into()))?;
+                count -= 1;
+                evicted += 1;
+            }
+            count
+        };
+        tx.commit().map_err(|e| err(e.into()))?;
+        counts.insert(subscriber.to_owned(), count);
+        Ok(evicted)
     }
 
     pub(crate) fn remove_dead_letter(
@@ -327,14 +376,23 @@ impl Registry {
         offset: u64,
     ) -> Result<(), StoreError> {
         let err = db_error(path);
+        let mut counts = self.dead_counts.lock();
         let tx = self.db.begin_write().map_err(|e| err(e.into()))?;
-        {
+        let removed = {
             let mut table = tx.open_table(DEAD_LETTERS).map_err(|e| err(e.into()))?;
-            table
+            let removed = table
                 .remove(dead_key(subscriber, offset).as_str())
-                .map_err(|e| err(e.into()))?;
+                .map_err(|e| err(e.into()))?
+                .is_some();
+            removed
+        };
+        tx.commit().map_err(|e| err(e.into()))?;
+        if removed {
+            if let Some(n) = counts.get_mut(subscriber) {
+                *n = n.saturating_sub(1);
+            }
         }
-        tx.commit().map_err(|e| err(e.into()))
+        Ok(())
     }
 
     pub(crate) fn dead_letters(
@@ -397,7 +455,13 @@ impl Registry {
                     .map_err(|e| err(e.into()))?;
             }
         }
-        tx.commit().map_err(|e| err(e.into()))
+        tx.commit().map_err(|e| err(e.into()))?;
+        // After the commit, never inside a transaction: `put_dead_letter`
+        // takes this lock before it opens one.
+        if let Some(id) = removed_id {
+            self.dead_counts.lock().remove(id);
+        }
+        Ok(())
     }
 }
 

@@ -74,6 +74,28 @@ pub enum Error {
 }
 
 impl Error {
+    /// The machine-readable code of this error, the same in every adapter
+    /// (the HTTP API's JSON `code`, the TCP protocol's `ERR <code>`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::InvalidTopic { .. } => "invalid_topic",
+            Error::InvalidPublisherName { .. } => "invalid_publisher_name",
+            Error::InvalidListenerName { .. } => "invalid_listener_name",
+            Error::InvalidEndpoint { .. } => "invalid_endpoint",
+            Error::TopicNotFound => "topic_not_found",
+            Error::PublisherNotFound => "publisher_not_found",
+            Error::SubscriberNotFound => "subscriber_not_found",
+            Error::ListenerNotFound => "listener_not_found",
+            Error::Unauthorized => "unauthorized",
+            Error::Forbidden => "forbidden",
+            Error::SubscriberConflict { .. } => "subscriber_conflict",
+            Error::LimitExceeded { .. } => "limit_exceeded",
+            Error::Closed => "shutting_down",
+            Error::Storage { .. } => "storage_unavailable",
+            Error::Overloaded { .. } => "overloaded",
+        }
+    }
+
     /// An [`Error::Storage`] from anything displayable.
     pub fn storage(reason: impl fmt::Display) -> Self {
         Error::Storage {

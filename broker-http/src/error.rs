@@ -92,26 +92,8 @@ impl ApiError {
 
     /// The machine-readable `code` of the error body.
     pub fn code(&self) -> &'static str {
-        use broker_core::Error as E;
         match self {
-            ApiError::Broker(e) => match e {
-                E::InvalidTopic { .. } => "invalid_topic",
-                E::InvalidPublisherName { .. } => "invalid_publisher_name",
-                E::InvalidListenerName { .. } => "invalid_listener_name",
-                E::InvalidEndpoint { .. } => "invalid_endpoint",
-                E::TopicNotFound => "topic_not_found",
-                E::PublisherNotFound => "publisher_not_found",
-                E::SubscriberNotFound => "subscriber_not_found",
-                E::ListenerNotFound => "listener_not_found",
-                E::Unauthorized => "unauthorized",
-                E::Forbidden => "forbidden",
-                E::SubscriberConflict { .. } => "subscriber_conflict",
-                E::LimitExceeded { .. } => "limit_exceeded",
-                E::Closed => "shutting_down",
-                E::Storage { .. } => "storage_unavailable",
-                E::Overloaded { .. } => "overloaded",
-                _ => "internal",
-            },
+            ApiError::Broker(e) => e.code(),
             ApiError::InvalidJson(_) => "invalid_json",
             ApiError::BadBody => "bad_body",
             ApiError::UnsupportedMediaType => "unsupported_media_type",

@@ -451,7 +451,8 @@ async fn routing_errors() {
         ("PUT", "/v1/topics/t", "GET"),
         ("GET", "/v1/topics/t/publishers", "POST"),
         ("GET", "/v1/topics/t/subscribers", "POST"),
-        ("GET", "/v1/topics/t/messages", "POST"),
+        ("PUT", "/v1/topics/t/messages", "GET, POST"),
+        ("GET", "/v1/topics/t/messages/batch", "POST"),
         ("POST", "/v1/topics/t/publishers/p", "DELETE"),
         ("PATCH", "/v1/topics/t/subscribers/s", "DELETE"),
     ] {

@@ -146,7 +146,8 @@ async fn the_openapi_document_is_served_and_covers_every_route() {
             "/v1/topics/{topic}/subscribers/{id}/rotate-secret",
             &["post"],
         ),
-        ("/v1/topics/{topic}/messages", &["post"]),
+        ("/v1/topics/{topic}/messages", &["get", "post"]),
+        ("/v1/topics/{topic}/messages/batch", &["post"]),
         ("/v1/topics/{topic}/listeners", &["post"]),
         ("/v1/topics/{topic}/listeners/{id}", &["delete"]),
         ("/v1/topics/{topic}/events", &["get"]),
@@ -166,5 +167,5 @@ async fn the_openapi_document_is_served_and_covers_every_route() {
             assert_ne!(r.json()["error"]["code"], "not_found", "{path}");
         }
     }
-    assert_eq!(paths.len(), 20, "a documented path the test does not know");
+    assert_eq!(paths.len(), 21, "a documented path the test does not know");
 }

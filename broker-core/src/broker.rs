@@ -19,9 +19,9 @@ use crate::{
         Change, CredentialRecord, DeadLetter, NewMessage, PendingRetry, Read, Record,
         SubscriberRecord,
     },
-    Credential, DeliveryCounts, DeliveryStats, Endpoint, Error, Limits, Listener, MemoryBudget,
-    MemoryStore, Notifier, Publish, Publisher, Receipt, Replay, ReplayFrom, Role, Store,
-    Subscriber, TopicName,
+    BatchReceipt, Credential, DeliveryCounts, DeliveryStats, Endpoint, Error, Limits, Listener,
+    MemoryBudget, MemoryStore, Notifier, Publish, Publisher, Receipt, Replay, ReplayFrom, Role,
+    Store, Subscriber, TopicName,
 };
 
 /// The in-memory broker. Cheap to clone: every clone is a handle to the same
@@ -107,6 +107,10 @@ pub(crate) struct TopicStats {
     /// Outcomes of all deliveries on the topic, including those of
     /// subscribers since deregistered.
     pub(crate) deliveries: ShardedStats,
+    /// Wakes fetches waiting for the next message ([`Broker::fetch`]).
+    appended: tokio::sync::Notify,
+    /// Fetches waiting: a publish only wakes them when there are some.
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 /// Counters written from every thread that delivers for a topic: split into
@@ -771,6 +775,35 @@ impl Broker {
         content_type: Option<HeaderValue>,
         payload: Bytes,
     ) -> Result<Receipt, Error> {
+        let batch = self
+            .publish_batch(topic, token, vec![(content_type, payload)])
+            .await?;
+        let (id, offset) = batch
+            .messages
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::storage("the store numbered no message"))?;
+        Ok(Receipt {
+            id,
+            offset,
+            subscribers: batch.subscribers,
+        })
+    }
+
+    /// Publishes several messages on `topic` at once, all or nothing: they
+    /// get consecutive offsets, in order, in one append to the log; then
+    /// each is handed to the notifier like a single publish.
+    ///
+    /// # Errors
+    ///
+    /// As [`Broker::publish`]. An empty batch publishes nothing and is not
+    /// an error.
+    pub async fn publish_batch(
+        &self,
+        topic: &str,
+        token: &str,
+        messages: Vec<(Option<HeaderValue>, Bytes)>,
+    ) -> Result<BatchReceipt, Error> {
         crate::topic::validate(topic)?;
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
@@ -794,35 +827,101 @@ impl Broker {
             (t.name.clone(), t.subscribers.clone(), t.stats.clone())
             // The guard drops here, before the store and the notifier run.
         };
-        let new = NewMessage {
-            content_type,
-            payload,
-            published_at: SystemTime::now(),
+        if messages.is_empty() {
+            return Ok(BatchReceipt {
+                messages: Vec::new(),
+                subscribers: subscribers.len(),
+            });
+        }
+        let now = SystemTime::now();
+        let new = messages
+            .into_iter()
+            .map(|(content_type, payload)| NewMessage {
+                content_type,
+                payload,
+                published_at: now,
+            })
+            .collect();
+        let appended = self.shared.store.append(&topic, new).await?;
+        let Some(last) = appended.last() else {
+            return Err(Error::storage("the store numbered no message"));
         };
-        let message = self
-            .shared
-            .store
-            .append(&topic, vec![new])
-            .await?
-            .pop()
-            .ok_or_else(|| Error::storage("the store numbered no message"))?;
-        stats.published.fetch_add(1, Ordering::Relaxed);
         stats
-            .log_end
-            .fetch_max(message.offset + 1, Ordering::AcqRel);
-        let receipt = Receipt {
-            id: message.id.clone(),
-            offset: message.offset,
+            .published
+            .fetch_add(appended.len() as u64, Ordering::Relaxed);
+        stats.log_end.fetch_max(last.offset + 1, Ordering::AcqRel);
+        if stats.waiting.load(Ordering::Acquire) > 0 {
+            stats.appended.notify_waiters();
+        }
+        let receipt = BatchReceipt {
+            messages: appended.iter().map(|m| (m.id.clone(), m.offset)).collect(),
             subscribers: subscribers.len(),
         };
-        self.shared
-            .notifier
-            .notify(Publish {
-                message,
-                subscribers,
-            })
-            .await;
+        for message in appended {
+            self.shared
+                .notifier
+                .notify(Publish {
+                    message,
+                    subscribers: subscribers.clone(),
+                })
+                .await;
+        }
         Ok(receipt)
+    }
+
+    /// Up to `limit` messages of `topic` from `offset` on (from the oldest
+    /// retained one when `offset` is older: [`Read::first`] shows the
+    /// gap), at most `max_bytes` of payload (at least one message). When
+    /// there is nothing at `offset` yet, waits up to `wait` for a publish
+    /// and answers as soon as one lands.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidTopic`], [`Error::TopicNotFound`], or
+    /// [`Error::Storage`].
+    pub async fn fetch(
+        &self,
+        topic: &str,
+        offset: u64,
+        limit: usize,
+        max_bytes: usize,
+        wait: std::time::Duration,
+    ) -> Result<Read, Error> {
+        crate::topic::validate(topic)?;
+        let (name, stats) = {
+            let registry = self.shared.registry.read();
+            let t = registry.topics.get(topic).ok_or(Error::TopicNotFound)?;
+            (t.name.clone(), t.stats.clone())
+        };
+        let read = self
+            .shared
+            .store
+            .read(&name, offset, limit, max_bytes)
+            .await?;
+        if !read.messages.is_empty() || wait.is_zero() {
+            return Ok(read);
+        }
+        // Nothing there yet: wait for a publish past `offset`.
+        let deadline = tokio::time::Instant::now() + wait;
+        let want = offset.max(read.next);
+        stats.waiting.fetch_add(1, Ordering::AcqRel);
+        let arrived = async {
+            loop {
+                let appended = stats.appended.notified();
+                tokio::pin!(appended);
+                appended.as_mut().enable();
+                if stats.log_end.load(Ordering::Acquire) > want {
+                    return;
+                }
+                appended.await;
+            }
+        };
+        let _ = tokio::time::timeout_at(deadline, arrived).await;
+        stats.waiting.fetch_sub(1, Ordering::AcqRel);
+        self.shared
+            .store
+            .read(&name, offset, limit, max_bytes)
+            .await
     }
 
     /// The memory budget the broker's messages are held within: the
@@ -1058,6 +1157,14 @@ impl Broker {
     /// Whether [`Broker::close`] was called.
     pub fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// How many topics and subscribers are registered (one pass over the
+    /// topics under the registry's read lock, nothing cloned).
+    pub fn census(&self) -> (usize, usize) {
+        let registry = self.shared.registry.read();
+        let subscribers = registry.topics.values().map(|t| t.subscribers.len()).sum();
+        (registry.topics.len(), subscribers)
     }
 
     /// All topics, ordered by name.

@@ -83,7 +83,7 @@ pub use endpoint::Endpoint;
 pub use error::Error;
 pub use limits::Limits;
 pub use memory::{MemoryStore, Retention, MAX_DEAD_LETTERS};
-pub use message::{Message, Publish, Receipt, Subscribers};
+pub use message::{BatchReceipt, Message, Publish, Receipt, Subscribers};
 pub use notifier::Notifier;
 pub use replay::{Replay, ReplayFrom};
 pub use retry::{format_duration, parse_duration, Retry, MAX_SCHEDULE, MAX_WAIT};

@@ -109,3 +109,13 @@ pub struct Receipt {
     /// How many subscribers it goes to.
     pub subscribers: usize,
 }
+
+/// What a batch publish answers: each message's id and offset, in order,
+/// and how many subscribers each goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchReceipt {
+    /// `(id, offset)` of each message, offsets consecutive.
+    pub messages: Vec<(String, u64)>,
+    /// How many subscribers each goes to.
+    pub subscribers: usize,
+}

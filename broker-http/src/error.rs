@@ -45,7 +45,7 @@ pub enum ApiError {
     /// A query parameter is malformed.
     InvalidQuery(&'static str),
     /// A JSON body that parsed but asks for something impossible.
-    InvalidRequest(&'static str),
+    InvalidRequest(std::borrow::Cow<'static, str>),
     /// No route has this path.
     NotFound,
     /// The route exists, but not with this method; the `Allow` value.

@@ -20,9 +20,19 @@ fn created_or_ok(created: bool) -> StatusCode {
     }
 }
 
-/// `GET /healthz`
-pub(crate) fn health() -> Response<ResponseBody> {
-    reply(StatusCode::OK, &json::Health { status: "ok" })
+/// `GET /healthz`: alive, for how long, and with how many topics and
+/// subscribers.
+pub(crate) fn health(api: &Api) -> Response<ResponseBody> {
+    let (topics, subscribers) = api.broker().census();
+    reply(
+        StatusCode::OK,
+        &json::Health {
+            status: "ok",
+            uptime_seconds: api.uptime().as_secs(),
+            topics,
+            subscribers,
+        },
+    )
 }
 
 /// The OpenAPI 3.1 document of the API, `docs/openapi.json` in the repo.
@@ -52,10 +62,10 @@ pub(crate) fn ready(api: &Api) -> Response<ResponseBody> {
     if api.broker().is_closed() {
         reply(
             StatusCode::SERVICE_UNAVAILABLE,
-            &json::Health { status: "draining" },
+            &json::Ready { status: "draining" },
         )
     } else {
-        reply(StatusCode::OK, &json::Health { status: "ready" })
+        reply(StatusCode::OK, &json::Ready { status: "ready" })
     }
 }
 
@@ -203,6 +213,169 @@ where
         },
     ))
 }
+
+/// `GET /v1/topics/{topic}/messages?offset=N&limit=M&wait=D`: reads the
+/// log by offset, long-polling up to `wait` when nothing is there yet. A
+/// listener token of the topic or the admin token, in `Authorization:
+/// Bearer` or `?access_token=`.
+pub(crate) async fn fetch(api: &Api, topic: &str, parts: &http::request::Parts) -> Reply {
+    broker_core::TopicName::validate(topic)?;
+    let mut offset = 0;
+    let mut limit = 100;
+    let mut wait = std::time::Duration::ZERO;
+    let mut token = bearer(&parts.headers);
+    for pair in parts
+        .uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "offset" => {
+                offset = value
+                    .parse()
+                    .map_err(|_| ApiError::InvalidQuery("offset must be a whole number"))?;
+            }
+            "limit" => {
+                limit = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=1_000).contains(n))
+                    .ok_or(ApiError::InvalidQuery(
+                        "limit must be a whole number from 1 to 1000",
+                    ))?;
+            }
+            "wait" => {
+                wait = broker_core::parse_duration(value)
+                    .ok()
+                    .filter(|d| *d <= MAX_WAIT)
+                    .ok_or(ApiError::InvalidQuery(
+                        "wait must be a duration of at most 30s, e.g. 5s or 500ms",
+                    ))?;
+            }
+            "access_token" if token.is_none() && !value.is_empty() => token = Some(value),
+            _ => {}
+        }
+    }
+    let token = token.ok_or(ApiError::ListenerUnauthorized)?;
+    if !api.is_admin(token) {
+        match api.broker().authorize_listener(topic, token) {
+            Ok(()) => {}
+            Err(broker_core::Error::Unauthorized) => return Err(ApiError::ListenerUnauthorized),
+            Err(broker_core::Error::Forbidden) => return Err(ApiError::ListenerForbidden),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let max_bytes = api.broker().limits().replay_bytes;
+    let read = api
+        .broker()
+        .fetch(topic, offset, limit, max_bytes, wait)
+        .await?;
+    let next_offset = read.messages.last().map_or(read.next, |m| m.offset() + 1);
+    Ok(reply(
+        StatusCode::OK,
+        &json::Fetched {
+            messages: read
+                .messages
+                .iter()
+                .map(|m| json::FetchedMessage::of(m))
+                .collect(),
+            next_offset,
+            first_offset: read.first,
+        },
+    ))
+}
+
+/// The longest a fetch waits for a message.
+const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `POST /v1/topics/{topic}/messages/batch`: all or nothing.
+pub(crate) async fn publish_batch<B>(api: &Api, topic: &str, h: &HeaderMap, body: B) -> Reply
+where
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use base64::Engine as _;
+    let token = bearer(h).ok_or(broker_core::Error::Unauthorized)?;
+    broker_core::TopicName::validate(topic)?;
+    json::require_json(h)?;
+    let bytes = json::read_body(
+        h,
+        body,
+        api.config().max_body_bytes,
+        api.config().body_timeout,
+    )
+    .await?;
+    let request: json::BatchRequest<'_> =
+        serde_json::from_slice(&bytes).map_err(ApiError::InvalidJson)?;
+    if request.messages.is_empty() || request.messages.len() > MAX_BATCH {
+        return Err(ApiError::InvalidRequest(
+            format!(
+                "messages must hold 1 to {MAX_BATCH} items, not {}",
+                request.messages.len()
+            )
+            .into(),
+        ));
+    }
+    let json_type = http::HeaderValue::from_static("application/json");
+    let mut messages = Vec::with_capacity(request.messages.len());
+    for (index, raw) in request.messages.iter().enumerate() {
+        let bad =
+            |why: String| ApiError::InvalidRequest(format!("messages[{index}]: {why}").into());
+        let item: json::BatchItem<'_> =
+            serde_json::from_str(raw.get()).map_err(|e| bad(e.to_string()))?;
+        let message = match (item.payload, item.data) {
+            (Some(payload), None) => {
+                if item.content_type.is_some() {
+                    return Err(bad(
+                        "a JSON payload is application/json; content_type goes with data".into(),
+                    ));
+                }
+                (
+                    Some(json_type.clone()),
+                    Bytes::copy_from_slice(payload.get().as_bytes()),
+                )
+            }
+            (None, Some(data)) => {
+                let payload = base64::engine::general_purpose::STANDARD
+                    .decode(data.as_bytes())
+                    .map_err(|e| bad(format!("data is not base64: {e}")))?;
+                let content_type = item
+                    .content_type
+                    .map(|ct| http::HeaderValue::from_str(&ct))
+                    .transpose()
+                    .map_err(|_| bad("content_type is not a valid header value".into()))?;
+                (content_type, Bytes::from(payload))
+            }
+            _ => return Err(bad("give either payload (JSON) or data (base64)".into())),
+        };
+        messages.push(message);
+    }
+    drop(request);
+    let receipt = api.broker().publish_batch(topic, token, messages).await?;
+    if let Some(notifier) = &api.config().pace {
+        notifier.pace().await;
+    }
+    Ok(reply(
+        StatusCode::ACCEPTED,
+        &json::BatchPublished {
+            messages: receipt
+                .messages
+                .iter()
+                .map(|(id, offset)| json::BatchPublishedItem {
+                    id,
+                    offset: *offset,
+                })
+                .collect(),
+            subscribers: receipt.subscribers,
+        },
+    ))
+}
+
+/// Messages in one batch publish at most.
+const MAX_BATCH: usize = 1_000;
 
 /// `GET /v1/topics`
 pub(crate) fn list_topics(api: &Api) -> Response<ResponseBody> {
@@ -359,13 +532,13 @@ where
         (Some(offset), None) => offset,
         (None, Some(since)) => {
             let since = crate::time::parse_rfc3339(since).ok_or(ApiError::InvalidRequest(
-                "since must be an RFC 3339 time, like 2026-11-23T12:00:00Z",
+                "since must be an RFC 3339 time, like 2026-11-23T12:00:00Z".into(),
             ))?;
             broker.offset_at(topic, since).await?
         }
         _ => {
             return Err(ApiError::InvalidRequest(
-                "replay takes either from_offset or since",
+                "replay takes either from_offset or since".into(),
             ))
         }
     };

@@ -336,8 +336,131 @@ impl From<broker_core::DeliveryCounts> for DeliveryCounters {
 }
 
 #[derive(Serialize)]
+pub(crate) struct Ready {
+    pub(crate) status: &'static str,
+}
+
+#[derive(Serialize)]
 pub(crate) struct Health {
     pub(crate) status: &'static str,
+    pub(crate) uptime_seconds: u64,
+    pub(crate) topics: usize,
+    pub(crate) subscribers: usize,
+}
+
+// ---- messages read back (fetch; the WebSocket events share the rules) ----
+
+/// A message's payload as JSON: the JSON value itself when its content
+/// type is JSON (`application/json`, `application/*+json`) and it parses,
+/// other UTF-8 as a string, anything else as a base64 string.
+#[derive(Serialize)]
+#[serde(untagged)]
+pub(crate) enum Payload<'a> {
+    Json(&'a serde_json::value::RawValue),
+    Text(&'a str),
+    Base64(String),
+}
+
+/// `(payload, encoding, content type)` of `message`: `encoding` is `json`,
+/// `text` or `base64`.
+pub(crate) fn encode_payload(
+    message: &broker_core::Message,
+) -> (Payload<'_>, &'static str, Option<&str>) {
+    use base64::Engine as _;
+    let bytes = message.payload();
+    let content_type = message.content_type().and_then(|v| v.to_str().ok());
+    let is_json = content_type.is_some_and(|ct| {
+        let media = ct.split(';').next().unwrap_or("").trim();
+        media.eq_ignore_ascii_case("application/json")
+            || (media.len() > 5 && media[media.len() - 5..].eq_ignore_ascii_case("+json"))
+    });
+    let text = std::str::from_utf8(bytes).ok();
+    let (payload, encoding) = match text {
+        Some(t) if is_json => match serde_json::from_str::<&serde_json::value::RawValue>(t) {
+            Ok(raw) => (Payload::Json(raw), "json"),
+            Err(_) => (Payload::Text(t), "text"),
+        },
+        Some(t) => (Payload::Text(t), "text"),
+        None => (
+            Payload::Base64(base64::engine::general_purpose::STANDARD.encode(bytes)),
+            "base64",
+        ),
+    };
+    (payload, encoding, content_type)
+}
+
+/// Milliseconds since the Unix epoch of when the broker accepted it.
+pub(crate) fn timestamp_ms(message: &broker_core::Message) -> u64 {
+    message
+        .published_at()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `GET /v1/topics/{topic}/messages`
+#[derive(Serialize)]
+pub(crate) struct Fetched<'a> {
+    pub(crate) messages: Vec<FetchedMessage<'a>>,
+    pub(crate) next_offset: u64,
+    pub(crate) first_offset: u64,
+}
+
+#[derive(Serialize)]
+pub(crate) struct FetchedMessage<'a> {
+    pub(crate) offset: u64,
+    pub(crate) id: &'a str,
+    pub(crate) timestamp: u64,
+    pub(crate) content_type: Option<&'a str>,
+    pub(crate) payload: Payload<'a>,
+    pub(crate) encoding: &'static str,
+}
+
+impl<'a> FetchedMessage<'a> {
+    pub(crate) fn of(message: &'a broker_core::Message) -> Self {
+        let (payload, encoding, content_type) = encode_payload(message);
+        FetchedMessage {
+            offset: message.offset(),
+            id: message.id(),
+            timestamp: timestamp_ms(message),
+            content_type,
+            payload,
+            encoding,
+        }
+    }
+}
+
+/// `POST /v1/topics/{topic}/messages/batch`: the items are read one by one,
+/// so that a bad one is named by its index.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BatchRequest<'a> {
+    #[serde(borrow)]
+    pub(crate) messages: Vec<&'a serde_json::value::RawValue>,
+}
+
+/// One item of a batch: a JSON `payload`, or base64 `data` with an
+/// optional `content_type`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BatchItem<'a> {
+    #[serde(borrow, default)]
+    pub(crate) payload: Option<&'a serde_json::value::RawValue>,
+    #[serde(default)]
+    pub(crate) data: Option<String>,
+    #[serde(default)]
+    pub(crate) content_type: Option<String>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct BatchPublished<'a> {
+    pub(crate) messages: Vec<BatchPublishedItem<'a>>,
+    pub(crate) subscribers: usize,
+}
+
+#[derive(Serialize)]
+pub(crate) struct BatchPublishedItem<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) offset: u64,
 }
 
 /// `GET …/dead-letters`

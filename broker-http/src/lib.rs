@@ -181,19 +181,29 @@ pub struct Api {
 struct ApiInner {
     broker: Broker,
     config: ApiConfig,
+    started: std::time::Instant,
 }
 
 impl Api {
     /// Serves `broker` with `config`.
     pub fn new(broker: Broker, config: ApiConfig) -> Self {
         Api {
-            inner: Arc::new(ApiInner { broker, config }),
+            inner: Arc::new(ApiInner {
+                broker,
+                config,
+                started: std::time::Instant::now(),
+            }),
         }
     }
 
     /// The broker behind the API.
     pub fn broker(&self) -> &Broker {
         &self.inner.broker
+    }
+
+    /// How long since the API was made (the server's uptime).
+    pub fn uptime(&self) -> std::time::Duration {
+        self.inner.started.elapsed()
     }
 
     /// The API's settings.
@@ -252,7 +262,7 @@ impl Api {
 
     /// Whether `presented` is the admin token (compared in constant time);
     /// false when none is set.
-    fn is_admin(&self, presented: &str) -> bool {
+    pub(crate) fn is_admin(&self, presented: &str) -> bool {
         self.inner
             .config
             .admin_token

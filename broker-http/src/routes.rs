@@ -25,6 +25,7 @@ pub(crate) enum Route<'a> {
     Enable(&'a str, &'a str),
     RotateSecret(&'a str, &'a str),
     Messages(&'a str),
+    Batch(&'a str),
     Listeners(&'a str),
     Listener(&'a str, &'a str),
     Events(&'a str),
@@ -73,6 +74,9 @@ impl<'a> Route<'a> {
                 }
             }
             [Some("v1"), Some("topics"), Some(t), Some("messages"), None, _] => Route::Messages(t),
+            [Some("v1"), Some("topics"), Some(t), Some("messages"), Some("batch"), None] => {
+                Route::Batch(t)
+            }
             [Some("v1"), Some("topics"), Some(t), Some("events"), None, _] => Route::Events(t),
             [Some("v1"), Some("topics"), Some(t), Some("listeners"), None, _] => {
                 Route::Listeners(t)
@@ -103,6 +107,7 @@ impl<'a> Route<'a> {
             Route::Enable(..) => "enable",
             Route::RotateSecret(..) => "rotate_secret",
             Route::Messages(_) => "messages",
+            Route::Batch(_) => "batch",
             Route::Listeners(_) => "listeners",
             Route::Listener(..) => "listener",
             Route::Events(_) => "events",
@@ -122,9 +127,10 @@ impl<'a> Route<'a> {
             | Route::Events(_)
             | Route::DeadLetters(..)
             | Route::WebSocket => "GET",
+            Route::Messages(_) => "GET, POST",
             Route::Publishers(_)
             | Route::Subscribers(_)
-            | Route::Messages(_)
+            | Route::Batch(_)
             | Route::Redrive(..)
             | Route::SubscriberReplay(..)
             | Route::Enable(..)
@@ -153,14 +159,17 @@ where
     match (&parts.method, route) {
         (&Method::GET, Route::Events(topic)) => return live::sse::events(api, topic, parts).await,
         (&Method::GET, Route::WebSocket) => return live::ws::upgrade(api, parts, on_upgrade),
+        // Fetching by offset is listening too: a listener or the admin.
+        (&Method::GET, Route::Messages(topic)) => return handlers::fetch(api, topic, parts).await,
         _ => {}
     }
     let h = &parts.headers;
     match (&parts.method, route) {
-        (&Method::GET, Route::Health) => Ok(handlers::health()),
+        (&Method::GET, Route::Health) => Ok(handlers::health(api)),
         (&Method::GET, Route::Ready) => Ok(handlers::ready(api)),
         (&Method::GET, Route::OpenApi) => Ok(handlers::openapi()),
         (&Method::POST, Route::Messages(topic)) => handlers::publish(api, topic, h, body).await,
+        (&Method::POST, Route::Batch(topic)) => handlers::publish_batch(api, topic, h, body).await,
         (method, route) => {
             // Everything else is management: the admin token guards it.
             api.require_admin(h)?;
@@ -235,6 +244,7 @@ mod tests {
                 Some(SubscriberReplay("a", "s")),
             ),
             ("/v1/topics/a/subscribers/s/enable", Some(Enable("a", "s"))),
+            ("/v1/topics/a/messages/batch", Some(Batch("a"))),
             (
                 "/v1/topics/a/subscribers/s/rotate-secret",
                 Some(RotateSecret("a", "s")),

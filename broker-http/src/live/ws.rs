@@ -18,10 +18,7 @@
 //! the write timeout, an overflowing queue, or two heartbeats without a
 //! word (a pong counts) from the client end the connection.
 
-use std::{
-    sync::Arc,
-    time::{Duration, UNIX_EPOCH},
-};
+use std::{sync::Arc, time::Duration};
 
 use base64::Engine as _;
 use broker_core::{Message, ReplayFrom, TopicName};
@@ -532,20 +529,12 @@ struct EventFrame<'a> {
 #[derive(Serialize)]
 struct EventMessage<'a> {
     id: &'a str,
-    payload: Payload<'a>,
+    payload: crate::json::Payload<'a>,
     /// `json` (the payload is the JSON value published), `text` (a string)
     /// or `base64` (a string of the base64 of the bytes).
     encoding: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     content_type: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-#[serde(untagged)]
-enum Payload<'a> {
-    Json(&'a RawValue),
-    Text(&'a str),
-    Base64(String),
 }
 
 fn reply<T: Serialize>(value: &T) -> WsMessage {
@@ -577,29 +566,8 @@ fn shared(event: &LiveEvent) -> Utf8Bytes {
 /// One message as an event frame. A JSON payload (by its content type)
 /// is embedded as JSON; other UTF-8 as a string; anything else as base64.
 pub(crate) fn encode(message: &Message) -> Utf8Bytes {
-    let bytes = message.payload();
-    let content_type = message.content_type().and_then(|v| v.to_str().ok());
-    let is_json = content_type.is_some_and(|ct| {
-        let media = ct.split(';').next().unwrap_or("").trim();
-        media.eq_ignore_ascii_case("application/json")
-            || (media.len() > 5 && media[media.len() - 5..].eq_ignore_ascii_case("+json"))
-    });
-    let text = std::str::from_utf8(bytes).ok();
-    let (payload, encoding) = match text {
-        Some(t) if is_json => match serde_json::from_str::<&RawValue>(t) {
-            Ok(raw) => (Payload::Json(raw), "json"),
-            Err(_) => (Payload::Text(t), "text"),
-        },
-        Some(t) => (Payload::Text(t), "text"),
-        None => (
-            Payload::Base64(base64::engine::general_purpose::STANDARD.encode(bytes)),
-            "base64",
-        ),
-    };
-    let timestamp = message
-        .published_at()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let (payload, encoding, content_type) = crate::json::encode_payload(message);
+    let timestamp = crate::json::timestamp_ms(message);
     let frame = EventFrame {
         kind: "event",
         topic: message.topic().as_str(),

@@ -1,0 +1,341 @@
+//! Consumers that pull: fetch by offset (paging, long-poll, retention
+//! gaps, payload encodings), batch publish, and the health answer; the
+//! real server on 127.0.0.1:0.
+
+mod common;
+
+use std::{sync::Arc, time::Duration};
+
+use base64::{engine::general_purpose::STANDARD, Engine as _};
+use broker_core::{MemoryStore, Retention};
+use broker_http::{ApiConfig, DeliveryConfig};
+use common::{TestServer, PATIENCE};
+use serde_json::{json, Value};
+
+async fn listener(s: &TestServer, topic: &str) -> String {
+    let r = s
+        .post_json(
+            &format!("/v1/topics/{topic}/listeners"),
+            json!({"name": "reader"}),
+        )
+        .await;
+    assert!(r.status.is_success(), "{:?}", r.body);
+    r.json()["token"].as_str().unwrap().to_owned()
+}
+
+async fn fetch(s: &TestServer, topic: &str, token: &str, query: &str) -> common::Reply {
+    let auth = format!("Bearer {token}");
+    s.call(
+        "GET",
+        &format!("/v1/topics/{topic}/messages?{query}"),
+        &[("authorization", auth.as_str())],
+        "",
+    )
+    .await
+}
+
+async fn publish(
+    s: &TestServer,
+    topic: &str,
+    token: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> Value {
+    let auth = format!("Bearer {token}");
+    let r = s
+        .call(
+            "POST",
+            &format!("/v1/topics/{topic}/messages"),
+            &[
+                ("authorization", auth.as_str()),
+                ("content-type", content_type),
+            ],
+            body,
+        )
+        .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    r.json()
+}
+
+#[tokio::test]
+async fn fetch_pages_through_the_log_with_every_encoding() {
+    let s = TestServer::start().await;
+    let p = s.publisher("t", "p").await;
+    let l = listener(&s, "t").await;
+    for n in 0..250 {
+        publish(&s, "t", &p, "text/plain", n.to_string().into_bytes()).await;
+    }
+    publish(&s, "t", &p, "application/json", br#"{"n":250}"#.to_vec()).await;
+    let binary = vec![0u8, 255, 13, 10, 7];
+    publish(&s, "t", &p, "application/octet-stream", binary.clone()).await;
+
+    let mut offset = 0;
+    let mut seen = Vec::new();
+    loop {
+        let page = fetch(&s, "t", &l, &format!("offset={offset}&limit=100")).await;
+        assert_eq!(page.status, 200, "{:?}", page.body);
+        let page = page.json();
+        assert_eq!(page["first_offset"], 0);
+        let messages = page["messages"].as_array().unwrap().clone();
+        if messages.is_empty() {
+            assert_eq!(page["next_offset"], 252);
+            break;
+        }
+        assert!(messages.len() <= 100);
+        for m in &messages {
+            assert_eq!(m["offset"], offset, "{m}");
+            assert!(m["id"].as_str().unwrap().starts_with("msg_"));
+            assert!(m["timestamp"].as_u64().unwrap() > 1_700_000_000_000);
+            offset += 1;
+        }
+        assert_eq!(page["next_offset"], offset);
+        seen.extend(messages);
+    }
+    assert_eq!(seen.len(), 252);
+    assert_eq!(seen[7]["payload"], "7");
+    assert_eq!(seen[7]["encoding"], "text");
+    assert_eq!(seen[7]["content_type"], "text/plain");
+    assert_eq!(seen[250]["payload"], json!({"n": 250}));
+    assert_eq!(seen[250]["encoding"], "json");
+    assert_eq!(seen[251]["encoding"], "base64");
+    assert_eq!(
+        STANDARD
+            .decode(seen[251]["payload"].as_str().unwrap())
+            .unwrap(),
+        binary
+    );
+    // The token may come as a query parameter too (clients without headers).
+    let r = s
+        .call(
+            "GET",
+            &format!("/v1/topics/t/messages?offset=250&limit=1&access_token={l}"),
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(r.json()["messages"][0]["offset"], 250);
+}
+
+#[tokio::test]
+async fn fetch_refuses_bad_parameters_and_strangers() {
+    let s = TestServer::with_config(
+        ApiConfig {
+            admin_token: Some("admin-secret".into()),
+            ..ApiConfig::default()
+        },
+        DeliveryConfig::default(),
+    )
+    .await;
+    let admin = [("authorization", "Bearer admin-secret")];
+    let r = s
+        .call(
+            "POST",
+            "/v1/topics/t/listeners",
+            &[admin[0], ("content-type", "application/json")],
+            r#"{"name":"r"}"#,
+        )
+        .await;
+    let l = r.json()["token"].as_str().unwrap().to_owned();
+    let r = s
+        .call(
+            "POST",
+            "/v1/topics/u/listeners",
+            &[admin[0], ("content-type", "application/json")],
+            r#"{"name":"r"}"#,
+        )
+        .await;
+    let other = r.json()["token"].as_str().unwrap().to_owned();
+    for query in [
+        "limit=0",
+        "limit=1001",
+        "offset=-1",
+        "offset=x",
+        "wait=31s",
+        "wait=soon",
+    ] {
+        let r = fetch(&s, "t", &l, query).await;
+        assert_eq!(r.error_code(400), "invalid_query", "{query}");
+    }
+    let r = s.call("GET", "/v1/topics/t/messages", &[], "").await;
+    assert_eq!(r.error_code(401), "unauthorized");
+    assert_eq!(
+        fetch(&s, "t", "lis_nope.x", "").await.error_code(401),
+        "unauthorized"
+    );
+    assert_eq!(
+        fetch(&s, "t", &other, "").await.error_code(403),
+        "forbidden"
+    );
+    assert_eq!(fetch(&s, "t/x", &l, "").await.status, 404);
+    // The admin token reads any topic; an unknown one is 404.
+    assert_eq!(fetch(&s, "t", "admin-secret", "").await.status, 200);
+    let r = fetch(&s, "nothing-here", "admin-secret", "").await;
+    assert_eq!(r.error_code(404), "topic_not_found");
+    assert_eq!(fetch(&s, "bad!topic", "admin-secret", "").await.status, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_answers_as_soon_as_a_message_lands() {
+    let s = Arc::new(TestServer::start().await);
+    let p = s.publisher("t", "p").await;
+    let l = listener(&s, "t").await;
+    // Nothing at offset 0 yet: it waits (up to 20 s).
+    let waiting = tokio::spawn({
+        let (s, l) = (s.clone(), l.clone());
+        async move {
+            let started = tokio::time::Instant::now();
+            let r = fetch(&s, "t", &l, "offset=0&wait=20s").await;
+            (r, started.elapsed())
+        }
+    });
+    // Give the fetch time to start waiting; it must not answer meanwhile.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "answered before any message");
+    publish(&s, "t", &p, "text/plain", b"hello".to_vec()).await;
+    let (r, took) = tokio::time::timeout(PATIENCE, waiting)
+        .await
+        .expect("the long poll answered")
+        .unwrap();
+    assert_eq!(r.json()["messages"][0]["payload"], "hello");
+    assert!(
+        took < Duration::from_secs(10),
+        "woken by the publish, not the wait: {took:?}"
+    );
+    // Past the end with a short wait: an empty list when it runs out.
+    let r = fetch(&s, "t", &l, "offset=5&wait=100ms").await.json();
+    assert_eq!(r["messages"], json!([]));
+    assert_eq!(r["next_offset"], 1);
+}
+
+#[tokio::test]
+async fn a_fetch_before_retention_starts_at_the_oldest_and_shows_the_gap() {
+    // Room for about three 1 KiB messages per topic.
+    let retention = Retention {
+        bytes_per_topic: 3 * (1024 + 160),
+        ..Retention::default()
+    };
+    let s = TestServer::with_store(
+        DeliveryConfig::default(),
+        MemoryStore::new(retention, 1 << 20),
+    )
+    .await;
+    let p = s.publisher("t", "p").await;
+    let l = listener(&s, "t").await;
+    for _ in 0..10 {
+        publish(&s, "t", &p, "text/plain", vec![b'x'; 1024]).await;
+    }
+    let r = fetch(&s, "t", &l, "offset=0").await.json();
+    let first = r["first_offset"].as_u64().unwrap();
+    assert!(first > 0, "{r}");
+    assert_eq!(r["messages"][0]["offset"].as_u64(), Some(first));
+    assert_eq!(r["next_offset"], 10);
+}
+
+#[tokio::test]
+async fn a_batch_is_published_all_or_nothing() {
+    let s = TestServer::start().await;
+    let p = s.publisher("t", "p").await;
+    let l = listener(&s, "t").await;
+    let auth = format!("Bearer {p}");
+    let batch = |body: Value| {
+        let (s, auth) = (&s, auth.clone());
+        async move {
+            s.call(
+                "POST",
+                "/v1/topics/t/messages/batch",
+                &[
+                    ("authorization", auth.as_str()),
+                    ("content-type", "application/json"),
+                ],
+                body.to_string(),
+            )
+            .await
+        }
+    };
+    let r = batch(json!({"messages": [
+        {"payload": {"a": 1}},
+        {"data": STANDARD.encode([0xffu8, 0, 1]), "content_type": "application/octet-stream"},
+        {"data": STANDARD.encode("plain"), "content_type": "text/plain"},
+    ]}))
+    .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let r = r.json();
+    let offsets: Vec<u64> = r["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets, [0, 1, 2]);
+    assert_eq!(r["subscribers"], 0);
+    let read = fetch(&s, "t", &l, "offset=0").await.json();
+    assert_eq!(read["messages"][0]["payload"], json!({"a": 1}));
+    assert_eq!(read["messages"][0]["id"], r["messages"][0]["id"]);
+    assert_eq!(read["messages"][1]["encoding"], "base64");
+    assert_eq!(read["messages"][2]["payload"], "plain");
+
+    // A bad item anywhere refuses the whole batch, naming it.
+    for (bad, index) in [
+        (
+            json!({"messages": [{"payload": 1}, {"payload": 2}, {"data": "%%%"}]}),
+            2,
+        ),
+        (json!({"messages": [{"payload": 1}, {}]}), 1),
+        (json!({"messages": [{"payload": 1, "data": "AA=="}]}), 0),
+        (
+            json!({"messages": [{"data": "AA==", "content_type": "bad\nvalue"}]}),
+            0,
+        ),
+        (json!({"messages": [{"payload": 1, "extra": true}]}), 0),
+    ] {
+        let r = batch(bad.clone()).await;
+        assert_eq!(r.error_code(400), "invalid_request", "{bad}");
+        let message = r.json()["error"]["message"].as_str().unwrap().to_owned();
+        assert!(message.contains(&format!("messages[{index}]")), "{message}");
+    }
+    for bad in [
+        json!({"messages": []}),
+        json!({"messages": vec![json!({"payload": 1}); 1001]}),
+    ] {
+        assert_eq!(batch(bad).await.status, 400);
+    }
+    assert_eq!(
+        batch(json!({"items": []})).await.error_code(400),
+        "invalid_json"
+    );
+    // Nothing of the refused batches was published.
+    let detail = s.get("/v1/topics/t").await.json();
+    assert_eq!(detail["counters"]["published"], 3);
+    assert_eq!(
+        fetch(&s, "t", &l, "offset=3").await.json()["next_offset"],
+        3
+    );
+    // Only the topic's publishers.
+    let r = s
+        .call(
+            "POST",
+            "/v1/topics/t/messages/batch",
+            &[
+                ("authorization", &format!("Bearer {l}")),
+                ("content-type", "application/json"),
+            ],
+            json!({"messages": [{"payload": 1}]}).to_string(),
+        )
+        .await;
+    assert_eq!(r.error_code(401), "unauthorized");
+}
+
+#[tokio::test]
+async fn health_tells_uptime_and_counts() {
+    let s = TestServer::start().await;
+    s.publisher("a", "p").await;
+    s.subscriber("a", json!({"url": "http://127.0.0.1:9/x"}))
+        .await;
+    s.subscriber("b", json!({"url": "http://127.0.0.1:9/y"}))
+        .await;
+    let h = s.get("/healthz").await.json();
+    assert_eq!(h["status"], "ok");
+    assert_eq!(h["topics"], 2);
+    assert_eq!(h["subscribers"], 2);
+    assert!(h["uptime_seconds"].as_u64().is_some(), "{h}");
+}

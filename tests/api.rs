@@ -447,8 +447,8 @@ async fn routing_errors() {
     }
     for (method, path, allow) in [
         ("POST", "/healthz", "GET"),
-        ("DELETE", "/v1/topics", "GET"),
-        ("PUT", "/v1/topics/t", "GET"),
+        ("DELETE", "/v1/topics", "GET, POST"),
+        ("PUT", "/v1/topics/t", "GET, DELETE"),
         ("GET", "/v1/topics/t/publishers", "POST"),
         ("GET", "/v1/topics/t/subscribers", "POST"),
         ("PUT", "/v1/topics/t/messages", "GET, POST"),

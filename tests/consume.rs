@@ -339,3 +339,100 @@ async fn health_tells_uptime_and_counts() {
     assert_eq!(h["subscribers"], 2);
     assert!(h["uptime_seconds"].as_u64().is_some(), "{h}");
 }
+
+#[tokio::test]
+async fn explicit_topics_are_created_once_and_stay_until_deleted() {
+    let s = TestServer::start().await;
+    let r = s.post_json("/v1/topics", json!({"name": "orders"})).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(r.json(), json!({"name": "orders"}));
+    let again = s.post_json("/v1/topics", json!({"name": "orders"})).await;
+    assert_eq!(again.error_code(409), "topic_exists");
+    // A topic made by a registration exists too.
+    s.publisher("implicit", "p").await;
+    let r = s.post_json("/v1/topics", json!({"name": "implicit"})).await;
+    assert_eq!(r.error_code(409), "topic_exists");
+    for bad in [
+        json!({"name": "no spaces"}),
+        json!({"name": ""}),
+        json!({}),
+        json!({"name": "a", "x": 1}),
+    ] {
+        assert_eq!(
+            s.post_json("/v1/topics", bad.clone()).await.status,
+            400,
+            "{bad}"
+        );
+    }
+    // Empty, it stays; a publisher coming and going leaves it there.
+    let token = s.publisher("orders", "p").await;
+    let id = s.get("/v1/topics/orders").await.json()["publishers"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        s.delete(&format!("/v1/topics/orders/publishers/{id}"))
+            .await
+            .status,
+        204
+    );
+    assert_eq!(s.get("/v1/topics/orders").await.status, 200);
+    let names: Vec<Value> = s.get("/v1/topics").await.json()["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].clone())
+        .collect();
+    assert!(names.contains(&json!("orders")), "{names:?}");
+    let _ = token;
+
+    // Deleting takes everything with it; the name starts afresh.
+    let p = s.publisher("orders", "p2").await;
+    publish(&s, "orders", &p, "text/plain", b"old".to_vec()).await;
+    assert_eq!(s.delete("/v1/topics/orders").await.status, 204);
+    assert_eq!(
+        s.get("/v1/topics/orders").await.error_code(404),
+        "topic_not_found"
+    );
+    assert_eq!(
+        s.delete("/v1/topics/orders").await.error_code(404),
+        "topic_not_found"
+    );
+    let p = s.publisher("orders", "p2").await;
+    let first = publish(&s, "orders", &p, "text/plain", b"new".to_vec()).await;
+    assert_eq!(first["offset"], 0, "a new log");
+    // An implicit topic can be deleted too.
+    assert_eq!(s.delete("/v1/topics/implicit").await.status, 204);
+}
+
+#[tokio::test]
+async fn an_explicit_topic_survives_a_restart_and_its_deletion_removes_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let open =
+        || broker_store::DiskStore::open(dir.path(), broker_store::Options::default()).unwrap();
+    {
+        let s = TestServer::with_store(DeliveryConfig::default(), open()).await;
+        assert_eq!(
+            s.post_json("/v1/topics", json!({"name": "kept"}))
+                .await
+                .status,
+            201
+        );
+        let p = s.publisher("gone", "p").await;
+        publish(&s, "gone", &p, "text/plain", b"x".to_vec()).await;
+        assert!(dir.path().join("topics/gone").exists());
+        assert_eq!(s.delete("/v1/topics/gone").await.status, 204);
+        assert!(
+            !dir.path().join("topics/gone").exists(),
+            "its log is deleted"
+        );
+        s.stop().await;
+    }
+    let s = TestServer::with_store(DeliveryConfig::default(), open()).await;
+    assert_eq!(
+        s.get("/v1/topics/kept").await.status,
+        200,
+        "explicit, empty, kept"
+    );
+    assert_eq!(s.get("/v1/topics/gone").await.status, 404);
+}

@@ -1207,3 +1207,65 @@ async fn a_resume_far_back_replays_everything_retained_in_order() {
     .await;
     assert_eq!(recv(&mut ws).await["replayed"], 5);
 }
+
+/// Deleting a topic ends what listens to it: its event streams end with a
+/// `TOPIC_DELETED` error; a WebSocket gets an error frame and stops
+/// listening to it while its other topics go on.
+#[tokio::test]
+async fn deleting_a_topic_ends_its_live_connections() {
+    let server = live_server(LiveConfig::default()).await;
+    let p_gone = server.publisher("gone", "p").await;
+    let p_kept = server.publisher("kept", "p").await;
+    let l_gone = listener(&server, "gone", "l").await;
+    let auth = format!("Bearer {l_gone}");
+    let mut sse = SseReader::open(
+        &server,
+        "/v1/topics/gone/events",
+        &[("authorization", &auth)],
+    )
+    .await
+    .unwrap();
+    // One WebSocket on both topics, with each topic's listener token.
+    let l_kept = listener(&server, "kept", "l").await;
+    let mut ws = ws_connect(&server, Some(&l_gone)).await;
+    for (topic, token) in [("gone", &l_gone), ("kept", &l_kept)] {
+        send(
+            &mut ws,
+            json!({"type": "subscribe", "topic": topic, "token": token, "request_id": topic}),
+        )
+        .await;
+        assert_eq!(recv(&mut ws).await["type"], "ack");
+    }
+    publish(&server, "gone", &p_gone, "text/plain", b"before".to_vec()).await;
+    assert_eq!(sse.next().await.unwrap().data, "before");
+    assert_eq!(payload_of(&recv(&mut ws).await), "before");
+
+    assert_eq!(server.delete("/v1/topics/gone").await.status, 204);
+    let last = sse.next().await.expect("a last event");
+    assert_eq!(last.kind.as_deref(), Some("broker.error"));
+    assert!(last.data.contains("TOPIC_DELETED"), "{}", last.data);
+    assert_eq!(sse.next().await, None, "the stream ended");
+    let frame = recv(&mut ws).await;
+    assert_eq!(
+        (frame["type"].as_str(), frame["code"].as_str()),
+        (Some("error"), Some("TOPIC_DELETED"))
+    );
+    // The other topic still flows on the same connection.
+    publish(&server, "kept", &p_kept, "text/plain", b"still".to_vec()).await;
+    let e = recv(&mut ws).await;
+    assert_eq!(
+        (e["topic"].as_str(), payload_of(&e)),
+        (Some("kept"), &json!("still"))
+    );
+    // The deleted topic's tokens are gone with it.
+    let r = server
+        .call(
+            "POST",
+            "/v1/topics/gone/messages",
+            &[("authorization", &format!("Bearer {p_gone}"))],
+            "x",
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(server.get("/v1/topics/gone").await.status, 404);
+}

@@ -17,7 +17,7 @@ use crate::{
     secret::{SigningSecret, Token},
     store::{
         Change, CredentialRecord, DeadLetter, NewMessage, PendingRetry, Read, Record,
-        SubscriberRecord,
+        SubscriberRecord, TopicRecord,
     },
     BatchReceipt, Credential, DeliveryCounts, DeliveryStats, Endpoint, Error, Limits, Listener,
     MemoryBudget, MemoryStore, Notifier, Publish, Publisher, Receipt, Replay, ReplayFrom, Role,
@@ -355,7 +355,82 @@ impl Broker {
                 );
                 registry.insert_subscriber(subscriber);
             }
+            Record::Topic(t) => {
+                let name = TopicName::new(&t.name).map_err(|_| bad("has a bad name"))?;
+                registry.make_explicit(&name);
+            }
         }
+        Ok(())
+    }
+
+    /// Creates `name` explicitly: it stays until [`Broker::delete_topic`],
+    /// even with nothing registered on it. Answers once the store has it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidTopic`]; [`Error::TopicExists`] when a topic of
+    /// that name exists (explicit or not); [`Error::LimitExceeded`];
+    /// [`Error::Storage`].
+    pub async fn create_topic(&self, name: &str) -> Result<(), Error> {
+        let topic = TopicName::new(name)?;
+        let _order = self.shared.changes.lock().await;
+        {
+            let registry = self.shared.registry.read();
+            if registry.topics.contains_key(name) {
+                return Err(Error::TopicExists);
+            }
+            let limit = self.shared.limits.max_topics;
+            if registry.topics.len() >= limit {
+                return Err(Error::LimitExceeded {
+                    what: "topics",
+                    limit,
+                });
+            }
+        }
+        let record = Record::Topic(TopicRecord {
+            id: TopicRecord::id_of(name),
+            name: name.to_owned(),
+            order: self.next_order(),
+        });
+        self.shared.store.save(Change::Put(&record)).await?;
+        self.shared.registry.write().make_explicit(&topic);
+        Ok(())
+    }
+
+    /// Deletes `name` with everything on it: its publishers, listeners and
+    /// subscribers (their deliveries end at once), and its log. Live
+    /// connections on it are ended by the notifier
+    /// ([`Notifier::topic_deleted`]). A topic of the same name made later
+    /// starts afresh.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidTopic`], [`Error::TopicNotFound`], or
+    /// [`Error::Storage`] (then part of it may be gone; deleting again
+    /// finishes it).
+    pub async fn delete_topic(&self, name: &str) -> Result<(), Error> {
+        let topic = TopicName::new(name)?;
+        let _order = self.shared.changes.lock().await;
+        let ids: Vec<String> = {
+            let registry = self.shared.registry.read();
+            let t = registry.topics.get(name).ok_or(Error::TopicNotFound)?;
+            t.publishers
+                .values()
+                .chain(t.listeners.values())
+                .map(|c| c.id.clone())
+                .chain(t.subscribers.iter().map(|s| s.id.clone()))
+                .chain(t.explicit.then(|| TopicRecord::id_of(name)))
+                .collect()
+        };
+        for id in &ids {
+            self.shared.store.save(Change::Remove { id }).await?;
+        }
+        self.shared.store.delete_topic(&topic).await?;
+        let subscribers = self.shared.registry.write().remove_topic(name);
+        for subscriber in &subscribers {
+            self.shared.notifier.changed(subscriber);
+        }
+        self.shared.notifier.topic_deleted(&topic);
         Ok(())
     }
 

@@ -31,6 +31,8 @@ pub enum Error {
     },
     /// No topic of that name is registered.
     TopicNotFound,
+    /// A topic of that name exists already (explicit creation).
+    TopicExists,
     /// No publisher with that id is registered on the topic.
     PublisherNotFound,
     /// No subscriber with that id is registered on the topic.
@@ -83,6 +85,7 @@ impl Error {
             Error::InvalidListenerName { .. } => "invalid_listener_name",
             Error::InvalidEndpoint { .. } => "invalid_endpoint",
             Error::TopicNotFound => "topic_not_found",
+            Error::TopicExists => "topic_exists",
             Error::PublisherNotFound => "publisher_not_found",
             Error::SubscriberNotFound => "subscriber_not_found",
             Error::ListenerNotFound => "listener_not_found",
@@ -114,6 +117,7 @@ impl fmt::Display for Error {
             Error::InvalidListenerName { reason } => write!(f, "invalid listener name: {reason}"),
             Error::InvalidEndpoint { reason } => write!(f, "invalid subscriber endpoint: {reason}"),
             Error::TopicNotFound => f.write_str("no topic of that name is registered"),
+            Error::TopicExists => f.write_str("a topic of that name exists already"),
             Error::PublisherNotFound => {
                 f.write_str("no publisher with that id is registered on this topic")
             }

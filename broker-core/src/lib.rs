@@ -90,7 +90,7 @@ pub use retry::{format_duration, parse_duration, Retry, MAX_SCHEDULE, MAX_WAIT};
 pub use secret::{SigningSecret, Token};
 pub use store::{
     message_id, new_id_prefix, Change, CredentialRecord, DeadLetter, NewMessage, PendingRetry,
-    Read, Record, Store, SubscriberRecord,
+    Read, Record, Store, SubscriberRecord, TopicRecord,
 };
 pub use subscriber::{DeliveryCounts, DeliveryStats, Outcome, Subscriber};
 pub use topic::{TopicName, MAX_TOPIC_LEN};

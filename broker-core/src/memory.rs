@@ -220,6 +220,15 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn delete_topic(&self, topic: &TopicName) -> Result<(), Error> {
+        let removed = self.logs.write().remove(topic);
+        if let Some(log) = removed {
+            let mut log = log.lock();
+            while log.pop(&self.held, &self.budget) {}
+        }
+        Ok(())
+    }
+
     async fn put_dead_letter(&self, subscriber: &str, dead: &DeadLetter) -> Result<u64, Error> {
         let mut all = self.dead.lock();
         let mine = all.entry(subscriber.to_owned()).or_default();

@@ -69,6 +69,14 @@ pub trait Notifier: Send + Sync + 'static {
     fn rewind(&self, subscriber: &Arc<crate::Subscriber>, from: u64) {
         let _ = (subscriber, from);
     }
+
+    /// Called when `topic` is deleted ([`Broker::delete_topic`](crate::Broker::delete_topic)),
+    /// after its subscribers were told [`changed`](Self::changed): a
+    /// notifier ends what it serves on it (live connections). The default
+    /// does nothing.
+    fn topic_deleted(&self, topic: &crate::TopicName) {
+        let _ = topic;
+    }
 }
 
 #[async_trait]
@@ -88,6 +96,9 @@ impl<N: Notifier + ?Sized> Notifier for Arc<N> {
     fn rewind(&self, subscriber: &Arc<crate::Subscriber>, from: u64) {
         (**self).rewind(subscriber, from)
     }
+    fn topic_deleted(&self, topic: &crate::TopicName) {
+        (**self).topic_deleted(topic)
+    }
 }
 
 #[async_trait]
@@ -106,6 +117,9 @@ impl<N: Notifier + ?Sized> Notifier for Box<N> {
     }
     fn rewind(&self, subscriber: &Arc<crate::Subscriber>, from: u64) {
         (**self).rewind(subscriber, from)
+    }
+    fn topic_deleted(&self, topic: &crate::TopicName) {
+        (**self).topic_deleted(topic)
     }
 }
 
@@ -158,5 +172,9 @@ impl<A: Notifier, B: Notifier> Notifier for (A, B) {
     fn rewind(&self, subscriber: &Arc<crate::Subscriber>, from: u64) {
         self.0.rewind(subscriber, from);
         self.1.rewind(subscriber, from);
+    }
+    fn topic_deleted(&self, topic: &crate::TopicName) {
+        self.0.topic_deleted(topic);
+        self.1.topic_deleted(topic);
     }
 }

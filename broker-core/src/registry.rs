@@ -39,6 +39,8 @@ pub(crate) struct Topic {
     pub(crate) subscribers: Subscribers,
     subscriber_keys: HashMap<SubscriberKey, Arc<Subscriber>>,
     pub(crate) stats: Arc<crate::broker::TopicStats>,
+    /// Created explicitly: kept until deleted, even when empty.
+    pub(crate) explicit: bool,
 }
 
 impl Topic {
@@ -50,11 +52,15 @@ impl Topic {
             subscribers: Subscribers::default(),
             subscriber_keys: HashMap::new(),
             stats: Arc::default(),
+            explicit: false,
         }
     }
 
     fn is_empty(&self) -> bool {
-        self.publishers.is_empty() && self.listeners.is_empty() && self.subscriber_keys.is_empty()
+        !self.explicit
+            && self.publishers.is_empty()
+            && self.listeners.is_empty()
+            && self.subscriber_keys.is_empty()
     }
 
     fn named(&self, role: Role) -> &HashMap<String, Arc<Credential>> {
@@ -91,6 +97,28 @@ impl Registry {
         self.topics
             .entry(name.clone())
             .or_insert_with(|| Topic::new(name.clone()))
+    }
+
+    /// Makes `name` an explicit topic (created if needed): it stays until
+    /// [`Registry::remove_topic`].
+    pub(crate) fn make_explicit(&mut self, name: &TopicName) {
+        self.topic_or_create(name).explicit = true;
+    }
+
+    /// Removes a topic with everything registered on it; its subscribers
+    /// see themselves inactive. Returns the removed subscribers.
+    pub(crate) fn remove_topic(&mut self, name: &str) -> Vec<Arc<Subscriber>> {
+        let Some(topic) = self.topics.remove(name) else {
+            return Vec::new();
+        };
+        for credential in topic.publishers.values().chain(topic.listeners.values()) {
+            self.credentials.remove(&credential.id);
+        }
+        let subscribers: Vec<_> = topic.subscribers.iter().cloned().collect();
+        for subscriber in &subscribers {
+            subscriber.active.store(false, Ordering::Release);
+        }
+        subscribers
     }
 
     /// Drops the topic if nothing is registered on it any more.

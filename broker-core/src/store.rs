@@ -32,6 +32,9 @@ pub enum Record {
     Credential(CredentialRecord),
     /// A subscriber.
     Subscriber(SubscriberRecord),
+    /// A topic created explicitly (`POST /v1/topics`): it stays until
+    /// deleted, even with nothing registered on it.
+    Topic(TopicRecord),
 }
 
 impl Record {
@@ -41,6 +44,7 @@ impl Record {
         match self {
             Record::Credential(c) => &c.id,
             Record::Subscriber(s) => &s.id,
+            Record::Topic(t) => &t.id,
         }
     }
 
@@ -49,7 +53,26 @@ impl Record {
         match self {
             Record::Credential(c) => c.order,
             Record::Subscriber(s) => s.order,
+            Record::Topic(t) => t.order,
         }
+    }
+}
+
+/// A stored explicit topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicRecord {
+    /// `top_<name>`: the key it is stored under.
+    pub id: String,
+    /// The topic's name.
+    pub name: String,
+    /// Registration order.
+    pub order: u64,
+}
+
+impl TopicRecord {
+    /// The record id of topic `name`.
+    pub fn id_of(name: &str) -> String {
+        format!("top_{name}")
     }
 }
 
@@ -258,6 +281,13 @@ pub trait Store: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
+    /// Deletes `topic`'s log: its messages are gone; a topic of the same
+    /// name made later starts a new log. The default keeps no log.
+    async fn delete_topic(&self, topic: &TopicName) -> Result<(), Error> {
+        let _ = topic;
+        Ok(())
+    }
+
     /// The memory budget the store keeps its in-memory messages within (a
     /// log, a cache), shared with whatever else holds messages: the broker
     /// asks once, when it opens, and deliveries charge it too. The default
@@ -316,6 +346,9 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     async fn pending_retries(&self, subscriber: &str) -> Result<Vec<PendingRetry>, Error> {
         (**self).pending_retries(subscriber).await
     }
+    async fn delete_topic(&self, topic: &TopicName) -> Result<(), Error> {
+        (**self).delete_topic(topic).await
+    }
     fn memory(&self) -> MemoryBudget {
         (**self).memory()
     }
@@ -368,6 +401,9 @@ impl<S: Store + ?Sized> Store for Box<S> {
     }
     async fn pending_retries(&self, subscriber: &str) -> Result<Vec<PendingRetry>, Error> {
         (**self).pending_retries(subscriber).await
+    }
+    async fn delete_topic(&self, topic: &TopicName) -> Result<(), Error> {
+        (**self).delete_topic(topic).await
     }
     fn memory(&self) -> MemoryBudget {
         (**self).memory()

@@ -68,7 +68,9 @@ impl ApiError {
                 | E::ListenerNotFound => StatusCode::NOT_FOUND,
                 E::Unauthorized => StatusCode::UNAUTHORIZED,
                 E::Forbidden => StatusCode::FORBIDDEN,
-                E::SubscriberConflict { .. } | E::LimitExceeded { .. } => StatusCode::CONFLICT,
+                E::SubscriberConflict { .. } | E::LimitExceeded { .. } | E::TopicExists => {
+                    StatusCode::CONFLICT
+                }
                 E::Closed | E::Storage { .. } | E::Overloaded { .. } => {
                     StatusCode::SERVICE_UNAVAILABLE
                 }

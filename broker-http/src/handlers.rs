@@ -377,6 +377,33 @@ where
 /// Messages in one batch publish at most.
 const MAX_BATCH: usize = 1_000;
 
+/// `POST /v1/topics` `{"name"}`: `201`, or `409` when it exists.
+pub(crate) async fn create_topic<B>(api: &Api, h: &HeaderMap, body: B) -> Reply
+where
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let req: json::TopicRequest = json::read_json(
+        h,
+        body,
+        api.config().max_json_bytes,
+        api.config().body_timeout,
+    )
+    .await?;
+    api.broker().create_topic(&req.name).await?;
+    Ok(reply(
+        StatusCode::CREATED,
+        &json::TopicCreated { name: &req.name },
+    ))
+}
+
+/// `DELETE /v1/topics/{topic}`: everything on it goes, its live
+/// connections end.
+pub(crate) async fn delete_topic(api: &Api, topic: &str) -> Reply {
+    api.broker().delete_topic(topic).await?;
+    Ok(no_content())
+}
+
 /// `GET /v1/topics`
 pub(crate) fn list_topics(api: &Api) -> Response<ResponseBody> {
     let topics = api.broker().topics();

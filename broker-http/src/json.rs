@@ -112,6 +112,18 @@ where
 // Unknown fields are refused: a misspelt field ("header" for "headers")
 // fails loudly instead of registering something the caller did not mean.
 
+/// `POST /v1/topics`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TopicRequest {
+    pub(crate) name: String,
+}
+
+#[derive(Serialize)]
+pub(crate) struct TopicCreated<'a> {
+    pub(crate) name: &'a str,
+}
+
 /// `POST /v1/topics/{topic}/publishers` and `…/listeners`
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

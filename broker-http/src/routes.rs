@@ -122,12 +122,11 @@ impl<'a> Route<'a> {
             | Route::Ready
             | Route::Metrics
             | Route::OpenApi
-            | Route::Topics
-            | Route::Topic(_)
             | Route::Events(_)
             | Route::DeadLetters(..)
             | Route::WebSocket => "GET",
-            Route::Messages(_) => "GET, POST",
+            Route::Messages(_) | Route::Topics => "GET, POST",
+            Route::Topic(_) => "GET, DELETE",
             Route::Publishers(_)
             | Route::Subscribers(_)
             | Route::Batch(_)
@@ -177,6 +176,8 @@ where
                 (&Method::GET, Route::Topics) => Ok(handlers::list_topics(api)),
                 (&Method::GET, Route::Metrics) => handlers::metrics(api),
                 (&Method::GET, Route::Topic(t)) => handlers::topic_detail(api, t).await,
+                (&Method::POST, Route::Topics) => handlers::create_topic(api, h, body).await,
+                (&Method::DELETE, Route::Topic(t)) => handlers::delete_topic(api, t).await,
                 (&Method::POST, Route::Publishers(t)) => {
                     handlers::register_credential(api, Role::Publish, t, h, body).await
                 }

@@ -465,6 +465,20 @@ impl Store for DiskStore {
         blocking(move || log.read(from, max_messages, max_bytes)).await
     }
 
+    async fn delete_topic(&self, topic: &TopicName) -> Result<(), broker_core::Error> {
+        let removed = self.shared.logs.write().remove(topic);
+        if let Some(log) = &removed {
+            log.drop_cache(&self.shared.cache);
+        }
+        let dir = self.shared.topics_dir.join(topic.as_str());
+        blocking(move || match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StoreError::Io { path: dir, source }),
+        })
+        .await
+    }
+
     async fn bounds(&self, topic: &TopicName) -> Result<(u64, u64), broker_core::Error> {
         Ok(self.log(topic).map_or((0, 0), |log| log.bounds()))
     }
@@ -652,7 +666,7 @@ mod tests {
             order: 1,
             ..match &publisher {
                 Record::Credential(c) => c.clone(),
-                Record::Subscriber(_) => unreachable!(),
+                _ => unreachable!(),
             }
         });
         let subscriber = Record::Subscriber(SubscriberRecord {

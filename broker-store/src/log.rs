@@ -511,8 +511,8 @@ impl TopicLog {
         Some(read)
     }
 
-    /// Empties the tail cache (the topic went idle).
-    fn drop_cache(&self, cache: &Cache) {
+    /// Empties the tail cache (the topic went idle, or was deleted).
+    pub(crate) fn drop_cache(&self, cache: &Cache) {
         let mut recent = self.recent.lock();
         cache.held.fetch_sub(recent.bytes, Ordering::Relaxed);
         cache.memory.release_cached(recent.bytes);

@@ -4,7 +4,9 @@
 
 use std::{path::Path, time::UNIX_EPOCH};
 
-use broker_core::{CredentialRecord, DeadLetter, PendingRetry, Record, Role, SubscriberRecord};
+use broker_core::{
+    CredentialRecord, DeadLetter, PendingRetry, Record, Role, SubscriberRecord, TopicRecord,
+};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
@@ -63,6 +65,13 @@ enum Stored {
     Publisher(StoredCredential),
     Listener(StoredCredential),
     Subscriber(StoredSubscriber),
+    Topic(StoredTopic),
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredTopic {
+    name: String,
+    order: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -165,6 +174,11 @@ impl Registry {
                     }),
                     order: s.order,
                 }),
+                Stored::Topic(t) => Record::Topic(TopicRecord {
+                    id,
+                    name: t.name,
+                    order: t.order,
+                }),
             });
         }
         Ok(out)
@@ -205,6 +219,10 @@ impl Registry {
                 }),
                 order: s.order,
                 cursor: s.cursor,
+            }),
+            Record::Topic(t) => Stored::Topic(StoredTopic {
+                name: t.name.clone(),
+                order: t.order,
             }),
         };
         let bytes = serde_json::to_vec(&stored).expect("plain data serializes");

@@ -262,6 +262,17 @@ impl std::fmt::Debug for LiveHub {
 
 #[async_trait]
 impl Notifier for LiveHub {
+    /// Every connection listening on a deleted topic is told: an event
+    /// stream ends, a WebSocket gets an error frame and stops listening to
+    /// it (its other topics go on).
+    fn topic_deleted(&self, topic: &TopicName) {
+        let listeners = self.shared.topics.write().remove(topic);
+        // Told after the lock is dropped: a woken task may detach at once.
+        for queue in listeners.iter().flat_map(|l| l.iter()) {
+            queue.topic_deleted(topic.clone());
+        }
+    }
+
     async fn notify(&self, publish: Publish) {
         let listeners = {
             let topics = self.shared.topics.read();

@@ -45,6 +45,8 @@ pub(crate) enum Next {
     Overflowed,
     /// The hub is closing: say goodbye.
     Closed,
+    /// This topic was deleted: stop listening to it, and say so.
+    TopicDeleted(broker_core::TopicName),
 }
 
 /// A connection's queue: bounded by `capacity`; the publisher side
@@ -68,6 +70,8 @@ struct State {
     items: VecDeque<Arc<LiveEvent>>,
     overflowed: bool,
     closed: bool,
+    /// Topics deleted since the connection last looked.
+    deleted: Vec<broker_core::TopicName>,
     waker: Option<Waker>,
 }
 
@@ -123,6 +127,17 @@ impl LiveQueue {
         wake(waker);
     }
 
+    /// Tells the connection `topic` was deleted (before anything queued:
+    /// what is queued for it is then not wanted).
+    pub(crate) fn topic_deleted(&self, topic: broker_core::TopicName) {
+        let waker = {
+            let mut state = self.state.lock();
+            state.deleted.push(topic);
+            state.waker.take()
+        };
+        wake(waker);
+    }
+
     /// The next thing to do, registering `cx` to be woken when there is one.
     pub(crate) fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Next> {
         let mut state = self.state.lock();
@@ -131,6 +146,9 @@ impl LiveQueue {
         }
         if state.overflowed {
             return Poll::Ready(Next::Overflowed);
+        }
+        if let Some(topic) = state.deleted.pop() {
+            return Poll::Ready(Next::TopicDeleted(topic));
         }
         match state.items.pop_front() {
             Some(event) => Poll::Ready(Next::Event(event)),

@@ -159,6 +159,11 @@ impl Body for SseBody {
                         this.done = true;
                         break;
                     }
+                    Poll::Ready(Next::TopicDeleted(_)) => {
+                        this.done = true;
+                        batch.push(topic_deleted());
+                        break;
+                    }
                     Poll::Pending => break,
                 }
             };
@@ -252,6 +257,13 @@ fn replay_failed() -> Bytes {
     Bytes::from_static(
         b"event: broker.error\ndata: {\"code\":\"INTERNAL\",\"message\":\"the replay could not be \
           read from the log; reconnect with Last-Event-ID to resume\"}\n\n",
+    )
+}
+
+fn topic_deleted() -> Bytes {
+    Bytes::from_static(
+        b"event: broker.error\ndata: {\"code\":\"TOPIC_DELETED\",\"message\":\"this topic was \
+          deleted; the stream ends\"}\n\n",
     )
 }
 

@@ -177,6 +177,15 @@ impl Session {
                     Next::Event(first) => events = self.events(first, &mut out),
                     Next::Overflowed => break Stop::Slow,
                     Next::Closed => break Stop::Closing,
+                    Next::TopicDeleted(topic) => {
+                        self.connection.detach(topic.as_str());
+                        self.replays.retain(|pager| pager.topic() != &topic);
+                        out.push(error(
+                            "TOPIC_DELETED",
+                            &format!("topic {topic} was deleted; this connection no longer listens to it"),
+                            None,
+                        ));
+                    }
                 },
                 page = std::future::poll_fn(|cx| match self.replays.front_mut() {
                     Some(pager) => pager.poll_page(cx),

@@ -436,3 +436,261 @@ async fn an_explicit_topic_survives_a_restart_and_its_deletion_removes_the_log()
     );
     assert_eq!(s.get("/v1/topics/gone").await.status, 404);
 }
+
+// ---- consumer groups -------------------------------------------------------
+
+async fn pull(s: &TestServer, topic: &str, group: &str, token: &str, body: Value) -> common::Reply {
+    let auth = format!("Bearer {token}");
+    s.call(
+        "POST",
+        &format!("/v1/topics/{topic}/groups/{group}/pull"),
+        &[
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+        ],
+        body.to_string(),
+    )
+    .await
+}
+
+async fn ack(s: &TestServer, topic: &str, group: &str, token: &str, receipts: &[String]) -> Value {
+    let auth = format!("Bearer {token}");
+    let r = s
+        .call(
+            "POST",
+            &format!("/v1/topics/{topic}/groups/{group}/ack"),
+            &[
+                ("authorization", auth.as_str()),
+                ("content-type", "application/json"),
+            ],
+            json!({ "receipts": receipts }).to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    r.json()
+}
+
+fn receipts(pulled: &Value) -> Vec<String> {
+    pulled["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["receipt"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn offsets(pulled: &Value) -> Vec<u64> {
+    pulled["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["offset"].as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_group_is_created_once_and_validated() {
+    let s = TestServer::start().await;
+    let r = s
+        .post_json("/v1/topics/t/groups", json!({"name": "workers"}))
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(
+        r.json(),
+        json!({"name": "workers", "topic": "t", "ack_timeout": "30s", "max_deliveries": 5})
+    );
+    let again = s
+        .post_json(
+            "/v1/topics/t/groups",
+            json!({"name": "workers", "ack_timeout": "1s"}),
+        )
+        .await;
+    assert_eq!(again.status, 200, "the same group");
+    assert_eq!(again.json()["ack_timeout"], "30s");
+    for bad in [
+        json!({"name": "no/slash"}),
+        json!({"name": ""}),
+        json!({"name": "g", "ack_timeout": "soon"}),
+        json!({"name": "g", "ack_timeout": "0s"}),
+        json!({"name": "g", "max_deliveries": 0}),
+        json!({"name": "g", "start": "middle"}),
+        json!({"name": "g", "start": null}),
+        json!({"name": "g", "other": 1}),
+    ] {
+        assert_eq!(
+            s.post_json("/v1/topics/t/groups", bad.clone()).await.status,
+            400,
+            "{bad}"
+        );
+    }
+    assert_eq!(s.delete("/v1/topics/t/groups/workers").await.status, 204);
+    assert_eq!(
+        s.delete("/v1/topics/t/groups/workers")
+            .await
+            .error_code(404),
+        "group_not_found"
+    );
+    let l = listener(&s, "t").await;
+    assert_eq!(
+        pull(&s, "t", "workers", &l, json!({}))
+            .await
+            .error_code(404),
+        "group_not_found"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pullers_get_disjoint_messages_and_acked_ones_never_come_back() {
+    let s = Arc::new(TestServer::start().await);
+    let p = s.publisher("t", "p").await;
+    let l = listener(&s, "t").await;
+    s.post_json(
+        "/v1/topics/t/groups",
+        json!({"name": "g", "start": "earliest", "ack_timeout": "1s"}),
+    )
+    .await;
+    for n in 0..200 {
+        publish(&s, "t", &p, "text/plain", n.to_string().into_bytes()).await;
+    }
+    let pullers: Vec<_> = (0..2)
+        .map(|_| {
+            let (s, l) = (s.clone(), l.clone());
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                loop {
+                    let r = pull(&s, "t", "g", &l, json!({"max": 7})).await.json();
+                    if r["messages"].as_array().unwrap().is_empty() {
+                        return mine;
+                    }
+                    mine.extend(offsets(&r));
+                    let a = ack(&s, "t", "g", &l, &receipts(&r)).await;
+                    assert_eq!(a["stale"], 0, "{a}");
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for p in pullers {
+        all.extend(p.await.unwrap());
+    }
+    all.sort_unstable();
+    assert_eq!(all, (0..200).collect::<Vec<_>>(), "each exactly once");
+    // Acked: nothing comes back, even after the ack timeout.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let r = pull(&s, "t", "g", &l, json!({"max": 100})).await.json();
+    assert_eq!(r["messages"], json!([]));
+}
+
+#[tokio::test]
+async fn an_unacked_message_comes_back_and_dies_after_max_deliveries() {
+    let s = TestServer::start().await;
+    let p = s.publisher("t", "p").await;
+    let l = listener(&s, "t").await;
+    s.post_json(
+        "/v1/topics/t/groups",
+        json!({"name": "g", "ack_timeout": "100ms", "max_deliveries": 2}),
+    )
+    .await;
+    let id = publish(&s, "t", &p, "application/json", br#"{"n":1}"#.to_vec()).await["id"].clone();
+    let first = pull(&s, "t", "g", &l, json!({"max": 10})).await.json();
+    assert_eq!(first["messages"][0]["deliveries"], 1);
+    assert_eq!(first["messages"][0]["payload"], json!({"n": 1}));
+    assert_eq!(first["messages"][0]["id"], id);
+    // Not acked: after the timeout the long poll gets it again.
+    let second = pull(&s, "t", "g", &l, json!({"max": 10, "wait": "5s"}))
+        .await
+        .json();
+    assert_eq!(second["messages"][0]["deliveries"], 2, "{second}");
+    // An expired receipt is stale, not an error.
+    let stale = ack(&s, "t", "g", &l, &receipts(&first)).await;
+    assert_eq!(
+        (stale["acked"].as_u64(), stale["stale"].as_u64()),
+        (Some(0), Some(1))
+    );
+    // Its deliveries spent: dead-lettered when the second lease expires.
+    let empty = pull(&s, "t", "g", &l, json!({"wait": "300ms"}))
+        .await
+        .json();
+    assert_eq!(empty["messages"], json!([]));
+    let dead = s.get("/v1/topics/t/groups/g/dead-letters").await.json();
+    assert_eq!(dead["dead_letters"][0]["message_id"], id, "{dead}");
+    assert_eq!(dead["dead_letters"][0]["attempts"], 2);
+    // Redrive: pulled again with fresh deliveries, acked, gone from the list.
+    let r = s
+        .post_json("/v1/topics/t/groups/g/redrive", json!({}))
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.json()["redriven"].as_u64()),
+        (202, Some(1))
+    );
+    let again = pull(&s, "t", "g", &l, json!({"wait": "1s"})).await.json();
+    assert_eq!(again["messages"][0]["id"], id);
+    assert_eq!(again["messages"][0]["deliveries"], 1);
+    let a = ack(&s, "t", "g", &l, &receipts(&again)).await;
+    assert_eq!(a["acked"], 1);
+    let dead = s.get("/v1/topics/t/groups/g/dead-letters").await.json();
+    assert_eq!(dead["dead_letters"], json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_pull_is_answered_by_a_publish() {
+    let s = Arc::new(TestServer::start().await);
+    let p = s.publisher("t", "p").await;
+    let l = listener(&s, "t").await;
+    s.post_json("/v1/topics/t/groups", json!({"name": "g"}))
+        .await;
+    let waiting = tokio::spawn({
+        let (s, l) = (s.clone(), l.clone());
+        async move { pull(&s, "t", "g", &l, json!({"wait": "20s"})).await.json() }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished());
+    publish(&s, "t", &p, "text/plain", b"now".to_vec()).await;
+    let got = tokio::time::timeout(PATIENCE, waiting)
+        .await
+        .expect("answered")
+        .unwrap();
+    assert_eq!(got["messages"][0]["payload"], "now");
+}
+
+#[tokio::test]
+async fn group_progress_survives_a_restart_with_a_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let open =
+        || broker_store::DiskStore::open(dir.path(), broker_store::Options::default()).unwrap();
+    let (p, l) = {
+        let s = TestServer::with_store(DeliveryConfig::default(), open()).await;
+        let p = s.publisher("t", "p").await;
+        let l = listener(&s, "t").await;
+        s.post_json(
+            "/v1/topics/t/groups",
+            json!({"name": "g", "start": "earliest"}),
+        )
+        .await;
+        for n in 0..10 {
+            publish(&s, "t", &p, "text/plain", n.to_string().into_bytes()).await;
+        }
+        // 0-4 pulled; 0, 1, 3 acked; 2 and 4 leased, never acked.
+        let r = pull(&s, "t", "g", &l, json!({"max": 5})).await.json();
+        let rs = receipts(&r);
+        let a = ack(
+            &s,
+            "t",
+            "g",
+            &l,
+            &[rs[0].clone(), rs[1].clone(), rs[3].clone()],
+        )
+        .await;
+        assert_eq!(a["acked"], 3);
+        s.stop().await;
+        (p, l)
+    };
+    let s = TestServer::with_store(DeliveryConfig::default(), open()).await;
+    let r = pull(&s, "t", "g", &l, json!({"max": 100})).await.json();
+    assert_eq!(
+        offsets(&r),
+        [2, 4, 5, 6, 7, 8, 9],
+        "unacked again, acked never"
+    );
+    let _ = p;
+}

@@ -148,6 +148,12 @@ async fn the_openapi_document_is_served_and_covers_every_route() {
         ),
         ("/v1/topics/{topic}/messages", &["get", "post"]),
         ("/v1/topics/{topic}/messages/batch", &["post"]),
+        ("/v1/topics/{topic}/groups", &["post"]),
+        ("/v1/topics/{topic}/groups/{group}", &["delete"]),
+        ("/v1/topics/{topic}/groups/{group}/pull", &["post"]),
+        ("/v1/topics/{topic}/groups/{group}/ack", &["post"]),
+        ("/v1/topics/{topic}/groups/{group}/dead-letters", &["get"]),
+        ("/v1/topics/{topic}/groups/{group}/redrive", &["post"]),
         ("/v1/topics/{topic}/listeners", &["post"]),
         ("/v1/topics/{topic}/listeners/{id}", &["delete"]),
         ("/v1/topics/{topic}/events", &["get"]),
@@ -161,11 +167,14 @@ async fn the_openapi_document_is_served_and_covers_every_route() {
         }
         // And the server answers each documented path (not 404 for an
         // unknown route).
-        let concrete = path.replace("{topic}", "t").replace("{id}", "x");
+        let concrete = path
+            .replace("{topic}", "t")
+            .replace("{id}", "x")
+            .replace("{group}", "g");
         let r = s.call(&methods[0].to_uppercase(), &concrete, &[], "").await;
         if r.status == 404 {
             assert_ne!(r.json()["error"]["code"], "not_found", "{path}");
         }
     }
-    assert_eq!(paths.len(), 21, "a documented path the test does not know");
+    assert_eq!(paths.len(), 27, "a documented path the test does not know");
 }

@@ -33,6 +33,13 @@ pub enum Error {
     TopicNotFound,
     /// A topic of that name exists already (explicit creation).
     TopicExists,
+    /// No consumer group of that name is on the topic.
+    GroupNotFound,
+    /// The group's name or settings were refused.
+    InvalidGroup {
+        /// Why.
+        reason: &'static str,
+    },
     /// No publisher with that id is registered on the topic.
     PublisherNotFound,
     /// No subscriber with that id is registered on the topic.
@@ -86,6 +93,8 @@ impl Error {
             Error::InvalidEndpoint { .. } => "invalid_endpoint",
             Error::TopicNotFound => "topic_not_found",
             Error::TopicExists => "topic_exists",
+            Error::GroupNotFound => "group_not_found",
+            Error::InvalidGroup { .. } => "invalid_group",
             Error::PublisherNotFound => "publisher_not_found",
             Error::SubscriberNotFound => "subscriber_not_found",
             Error::ListenerNotFound => "listener_not_found",
@@ -118,6 +127,8 @@ impl fmt::Display for Error {
             Error::InvalidEndpoint { reason } => write!(f, "invalid subscriber endpoint: {reason}"),
             Error::TopicNotFound => f.write_str("no topic of that name is registered"),
             Error::TopicExists => f.write_str("a topic of that name exists already"),
+            Error::GroupNotFound => f.write_str("no consumer group of that name is on this topic"),
+            Error::InvalidGroup { reason } => write!(f, "invalid group: {reason}"),
             Error::PublisherNotFound => {
                 f.write_str("no publisher with that id is registered on this topic")
             }

@@ -64,6 +64,7 @@ mod budget;
 mod credential;
 mod endpoint;
 mod error;
+mod group;
 mod limits;
 mod memory;
 mod message;
@@ -81,6 +82,7 @@ pub use budget::{Charge, MemoryBudget};
 pub use credential::{Credential, Listener, Publisher, Role};
 pub use endpoint::Endpoint;
 pub use error::Error;
+pub use group::{Group, GroupConfig, GroupStart, Pulled, MAX_WINDOW};
 pub use limits::Limits;
 pub use memory::{MemoryStore, Retention, MAX_DEAD_LETTERS};
 pub use message::{BatchReceipt, Message, Publish, Receipt, Subscribers};
@@ -89,8 +91,8 @@ pub use replay::{Replay, ReplayFrom};
 pub use retry::{format_duration, parse_duration, Retry, MAX_SCHEDULE, MAX_WAIT};
 pub use secret::{SigningSecret, Token};
 pub use store::{
-    message_id, new_id_prefix, Change, CredentialRecord, DeadLetter, NewMessage, PendingRetry,
-    Read, Record, Store, SubscriberRecord, TopicRecord,
+    message_id, new_id_prefix, Change, CredentialRecord, DeadLetter, GroupRecord, NewMessage,
+    PendingRetry, Read, Record, Store, SubscriberRecord, TopicRecord,
 };
 pub use subscriber::{DeliveryCounts, DeliveryStats, Outcome, Subscriber};
 pub use topic::{TopicName, MAX_TOPIC_LEN};

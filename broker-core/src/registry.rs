@@ -41,6 +41,8 @@ pub(crate) struct Topic {
     pub(crate) stats: Arc<crate::broker::TopicStats>,
     /// Created explicitly: kept until deleted, even when empty.
     pub(crate) explicit: bool,
+    /// Consumer groups by name.
+    pub(crate) groups: HashMap<String, Arc<crate::Group>>,
 }
 
 impl Topic {
@@ -53,11 +55,13 @@ impl Topic {
             subscriber_keys: HashMap::new(),
             stats: Arc::default(),
             explicit: false,
+            groups: HashMap::new(),
         }
     }
 
     fn is_empty(&self) -> bool {
         !self.explicit
+            && self.groups.is_empty()
             && self.publishers.is_empty()
             && self.listeners.is_empty()
             && self.subscriber_keys.is_empty()
@@ -79,7 +83,7 @@ impl Topic {
 }
 
 impl Registry {
-    fn topic_entry(&mut self, name: &str, limits: &Limits) -> Result<&mut Topic, Error> {
+    pub(crate) fn topic_entry(&mut self, name: &str, limits: &Limits) -> Result<&mut Topic, Error> {
         if !self.topics.contains_key(name) {
             let name = TopicName::new(name)?;
             if self.topics.len() >= limits.max_topics {
@@ -93,7 +97,7 @@ impl Registry {
         Ok(self.topics.get_mut(name).expect("inserted above"))
     }
 
-    fn topic_or_create(&mut self, name: &TopicName) -> &mut Topic {
+    pub(crate) fn topic_or_create(&mut self, name: &TopicName) -> &mut Topic {
         self.topics
             .entry(name.clone())
             .or_insert_with(|| Topic::new(name.clone()))

@@ -35,6 +35,8 @@ pub enum Record {
     /// A topic created explicitly (`POST /v1/topics`): it stays until
     /// deleted, even with nothing registered on it.
     Topic(TopicRecord),
+    /// A consumer group with its progress.
+    Group(GroupRecord),
 }
 
 impl Record {
@@ -45,6 +47,7 @@ impl Record {
             Record::Credential(c) => &c.id,
             Record::Subscriber(s) => &s.id,
             Record::Topic(t) => &t.id,
+            Record::Group(g) => &g.id,
         }
     }
 
@@ -54,8 +57,35 @@ impl Record {
             Record::Credential(c) => c.order,
             Record::Subscriber(s) => s.order,
             Record::Topic(t) => t.order,
+            Record::Group(g) => g.order,
         }
     }
+}
+
+/// A stored consumer group: its settings and its progress (written again
+/// at every ack, so that an acked message is never delivered again after
+/// a restart; leases are not kept: what was leased and not acked is
+/// delivered again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRecord {
+    /// `grp_<topic>/<name>`.
+    pub id: String,
+    /// Its topic.
+    pub topic: String,
+    /// Its name.
+    pub name: String,
+    /// How long a lease lasts.
+    pub ack_timeout: std::time::Duration,
+    /// Deliveries of a message at most.
+    pub max_deliveries: u32,
+    /// Registration order.
+    pub order: u64,
+    /// Every offset below is done.
+    pub floor: u64,
+    /// Offsets done above the floor.
+    pub done: Vec<u64>,
+    /// Deliveries so far of offsets not done.
+    pub deliveries: Vec<(u64, u32)>,
 }
 
 /// A stored explicit topic.

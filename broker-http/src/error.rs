@@ -61,11 +61,13 @@ impl ApiError {
                 E::InvalidTopic { .. }
                 | E::InvalidPublisherName { .. }
                 | E::InvalidListenerName { .. }
-                | E::InvalidEndpoint { .. } => StatusCode::BAD_REQUEST,
+                | E::InvalidEndpoint { .. }
+                | E::InvalidGroup { .. } => StatusCode::BAD_REQUEST,
                 E::TopicNotFound
                 | E::PublisherNotFound
                 | E::SubscriberNotFound
-                | E::ListenerNotFound => StatusCode::NOT_FOUND,
+                | E::ListenerNotFound
+                | E::GroupNotFound => StatusCode::NOT_FOUND,
                 E::Unauthorized => StatusCode::UNAUTHORIZED,
                 E::Forbidden => StatusCode::FORBIDDEN,
                 E::SubscriberConflict { .. } | E::LimitExceeded { .. } | E::TopicExists => {

@@ -259,15 +259,7 @@ pub(crate) async fn fetch(api: &Api, topic: &str, parts: &http::request::Parts) 
             _ => {}
         }
     }
-    let token = token.ok_or(ApiError::ListenerUnauthorized)?;
-    if !api.is_admin(token) {
-        match api.broker().authorize_listener(topic, token) {
-            Ok(()) => {}
-            Err(broker_core::Error::Unauthorized) => return Err(ApiError::ListenerUnauthorized),
-            Err(broker_core::Error::Forbidden) => return Err(ApiError::ListenerForbidden),
-            Err(e) => return Err(e.into()),
-        }
-    }
+    authorize_reader(api, topic, token)?;
     let max_bytes = api.broker().limits().replay_bytes;
     let read = api
         .broker()
@@ -286,6 +278,213 @@ pub(crate) async fn fetch(api: &Api, topic: &str, parts: &http::request::Parts) 
             first_offset: read.first,
         },
     ))
+}
+
+/// Whether `token` may read `topic` (fetch, pull, ack): a listener token
+/// of the topic or the admin token; never anonymous.
+fn authorize_reader(api: &Api, topic: &str, token: Option<&str>) -> Result<(), ApiError> {
+    let token = token.ok_or(ApiError::ListenerUnauthorized)?;
+    if api.is_admin(token) {
+        return Ok(());
+    }
+    match api.broker().authorize_listener(topic, token) {
+        Ok(()) => Ok(()),
+        Err(broker_core::Error::Unauthorized) => Err(ApiError::ListenerUnauthorized),
+        Err(broker_core::Error::Forbidden) => Err(ApiError::ListenerForbidden),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The token of a request: `Authorization: Bearer`, or `?access_token=`.
+fn token_of(parts: &http::request::Parts) -> Option<&str> {
+    bearer(&parts.headers).or_else(|| {
+        parts
+            .uri
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("access_token="))
+            .filter(|t| !t.is_empty())
+    })
+}
+
+/// A wait given as a duration, at most [`MAX_WAIT`].
+fn parse_wait(value: &str) -> Result<std::time::Duration, ApiError> {
+    broker_core::parse_duration(value)
+        .ok()
+        .filter(|d| *d <= MAX_WAIT)
+        .ok_or(ApiError::InvalidRequest(
+            "wait must be a duration of at most 30s, e.g. 5s or 500ms".into(),
+        ))
+}
+
+/// `POST /v1/topics/{topic}/groups`
+pub(crate) async fn create_group<B>(api: &Api, topic: &str, h: &HeaderMap, body: B) -> Reply
+where
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    broker_core::TopicName::validate(topic)?;
+    let req: json::GroupRequest = json::read_json(
+        h,
+        body,
+        api.config().max_json_bytes,
+        api.config().body_timeout,
+    )
+    .await?;
+    let mut config = broker_core::GroupConfig::default();
+    if let Some(timeout) = &req.ack_timeout {
+        config.ack_timeout = broker_core::parse_duration(timeout).map_err(|_| {
+            ApiError::InvalidRequest("ack_timeout must be a duration, e.g. 30s".into())
+        })?;
+    }
+    if let Some(max) = req.max_deliveries {
+        config.max_deliveries = max;
+    }
+    let start = match req.start.as_deref() {
+        None | Some("latest") => broker_core::GroupStart::Latest,
+        Some("earliest") => broker_core::GroupStart::Earliest,
+        Some(_) => {
+            return Err(ApiError::InvalidRequest(
+                "start is \"earliest\" or \"latest\"".into(),
+            ))
+        }
+    };
+    let registration = api
+        .broker()
+        .create_group(topic, &req.name, config, start)
+        .await?;
+    let group = &registration.item;
+    Ok(reply(
+        created_or_ok(registration.created),
+        &json::GroupShown {
+            name: group.name(),
+            topic: group.topic().as_str(),
+            ack_timeout: broker_core::format_duration(group.config().ack_timeout),
+            max_deliveries: group.config().max_deliveries,
+        },
+    ))
+}
+
+/// `DELETE /v1/topics/{topic}/groups/{group}`
+pub(crate) async fn delete_group(api: &Api, topic: &str, group: &str) -> Reply {
+    api.broker().delete_group(topic, group).await?;
+    Ok(no_content())
+}
+
+/// `POST /v1/topics/{topic}/groups/{group}/pull`: a listener or the admin.
+pub(crate) async fn pull<B>(
+    api: &Api,
+    topic: &str,
+    group: &str,
+    parts: &http::request::Parts,
+    body: B,
+) -> Reply
+where
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    broker_core::TopicName::validate(topic)?;
+    authorize_reader(api, topic, token_of(parts))?;
+    let req: json::PullRequest = json::read_json(
+        &parts.headers,
+        body,
+        api.config().max_json_bytes,
+        api.config().body_timeout,
+    )
+    .await?;
+    let max = match req.max {
+        None => 10,
+        Some(n) if (1..=1_000).contains(&n) => n,
+        Some(_) => return Err(ApiError::InvalidRequest("max must be 1 to 1000".into())),
+    };
+    let wait = match &req.wait {
+        None => std::time::Duration::ZERO,
+        Some(w) => parse_wait(w)?,
+    };
+    let pulled = api.broker().pull(topic, group, max, wait).await?;
+    Ok(reply(
+        StatusCode::OK,
+        &json::PulledMessages {
+            messages: pulled
+                .iter()
+                .map(|p| json::PulledMessage {
+                    message: json::FetchedMessage::of(&p.message),
+                    receipt: &p.receipt,
+                    deliveries: p.deliveries,
+                })
+                .collect(),
+        },
+    ))
+}
+
+/// `POST /v1/topics/{topic}/groups/{group}/ack`: a listener or the admin.
+pub(crate) async fn ack<B>(
+    api: &Api,
+    topic: &str,
+    group: &str,
+    parts: &http::request::Parts,
+    body: B,
+) -> Reply
+where
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    broker_core::TopicName::validate(topic)?;
+    authorize_reader(api, topic, token_of(parts))?;
+    let req: json::AckRequest = json::read_json(
+        &parts.headers,
+        body,
+        api.config().max_json_bytes,
+        api.config().body_timeout,
+    )
+    .await?;
+    if req.receipts.len() > 1_000 {
+        return Err(ApiError::InvalidRequest(
+            "at most 1000 receipts at once".into(),
+        ));
+    }
+    let (acked, stale) = api.broker().ack(topic, group, &req.receipts).await?;
+    Ok(reply(StatusCode::OK, &json::Acked { acked, stale }))
+}
+
+/// `GET /v1/topics/{topic}/groups/{group}/dead-letters?limit=N`
+pub(crate) async fn group_dead_letters(
+    api: &Api,
+    topic: &str,
+    group: &str,
+    query: Option<&str>,
+) -> Reply {
+    let limit = dead_letter_limit(query)?;
+    let dead = api.broker().group_dead_letters(topic, group, limit).await?;
+    Ok(dead_letters_reply(dead))
+}
+
+/// `POST /v1/topics/{topic}/groups/{group}/redrive`
+pub(crate) async fn redrive_group<B>(
+    api: &Api,
+    topic: &str,
+    group: &str,
+    h: &HeaderMap,
+    body: B,
+) -> Reply
+where
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    broker_core::TopicName::validate(topic)?;
+    let req: json::RedriveRequest = json::read_json(
+        h,
+        body,
+        api.config().max_json_bytes,
+        api.config().body_timeout,
+    )
+    .await?;
+    let redriven = api
+        .broker()
+        .redrive_group(topic, group, req.message_ids.as_deref())
+        .await?;
+    Ok(reply(StatusCode::ACCEPTED, &json::Redriven { redriven }))
 }
 
 /// The longest a fetch waits for a message.
@@ -482,6 +681,13 @@ pub(crate) async fn topic_detail(api: &Api, topic: &str) -> Reply {
 /// `GET /v1/topics/{topic}/subscribers/{id}/dead-letters?limit=N`
 /// (default 100, at most 1,000), oldest first.
 pub(crate) async fn dead_letters(api: &Api, topic: &str, id: &str, query: Option<&str>) -> Reply {
+    let limit = dead_letter_limit(query)?;
+    let dead = api.broker().dead_letters(topic, id, limit).await?;
+    Ok(dead_letters_reply(dead))
+}
+
+/// The `limit` of a dead-letter listing: 1–1000, default 100.
+fn dead_letter_limit(query: Option<&str>) -> Result<usize, ApiError> {
     let mut limit = 100;
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         if let Some(value) = pair.strip_prefix("limit=") {
@@ -494,8 +700,11 @@ pub(crate) async fn dead_letters(api: &Api, topic: &str, id: &str, query: Option
                 ))?;
         }
     }
-    let dead = api.broker().dead_letters(topic, id, limit).await?;
-    Ok(reply(
+    Ok(limit)
+}
+
+fn dead_letters_reply(dead: Vec<broker_core::DeadLetter>) -> Response<ResponseBody> {
+    reply(
         StatusCode::OK,
         &json::DeadLetters {
             dead_letters: dead
@@ -510,7 +719,7 @@ pub(crate) async fn dead_letters(api: &Api, topic: &str, id: &str, query: Option
                 })
                 .collect(),
         },
-    ))
+    )
 }
 
 /// `POST /v1/topics/{topic}/subscribers/{id}/redrive`

@@ -491,6 +491,63 @@ pub(crate) struct DeadLetterItem {
     pub(crate) failed_at: String,
 }
 
+/// `POST /v1/topics/{topic}/groups`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GroupRequest {
+    pub(crate) name: String,
+    #[serde(default, deserialize_with = "present")]
+    pub(crate) ack_timeout: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    pub(crate) max_deliveries: Option<u32>,
+    #[serde(default, deserialize_with = "present")]
+    pub(crate) start: Option<String>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct GroupShown<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) topic: &'a str,
+    pub(crate) ack_timeout: String,
+    pub(crate) max_deliveries: u32,
+}
+
+/// `POST …/groups/{group}/pull`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PullRequest {
+    #[serde(default, deserialize_with = "present")]
+    pub(crate) max: Option<usize>,
+    #[serde(default, deserialize_with = "present")]
+    pub(crate) wait: Option<String>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct PulledMessages<'a> {
+    pub(crate) messages: Vec<PulledMessage<'a>>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct PulledMessage<'a> {
+    #[serde(flatten)]
+    pub(crate) message: FetchedMessage<'a>,
+    pub(crate) receipt: &'a str,
+    pub(crate) deliveries: u32,
+}
+
+/// `POST …/groups/{group}/ack`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AckRequest {
+    pub(crate) receipts: Vec<String>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct Acked {
+    pub(crate) acked: usize,
+    pub(crate) stale: usize,
+}
+
 /// `POST …/redrive`: `{}` for all, or some message ids.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -26,6 +26,12 @@ pub(crate) enum Route<'a> {
     RotateSecret(&'a str, &'a str),
     Messages(&'a str),
     Batch(&'a str),
+    Groups(&'a str),
+    Group(&'a str, &'a str),
+    Pull(&'a str, &'a str),
+    Ack(&'a str, &'a str),
+    GroupDeadLetters(&'a str, &'a str),
+    GroupRedrive(&'a str, &'a str),
     Listeners(&'a str),
     Listener(&'a str, &'a str),
     Events(&'a str),
@@ -77,6 +83,19 @@ impl<'a> Route<'a> {
             [Some("v1"), Some("topics"), Some(t), Some("messages"), Some("batch"), None] => {
                 Route::Batch(t)
             }
+            [Some("v1"), Some("topics"), Some(t), Some("groups"), None, _] => Route::Groups(t),
+            [Some("v1"), Some("topics"), Some(t), Some("groups"), Some(g), None] => {
+                Route::Group(t, g)
+            }
+            [Some("v1"), Some("topics"), Some(t), Some("groups"), Some(g), Some(action)] => {
+                match action {
+                    "pull" => Route::Pull(t, g),
+                    "ack" => Route::Ack(t, g),
+                    "dead-letters" => Route::GroupDeadLetters(t, g),
+                    "redrive" => Route::GroupRedrive(t, g),
+                    _ => return None,
+                }
+            }
             [Some("v1"), Some("topics"), Some(t), Some("events"), None, _] => Route::Events(t),
             [Some("v1"), Some("topics"), Some(t), Some("listeners"), None, _] => {
                 Route::Listeners(t)
@@ -108,6 +127,12 @@ impl<'a> Route<'a> {
             Route::RotateSecret(..) => "rotate_secret",
             Route::Messages(_) => "messages",
             Route::Batch(_) => "batch",
+            Route::Groups(_) => "groups",
+            Route::Group(..) => "group",
+            Route::Pull(..) => "pull",
+            Route::Ack(..) => "ack",
+            Route::GroupDeadLetters(..) => "group_dead_letters",
+            Route::GroupRedrive(..) => "group_redrive",
             Route::Listeners(_) => "listeners",
             Route::Listener(..) => "listener",
             Route::Events(_) => "events",
@@ -124,18 +149,26 @@ impl<'a> Route<'a> {
             | Route::OpenApi
             | Route::Events(_)
             | Route::DeadLetters(..)
+            | Route::GroupDeadLetters(..)
             | Route::WebSocket => "GET",
             Route::Messages(_) | Route::Topics => "GET, POST",
             Route::Topic(_) => "GET, DELETE",
             Route::Publishers(_)
             | Route::Subscribers(_)
             | Route::Batch(_)
+            | Route::Groups(_)
+            | Route::Pull(..)
+            | Route::Ack(..)
+            | Route::GroupRedrive(..)
             | Route::Redrive(..)
             | Route::SubscriberReplay(..)
             | Route::Enable(..)
             | Route::RotateSecret(..)
             | Route::Listeners(_) => "POST",
-            Route::Publisher(..) | Route::Subscriber(..) | Route::Listener(..) => "DELETE",
+            Route::Publisher(..)
+            | Route::Subscriber(..)
+            | Route::Listener(..)
+            | Route::Group(..) => "DELETE",
         }
     }
 }
@@ -160,6 +193,8 @@ where
         (&Method::GET, Route::WebSocket) => return live::ws::upgrade(api, parts, on_upgrade),
         // Fetching by offset is listening too: a listener or the admin.
         (&Method::GET, Route::Messages(topic)) => return handlers::fetch(api, topic, parts).await,
+        (&Method::POST, Route::Pull(t, g)) => return handlers::pull(api, t, g, parts, body).await,
+        (&Method::POST, Route::Ack(t, g)) => return handlers::ack(api, t, g, parts, body).await,
         _ => {}
     }
     let h = &parts.headers;
@@ -209,6 +244,14 @@ where
                 (&Method::DELETE, Route::Listener(t, id)) => {
                     handlers::deregister_listener(api, t, id).await
                 }
+                (&Method::POST, Route::Groups(t)) => handlers::create_group(api, t, h, body).await,
+                (&Method::DELETE, Route::Group(t, g)) => handlers::delete_group(api, t, g).await,
+                (&Method::GET, Route::GroupDeadLetters(t, g)) => {
+                    handlers::group_dead_letters(api, t, g, parts.uri.query()).await
+                }
+                (&Method::POST, Route::GroupRedrive(t, g)) => {
+                    handlers::redrive_group(api, t, g, h, body).await
+                }
                 (_, route) => Err(ApiError::MethodNotAllowed(route.allow())),
             }
         }
@@ -246,6 +289,18 @@ mod tests {
             ),
             ("/v1/topics/a/subscribers/s/enable", Some(Enable("a", "s"))),
             ("/v1/topics/a/messages/batch", Some(Batch("a"))),
+            ("/v1/topics/a/groups", Some(Groups("a"))),
+            ("/v1/topics/a/groups/g", Some(Group("a", "g"))),
+            ("/v1/topics/a/groups/g/pull", Some(Pull("a", "g"))),
+            ("/v1/topics/a/groups/g/ack", Some(Ack("a", "g"))),
+            (
+                "/v1/topics/a/groups/g/dead-letters",
+                Some(GroupDeadLetters("a", "g")),
+            ),
+            (
+                "/v1/topics/a/groups/g/redrive",
+                Some(GroupRedrive("a", "g")),
+            ),
             (
                 "/v1/topics/a/subscribers/s/rotate-secret",
                 Some(RotateSecret("a", "s")),

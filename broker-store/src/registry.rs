@@ -5,7 +5,8 @@
 use std::{path::Path, time::UNIX_EPOCH};
 
 use broker_core::{
-    CredentialRecord, DeadLetter, PendingRetry, Record, Role, SubscriberRecord, TopicRecord,
+    CredentialRecord, DeadLetter, GroupRecord, PendingRetry, Record, Role, SubscriberRecord,
+    TopicRecord,
 };
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -66,6 +67,19 @@ enum Stored {
     Listener(StoredCredential),
     Subscriber(StoredSubscriber),
     Topic(StoredTopic),
+    Group(StoredGroup),
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredGroup {
+    topic: String,
+    name: String,
+    ack_timeout_ms: u64,
+    max_deliveries: u32,
+    order: u64,
+    floor: u64,
+    done: Vec<u64>,
+    deliveries: Vec<(u64, u32)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -179,6 +193,17 @@ impl Registry {
                     name: t.name,
                     order: t.order,
                 }),
+                Stored::Group(g) => Record::Group(GroupRecord {
+                    id,
+                    topic: g.topic,
+                    name: g.name,
+                    ack_timeout: std::time::Duration::from_millis(g.ack_timeout_ms),
+                    max_deliveries: g.max_deliveries,
+                    order: g.order,
+                    floor: g.floor,
+                    done: g.done,
+                    deliveries: g.deliveries,
+                }),
             });
         }
         Ok(out)
@@ -223,6 +248,16 @@ impl Registry {
             Record::Topic(t) => Stored::Topic(StoredTopic {
                 name: t.name.clone(),
                 order: t.order,
+            }),
+            Record::Group(g) => Stored::Group(StoredGroup {
+                topic: g.topic.clone(),
+                name: g.name.clone(),
+                ack_timeout_ms: g.ack_timeout.as_millis() as u64,
+                max_deliveries: g.max_deliveries,
+                order: g.order,
+                floor: g.floor,
+                done: g.done.clone(),
+                deliveries: g.deliveries.clone(),
             }),
         };
         let bytes = serde_json::to_vec(&stored).expect("plain data serializes");

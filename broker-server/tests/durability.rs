@@ -638,3 +638,77 @@ fn a_pending_retry_goes_on_with_its_schedule_after_a_sigkill() {
         "more than two attempts after the restart"
     );
 }
+
+/// A consumer group under `kill -9`: every ack answered before the kill
+/// holds (those messages never come again), and every message leased but
+/// not acked, or never pulled, comes after the restart.
+#[test]
+fn a_group_loses_no_unacked_message_and_repeats_no_acked_one_across_sigkill() {
+    let dir = data_dir();
+    let (mut child, addr, _, _) = start_on(dir.path(), &[]);
+    let (_, p) = register(&addr, "/v1/topics/t/publishers", r#"{"name":"p"}"#);
+    let token = json_field(&p, "token");
+    let (_, l) = register(&addr, "/v1/topics/t/listeners", r#"{"name":"l"}"#);
+    let listener = json_field(&l, "token");
+    let (status, _) = register(
+        &addr,
+        "/v1/topics/t/groups",
+        r#"{"name":"g","start":"earliest","ack_timeout":"1h"}"#,
+    );
+    assert!(status.contains("201"), "{status}");
+    for n in 0..50 {
+        let (status, _) = publish(&addr, &token, &n.to_string());
+        assert!(status.contains("202"));
+    }
+    let auth = format!("Authorization: Bearer {listener}\r\nContent-Type: application/json\r\n");
+    let pull = |addr: &str, max: usize| -> Vec<(u64, String)> {
+        let (status, body) = http(
+            addr,
+            "POST",
+            "/v1/topics/t/groups/g/pull",
+            &auth,
+            &format!(r#"{{"max":{max}}}"#),
+        );
+        assert!(status.contains("200"), "{status} {body}");
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        body["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["offset"].as_u64().unwrap(),
+                    m["receipt"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    // 30 pulled; the even ones acked; the odd ones leased (for an hour).
+    let leased = pull(&addr, 30);
+    assert_eq!(leased.len(), 30);
+    let acked: Vec<u64> = leased.iter().map(|l| l.0).filter(|o| o % 2 == 0).collect();
+    let receipts: Vec<String> = leased
+        .iter()
+        .filter(|l| l.0 % 2 == 0)
+        .map(|l| format!("\"{}\"", l.1))
+        .collect();
+    let (status, body) = http(
+        &addr,
+        "POST",
+        "/v1/topics/t/groups/g/ack",
+        &auth,
+        &format!(r#"{{"receipts":[{}]}}"#, receipts.join(",")),
+    );
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(number(&body, "acked"), 15);
+    kill9(&mut child);
+
+    let (_child, addr, _, _) = start_on(dir.path(), &[]);
+    let mut after: Vec<u64> = pull(&addr, 1_000).into_iter().map(|l| l.0).collect();
+    after.sort_unstable();
+    let want: Vec<u64> = (0..50).filter(|o| !acked.contains(o)).collect();
+    assert_eq!(
+        after, want,
+        "the unacked and the unpulled, and no acked one"
+    );
+}

@@ -223,7 +223,6 @@ pub(crate) async fn fetch(api: &Api, topic: &str, parts: &http::request::Parts) 
     let mut offset = 0;
     let mut limit = 100;
     let mut wait = std::time::Duration::ZERO;
-    let mut token = bearer(&parts.headers);
     for pair in parts
         .uri
         .query()
@@ -255,11 +254,10 @@ pub(crate) async fn fetch(api: &Api, topic: &str, parts: &http::request::Parts) 
                         "wait must be a duration of at most 30s, e.g. 5s or 500ms",
                     ))?;
             }
-            "access_token" if token.is_none() && !value.is_empty() => token = Some(value),
             _ => {}
         }
     }
-    authorize_reader(api, topic, token)?;
+    authorize_reader(api, topic, token_of(parts))?;
     let max_bytes = api.broker().limits().replay_bytes;
     let read = api
         .broker()
@@ -282,7 +280,11 @@ pub(crate) async fn fetch(api: &Api, topic: &str, parts: &http::request::Parts) 
 
 /// Whether `token` may read `topic` (fetch, pull, ack): a listener token
 /// of the topic or the admin token; never anonymous.
-fn authorize_reader(api: &Api, topic: &str, token: Option<&str>) -> Result<(), ApiError> {
+pub(crate) fn authorize_reader(
+    api: &Api,
+    topic: &str,
+    token: Option<&str>,
+) -> Result<(), ApiError> {
     let token = token.ok_or(ApiError::ListenerUnauthorized)?;
     if api.is_admin(token) {
         return Ok(());
@@ -372,6 +374,30 @@ pub(crate) async fn delete_group(api: &Api, topic: &str, group: &str) -> Reply {
     Ok(no_content())
 }
 
+/// The JSON body of a reader's call (pull, ack), once its token may read
+/// `topic`.
+async fn reader_json<T, B>(
+    api: &Api,
+    topic: &str,
+    parts: &http::request::Parts,
+    body: B,
+) -> Result<T, ApiError>
+where
+    T: for<'de> serde::Deserialize<'de>,
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    broker_core::TopicName::validate(topic)?;
+    authorize_reader(api, topic, token_of(parts))?;
+    json::read_json(
+        &parts.headers,
+        body,
+        api.config().max_json_bytes,
+        api.config().body_timeout,
+    )
+    .await
+}
+
 /// `POST /v1/topics/{topic}/groups/{group}/pull`: a listener or the admin.
 pub(crate) async fn pull<B>(
     api: &Api,
@@ -384,15 +410,7 @@ where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    broker_core::TopicName::validate(topic)?;
-    authorize_reader(api, topic, token_of(parts))?;
-    let req: json::PullRequest = json::read_json(
-        &parts.headers,
-        body,
-        api.config().max_json_bytes,
-        api.config().body_timeout,
-    )
-    .await?;
+    let req: json::PullRequest = reader_json(api, topic, parts, body).await?;
     let max = match req.max {
         None => 10,
         Some(n) if (1..=1_000).contains(&n) => n,
@@ -430,15 +448,7 @@ where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    broker_core::TopicName::validate(topic)?;
-    authorize_reader(api, topic, token_of(parts))?;
-    let req: json::AckRequest = json::read_json(
-        &parts.headers,
-        body,
-        api.config().max_json_bytes,
-        api.config().body_timeout,
-    )
-    .await?;
+    let req: json::AckRequest = reader_json(api, topic, parts, body).await?;
     if req.receipts.len() > 1_000 {
         return Err(ApiError::InvalidRequest(
             "at most 1000 receipts at once".into(),

@@ -1,10 +1,13 @@
 //! The webhook broker as a standalone server: binds a port, serves the v1
 //! API over an in-memory broker (or a durable one with `--data-dir`), and
-//! drains deliveries on SIGTERM/Ctrl-C.
+//! the TCP line protocol on a second port with `--tcp-listen`, and drains
+//! deliveries on SIGTERM/Ctrl-C.
 
 use std::{
+    future::Future,
     net::SocketAddr,
     path::PathBuf,
+    pin::Pin,
     process::ExitCode,
     sync::Arc,
     time::{Duration, Instant},
@@ -16,6 +19,7 @@ use broker_http::{
     Overflow, ServerConfig, WebhookNotifier,
 };
 use broker_store::{DiskStore, Fsync, Options};
+use broker_tcp::TcpConfig;
 use clap::Parser;
 use tokio::net::TcpListener;
 
@@ -38,6 +42,14 @@ struct Args {
     /// Address to listen on.
     #[arg(long, env = "BROKER_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
+
+    /// Also speak the TCP line protocol (AUTH, PUB, FETCH; README, "TCP
+    /// protocol") on this address. Off by default. It takes its limits
+    /// from `--max-body-bytes`, `--max-connections` (counted apart from
+    /// HTTP's), `--header-read-timeout` (idle, and a command line),
+    /// `--body-timeout` (a payload) and `--write-timeout`.
+    #[arg(long, env = "BROKER_TCP_LISTEN")]
+    tcp_listen: Option<SocketAddr>,
 
     /// Instead of serving: ask the server on the `--listen` port of this
     /// host for `/healthz` and exit 0 if it answers 200 (for container
@@ -372,6 +384,10 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let listener = TcpListener::bind(args.listen).await?;
+    let tcp_listener = match args.tcp_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await?),
+        None => None,
+    };
     let notifier = WebhookNotifier::new(DeliveryConfig {
         max_in_flight: args.max_in_flight,
         connect_timeout: args.connect_timeout,
@@ -451,6 +467,17 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
              anyone who can reach this port may register and deregister"
         );
     }
+    let tcp_config = TcpConfig {
+        admin_token: args.admin_token.clone(),
+        max_payload_bytes: args.max_body_bytes,
+        max_connections: args.max_connections,
+        idle_timeout: args.header_read_timeout,
+        line_timeout: args.header_read_timeout,
+        payload_timeout: args.body_timeout,
+        write_timeout: args.write_timeout,
+        pace: Some(pace_with(notifier.clone())),
+        ..TcpConfig::default()
+    };
     let api = Api::new(
         broker.clone(),
         ApiConfig {
@@ -481,14 +508,38 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     let signal = shutdown_signal()?;
     let closing = broker.clone();
+    // Tells the TCP server too; a dropped sender (the HTTP server ended
+    // on its own) tells it as well.
+    let (stopping, stop) = tokio::sync::watch::channel(false);
     let shutdown = async move {
         signal.await;
         // From here publishes get 503 and /readyz says draining, while
         // in-flight requests finish.
         closing.close();
+        let _ = stopping.send(true);
     };
     tracing::info!(addr = %listener.local_addr()?, "listening");
+    // Logged after the HTTP line, which tools take as the first `addr=`.
+    let tcp = match tcp_listener {
+        Some(tcp_listener) => {
+            tracing::info!(addr = %tcp_listener.local_addr()?, "tcp listening");
+            let mut stop = stop;
+            let stopped = async move {
+                let _ = stop.wait_for(|stopping| *stopping).await;
+            };
+            Some(tokio::spawn(broker_tcp::serve(
+                tcp_listener,
+                broker.clone(),
+                tcp_config,
+                stopped,
+            )))
+        }
+        None => None,
+    };
     serve(listener, api, server, shutdown).await?;
+    if let Some(tcp) = tcp {
+        tcp.await??;
+    }
 
     let deadline = args.drain_timeout;
     tracing::info!(
@@ -511,6 +562,17 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         tokio::task::spawn_blocking(move || store.flush()).await??;
     }
     Ok(())
+}
+
+/// The webhook notifier's pacing, for TCP publishes (HTTP ones wait for it
+/// through `ApiConfig::pace`).
+fn pace_with(notifier: WebhookNotifier) -> broker_tcp::Pace {
+    Arc::new(move || -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let notifier = notifier.clone();
+        Box::pin(async move {
+            notifier.pace().await;
+        })
+    })
 }
 
 /// Completes on Ctrl-C (SIGINT) or SIGTERM. The handlers are installed

@@ -458,45 +458,6 @@ where
     Ok(reply(StatusCode::OK, &json::Acked { acked, stale }))
 }
 
-/// `GET /v1/topics/{topic}/groups/{group}/dead-letters?limit=N`
-pub(crate) async fn group_dead_letters(
-    api: &Api,
-    topic: &str,
-    group: &str,
-    query: Option<&str>,
-) -> Reply {
-    let limit = dead_letter_limit(query)?;
-    let dead = api.broker().group_dead_letters(topic, group, limit).await?;
-    Ok(dead_letters_reply(dead))
-}
-
-/// `POST /v1/topics/{topic}/groups/{group}/redrive`
-pub(crate) async fn redrive_group<B>(
-    api: &Api,
-    topic: &str,
-    group: &str,
-    h: &HeaderMap,
-    body: B,
-) -> Reply
-where
-    B: Body,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    broker_core::TopicName::validate(topic)?;
-    let req: json::RedriveRequest = json::read_json(
-        h,
-        body,
-        api.config().max_json_bytes,
-        api.config().body_timeout,
-    )
-    .await?;
-    let redriven = api
-        .broker()
-        .redrive_group(topic, group, req.message_ids.as_deref())
-        .await?;
-    Ok(reply(StatusCode::ACCEPTED, &json::Redriven { redriven }))
-}
-
 /// The longest a fetch waits for a message.
 const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -690,10 +651,26 @@ pub(crate) async fn topic_detail(api: &Api, topic: &str) -> Reply {
 
 /// `GET /v1/topics/{topic}/subscribers/{id}/dead-letters?limit=N`
 /// (default 100, at most 1,000), oldest first.
-pub(crate) async fn dead_letters(api: &Api, topic: &str, id: &str, query: Option<&str>) -> Reply {
+pub(crate) async fn dead_letters(
+    api: &Api,
+    topic: &str,
+    owner: Owner<'_>,
+    query: Option<&str>,
+) -> Reply {
     let limit = dead_letter_limit(query)?;
-    let dead = api.broker().dead_letters(topic, id, limit).await?;
+    let dead = match owner {
+        Owner::Subscriber(id) => api.broker().dead_letters(topic, id, limit).await?,
+        Owner::Group(name) => api.broker().group_dead_letters(topic, name, limit).await?,
+    };
     Ok(dead_letters_reply(dead))
+}
+
+/// Whose dead letters: a subscriber's (by id) or a consumer group's (by
+/// name).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Owner<'a> {
+    Subscriber(&'a str),
+    Group(&'a str),
 }
 
 /// The `limit` of a dead-letter listing: 1–1000, default 100.
@@ -732,8 +709,15 @@ fn dead_letters_reply(dead: Vec<broker_core::DeadLetter>) -> Response<ResponseBo
     )
 }
 
-/// `POST /v1/topics/{topic}/subscribers/{id}/redrive`
-pub(crate) async fn redrive<B>(api: &Api, topic: &str, id: &str, h: &HeaderMap, body: B) -> Reply
+/// `POST /v1/topics/{topic}/subscribers/{id}/redrive` and
+/// `…/groups/{group}/redrive`
+pub(crate) async fn redrive<B>(
+    api: &Api,
+    topic: &str,
+    owner: Owner<'_>,
+    h: &HeaderMap,
+    body: B,
+) -> Reply
 where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -746,10 +730,11 @@ where
         api.config().body_timeout,
     )
     .await?;
-    let redriven = api
-        .broker()
-        .redrive(topic, id, req.message_ids.as_deref())
-        .await?;
+    let ids = req.message_ids.as_deref();
+    let redriven = match owner {
+        Owner::Subscriber(id) => api.broker().redrive(topic, id, ids).await?,
+        Owner::Group(name) => api.broker().redrive_group(topic, name, ids).await?,
+    };
     Ok(reply(StatusCode::ACCEPTED, &json::Redriven { redriven }))
 }
 

@@ -4,7 +4,10 @@ use broker_core::Role;
 use http::{Method, Response};
 use hyper::body::Body;
 
-use crate::{handlers, live, Api, ApiError, ResponseBody};
+use crate::{
+    handlers::{self, Owner},
+    live, Api, ApiError, ResponseBody,
+};
 
 /// A recognised path, with its parameters borrowed from the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,10 +229,10 @@ where
                     handlers::deregister_subscriber(api, t, id).await
                 }
                 (&Method::GET, Route::DeadLetters(t, id)) => {
-                    handlers::dead_letters(api, t, id, parts.uri.query()).await
+                    handlers::dead_letters(api, t, Owner::Subscriber(id), parts.uri.query()).await
                 }
                 (&Method::POST, Route::Redrive(t, id)) => {
-                    handlers::redrive(api, t, id, h, body).await
+                    handlers::redrive(api, t, Owner::Subscriber(id), h, body).await
                 }
                 (&Method::POST, Route::SubscriberReplay(t, id)) => {
                     handlers::replay_subscriber(api, t, id, h, body).await
@@ -247,10 +250,10 @@ where
                 (&Method::POST, Route::Groups(t)) => handlers::create_group(api, t, h, body).await,
                 (&Method::DELETE, Route::Group(t, g)) => handlers::delete_group(api, t, g).await,
                 (&Method::GET, Route::GroupDeadLetters(t, g)) => {
-                    handlers::group_dead_letters(api, t, g, parts.uri.query()).await
+                    handlers::dead_letters(api, t, Owner::Group(g), parts.uri.query()).await
                 }
                 (&Method::POST, Route::GroupRedrive(t, g)) => {
-                    handlers::redrive_group(api, t, g, h, body).await
+                    handlers::redrive(api, t, Owner::Group(g), h, body).await
                 }
                 (_, route) => Err(ApiError::MethodNotAllowed(route.allow())),
             }

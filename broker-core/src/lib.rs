@@ -61,6 +61,7 @@
 
 mod broker;
 mod budget;
+pub mod codec;
 mod credential;
 mod endpoint;
 mod error;

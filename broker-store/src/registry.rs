@@ -1,15 +1,12 @@
 //! Registrations in redb: one table of records by id, each record a small
-//! JSON document. A change is one redb write transaction, committed with
+//! JSON document (`broker_core::codec`). A change is one redb write
+//! transaction, committed with
 //! redb's default durability (fsynced before `commit` returns).
 
 use std::{path::Path, time::UNIX_EPOCH};
 
-use broker_core::{
-    CredentialRecord, DeadLetter, GroupRecord, PendingRetry, Record, Role, SubscriberRecord,
-    TopicRecord,
-};
+use broker_core::{DeadLetter, PendingRetry, Record};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use serde::{Deserialize, Serialize};
 
 use crate::StoreError;
 
@@ -39,16 +36,6 @@ fn dead_range(subscriber: &str) -> (String, String) {
     (format!("{subscriber}/"), format!("{subscriber}0"))
 }
 
-#[derive(Serialize, Deserialize)]
-struct StoredDeadLetter {
-    message_id: String,
-    offset: u64,
-    attempts: u32,
-    last_status: Option<u16>,
-    last_error: String,
-    failed_at_ms: u64,
-}
-
 pub(crate) struct Registry {
     db: Database,
     /// How many dead letters each subscriber has, counted from the table
@@ -57,67 +44,6 @@ pub(crate) struct Registry {
     /// Dead letters kept per subscriber, the oldest dropped first
     /// ([`broker_core::MAX_DEAD_LETTERS`]; lower in tests).
     pub(crate) max_dead_letters: std::sync::atomic::AtomicUsize,
-}
-
-/// A record as stored: the shape of [`Record`], with serde.
-#[derive(Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-enum Stored {
-    Publisher(StoredCredential),
-    Listener(StoredCredential),
-    Subscriber(StoredSubscriber),
-    Topic(StoredTopic),
-    Group(StoredGroup),
-}
-
-#[derive(Serialize, Deserialize)]
-struct StoredGroup {
-    topic: String,
-    name: String,
-    ack_timeout_ms: u64,
-    max_deliveries: u32,
-    order: u64,
-    floor: u64,
-    done: Vec<u64>,
-    deliveries: Vec<(u64, u32)>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct StoredTopic {
-    name: String,
-    order: u64,
-}
-
-#[derive(Serialize, Deserialize)]
-struct StoredCredential {
-    topic: String,
-    name: String,
-    token: String,
-    order: u64,
-}
-
-#[derive(Serialize, Deserialize)]
-struct StoredSubscriber {
-    topic: String,
-    url: String,
-    method: String,
-    headers: Vec<(String, String)>,
-    max_attempts: u32,
-    /// A retry schedule's waits, in milliseconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    schedule_ms: Option<Vec<u64>>,
-    #[serde(default)]
-    ordered: bool,
-    #[serde(default = "yes")]
-    enabled: bool,
-    secret: String,
-    /// The secret the last rotation replaced, and until when (ms since the
-    /// epoch) it signs too.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    previous_secret: Option<(String, u64)>,
-    order: u64,
-    /// Where it started; later moves are in the cursors table.
-    cursor: u64,
 }
 
 fn db_error(path: &Path) -> impl Fn(redb::Error) -> StoreError + '_ {
@@ -155,112 +81,29 @@ impl Registry {
         for entry in table.iter().map_err(|e| err(e.into()))? {
             let (id, value) = entry.map_err(|e| err(e.into()))?;
             let id = id.value().to_owned();
-            let stored: Stored =
-                serde_json::from_slice(value.value()).map_err(|e| StoreError::Corrupt {
-                    path: path.to_owned(),
-                    reason: format!("registration {id}: {e}"),
+            let record =
+                broker_core::codec::decode_record(id.clone(), value.value()).map_err(|reason| {
+                    StoreError::Corrupt {
+                        path: path.to_owned(),
+                        reason: format!("registration {id}: {reason}"),
+                    }
                 })?;
-            out.push(match stored {
-                Stored::Publisher(c) => credential(id, Role::Publish, c),
-                Stored::Listener(c) => credential(id, Role::Listen, c),
-                Stored::Subscriber(s) => Record::Subscriber(SubscriberRecord {
-                    cursor: cursors
-                        .get(id.as_str())
-                        .map_err(|e| err(e.into()))?
-                        .map_or(s.cursor, |c| c.value().max(s.cursor)),
-                    id,
-                    topic: s.topic,
-                    url: s.url,
-                    method: s.method,
-                    headers: s.headers,
-                    max_attempts: s.max_attempts,
-                    schedule: s.schedule_ms.map(|waits| {
-                        waits
-                            .into_iter()
-                            .map(std::time::Duration::from_millis)
-                            .collect()
-                    }),
-                    ordered: s.ordered,
-                    enabled: s.enabled,
-                    secret: s.secret,
-                    previous_secret: s.previous_secret.map(|(secret, until)| {
-                        (secret, UNIX_EPOCH + std::time::Duration::from_millis(until))
-                    }),
-                    order: s.order,
-                }),
-                Stored::Topic(t) => Record::Topic(TopicRecord {
-                    id,
-                    name: t.name,
-                    order: t.order,
-                }),
-                Stored::Group(g) => Record::Group(GroupRecord {
-                    id,
-                    topic: g.topic,
-                    name: g.name,
-                    ack_timeout: std::time::Duration::from_millis(g.ack_timeout_ms),
-                    max_deliveries: g.max_deliveries,
-                    order: g.order,
-                    floor: g.floor,
-                    done: g.done,
-                    deliveries: g.deliveries,
-                }),
+            out.push(match record {
+                // Later moves of the cursor are in their own table.
+                Record::Subscriber(mut s) => {
+                    if let Some(c) = cursors.get(id.as_str()).map_err(|e| err(e.into()))? {
+                        s.cursor = s.cursor.max(c.value());
+                    }
+                    Record::Subscriber(s)
+                }
+                other => other,
             });
         }
         Ok(out)
     }
 
     pub(crate) fn put(&self, path: &Path, record: &Record) -> Result<(), StoreError> {
-        let stored = match record {
-            Record::Credential(c) => {
-                let inner = StoredCredential {
-                    topic: c.topic.clone(),
-                    name: c.name.clone(),
-                    token: c.token.clone(),
-                    order: c.order,
-                };
-                match c.role {
-                    Role::Publish => Stored::Publisher(inner),
-                    Role::Listen => Stored::Listener(inner),
-                }
-            }
-            Record::Subscriber(s) => Stored::Subscriber(StoredSubscriber {
-                topic: s.topic.clone(),
-                url: s.url.clone(),
-                method: s.method.clone(),
-                headers: s.headers.clone(),
-                max_attempts: s.max_attempts,
-                schedule_ms: s
-                    .schedule
-                    .as_ref()
-                    .map(|waits| waits.iter().map(|w| w.as_millis() as u64).collect()),
-                ordered: s.ordered,
-                enabled: s.enabled,
-                secret: s.secret.clone(),
-                previous_secret: s.previous_secret.as_ref().map(|(secret, until)| {
-                    let ms = until
-                        .duration_since(UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis() as u64);
-                    (secret.clone(), ms)
-                }),
-                order: s.order,
-                cursor: s.cursor,
-            }),
-            Record::Topic(t) => Stored::Topic(StoredTopic {
-                name: t.name.clone(),
-                order: t.order,
-            }),
-            Record::Group(g) => Stored::Group(StoredGroup {
-                topic: g.topic.clone(),
-                name: g.name.clone(),
-                ack_timeout_ms: g.ack_timeout.as_millis() as u64,
-                max_deliveries: g.max_deliveries,
-                order: g.order,
-                floor: g.floor,
-                done: g.done.clone(),
-                deliveries: g.deliveries.clone(),
-            }),
-        };
-        let bytes = serde_json::to_vec(&stored).expect("plain data serializes");
+        let bytes = broker_core::codec::encode_record(record);
         self.write(path, None, |table| {
             table.insert(record.id(), bytes.as_slice())?;
             Ok(())
@@ -365,18 +208,7 @@ impl Registry {
         dead: &DeadLetter,
     ) -> Result<u64, StoreError> {
         let err = db_error(path);
-        let stored = StoredDeadLetter {
-            message_id: dead.message_id.clone(),
-            offset: dead.offset,
-            attempts: dead.attempts,
-            last_status: dead.last_status,
-            last_error: dead.last_error.clone(),
-            failed_at_ms: dead
-                .failed_at
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
-        };
-        let bytes = serde_json::to_vec(&stored).expect("plain data serializes");
+        let bytes = broker_core::codec::encode_dead_letter(dead);
         let max = self
             .max_dead_letters
             .load(std::sync::atomic::Ordering::Relaxed)
@@ -465,19 +297,13 @@ impl Registry {
             .take(limit)
         {
             let (key, value) = entry.map_err(|e| err(e.into()))?;
-            let stored: StoredDeadLetter =
-                serde_json::from_slice(value.value()).map_err(|e| StoreError::Corrupt {
+            let dead = broker_core::codec::decode_dead_letter(value.value()).map_err(|reason| {
+                StoreError::Corrupt {
                     path: path.to_owned(),
-                    reason: format!("dead letter {}: {e}", key.value()),
-                })?;
-            out.push(DeadLetter {
-                message_id: stored.message_id,
-                offset: stored.offset,
-                attempts: stored.attempts,
-                last_status: stored.last_status,
-                last_error: stored.last_error,
-                failed_at: UNIX_EPOCH + std::time::Duration::from_millis(stored.failed_at_ms),
-            });
+                    reason: format!("dead letter {}: {reason}", key.value()),
+                }
+            })?;
+            out.push(dead);
         }
         Ok(out)
     }
@@ -516,19 +342,4 @@ impl Registry {
         }
         Ok(())
     }
-}
-
-fn yes() -> bool {
-    true
-}
-
-fn credential(id: String, role: Role, c: StoredCredential) -> Record {
-    Record::Credential(CredentialRecord {
-        id,
-        topic: c.topic,
-        name: c.name,
-        role,
-        token: c.token,
-        order: c.order,
-    })
 }

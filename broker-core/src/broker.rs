@@ -97,6 +97,23 @@ impl WeakBroker {
     }
 }
 
+/// A fetch or pull waiting for a publish on a topic, counted while it
+/// lives (also when its future is dropped half-way: a client gone).
+struct Waiting<'a>(&'a TopicStats);
+
+impl<'a> Waiting<'a> {
+    fn on(stats: &'a TopicStats) -> Self {
+        stats.waiting.fetch_add(1, Ordering::SeqCst);
+        Waiting(stats)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Per-topic counters, reachable without the registry lock.
 #[derive(Debug, Default)]
 pub(crate) struct TopicStats {
@@ -606,7 +623,7 @@ impl Broker {
             // or the deadline.
             let expiry = group.state.lock().next_expiry();
             let until = expiry.map_or(deadline, |e| e.min(deadline));
-            stats.waiting.fetch_add(1, Ordering::AcqRel);
+            let _waiting = Waiting::on(&stats);
             let appended = stats.appended.notified();
             let returned = group.returned.notified();
             tokio::pin!(appended, returned);
@@ -614,7 +631,7 @@ impl Broker {
             returned.as_mut().enable();
             // Checked after the waits are enabled: a publish or a lease
             // given back since the lease above is not missed.
-            let end = stats.log_end.load(Ordering::Acquire);
+            let end = stats.log_end.load(Ordering::SeqCst);
             let idle = {
                 let state = group.state.lock();
                 state.ready.is_empty()
@@ -627,7 +644,6 @@ impl Broker {
                     _ = tokio::time::sleep_until(until) => {}
                 }
             }
-            stats.waiting.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
@@ -1319,8 +1335,10 @@ impl Broker {
         stats
             .published
             .fetch_add(appended.len() as u64, Ordering::Relaxed);
-        stats.log_end.fetch_max(last.offset + 1, Ordering::AcqRel);
-        if stats.waiting.load(Ordering::Acquire) > 0 {
+        // SeqCst with `Waiting::on` and the waiters' load of `log_end`: a
+        // waiter either sees the new end or is counted here (no lost wake).
+        stats.log_end.fetch_max(last.offset + 1, Ordering::SeqCst);
+        if stats.waiting.load(Ordering::SeqCst) > 0 {
             stats.appended.notify_waiters();
         }
         let receipt = BatchReceipt {
@@ -1374,20 +1392,20 @@ impl Broker {
         // Nothing there yet: wait for a publish past `offset`.
         let deadline = tokio::time::Instant::now() + wait;
         let want = offset.max(read.next);
-        stats.waiting.fetch_add(1, Ordering::AcqRel);
+        let waiting = Waiting::on(&stats);
         let arrived = async {
             loop {
                 let appended = stats.appended.notified();
                 tokio::pin!(appended);
                 appended.as_mut().enable();
-                if stats.log_end.load(Ordering::Acquire) > want {
+                if stats.log_end.load(Ordering::SeqCst) > want {
                     return;
                 }
                 appended.await;
             }
         };
         let _ = tokio::time::timeout_at(deadline, arrived).await;
-        stats.waiting.fetch_sub(1, Ordering::AcqRel);
+        drop(waiting);
         self.shared
             .store
             .read(&name, offset, limit, max_bytes)

@@ -1,7 +1,7 @@
 //! The webhook broker as a standalone server: binds a port, serves the v1
-//! API over an in-memory broker (or a durable one with `--data-dir`), and
-//! the TCP line protocol on a second port with `--tcp-listen`, and drains
-//! deliveries on SIGTERM/Ctrl-C.
+//! API over an in-memory broker (or a durable one with `--data-dir`, or
+//! one on Redis with `--redis-url`), and the TCP line protocol on a second
+//! port with `--tcp-listen`, and drains deliveries on SIGTERM/Ctrl-C.
 
 use std::{
     future::Future,
@@ -18,6 +18,7 @@ use broker_http::{
     serve, Api, ApiConfig, DeliveryConfig, DestinationPolicy, LiveConfig, LiveHub, Metrics,
     Overflow, ServerConfig, WebhookNotifier,
 };
+use broker_redis::RedisStore;
 use broker_store::{DiskStore, Fsync, Options};
 use broker_tcp::TcpConfig;
 use clap::Parser;
@@ -165,6 +166,18 @@ struct Args {
     #[arg(long, env = "BROKER_DATA_DIR")]
     data_dir: Option<PathBuf>,
 
+    /// Keep registrations, topic logs, cursors, retries and dead letters
+    /// in this Redis (6.2 or later) instead: `redis://[user:password@]host:port[/db]`,
+    /// `rediss://…` for TLS. Several broker processes may share one (README,
+    /// "Redis (several replicas)"). Not with `--data-dir`.
+    #[arg(
+        long,
+        env = "BROKER_REDIS_URL",
+        conflicts_with = "data_dir",
+        hide_env_values = true
+    )]
+    redis_url: Option<String>,
+
     /// With `--data-dir`: when published messages are fsynced. `always`
     /// answers a publish once it is on disk (concurrent publishes share an
     /// fsync); a duration (`100ms`) fsyncs that often in the background;
@@ -191,7 +204,8 @@ struct Args {
     /// The retry policy of a subscriber that registers without one: `none`
     /// (one attempt), `standard` (the Standard Webhooks schedule: 5s, 5m,
     /// 30m, 2h, 5h, 10h, 10h) or waits separated by commas (`1s,10s,1m`).
-    /// Default: `none` in memory, `standard` with `--data-dir`.
+    /// Default: `none` in memory, `standard` with `--data-dir` or
+    /// `--redis-url`.
     #[arg(long, env = "BROKER_DEFAULT_RETRY", value_parser = retry)]
     default_retry: Option<Retry>,
 
@@ -432,19 +446,41 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     // Every publish goes to the webhook subscribers, then to live listeners.
     let notifiers = (notifier.clone(), live.clone());
-    let (broker, disk) = match &args.data_dir {
-        None => {
-            let budget = usize::try_from(args.max_memory_bytes).unwrap_or(usize::MAX);
-            let store = MemoryStore::new(retention, budget);
-            (Broker::open(notifiers, limits, store).await?, None)
+    let memory_bytes = usize::try_from(args.max_memory_bytes).unwrap_or(usize::MAX);
+    let (broker, storage) = match (&args.data_dir, &args.redis_url) {
+        (None, Some(url)) => {
+            let started = Instant::now();
+            let options = broker_redis::Options {
+                retention,
+                memory_bytes,
+                ..broker_redis::Options::default()
+            };
+            // Unreachable at start: the error names the URL (password
+            // hidden) and the process exits non-zero.
+            let store = Arc::new(RedisStore::open(url, options).await?);
+            let broker = Broker::open(notifiers, limits, store.clone()).await?;
+            tracing::info!(
+                url = %store.url(),
+                topics = broker.topics().len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "redis store opened"
+            );
+            (broker, Storage::Redis(store))
         }
-        Some(dir) => {
+        (None, None) => {
+            let store = MemoryStore::new(retention, memory_bytes);
+            (
+                Broker::open(notifiers, limits, store).await?,
+                Storage::Memory,
+            )
+        }
+        (Some(dir), _) => {
             let started = Instant::now();
             let options = Options {
                 fsync: args.fsync,
                 retention,
                 segment_bytes: args.segment_bytes,
-                memory_bytes: usize::try_from(args.max_memory_bytes).unwrap_or(usize::MAX),
+                memory_bytes,
             };
             let dir = dir.clone();
             let store =
@@ -458,7 +494,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "data directory opened"
             );
-            (broker, Some(store))
+            (broker, Storage::Disk(store))
         }
     };
     if args.admin_token.is_none() {
@@ -489,7 +525,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             )),
             live: Some(live),
             default_retry: Some(args.default_retry.clone().unwrap_or_else(|| {
-                if args.data_dir.is_some() {
+                if args.data_dir.is_some() || args.redis_url.is_some() {
                     Retry::standard()
                 } else {
                     Retry::Attempts(1)
@@ -556,12 +592,29 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             "drain deadline passed; exiting with deliveries undelivered"
         );
     }
-    if let Some(store) = disk {
-        // Everything written reaches the disk before the process ends,
-        // whatever the fsync policy.
-        tokio::task::spawn_blocking(move || store.flush()).await??;
+    match storage {
+        Storage::Memory => {}
+        Storage::Disk(store) => {
+            // Everything written reaches the disk before the process ends,
+            // whatever the fsync policy.
+            tokio::task::spawn_blocking(move || store.flush()).await??;
+        }
+        Storage::Redis(store) => {
+            // The last cursor moves and retries; losing them would only
+            // mean delivering those messages again.
+            if let Err(error) = store.flush().await {
+                tracing::warn!(%error, "the last cursor moves did not reach redis");
+            }
+        }
     }
     Ok(())
+}
+
+/// Where the broker's store lives, for what the shutdown owes it.
+enum Storage {
+    Memory,
+    Disk(Arc<DiskStore>),
+    Redis(Arc<RedisStore>),
 }
 
 /// The webhook notifier's pacing, for TCP publishes (HTTP ones wait for it

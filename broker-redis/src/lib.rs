@@ -1,0 +1,1166 @@
+//! A [`Store`] for `broker-core` on Redis: what `broker-store` keeps in a
+//! data directory, kept in one Redis (6.2 or later) that several broker
+//! processes may share.
+//!
+//! - **Topic logs**: one Redis stream per topic, entry id `<offset + 1>-0`
+//!   (0-0 is not a valid id), fields `t` (published, ms since the epoch),
+//!   `s` (payload bytes appended to the log so far, this one included),
+//!   `c` (content type, when given) and `p` (payload). An append is one
+//!   round trip for the whole batch: a Lua script (by `EVALSHA`) `INCRBY`s
+//!   the topic's counter by the batch's size and `XADD`s its messages, so
+//!   offsets are one dense sequence per topic even with several processes
+//!   appending at once. Message ids are [`message_id`] of a random
+//!   per-log prefix, set once by the first append (set-if-absent, in the
+//!   same script) and handed back by every append and read: no process
+//!   keeps one, so a log deleted and made again by another process never
+//!   goes on with the old one.
+//! - **Reads** are one script too: the log's bounds, its prefix and up to
+//!   a page of messages (`XRANGE … COUNT`), within the byte limit.
+//! - **Retention** ([`Retention`]): a background task trims every topic's
+//!   stream from the front (`XTRIM MINID` by offset) every
+//!   [`Options::sweep_every`] (or a quarter of the retention age, if
+//!   shorter): messages published before now minus the age, and the
+//!   oldest while the payload bytes from them to the end (the entries' `s`,
+//!   exact) are over the limit. The script finds where to cut by a binary
+//!   search over the offsets, reading a few single entries and never what
+//!   it drops. Offsets are never reused. Between two sweeps a topic may pass its byte limit by what
+//!   is published meanwhile. Ages compare the publishing process's clock
+//!   with the sweeping one's: keep the brokers' clocks in sync (NTP).
+//! - **Registrations** are one hash (record id → the JSON of
+//!   [`broker_core::codec`]); subscribers' cursors another, written every
+//!   [`CURSOR_FLUSH`] in one script call with the pending retries (a hash
+//!   per subscriber); dead letters a sorted set per owner, by offset.
+//! - **Nothing is cached in memory**: every read goes to Redis, and
+//!   [`Store::memory`] is a budget of [`Options::memory_bytes`] that only
+//!   deliveries charge.
+//!
+//! # Keys
+//!
+//! Every key starts with [`Options::namespace`] (`broker`). A topic's keys
+//! share one Redis Cluster hash slot through the hash tag `{t:<topic>}`
+//! (`broker:{t:orders}:log`, `…:next`, `…:first`, `…:prefix`, `…:bytes`),
+//! and the registry's through `{r}` (`broker:{r}:registrations`,
+//! `…:cursors`, `…:retries:<subscriber>`, `…:dead:<owner>`): each script
+//! touches one slot. This crate speaks to one Redis (a primary, possibly
+//! with replicas), not yet to a Cluster: the tags are what a Cluster client
+//! will need.
+//!
+//! # Durability
+//!
+//! A write is answered once Redis answered it. What survives a Redis crash
+//! is Redis' own setting: with `appendonly yes` and `appendfsync always`
+//! nothing acknowledged is lost; with `everysec` up to a second; a
+//! failover to a replica loses what was not replicated yet. Keys must not
+//! be evicted (`maxmemory-policy noeviction`): the store warns at start
+//! when Redis says otherwise, and refuses to number messages of a log
+//! whose counter is gone.
+//!
+//! # Errors
+//!
+//! Every operation is bounded by [`Options::timeout`]; a Redis that is down
+//! makes each fail with [`broker_core::Error::Storage`] (the HTTP API
+//! answers `503` with `Retry-After`), while the connection reconnects in
+//! the background.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use std::time::SystemTime;
+//! use broker_core::{NewMessage, Store, TopicName};
+//! use broker_redis::{Options, RedisStore};
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let topic = TopicName::new("orders")?;
+//! let store = RedisStore::open("redis://127.0.0.1:6379/", Options::default()).await?;
+//! let new = NewMessage { content_type: None, payload: "hello".into(), published_at: SystemTime::now() };
+//! let numbered = store.append(&topic, vec![new]).await?;
+//! let offset = numbered[0].offset();
+//! let id = numbered[0].id().to_owned();
+//!
+//! // A second store on the same Redis (another process) reads the same
+//! // message, with the same id, and appends after it.
+//! let other = RedisStore::open("redis://127.0.0.1:6379/", Options::default()).await?;
+//! let read = other.read(&topic, offset, 10, usize::MAX).await?;
+//! assert_eq!(read.messages[0].id(), id);
+//! let new = NewMessage { content_type: None, payload: "again".into(), published_at: SystemTime::now() };
+//! assert_eq!(other.append(&topic, vec![new]).await?[0].offset(), offset + 1);
+//! # Ok::<_, Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+
+mod error;
+mod keys;
+mod scripts;
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use async_trait::async_trait;
+pub use broker_core::Retention;
+use broker_core::{
+    message_id, new_id_prefix, Change, DeadLetter, MemoryBudget, Message, NewMessage, PendingRetry,
+    Read, Record, Store, TopicName,
+};
+use bytes::Bytes;
+use http::HeaderValue;
+use parking_lot::Mutex;
+use redis::{aio::ConnectionManager, AsyncConnectionConfig, RedisResult, Value};
+
+pub use error::RedisStoreError;
+use keys::{Keys, Part};
+use scripts::Scripts;
+
+/// How often moved cursors and pending retries are written: a crash of
+/// the broker process loses at most this much of their progress (the
+/// messages are delivered again; a retry schedule starts again).
+pub const CURSOR_FLUSH: Duration = Duration::from_millis(100);
+
+/// Cursor moves and retry changes buffered between two flushes, at most
+/// (one per subscriber, one per pending retry): past it, more are dropped
+/// (counted and logged) until a flush gets through.
+const MAX_BUFFERED: usize = 1 << 20;
+
+/// Messages a retention script call drops, at most: each call is short,
+/// so Redis serves others in between.
+const TRIM_STEP: usize = 10_000;
+
+/// Buffered changes a flush script call carries, at most.
+const FLUSH_BATCH: usize = 512;
+
+/// Offsets and counts handed to Lua stay below 2^53 (Lua numbers are
+/// doubles).
+const MAX_LUA_NUMBER: u64 = 1 << 53;
+
+/// A pending retry kept (`Some((attempts, due ms))`) or forgotten
+/// (`None`).
+type RetryChange = Option<(u32, u64)>;
+
+/// A subscriber id and an offset.
+type RetryKey = (String, u64);
+
+/// How a [`RedisStore`] talks to Redis and keeps its logs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How long and how much of each topic's log is kept.
+    pub retention: Retention,
+    /// The memory budget (`--max-memory-bytes`) deliveries charge: this
+    /// store caches no messages, so they are its only holders. Default
+    /// 512 MiB.
+    pub memory_bytes: usize,
+    /// The first part of every key (`broker`): letters, digits, `.`, `_`,
+    /// `-` and `:`. Brokers with different namespaces share a Redis
+    /// without seeing each other.
+    pub namespace: String,
+    /// How long one operation may take, a reconnection included, before
+    /// it fails with [`broker_core::Error::Storage`]; also the limit to
+    /// connect when the store opens. Default 5 s.
+    pub timeout: Duration,
+    /// How often retention runs (at most a quarter of the retention age
+    /// apart). Default 5 s.
+    pub sweep_every: Duration,
+    /// Dead letters kept per subscriber (or consumer group), the oldest
+    /// dropped first. Default [`broker_core::MAX_DEAD_LETTERS`].
+    pub max_dead_letters: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            retention: Retention::default(),
+            memory_bytes: 512 << 20,
+            namespace: "broker".to_owned(),
+            timeout: Duration::from_secs(5),
+            sweep_every: Duration::from_secs(5),
+            max_dead_letters: broker_core::MAX_DEAD_LETTERS,
+        }
+    }
+}
+
+impl Options {
+    fn check(&self) -> Result<(), RedisStoreError> {
+        let ns = &self.namespace;
+        if ns.is_empty()
+            || ns.len() > 64
+            || !ns
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-:".contains(&b))
+        {
+            return Err(RedisStoreError::Options {
+                reason: format!(
+                    "namespace {ns:?} must be 1 to 64 letters, digits, '.', '_', '-' or ':'"
+                ),
+            });
+        }
+        if self.timeout.is_zero() || self.sweep_every.is_zero() {
+            return Err(RedisStoreError::Options {
+                reason: "timeout and sweep_every must be more than zero".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// How often retention runs.
+    fn sweep_period(&self) -> Duration {
+        self.sweep_every
+            .min(self.retention.age / 4)
+            .max(Duration::from_millis(100))
+    }
+}
+
+/// A [`Store`] on Redis. See the [crate docs](crate).
+///
+/// Cloning the connection is cheap: every call of every task shares one
+/// multiplexed connection (commands are pipelined on it), which reconnects
+/// by itself when Redis comes back.
+pub struct RedisStore {
+    shared: Arc<Shared>,
+    /// Tells the background tasks to write what is buffered and stop.
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+struct Shared {
+    conn: ConnectionManager,
+    keys: Keys,
+    options: Options,
+    /// The URL, password hidden.
+    url: String,
+    /// Passwords of the URL, scrubbed from any error text.
+    secrets: Vec<String>,
+    scripts: Scripts,
+    memory: MemoryBudget,
+    /// Cursors moved since the last flush, by subscriber id.
+    cursors: Mutex<HashMap<String, u64>>,
+    /// Pending retries kept (`Some((attempts, due ms))`) or forgotten
+    /// (`None`) since the last flush.
+    retries: Mutex<HashMap<RetryKey, RetryChange>>,
+    /// Changes dropped because the buffers were full.
+    dropped: AtomicU64,
+    /// One flush at a time, so that an older change never lands after a
+    /// newer one.
+    flushing: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("url", &self.shared.url)
+            .field("options", &self.shared.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Milliseconds since the epoch (0 before it).
+fn millis(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn at_millis(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+impl RedisStore {
+    /// Connects to the Redis at `url` (`redis://[user:password@]host:port[/db]`,
+    /// `rediss://…` for TLS, verified against the system's CA
+    /// certificates, or `redis+unix:///path`), checks that it answers
+    /// `PING` and is 6.2 or later, and starts the background tasks (the
+    /// cursor flush, retention). Must be called within a Tokio runtime.
+    ///
+    /// Unreachable at start is an error at once, not retried: a broker
+    /// should not start on a store it cannot reach. Later, the connection
+    /// reconnects by itself.
+    ///
+    /// # Errors
+    ///
+    /// [`RedisStoreError::Url`] for a URL the client cannot use,
+    /// [`RedisStoreError::Options`] for a bad namespace,
+    /// [`RedisStoreError::Connect`] when Redis cannot be reached within
+    /// [`Options::timeout`] (or refuses the password),
+    /// [`RedisStoreError::Version`] when it is older than 6.2.
+    pub async fn open(url: &str, options: Options) -> Result<Self, RedisStoreError> {
+        options.check()?;
+        let shown = error::redact(url);
+        let secrets = error::secrets(url);
+        let scrub = |text: String| scrub(&secrets, text);
+        let client = redis::Client::open(url).map_err(|e| RedisStoreError::Url {
+            url: shown.clone(),
+            reason: scrub(e.to_string()),
+        })?;
+        let connect_err = |reason: String| RedisStoreError::Connect {
+            url: shown.clone(),
+            reason,
+        };
+        let timeout = options.timeout;
+        // First contact, once and without retries.
+        let probe_config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        let mut probe = tokio::time::timeout(
+            timeout,
+            client.get_multiplexed_async_connection_with_config(&probe_config),
+        )
+        .await
+        .map_err(|_| connect_err(format!("no connection within {timeout:?}")))?
+        .map_err(|e| connect_err(scrub(e.to_string())))?;
+        let pong: String = redis::cmd("PING")
+            .query_async(&mut probe)
+            .await
+            .map_err(|e| connect_err(scrub(e.to_string())))?;
+        if pong != "PONG" {
+            return Err(connect_err(format!("PING answered {pong:?}")));
+        }
+        let info: Option<String> = redis::cmd("INFO").query_async(&mut probe).await.ok();
+        let field = |name: &str| {
+            info.as_deref().and_then(|info| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                    .map(|v| v.trim().to_owned())
+            })
+        };
+        let version = field("redis_version");
+        if let Some(found) = &version {
+            let mut parts = found.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+            let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+            if (major, minor) < (6, 2) {
+                return Err(RedisStoreError::Version {
+                    url: shown,
+                    found: found.clone(),
+                });
+            }
+        }
+        // CONFIG may be refused (managed Redis): then it is not said.
+        let appendfsync: Option<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("appendfsync")
+            .query_async::<Vec<String>>(&mut probe)
+            .await
+            .ok()
+            .and_then(|v| v.get(1).cloned());
+        let aof = field("aof_enabled");
+        let policy = field("maxmemory_policy");
+        tracing::info!(
+            url = %shown,
+            version = version.as_deref().unwrap_or("unknown"),
+            appendonly = aof.as_deref().map(|a| a == "1"),
+            appendfsync = appendfsync.as_deref(),
+            "redis reached"
+        );
+        if aof.as_deref() == Some("0") {
+            tracing::warn!(
+                url = %shown,
+                "redis keeps no append-only file (appendonly no): a Redis restart loses \
+                 what was acknowledged since its last snapshot"
+            );
+        }
+        if let Some(policy) = policy.filter(|p| p != "noeviction") {
+            tracing::warn!(
+                url = %shown,
+                %policy,
+                "redis may evict keys (maxmemory-policy is not noeviction): messages and \
+                 registrations could vanish"
+            );
+        }
+        drop(probe);
+
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            // Reconnect attempts keep coming at most a second apart, so the
+            // store is back within about a second of Redis.
+            .set_max_delay(Duration::from_secs(1));
+        let conn =
+            tokio::time::timeout(timeout, ConnectionManager::new_with_config(client, config))
+                .await
+                .map_err(|_| connect_err(format!("no connection within {timeout:?}")))?
+                .map_err(|e| connect_err(scrub(e.to_string())))?;
+
+        let shared = Arc::new(Shared {
+            conn,
+            keys: Keys::new(&options.namespace),
+            memory: MemoryBudget::new(options.memory_bytes),
+            options,
+            url: shown,
+            secrets,
+            scripts: Scripts::new(),
+            cursors: Mutex::default(),
+            retries: Mutex::default(),
+            dropped: AtomicU64::new(0),
+            flushing: tokio::sync::Mutex::new(()),
+        });
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(flusher(shared.clone(), stopped.clone()));
+        tokio::spawn(sweeper(shared.clone(), stopped));
+        Ok(RedisStore { shared, stop })
+    }
+
+    /// The URL, password hidden.
+    pub fn url(&self) -> &str {
+        &self.shared.url
+    }
+
+    /// Writes the buffered cursor moves and pending retries now (for a
+    /// graceful shutdown; otherwise done every [`CURSOR_FLUSH`]).
+    ///
+    /// # Errors
+    ///
+    /// When Redis cannot take them (they stay buffered).
+    pub async fn flush(&self) -> Result<(), RedisStoreError> {
+        self.shared.flush().await
+    }
+
+    /// Applies retention to every topic now (otherwise done in the
+    /// background).
+    ///
+    /// # Errors
+    ///
+    /// The first command that failed.
+    pub async fn sweep(&self) -> Result<(), RedisStoreError> {
+        self.shared.sweep().await
+    }
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        // The flusher writes what is buffered, then both tasks end.
+        let _ = self.stop.send(true);
+    }
+}
+
+fn scrub(secrets: &[String], mut text: String) -> String {
+    for secret in secrets {
+        if text.contains(secret.as_str()) {
+            text = text.replace(secret.as_str(), "***");
+        }
+    }
+    text
+}
+
+fn int(value: &Value) -> Option<i64> {
+    match value {
+        Value::Int(n) => Some(*n),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn unsigned(value: &Value) -> Option<u64> {
+    int(value).and_then(|n| u64::try_from(n).ok())
+}
+
+/// The offset of stream entry id `<offset + 1>-0`.
+fn offset_of_entry(id: &[u8]) -> Option<u64> {
+    let id = std::str::from_utf8(id).ok()?;
+    let (number, seq) = id.split_once('-')?;
+    if seq != "0" {
+        return None;
+    }
+    number.parse::<u64>().ok()?.checked_sub(1)
+}
+
+impl Shared {
+    fn con(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// Runs one Redis exchange within the timeout.
+    async fn call<T>(
+        &self,
+        op: &'static str,
+        exchange: impl Future<Output = RedisResult<T>>,
+    ) -> Result<T, RedisStoreError> {
+        match tokio::time::timeout(self.options.timeout, exchange).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(RedisStoreError::Command {
+                op,
+                reason: scrub(&self.secrets, e.to_string()),
+            }),
+            Err(_) => Err(RedisStoreError::Timeout {
+                op,
+                after: self.options.timeout,
+            }),
+        }
+    }
+
+    fn corrupt(&self, key: String, reason: impl Into<String>) -> RedisStoreError {
+        RedisStoreError::Corrupt {
+            key,
+            reason: reason.into(),
+        }
+    }
+
+    /// Every field of a hash, a page (`HSCAN`) at a time so that Redis is
+    /// never busy long with one answer.
+    async fn hash_all(
+        &self,
+        op: &'static str,
+        key: &str,
+    ) -> Result<HashMap<String, Vec<u8>>, RedisStoreError> {
+        let mut all = HashMap::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let mut con = self.con();
+            let (next, page): (u64, Vec<(String, Vec<u8>)>) = self
+                .call(
+                    op,
+                    redis::cmd("HSCAN")
+                        .arg(key)
+                        .arg(cursor)
+                        .arg("COUNT")
+                        .arg(1_000)
+                        .query_async(&mut con),
+                )
+                .await?;
+            all.extend(page);
+            if next == 0 {
+                return Ok(all);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Writes the buffered cursors and retry changes; on failure puts back
+    /// what a newer change has not replaced meanwhile.
+    async fn flush(&self) -> Result<(), RedisStoreError> {
+        let _one = self.flushing.lock().await;
+        let cursors: Vec<(String, u64)> = std::mem::take(&mut *self.cursors.lock())
+            .into_iter()
+            .collect();
+        let retries: Vec<(RetryKey, RetryChange)> = std::mem::take(&mut *self.retries.lock())
+            .into_iter()
+            .collect();
+        let dropped = self.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "cursor moves or retry changes were dropped while Redis could not take them"
+            );
+        }
+        if cursors.is_empty() && retries.is_empty() {
+            return Ok(());
+        }
+        let written = self.write_progress(&cursors, &retries).await;
+        if written.is_err() {
+            {
+                let mut buffered = self.cursors.lock();
+                for (id, cursor) in cursors {
+                    let entry = buffered.entry(id).or_default();
+                    *entry = (*entry).max(cursor);
+                }
+            }
+            let mut buffered = self.retries.lock();
+            for (key, change) in retries {
+                buffered.entry(key).or_insert(change);
+            }
+        }
+        written
+    }
+
+    async fn write_progress(
+        &self,
+        cursors: &[(String, u64)],
+        retries: &[(RetryKey, RetryChange)],
+    ) -> Result<(), RedisStoreError> {
+        let (registrations, cursors_key) = (self.keys.registrations(), self.keys.cursors());
+        for chunk in cursors.chunks(FLUSH_BATCH) {
+            let mut call = self.scripts.flush.prepare_invoke();
+            call.key(&registrations).key(&cursors_key).arg(chunk.len());
+            for (id, cursor) in chunk {
+                call.arg(id).arg(cursor);
+            }
+            let mut con = self.con();
+            self.call("flush cursors", call.invoke_async::<Value>(&mut con))
+                .await?;
+        }
+        for chunk in retries.chunks(FLUSH_BATCH) {
+            let mut call = self.scripts.flush.prepare_invoke();
+            call.key(&registrations).key(&cursors_key).arg(0);
+            for ((id, offset), change) in chunk {
+                call.key(self.keys.retries(id)).arg(id).arg(offset);
+                match change {
+                    Some((attempts, due)) => call.arg(format!("{attempts}:{due}")),
+                    None => call.arg(""),
+                };
+            }
+            let mut con = self.con();
+            self.call("flush retries", call.invoke_async::<Value>(&mut con))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Applies retention to every topic's log.
+    async fn sweep(&self) -> Result<(), RedisStoreError> {
+        let retention = self.options.retention;
+        let age = u64::try_from(retention.age.as_millis()).unwrap_or(u64::MAX);
+        let cutoff = millis(SystemTime::now()).saturating_sub(age);
+        let limit = retention.bytes_per_topic.min(MAX_LUA_NUMBER);
+        let pattern = self.keys.log_pattern();
+        let mut cursor: u64 = 0;
+        loop {
+            let mut con = self.con();
+            let (next, logs): (u64, Vec<String>) = self
+                .call(
+                    "retention",
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1_000)
+                        .arg("TYPE")
+                        .arg("stream")
+                        .query_async(&mut con),
+                )
+                .await?;
+            for key in logs {
+                let Some(topic) = self.keys.topic_of_log(&key) else {
+                    continue;
+                };
+                self.trim(&topic, cutoff, limit).await?;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
+    }
+
+    async fn trim(
+        &self,
+        topic: &TopicName,
+        cutoff: u64,
+        limit: u64,
+    ) -> Result<(), RedisStoreError> {
+        let mut dropped = 0;
+        // Bounded: a log far over its limit is trimmed further next time.
+        for _ in 0..1_000 {
+            let mut con = self.con();
+            let mut call = self.scripts.trim.prepare_invoke();
+            call.key(self.keys.topic(topic, Part::Log))
+                .key(self.keys.topic(topic, Part::Next))
+                .key(self.keys.topic(topic, Part::First))
+                .key(self.keys.topic(topic, Part::Bytes))
+                .arg(cutoff)
+                .arg(limit)
+                .arg(TRIM_STEP);
+            let (n, more): (u64, u64) = self.call("retention", call.invoke_async(&mut con)).await?;
+            dropped += n;
+            if more == 0 {
+                break;
+            }
+        }
+        if dropped > 0 {
+            tracing::debug!(%topic, dropped, "retention trimmed the log");
+        }
+        Ok(())
+    }
+
+    fn buffer_cursor(&self, subscriber: &str, cursor: u64) {
+        let mut cursors = self.cursors.lock();
+        if let Some(entry) = cursors.get_mut(subscriber) {
+            *entry = (*entry).max(cursor);
+        } else if cursors.len() < MAX_BUFFERED {
+            cursors.insert(subscriber.to_owned(), cursor);
+        } else {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn buffer_retry(&self, subscriber: &str, offset: u64, change: RetryChange) {
+        let mut retries = self.retries.lock();
+        let key = (subscriber.to_owned(), offset);
+        if retries.len() < MAX_BUFFERED || retries.contains_key(&key) {
+            retries.insert(key, change);
+        } else {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Writes buffered cursors every [`CURSOR_FLUSH`]; once more when told to
+/// stop.
+async fn flusher(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(CURSOR_FLUSH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            _ = stop.wait_for(|stop| *stop) => true,
+        };
+        match shared.flush().await {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!(url = %shared.url, "writing cursors to redis works again");
+            }
+            Ok(()) => {}
+            // Said once per outage, not every 100 ms.
+            Err(error) if !failing => {
+                failing = true;
+                tracing::error!(%error, "writing cursors to redis failed; kept for the next try");
+            }
+            Err(_) => {}
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// Applies retention every sweep period until told to stop.
+async fn sweeper(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let period = shared.options.sweep_period();
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        let started = Instant::now();
+        match shared.sweep().await {
+            Ok(()) => {
+                failing = false;
+                tracing::trace!(elapsed = ?started.elapsed(), "retention swept");
+            }
+            Err(error) if !failing => {
+                failing = true;
+                tracing::error!(%error, "retention on redis failed; trying again later");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn load(&self) -> Result<Vec<Record>, broker_core::Error> {
+        let s = &self.shared;
+        s.flush().await?;
+        let key = s.keys.registrations();
+        let stored = s.hash_all("load registrations", &key).await?;
+        let cursors = s.hash_all("load cursors", &s.keys.cursors()).await?;
+        let mut records = Vec::with_capacity(stored.len());
+        for (id, bytes) in stored {
+            let record = broker_core::codec::decode_record(id.clone(), &bytes)
+                .map_err(|reason| s.corrupt(key.clone(), format!("registration {id}: {reason}")))?;
+            records.push(match record {
+                // Later moves of the cursor are in the cursors hash.
+                Record::Subscriber(mut sub) => {
+                    if let Some(moved) = cursors
+                        .get(&sub.id)
+                        .and_then(|c| std::str::from_utf8(c).ok()?.parse::<u64>().ok())
+                    {
+                        sub.cursor = sub.cursor.max(moved);
+                    }
+                    Record::Subscriber(sub)
+                }
+                other => other,
+            });
+        }
+        Ok(records)
+    }
+
+    async fn save(&self, change: Change<'_>) -> Result<(), broker_core::Error> {
+        let s = &self.shared;
+        let mut con = s.con();
+        match change {
+            Change::Put(record) => {
+                let bytes = broker_core::codec::encode_record(record);
+                s.call(
+                    "save registration",
+                    redis::cmd("HSET")
+                        .arg(s.keys.registrations())
+                        .arg(record.id())
+                        .arg(bytes)
+                        .exec_async(&mut con),
+                )
+                .await?;
+            }
+            Change::Remove { id } => {
+                // Its cursor, pending retries and dead letters go with it,
+                // in one transaction.
+                s.cursors.lock().remove(id);
+                s.retries.lock().retain(|(owner, _), _| owner != id);
+                let mut pipe = redis::pipe();
+                pipe.atomic()
+                    .hdel(s.keys.registrations(), id)
+                    .hdel(s.keys.cursors(), id)
+                    .del(s.keys.retries(id))
+                    .del(s.keys.dead_letters(id));
+                s.call("remove registration", pipe.exec_async(&mut con))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn append(
+        &self,
+        topic: &TopicName,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<Arc<Message>>, broker_core::Error> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let s = &self.shared;
+        let mut call = s.scripts.append.prepare_invoke();
+        call.key(s.keys.topic(topic, Part::Log))
+            .key(s.keys.topic(topic, Part::Next))
+            .key(s.keys.topic(topic, Part::Prefix))
+            .key(s.keys.topic(topic, Part::Bytes))
+            // Taken only by a log that has no prefix yet: never one used
+            // before, so a log made again after a delete gets new ids.
+            .arg(new_id_prefix())
+            .arg(messages.len());
+        let mut content_type = Vec::new();
+        for m in &messages {
+            call.arg(millis(m.published_at));
+            match &m.content_type {
+                None => call.arg(""),
+                Some(value) => {
+                    content_type.clear();
+                    content_type.push(b'=');
+                    content_type.extend_from_slice(value.as_bytes());
+                    call.arg(content_type.as_slice())
+                }
+            };
+            call.arg(m.payload.as_ref());
+        }
+        let mut con = s.con();
+        let reply: Value = s.call("append", call.invoke_async(&mut con)).await?;
+        let key = || s.keys.topic(topic, Part::Log);
+        let Value::Array(reply) = reply else {
+            return Err(s.corrupt(key(), "append answered no array").into());
+        };
+        let (Some(first), Some(Value::BulkString(prefix))) =
+            (reply.first().and_then(unsigned), reply.get(1))
+        else {
+            return Err(s
+                .corrupt(key(), "append answered no offset and prefix")
+                .into());
+        };
+        let prefix = String::from_utf8_lossy(prefix);
+        Ok(messages
+            .into_iter()
+            .zip(first..)
+            .map(|(m, offset)| {
+                Arc::new(Message::new(
+                    message_id(&prefix, offset),
+                    offset,
+                    topic.clone(),
+                    m.content_type,
+                    m.payload,
+                    // As a read gives it back: to the millisecond.
+                    at_millis(millis(m.published_at)),
+                ))
+            })
+            .collect())
+    }
+
+    async fn read(
+        &self,
+        topic: &TopicName,
+        from: u64,
+        max_messages: usize,
+        max_bytes: usize,
+    ) -> Result<Read, broker_core::Error> {
+        let s = &self.shared;
+        let mut call = s.scripts.read.prepare_invoke();
+        call.key(s.keys.topic(topic, Part::Log))
+            .key(s.keys.topic(topic, Part::Next))
+            .key(s.keys.topic(topic, Part::First))
+            .key(s.keys.topic(topic, Part::Prefix))
+            .arg(from.min(MAX_LUA_NUMBER))
+            .arg(max_messages.min(u32::MAX as usize))
+            .arg((max_bytes as u64).min(MAX_LUA_NUMBER));
+        let mut con = s.con();
+        let reply: Value = s.call("read", call.invoke_async(&mut con)).await?;
+        let key = || s.keys.topic(topic, Part::Log);
+        let Value::Array(reply) = reply else {
+            return Err(s.corrupt(key(), "read answered no array").into());
+        };
+        let (Some(first), Some(next)) = (
+            reply.first().and_then(unsigned),
+            reply.get(1).and_then(unsigned),
+        ) else {
+            return Err(s.corrupt(key(), "read answered no bounds").into());
+        };
+        let mut read = Read {
+            messages: Vec::new(),
+            first,
+            next,
+        };
+        let mut rest = reply.into_iter().skip(2);
+        let prefix = match rest.next() {
+            Some(Value::BulkString(p)) => Some(String::from_utf8_lossy(&p).into_owned()),
+            _ => None,
+        };
+        let entries: Vec<Value> = rest.collect();
+        if entries.is_empty() {
+            return Ok(read);
+        }
+        let Some(prefix) = prefix else {
+            return Err(s.corrupt(key(), "messages but no id prefix").into());
+        };
+        let mut expected = from.max(first);
+        read.messages.reserve(entries.len() / 4);
+        let mut entries = entries.into_iter();
+        while let (Some(id), Some(t), Some(c), Some(p)) = (
+            entries.next(),
+            entries.next(),
+            entries.next(),
+            entries.next(),
+        ) {
+            let offset = match &id {
+                Value::BulkString(id) => offset_of_entry(id),
+                _ => None,
+            };
+            if offset != Some(expected) {
+                return Err(s
+                    .corrupt(
+                        key(),
+                        format!("entry {id:?} where offset {expected} was due"),
+                    )
+                    .into());
+            }
+            let Some(published) = unsigned(&t) else {
+                return Err(s
+                    .corrupt(key(), format!("offset {expected} has no time"))
+                    .into());
+            };
+            let content_type = match c {
+                Value::BulkString(c) => {
+                    Some(HeaderValue::from_maybe_shared(Bytes::from(c)).map_err(|_| {
+                        s.corrupt(key(), format!("offset {expected}: bad content type"))
+                    })?)
+                }
+                _ => None,
+            };
+            let Value::BulkString(payload) = p else {
+                return Err(s
+                    .corrupt(key(), format!("offset {expected} has no payload"))
+                    .into());
+            };
+            read.messages.push(Arc::new(Message::new(
+                message_id(&prefix, expected),
+                expected,
+                topic.clone(),
+                content_type,
+                Bytes::from(payload),
+                at_millis(published),
+            )));
+            expected += 1;
+        }
+        Ok(read)
+    }
+
+    async fn bounds(&self, topic: &TopicName) -> Result<(u64, u64), broker_core::Error> {
+        let s = &self.shared;
+        let mut con = s.con();
+        let (first, next): (Option<u64>, Option<u64>) = s
+            .call(
+                "bounds",
+                redis::cmd("MGET")
+                    .arg(s.keys.topic(topic, Part::First))
+                    .arg(s.keys.topic(topic, Part::Next))
+                    .query_async(&mut con),
+            )
+            .await?;
+        let next = next.unwrap_or(0);
+        Ok((first.unwrap_or(0).min(next), next))
+    }
+
+    async fn delete_topic(&self, topic: &TopicName) -> Result<(), broker_core::Error> {
+        let s = &self.shared;
+        let mut con = s.con();
+        s.call(
+            "delete topic",
+            redis::cmd("DEL")
+                .arg(s.keys.topic_all(topic))
+                .exec_async(&mut con),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn save_cursor(&self, subscriber: &str, cursor: u64) -> Result<(), broker_core::Error> {
+        self.shared.buffer_cursor(subscriber, cursor);
+        Ok(())
+    }
+
+    async fn put_dead_letter(
+        &self,
+        subscriber: &str,
+        dead: &DeadLetter,
+    ) -> Result<u64, broker_core::Error> {
+        let s = &self.shared;
+        let mut call = s.scripts.put_dead_letter.prepare_invoke();
+        call.key(s.keys.dead_letters(subscriber))
+            .arg(dead.offset.min(MAX_LUA_NUMBER))
+            .arg(broker_core::codec::encode_dead_letter(dead))
+            .arg(s.options.max_dead_letters.max(1));
+        let mut con = s.con();
+        let evicted: u64 = s
+            .call("put dead letter", call.invoke_async(&mut con))
+            .await?;
+        Ok(evicted)
+    }
+
+    async fn remove_dead_letter(
+        &self,
+        subscriber: &str,
+        offset: u64,
+    ) -> Result<(), broker_core::Error> {
+        let s = &self.shared;
+        let offset = offset.min(MAX_LUA_NUMBER);
+        let mut con = s.con();
+        s.call(
+            "remove dead letter",
+            redis::cmd("ZREMRANGEBYSCORE")
+                .arg(s.keys.dead_letters(subscriber))
+                .arg(offset)
+                .arg(offset)
+                .exec_async(&mut con),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn dead_letters(
+        &self,
+        subscriber: &str,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, broker_core::Error> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let s = &self.shared;
+        let key = s.keys.dead_letters(subscriber);
+        let last = i64::try_from(limit).unwrap_or(i64::MAX) - 1;
+        let mut con = s.con();
+        let members: Vec<Vec<u8>> = s
+            .call(
+                "dead letters",
+                redis::cmd("ZRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(last)
+                    .query_async(&mut con),
+            )
+            .await?;
+        members
+            .iter()
+            .map(|m| {
+                broker_core::codec::decode_dead_letter(m)
+                    .map_err(|reason| s.corrupt(key.clone(), reason).into())
+            })
+            .collect()
+    }
+
+    async fn save_retry(
+        &self,
+        subscriber: &str,
+        retry: PendingRetry,
+    ) -> Result<(), broker_core::Error> {
+        self.shared.buffer_retry(
+            subscriber,
+            retry.offset,
+            Some((retry.attempts, millis(retry.due))),
+        );
+        Ok(())
+    }
+
+    async fn forget_retry(&self, subscriber: &str, offset: u64) -> Result<(), broker_core::Error> {
+        self.shared.buffer_retry(subscriber, offset, None);
+        Ok(())
+    }
+
+    async fn pending_retries(
+        &self,
+        subscriber: &str,
+    ) -> Result<Vec<PendingRetry>, broker_core::Error> {
+        let s = &self.shared;
+        // What is buffered first, so that Redis holds the whole truth.
+        s.flush().await?;
+        let key = s.keys.retries(subscriber);
+        let stored = s.hash_all("pending retries", &key).await?;
+        let mut pending = Vec::with_capacity(stored.len());
+        for (offset, value) in stored {
+            let parsed = offset.parse::<u64>().ok().and_then(|offset| {
+                let (attempts, due) = std::str::from_utf8(&value).ok()?.split_once(':')?;
+                Some(PendingRetry {
+                    offset,
+                    attempts: attempts.parse().ok()?,
+                    due: at_millis(due.parse().ok()?),
+                })
+            });
+            match parsed {
+                Some(retry) => pending.push(retry),
+                None => {
+                    return Err(s
+                        .corrupt(key.clone(), format!("retry at {offset:?}"))
+                        .into())
+                }
+            }
+        }
+        pending.sort_unstable_by_key(|r| r.offset);
+        Ok(pending)
+    }
+
+    fn memory(&self) -> MemoryBudget {
+        self.shared.memory.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_ids_are_offsets_plus_one() {
+        assert_eq!(offset_of_entry(b"1-0"), Some(0));
+        assert_eq!(offset_of_entry(b"43-0"), Some(42));
+        assert_eq!(offset_of_entry(b"0-0"), None);
+        assert_eq!(offset_of_entry(b"5-1"), None);
+        assert_eq!(offset_of_entry(b"x-0"), None);
+    }
+
+    #[test]
+    fn options_are_checked() {
+        assert!(Options::default().check().is_ok());
+        for bad in ["", "a{b}", "a*", "a b", &"n".repeat(65)] {
+            let options = Options {
+                namespace: bad.to_owned(),
+                ..Options::default()
+            };
+            assert!(options.check().is_err(), "{bad:?}");
+        }
+        let fast = Options {
+            retention: Retention {
+                age: Duration::from_secs(1),
+                ..Retention::default()
+            },
+            ..Options::default()
+        };
+        assert_eq!(fast.sweep_period(), Duration::from_millis(250));
+        assert_eq!(Options::default().sweep_period(), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn secrets_are_scrubbed() {
+        assert_eq!(
+            scrub(&["hunter2".into()], "auth hunter2 refused".into()),
+            "auth *** refused"
+        );
+    }
+}

@@ -1,0 +1,234 @@
+//! The Lua scripts: each runs atomically in Redis, so that several broker
+//! processes appending, trimming and flushing at once never see half of
+//! another's change. Invoked by `EVALSHA` (`redis::Script` loads a script
+//! again after a Redis restart emptied its cache).
+//!
+//! Numbers cross into Lua as doubles: offsets and byte counts are exact up
+//! to 2^53. Numbers written back to Redis go through `string.format('%d')`
+//! (Lua's own `tostring` would write `1e+15`).
+
+use redis::Script;
+
+/// Appends a batch to a topic's log.
+///
+/// KEYS: log, next, prefix, bytes. ARGV: a never-used id prefix (taken
+/// when the log has none yet), the count n, then n times: published ms,
+/// content type (`''` for none, else `'='` and the value), payload.
+///
+/// Each entry also carries `s`, the payload bytes ever appended to the
+/// log up to and including it (the `bytes` key holds the running total),
+/// so that retention finds where to cut by bytes without reading what it
+/// drops.
+///
+/// Returns `{first offset, the log's prefix, 1 if the candidate prefix
+/// was taken}`. One INCRBY numbers the whole batch, so that offsets are
+/// one dense sequence per topic whoever appends. Refuses (before writing
+/// anything) a log whose counter is gone while its stream is not: its
+/// offsets would go back.
+const APPEND: &str = r"
+local n = tonumber(ARGV[2])
+if redis.call('EXISTS', KEYS[2]) == 0 and redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.error_reply('BROKER the log has entries but no counter (evicted?): refusing to number messages again')
+end
+local prefix = redis.call('GET', KEYS[3])
+local created = 0
+if not prefix then
+  prefix = ARGV[1]
+  redis.call('SET', KEYS[3], prefix)
+  created = 1
+end
+local first = redis.call('INCRBY', KEYS[2], n) - n
+local size = 0
+for i = 0, n - 1 do
+  size = size + #ARGV[5 + 3 * i]
+end
+local total = redis.call('INCRBY', KEYS[4], string.format('%d', size)) - size
+for i = 0, n - 1 do
+  local a = 3 + 3 * i
+  local id = string.format('%d-0', first + i + 1)
+  local ct = ARGV[a + 1]
+  local p = ARGV[a + 2]
+  total = total + #p
+  local s = string.format('%d', total)
+  if ct == '' then
+    redis.call('XADD', KEYS[1], id, 't', ARGV[a], 's', s, 'p', p)
+  else
+    redis.call('XADD', KEYS[1], id, 't', ARGV[a], 's', s, 'c', string.sub(ct, 2), 'p', p)
+  end
+end
+return {first, prefix, created}
+";
+
+/// Reads from a topic's log.
+///
+/// KEYS: log, next, first, prefix. ARGV: from, most messages, most
+/// payload bytes.
+///
+/// Returns `{first, next, prefix or nil}` followed, per message, by its
+/// entry id, published ms, content type (nil for none) and payload: at
+/// least one message whenever one is there, none that would take the
+/// payload bytes past the limit after the first. Entries are fetched in
+/// chunks sized by the bytes left and the sizes seen, so that large
+/// payloads are not pulled into the script by the hundred.
+const READ: &str = r"
+local nxt = tonumber(redis.call('GET', KEYS[2]) or '0')
+local first = tonumber(redis.call('GET', KEYS[3]) or '0')
+if first > nxt then first = nxt end
+local out = {first, nxt, redis.call('GET', KEYS[4])}
+local from = tonumber(ARGV[1])
+if from < first then from = first end
+local left = tonumber(ARGV[2])
+if from >= nxt or left <= 0 then return out end
+local max_bytes = tonumber(ARGV[3])
+local bytes, got = 0, 0
+local start = string.format('%d-0', from + 1)
+local count = math.min(left, 16)
+while left > 0 do
+  local entries = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', count)
+  for _, e in ipairs(entries) do
+    local f = e[2]
+    local t, c, p = false, false, ''
+    for j = 1, #f, 2 do
+      local k = f[j]
+      if k == 't' then t = f[j + 1] elseif k == 'c' then c = f[j + 1] elseif k == 'p' then p = f[j + 1] end
+    end
+    bytes = bytes + #p
+    if bytes > max_bytes and got > 0 then return out end
+    out[#out + 1] = e[1]
+    out[#out + 1] = t
+    out[#out + 1] = c
+    out[#out + 1] = p
+    got = got + 1
+    left = left - 1
+  end
+  if #entries < count then break end
+  start = '(' .. entries[#entries][1]
+  local average = math.max(bytes / got, 1)
+  count = math.max(1, math.min(left, 128, math.floor((max_bytes - bytes) / average) + 1))
+end
+return out
+";
+
+/// Retention: drops the oldest messages of a topic's log, those
+/// published before the cutoff and those past the byte limit, at most
+/// `step` of them a call.
+///
+/// KEYS: log, next, first, bytes. ARGV: cutoff (published ms), most
+/// bytes, step.
+///
+/// Finds the oldest message to keep by a binary search over the offsets
+/// (a message is kept when it is not older than the cutoff and the bytes
+/// from it to the end fit the limit, which its `s` gives): about 2 log2(n)
+/// one-entry reads, never the messages it drops. Publish times are only
+/// about in offset order (clocks, concurrent publishes): a message a
+/// little out of order may go a little early or late. Returns `{dropped,
+/// 1 if more are due (call again)}`.
+const TRIM: &str = r"
+local nxt = tonumber(redis.call('GET', KEYS[2]) or '0')
+local first = tonumber(redis.call('GET', KEYS[3]) or '0')
+if first >= nxt then return {0, 0} end
+local total = tonumber(redis.call('GET', KEYS[4]) or '0')
+local cutoff, limit, step = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local function kept(o)
+  local id = string.format('%d-0', o + 1)
+  local e = redis.call('XRANGE', KEYS[1], id, id)
+  -- A missing entry is not dropped on a guess.
+  if #e == 0 then return true end
+  local f = e[1][2]
+  local t, s, n = 0, 0, 0
+  for j = 1, #f, 2 do
+    if f[j] == 't' then t = tonumber(f[j + 1])
+    elseif f[j] == 's' then s = tonumber(f[j + 1])
+    elseif f[j] == 'p' then n = #f[j + 1] end
+  end
+  return t >= cutoff and total - s + n <= limit
+end
+local lo, hi = first, nxt
+while lo < hi do
+  local mid = math.floor((lo + hi) / 2)
+  if kept(mid) then hi = mid else lo = mid + 1 end
+end
+if lo == first then return {0, 0} end
+local more = 0
+if lo - first > step then
+  lo = first + step
+  more = 1
+end
+redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d-0', lo + 1))
+redis.call('SET', KEYS[3], string.format('%d', lo))
+return {lo - first, more}
+";
+
+/// Writes buffered cursors and pending retries, skipping subscribers no
+/// longer registered; a cursor only moves forward (several processes may
+/// write it).
+///
+/// KEYS: registrations, cursors, then one retries key per retry change.
+/// ARGV: the number of cursors c, c times (id, cursor), then per retry
+/// change (id, offset, `attempts:due ms` or `''` to forget).
+const FLUSH: &str = r"
+local reg, cur = KEYS[1], KEYS[2]
+local c = tonumber(ARGV[1])
+local a = 2
+for i = 1, c do
+  local id, v = ARGV[a], ARGV[a + 1]
+  a = a + 2
+  if redis.call('HEXISTS', reg, id) == 1 then
+    local old = redis.call('HGET', cur, id)
+    if (not old) or tonumber(old) < tonumber(v) then
+      redis.call('HSET', cur, id, v)
+    end
+  end
+end
+local k = 3
+while a <= #ARGV do
+  local id, off, v = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  a = a + 3
+  if v == '' then
+    redis.call('HDEL', KEYS[k], off)
+  elseif redis.call('HEXISTS', reg, id) == 1 then
+    redis.call('HSET', KEYS[k], off, v)
+  end
+  k = k + 1
+end
+return 0
+";
+
+/// Keeps a dead letter, replacing the one at its offset, and drops the
+/// oldest past the bound.
+///
+/// KEYS: the owner's dead letters (a sorted set by offset of JSON
+/// members). ARGV: offset, the dead letter's JSON, the bound.
+///
+/// Returns how many were dropped.
+const PUT_DEAD_LETTER: &str = r"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[1])
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[3])
+if over > 0 then
+  redis.call('ZPOPMIN', KEYS[1], over)
+  return over
+end
+return 0
+";
+
+/// The scripts, hashed once.
+pub(crate) struct Scripts {
+    pub(crate) append: Script,
+    pub(crate) read: Script,
+    pub(crate) trim: Script,
+    pub(crate) flush: Script,
+    pub(crate) put_dead_letter: Script,
+}
+
+impl Scripts {
+    pub(crate) fn new() -> Self {
+        Scripts {
+            append: Script::new(APPEND),
+            read: Script::new(READ),
+            trim: Script::new(TRIM),
+            flush: Script::new(FLUSH),
+            put_dead_letter: Script::new(PUT_DEAD_LETTER),
+        }
+    }
+}

@@ -1,0 +1,723 @@
+//! `RedisStore` against a real `redis-server` (one per test, on a free
+//! port, append-only file fsynced at every write).
+
+mod support;
+
+use std::{
+    collections::HashSet,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use broker_core::{
+    Change, CredentialRecord, DeadLetter, NewMessage, PendingRetry, Record, Retention, Role, Store,
+    SubscriberRecord, TopicName,
+};
+use broker_redis::{Options, RedisStore, RedisStoreError};
+use http::HeaderValue;
+use support::RedisServer;
+
+fn topic(name: &str) -> TopicName {
+    TopicName::new(name).unwrap()
+}
+
+fn new(payload: impl Into<bytes::Bytes>) -> NewMessage {
+    NewMessage {
+        content_type: None,
+        payload: payload.into(),
+        published_at: SystemTime::now(),
+    }
+}
+
+async fn open(server: &RedisServer, options: Options) -> RedisStore {
+    RedisStore::open(&server.url(), options)
+        .await
+        .expect("the store opens")
+}
+
+/// Waits (bounded) until `check` holds.
+async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(Instant::now() < deadline, "not within 10 s: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_from_many_tasks_and_two_stores_get_dense_unique_offsets() {
+    let server = RedisServer::start();
+    // Two stores on one Redis: two broker processes.
+    let stores = [
+        Arc::new(open(&server, Options::default()).await),
+        Arc::new(open(&server, Options::default()).await),
+    ];
+    let t = topic("orders");
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let (store, t) = (stores[i % 2].clone(), t.clone());
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                for n in 0..40 {
+                    // Batches of 1 and 3.
+                    let batch = if n % 4 == 0 {
+                        vec![
+                            new(format!("{i}.{n}a")),
+                            new(format!("{i}.{n}b")),
+                            new(format!("{i}.{n}c")),
+                        ]
+                    } else {
+                        vec![new(format!("{i}.{n}"))]
+                    };
+                    let numbered = store.append(&t, batch).await.unwrap();
+                    // A batch is consecutive.
+                    for pair in numbered.windows(2) {
+                        assert_eq!(pair[1].offset(), pair[0].offset() + 1);
+                    }
+                    got.extend(
+                        numbered
+                            .iter()
+                            .map(|m| (m.offset(), m.id().to_owned(), m.payload().clone())),
+                    );
+                }
+                got
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    let total = 16 * (30 + 10 * 3);
+    all.sort_by_key(|(offset, _, _)| *offset);
+    let offsets: Vec<u64> = all.iter().map(|(o, _, _)| *o).collect();
+    assert_eq!(offsets, (0..total).collect::<Vec<_>>(), "dense and unique");
+    let ids: HashSet<&String> = all.iter().map(|(_, id, _)| id).collect();
+    assert_eq!(ids.len(), all.len(), "unique ids");
+    // One log, one prefix, whoever appended.
+    let prefix = &all[0].1[..16];
+    assert!(all.iter().all(|(_, id, _)| id.starts_with(prefix)));
+    for store in &stores {
+        assert_eq!(store.bounds(&t).await.unwrap(), (0, total));
+    }
+    // Either store reads back every message, with the same ids.
+    let mut from = 0;
+    while from < total {
+        let read = stores[1].read(&t, from, 100, usize::MAX).await.unwrap();
+        assert!(!read.messages.is_empty());
+        for m in &read.messages {
+            let (offset, id, payload) = &all[m.offset() as usize];
+            assert_eq!(
+                (m.offset(), m.id(), m.payload()),
+                (*offset, id.as_str(), payload)
+            );
+        }
+        from = read.messages.last().unwrap().offset() + 1;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_page_by_count_and_by_bytes_and_keep_everything_but_nanoseconds() {
+    let server = RedisServer::start();
+    let store = open(&server, Options::default()).await;
+    let t = topic("t");
+    let at = UNIX_EPOCH + Duration::from_nanos(1_795_430_227_250_123_456);
+    let batch: Vec<NewMessage> = (0..10)
+        .map(|n| NewMessage {
+            content_type: (n % 2 == 0).then(|| HeaderValue::from_static("application/json")),
+            payload: vec![b'0' + n as u8; 100].into(),
+            published_at: at,
+        })
+        .collect();
+    let appended = store.append(&t, batch).await.unwrap();
+    assert_eq!(appended[9].offset(), 9);
+
+    let read = store.read(&t, 0, 3, usize::MAX).await.unwrap();
+    assert_eq!(read.messages.len(), 3);
+    assert_eq!((read.first, read.next), (0, 10));
+    // 250 bytes: two messages of 100; a third would pass the limit.
+    let read = store.read(&t, 4, 100, 250).await.unwrap();
+    let offsets: Vec<u64> = read.messages.iter().map(|m| m.offset()).collect();
+    assert_eq!(offsets, [4, 5]);
+    // At least one, whatever the limit.
+    assert_eq!(store.read(&t, 7, 100, 0).await.unwrap().messages.len(), 1);
+    // Past the end: nothing, with the bounds.
+    let read = store.read(&t, 10, 100, usize::MAX).await.unwrap();
+    assert!(read.messages.is_empty());
+    assert_eq!((read.first, read.next), (0, 10));
+    let read = store.read(&t, u64::MAX, 100, usize::MAX).await.unwrap();
+    assert!(read.messages.is_empty());
+    // An unknown topic reads as an empty log.
+    let read = store
+        .read(&topic("none"), 0, 100, usize::MAX)
+        .await
+        .unwrap();
+    assert!(read.messages.is_empty());
+    assert_eq!((read.first, read.next), (0, 0));
+    assert_eq!(store.bounds(&topic("none")).await.unwrap(), (0, 0));
+
+    // A second store reads the same messages, ids and all.
+    let other = open(&server, Options::default()).await;
+    let read = other.read(&t, 0, 1000, usize::MAX).await.unwrap();
+    assert_eq!(read.messages.len(), 10);
+    for (a, b) in appended.iter().zip(&read.messages) {
+        assert_eq!(a.id(), b.id());
+        assert_eq!(a.offset(), b.offset());
+        assert_eq!(a.payload(), b.payload());
+        assert_eq!(a.content_type(), b.content_type());
+        assert_eq!(a.topic(), b.topic());
+        // To the millisecond, in both.
+        assert_eq!(a.published_at(), b.published_at());
+        assert_eq!(
+            b.published_at(),
+            UNIX_EPOCH + Duration::from_millis(1_795_430_227_250)
+        );
+    }
+    assert_eq!(read.messages[0].content_type().unwrap(), "application/json");
+    assert!(read.messages[1].content_type().is_none());
+    // Pages of many small messages, read in several chunks: the byte
+    // limit holds exactly.
+    let small = topic("small");
+    let sizes: Vec<usize> = (0..200).map(|n| if n % 7 == 0 { 95 } else { 10 }).collect();
+    let batch = sizes.iter().map(|&n| new(vec![b's'; n])).collect();
+    store.append(&small, batch).await.unwrap();
+    for (from, max_bytes) in [(0, 1_500), (3, 777), (0, usize::MAX), (150, 40)] {
+        let read = store.read(&small, from, 1_000, max_bytes).await.unwrap();
+        let mut want = Vec::new();
+        let mut bytes = 0;
+        for (offset, &n) in sizes.iter().enumerate().skip(from as usize) {
+            bytes += n;
+            if bytes > max_bytes && !want.is_empty() {
+                break;
+            }
+            want.push(offset as u64);
+        }
+        let got: Vec<u64> = read.messages.iter().map(|m| m.offset()).collect();
+        assert_eq!(got, want, "from {from}, {max_bytes} bytes");
+    }
+    // Binary payloads come back as they went.
+    let binary: Vec<u8> = (0..=255).collect();
+    let m = store.append(&t, vec![new(binary.clone())]).await.unwrap();
+    let read = other.read(&t, m[0].offset(), 1, usize::MAX).await.unwrap();
+    assert_eq!(read.messages[0].payload().as_ref(), binary.as_slice());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_by_bytes_drops_the_oldest_and_offsets_go_on() {
+    let server = RedisServer::start();
+    let store = open(
+        &server,
+        Options {
+            retention: Retention {
+                age: Duration::from_secs(3600),
+                bytes_per_topic: 1_000,
+            },
+            ..Options::default()
+        },
+    )
+    .await;
+    let t = topic("t");
+    for n in 0..25u8 {
+        store.append(&t, vec![new(vec![n; 100])]).await.unwrap();
+    }
+    store.sweep().await.unwrap();
+    // 1,000 bytes: the newest ten messages of 100.
+    assert_eq!(store.bounds(&t).await.unwrap(), (15, 25));
+    let read = store.read(&t, 0, 100, usize::MAX).await.unwrap();
+    assert_eq!((read.first, read.next), (15, 25));
+    assert_eq!(read.messages[0].offset(), 15);
+    assert_eq!(read.messages[0].payload()[0], 15);
+    assert_eq!(read.messages.len(), 10);
+    // Offsets go on; the next sweep keeps the newest ten again.
+    let m = store.append(&t, vec![new(vec![0; 300])]).await.unwrap();
+    assert_eq!(m[0].offset(), 25);
+    store.sweep().await.unwrap();
+    assert_eq!(store.bounds(&t).await.unwrap(), (18, 26));
+    // A log far over its limit is cut in several steps of one sweep, in
+    // batches and alone alike.
+    let big = topic("big");
+    for _ in 0..25 {
+        let batch = (0..1_000).map(|_| new(vec![7u8; 10])).collect();
+        store.append(&big, batch).await.unwrap();
+    }
+    store.sweep().await.unwrap();
+    assert_eq!(store.bounds(&big).await.unwrap(), (24_900, 25_000));
+    let read = store.read(&big, 0, 1_000, usize::MAX).await.unwrap();
+    assert_eq!(read.messages.len(), 100);
+    assert_eq!(read.messages[0].offset(), 24_900);
+    assert_eq!(store.bounds(&t).await.unwrap(), (18, 26));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_by_age_runs_in_the_background() {
+    let server = RedisServer::start();
+    let store = open(
+        &server,
+        Options {
+            retention: Retention {
+                age: Duration::from_millis(800),
+                bytes_per_topic: 1 << 30,
+            },
+            ..Options::default()
+        },
+    )
+    .await;
+    let t = topic("t");
+    for _ in 0..5 {
+        store.append(&t, vec![new("old")]).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let fresh = store.append(&t, vec![new("fresh")]).await.unwrap();
+    assert_eq!(fresh[0].offset(), 5);
+    // The sweeper runs every 200 ms here (a quarter of the age).
+    eventually("the old messages are dropped", || async {
+        store.bounds(&t).await.unwrap().0 >= 5
+    })
+    .await;
+    let read = store.read(&t, 0, 100, usize::MAX).await.unwrap();
+    if read.first == 5 {
+        assert_eq!(read.messages[0].id(), fresh[0].id());
+    }
+    // In time the fresh one goes too; the log is then empty at 6.
+    eventually("everything expires", || async {
+        store.bounds(&t).await.unwrap() == (6, 6)
+    })
+    .await;
+    let read = store.read(&t, 0, 100, usize::MAX).await.unwrap();
+    assert!(read.messages.is_empty());
+    assert_eq!((read.first, read.next), (6, 6));
+    assert_eq!(
+        store.append(&t, vec![new("x")]).await.unwrap()[0].offset(),
+        6
+    );
+}
+
+fn publisher() -> Record {
+    Record::Credential(CredentialRecord {
+        id: "pub_1".into(),
+        topic: "t".into(),
+        name: "p".into(),
+        role: Role::Publish,
+        token: "pub_1.secret".into(),
+        order: 0,
+    })
+}
+
+fn subscriber(id: &str, order: u64) -> Record {
+    Record::Subscriber(SubscriberRecord {
+        id: id.into(),
+        topic: "t".into(),
+        url: "http://h/".into(),
+        method: "PUT".into(),
+        headers: vec![("x-k".into(), "v".into())],
+        max_attempts: 3,
+        schedule: Some(vec![Duration::from_secs(5), Duration::from_millis(1500)]),
+        ordered: true,
+        enabled: true,
+        secret: "whsec_x".into(),
+        previous_secret: Some((
+            "whsec_y".into(),
+            UNIX_EPOCH + Duration::from_millis(1_795_430_227_250),
+        )),
+        order,
+        cursor: 7,
+    })
+}
+
+fn with_cursor(record: &Record, cursor: u64) -> Record {
+    let Record::Subscriber(mut s) = record.clone() else {
+        unreachable!()
+    };
+    s.cursor = cursor;
+    Record::Subscriber(s)
+}
+
+async fn loaded(store: &RedisStore) -> Vec<Record> {
+    let mut records = store.load().await.unwrap();
+    records.sort_by_key(Record::order);
+    records
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_and_cursors_round_trip_through_a_second_store() {
+    let server = RedisServer::start();
+    let listener = Record::Credential(CredentialRecord {
+        id: "lis_1".into(),
+        role: Role::Listen,
+        order: 1,
+        ..match publisher() {
+            Record::Credential(c) => c,
+            _ => unreachable!(),
+        }
+    });
+    let sub = subscriber("sub_1", 2);
+    {
+        let store = open(&server, Options::default()).await;
+        for r in [&publisher(), &listener, &sub] {
+            store.save(Change::Put(r)).await.unwrap();
+        }
+        store.save(Change::Remove { id: "lis_1" }).await.unwrap();
+        // Cursors move forward only, and are written in the background.
+        store.save_cursor("sub_1", 40).await.unwrap();
+        store.save_cursor("sub_1", 30).await.unwrap();
+        // Not a registration: never written.
+        store.save_cursor("sub_gone", 5).await.unwrap();
+        let other = open(&server, Options::default()).await;
+        eventually("the cursor is flushed within 100 ms or so", || async {
+            loaded(&other).await.contains(&with_cursor(&sub, 40))
+        })
+        .await;
+        assert_eq!(loaded(&other).await, [publisher(), with_cursor(&sub, 40)]);
+        // Another process with an older cursor never moves it back.
+        other.save_cursor("sub_1", 35).await.unwrap();
+        other.flush().await.unwrap();
+        assert_eq!(loaded(&store).await[1], with_cursor(&sub, 40));
+        // A store dropped writes what it buffered.
+        store.save_cursor("sub_1", 41).await.unwrap();
+    }
+    let store = open(&server, Options::default()).await;
+    eventually("the last cursor is written on drop", || async {
+        loaded(&store).await.contains(&with_cursor(&sub, 41))
+    })
+    .await;
+    let keys: Vec<String> = redis_keys(&server).await;
+    assert!(!keys.iter().any(|k| k.contains("gone")), "{keys:?}");
+    // Removing a subscriber removes its cursor: put again, it starts at
+    // its registration's cursor.
+    store.save(Change::Remove { id: "sub_1" }).await.unwrap();
+    assert_eq!(loaded(&store).await, [publisher()]);
+    store.save(Change::Put(&sub)).await.unwrap();
+    assert_eq!(loaded(&store).await, [publisher(), sub.clone()]);
+}
+
+async fn redis_keys(server: &RedisServer) -> Vec<String> {
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    keys.sort();
+    keys
+}
+
+async fn hash(server: &RedisServer, key: &str) -> Vec<(String, String)> {
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let mut all: Vec<(String, String)> = redis::cmd("HGETALL")
+        .arg(key)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    all.sort();
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_retries_round_trip_and_go_with_their_subscriber() {
+    let server = RedisServer::start();
+    let at = |ms: u64| UNIX_EPOCH + Duration::from_millis(ms);
+    let retry = |offset: u64, attempts: u32| PendingRetry {
+        offset,
+        attempts,
+        due: at(1_795_430_227_000 + offset),
+    };
+    {
+        let store = open(&server, Options::default()).await;
+        store
+            .save(Change::Put(&subscriber("sub_1", 0)))
+            .await
+            .unwrap();
+        store.save_retry("sub_1", retry(7, 2)).await.unwrap();
+        store.save_retry("sub_1", retry(3, 1)).await.unwrap();
+        store.save_retry("sub_1", retry(3, 4)).await.unwrap();
+        store.save_retry("sub_1", retry(9, 1)).await.unwrap();
+        store.forget_retry("sub_1", 9).await.unwrap();
+        // Not a registration: never written.
+        store.save_retry("sub_gone", retry(1, 1)).await.unwrap();
+        // Buffered writes are read back at once.
+        assert_eq!(
+            store.pending_retries("sub_1").await.unwrap(),
+            [retry(3, 4), retry(7, 2)]
+        );
+        store.save_retry("sub_1", retry(12, 5)).await.unwrap();
+        // Dropped without a read: the background flush has it.
+    }
+    let store = open(&server, Options::default()).await;
+    eventually("the last retry is written", || async {
+        store.pending_retries("sub_1").await.unwrap().len() == 3
+    })
+    .await;
+    assert_eq!(
+        store.pending_retries("sub_1").await.unwrap(),
+        [retry(3, 4), retry(7, 2), retry(12, 5)]
+    );
+    assert!(store.pending_retries("sub_gone").await.unwrap().is_empty());
+    assert_eq!(
+        hash(&server, "broker:{r}:retries:sub_1").await,
+        [
+            ("12".to_owned(), format!("5:{}", 1_795_430_227_012u64)),
+            ("3".to_owned(), format!("4:{}", 1_795_430_227_003u64)),
+            ("7".to_owned(), format!("2:{}", 1_795_430_227_007u64)),
+        ]
+    );
+    store.save(Change::Remove { id: "sub_1" }).await.unwrap();
+    assert!(store.pending_retries("sub_1").await.unwrap().is_empty());
+}
+
+fn dead(offset: u64) -> DeadLetter {
+    DeadLetter {
+        message_id: format!("msg_{offset}"),
+        offset,
+        attempts: 8,
+        last_status: Some(500),
+        last_error: "the endpoint answered with an error status".into(),
+        failed_at: UNIX_EPOCH + Duration::from_millis(1_795_430_227_250),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_bounded_oldest_first_and_counted() {
+    let server = RedisServer::start();
+    let offsets = |v: Vec<DeadLetter>| v.iter().map(|d| d.offset).collect::<Vec<_>>();
+    let small = Options {
+        max_dead_letters: 3,
+        ..Options::default()
+    };
+    {
+        let store = open(&server, small.clone()).await;
+        for id in ["sub_1", "sub_10"] {
+            store.save(Change::Put(&subscriber(id, 0))).await.unwrap();
+        }
+        let mut evicted = Vec::new();
+        for offset in [9, 2, 5, 11, 4] {
+            evicted.push(store.put_dead_letter("sub_1", &dead(offset)).await.unwrap());
+        }
+        // The fourth drops offset 2; the fifth is itself the oldest.
+        assert_eq!(evicted, [0, 0, 0, 1, 1]);
+        assert_eq!(
+            offsets(store.dead_letters("sub_1", 10).await.unwrap()),
+            [5, 9, 11]
+        );
+        // Replacing one is no new one; a removed one makes room.
+        let mut again = dead(9);
+        again.attempts = 9;
+        assert_eq!(store.put_dead_letter("sub_1", &again).await.unwrap(), 0);
+        store.remove_dead_letter("sub_1", 5).await.unwrap();
+        assert_eq!(store.put_dead_letter("sub_1", &dead(20)).await.unwrap(), 0);
+        store.put_dead_letter("sub_10", &dead(1)).await.unwrap();
+        assert_eq!(
+            store.dead_letters("sub_1", 1).await.unwrap(),
+            [again.clone()]
+        );
+        assert_eq!(
+            store.dead_letters("sub_1", 10).await.unwrap(),
+            [again, dead(11), dead(20)]
+        );
+    }
+    // Another store sees them; a removed subscriber's go with it.
+    let store = open(&server, small).await;
+    assert_eq!(
+        offsets(store.dead_letters("sub_1", 100).await.unwrap()),
+        [9, 11, 20]
+    );
+    assert!(store.dead_letters("sub_1", 0).await.unwrap().is_empty());
+    store.save(Change::Remove { id: "sub_1" }).await.unwrap();
+    assert!(store.dead_letters("sub_1", 100).await.unwrap().is_empty());
+    assert_eq!(store.dead_letters("sub_10", 100).await.unwrap(), [dead(1)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_bound_is_max_dead_letters() {
+    let server = RedisServer::start();
+    let store = Arc::new(open(&server, Options::default()).await);
+    let max = broker_core::MAX_DEAD_LETTERS as u64;
+    // Many at once (one multiplexed connection pipelines them).
+    let tasks: Vec<_> = (0..8u64)
+        .map(|part| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut evicted = 0;
+                for offset in (part..max + 5).step_by(8) {
+                    evicted += store.put_dead_letter("sub_1", &dead(offset)).await.unwrap();
+                }
+                evicted
+            })
+        })
+        .collect();
+    let mut evicted = 0;
+    for t in tasks {
+        evicted += t.await.unwrap();
+    }
+    assert_eq!(evicted, 5);
+    let kept = store.dead_letters("sub_1", usize::MAX).await.unwrap();
+    assert_eq!(kept.len() as u64, max);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_topic_starts_a_new_log_with_new_ids() {
+    let server = RedisServer::start();
+    let store = open(&server, Options::default()).await;
+    let other = open(&server, Options::default()).await;
+    let (t, kept) = (topic("t"), topic("kept"));
+    let before = store
+        .append(&t, vec![new("a"), new("b"), new("c")])
+        .await
+        .unwrap();
+    store.append(&kept, vec![new("k")]).await.unwrap();
+    // Deleted by another process.
+    other.delete_topic(&t).await.unwrap();
+    assert_eq!(store.bounds(&t).await.unwrap(), (0, 0));
+    assert!(store
+        .read(&t, 0, 10, usize::MAX)
+        .await
+        .unwrap()
+        .messages
+        .is_empty());
+    let after = store.append(&t, vec![new("new")]).await.unwrap();
+    assert_eq!(after[0].offset(), 0);
+    assert_ne!(after[0].id(), before[0].id(), "a new log, a new id prefix");
+    assert_eq!(store.bounds(&kept).await.unwrap(), (0, 1));
+    // Deleting what is not there is fine.
+    store.delete_topic(&topic("never")).await.unwrap();
+    let keys = redis_keys(&server).await;
+    assert!(keys.contains(&"broker:{t:t}:log".to_owned()), "{keys:?}");
+    assert!(!keys.iter().any(|k| k.contains("never")), "{keys:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_fails_in_bounded_time_and_nothing_acknowledged_is_lost() {
+    let mut server = RedisServer::start();
+    let timeout = Duration::from_secs(1);
+    let store = open(
+        &server,
+        Options {
+            timeout,
+            ..Options::default()
+        },
+    )
+    .await;
+    let t = topic("t");
+    let mut acked = Vec::new();
+    for n in 0..50 {
+        acked.extend(store.append(&t, vec![new(format!("m{n}"))]).await.unwrap());
+    }
+    store.save(Change::Put(&publisher())).await.unwrap();
+    let sub = subscriber("sub_1", 1);
+    store.save(Change::Put(&sub)).await.unwrap();
+    server.kill();
+
+    // Every operation fails with Storage, each within the timeout (and
+    // a little).
+    for _ in 0..3 {
+        let started = Instant::now();
+        let err = store.append(&t, vec![new("lost")]).await.unwrap_err();
+        assert!(matches!(err, broker_core::Error::Storage { .. }), "{err:?}");
+        assert_eq!(err.code(), "storage_unavailable");
+        assert!(
+            started.elapsed() < timeout + Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    let started = Instant::now();
+    let err = store
+        .save(Change::Put(&subscriber("sub_2", 2)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, broker_core::Error::Storage { .. }), "{err:?}");
+    assert!(started.elapsed() < timeout + Duration::from_secs(1));
+    assert!(store.read(&t, 0, 10, usize::MAX).await.is_err());
+    // Cursor moves are buffered meanwhile, and written once Redis is back.
+    store.save_cursor("sub_1", 33).await.unwrap();
+
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let resumed = loop {
+        match store.append(&t, vec![new("after")]).await {
+            Ok(m) => break m,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the store did not come back: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    // Nothing acknowledged before the kill is lost; offsets go on.
+    assert_eq!(resumed[0].offset(), 50);
+    let read = store.read(&t, 0, 100, usize::MAX).await.unwrap();
+    assert_eq!(read.messages.len(), 51);
+    for (a, b) in acked.iter().zip(&read.messages) {
+        assert_eq!((a.id(), a.payload()), (b.id(), b.payload()));
+    }
+    assert_eq!(read.messages[50].id(), resumed[0].id());
+    eventually("the buffered cursor is written", || async {
+        loaded(&store).await == [publisher(), with_cursor(&sub, 33)]
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unreachable_at_start_is_a_clear_error_without_the_password() {
+    let port = support::closed_port();
+    let started = Instant::now();
+    let err = RedisStore::open(
+        &format!("redis://app:hunter2@127.0.0.1:{port}/0"),
+        Options::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(matches!(err, RedisStoreError::Connect { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!(
+            "cannot reach Redis at redis://app:***@127.0.0.1:{port}/0"
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("hunter2"), "{text}");
+    // Not a URL at all.
+    let err = RedisStore::open("http://nope", Options::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RedisStoreError::Url { .. }), "{err:?}");
+    let err = RedisStore::open(
+        "redis://127.0.0.1:1/",
+        Options {
+            namespace: "a{b}".into(),
+            ..Options::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, RedisStoreError::Options { .. }), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaces_keep_brokers_apart_on_one_redis() {
+    let server = RedisServer::start();
+    let a = open(&server, Options::default()).await;
+    let b = open(
+        &server,
+        Options {
+            namespace: "staging".into(),
+            ..Options::default()
+        },
+    )
+    .await;
+    let t = topic("t");
+    a.append(&t, vec![new("a")]).await.unwrap();
+    assert_eq!(b.bounds(&t).await.unwrap(), (0, 0));
+    assert_eq!(b.append(&t, vec![new("b")]).await.unwrap()[0].offset(), 0);
+    a.save(Change::Put(&publisher())).await.unwrap();
+    assert!(b.load().await.unwrap().is_empty());
+    let keys = redis_keys(&server).await;
+    assert!(keys.contains(&"staging:{t:t}:log".to_owned()), "{keys:?}");
+}

@@ -1,0 +1,242 @@
+//! The real binary with `--redis-url`, against a real `redis-server`
+//! (started by the test on a free port; the test fails, never skips, when
+//! the `redis-server` package is not installed).
+
+mod support;
+
+#[path = "../../broker-redis/tests/support/mod.rs"]
+mod redis_support;
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpListener,
+    process::{Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use redis_support::RedisServer;
+use support::*;
+
+fn register(addr: &str, path: &str, body: &str) -> (String, String) {
+    http(
+        addr,
+        "POST",
+        path,
+        "Content-Type: application/json\r\n",
+        body,
+    )
+}
+
+fn publish(addr: &str, token: &str, body: &str) -> (String, String) {
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    http(addr, "POST", "/v1/topics/t/messages", &auth, body)
+}
+
+fn number(body: &str, field: &str) -> u64 {
+    let json: serde_json::Value = serde_json::from_str(body).unwrap();
+    json[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {field} in {body}"))
+}
+
+/// A receiver on 127.0.0.1:0 that answers 200 and hands over each
+/// request's headers and body.
+fn receiver() -> (String, mpsc::Receiver<(http::HeaderMap, Vec<u8>)>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { break };
+            stream.set_read_timeout(Some(PATIENCE)).ok();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut headers = http::HeaderMap::new();
+            let mut line = String::new();
+            let mut length = 0;
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                continue;
+            }
+            loop {
+                line.clear();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                let (name, value) = line.trim_end().split_once(':').unwrap();
+                let (name, value) = (name.trim(), value.trim());
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.parse().unwrap();
+                }
+                headers.append(
+                    http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    value.parse().unwrap(),
+                );
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            if tx.send((headers, body)).is_err() {
+                break;
+            }
+        }
+    });
+    (addr, rx)
+}
+
+#[test]
+fn registrations_and_the_log_survive_a_restart_on_redis() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let (mut child, addr, early, _logs) = start(&["--redis-url", &url]);
+    assert!(
+        early.iter().any(|l| l.contains("redis store opened")),
+        "{early:#?}"
+    );
+    let (hook, deliveries) = receiver();
+    let publisher = r#"{"name":"checkout"}"#;
+    let subscriber = format!(r#"{{"url":"http://{hook}/hook","headers":{{"x-k":"v"}}}}"#);
+    let (status, p1) = register(&addr, "/v1/topics/t/publishers", publisher);
+    assert!(status.contains("201"), "{status} {p1}");
+    let (status, s1) = register(&addr, "/v1/topics/t/subscribers", &subscriber);
+    assert!(status.contains("201"), "{status} {s1}");
+    // The default retry policy on Redis is the standard schedule, as with a
+    // data dir.
+    let s1_json: serde_json::Value = serde_json::from_str(&s1).unwrap();
+    assert!(
+        s1_json["retry"]["schedule"]
+            .as_array()
+            .is_some_and(|s| s.len() == 7),
+        "{s1}"
+    );
+    let token = json_field(&p1, "token");
+    let (status, body) = publish(&addr, &token, r#"{"before":"restart"}"#);
+    assert!(status.contains("202"), "{status} {body}");
+    assert_eq!(number(&body, "offset"), 0);
+    let (_, payload) = deliveries.recv_timeout(PATIENCE).expect("a delivery");
+    assert_eq!(payload, br#"{"before":"restart"}"#);
+    sigterm(&child);
+    assert!(wait_for_exit(&mut child).success());
+
+    let (_child, addr, _, _logs) = start(&["--redis-url", &url]);
+    // The same registrations: a replay answers 200 with the same token
+    // and secret.
+    for (path, body, before) in [
+        ("/v1/topics/t/publishers", publisher, &p1),
+        ("/v1/topics/t/subscribers", subscriber.as_str(), &s1),
+    ] {
+        let (status, again) = register(&addr, path, body);
+        assert!(
+            status.contains("200"),
+            "after the restart: {status} {again}"
+        );
+        let (a, b): (serde_json::Value, serde_json::Value) = (
+            serde_json::from_str(before).unwrap(),
+            serde_json::from_str(&again).unwrap(),
+        );
+        assert_eq!(a, b, "the same registration, token and secret");
+    }
+    let (status, body) = publish(&addr, &token, r#"{"after":"restart"}"#);
+    assert!(status.contains("202"), "{status} {body}");
+    assert_eq!(number(&body, "offset"), 1, "offsets go on");
+    // Delivered once: the cursor was written at the graceful stop, so the
+    // first message is not delivered again.
+    let (headers, payload) = deliveries.recv_timeout(PATIENCE).expect("a delivery");
+    assert_eq!(payload, br#"{"after":"restart"}"#);
+    assert_eq!(headers["x-k"], "v");
+    assert_eq!(headers["webhook-id"], json_field(&body, "id").as_str());
+    let verifier = standardwebhooks::Webhook::new(&json_field(&s1, "secret")).unwrap();
+    verifier
+        .verify(&payload, &headers)
+        .expect("signed with the same secret");
+}
+
+#[test]
+fn two_processes_on_one_redis_share_the_log_and_its_offsets() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let (_a, a, _, _) = start(&["--redis-url", &url]);
+    let (_, p) = register(&a, "/v1/topics/t/publishers", r#"{"name":"p"}"#);
+    let token = json_field(&p, "token");
+    let (_, l) = register(&a, "/v1/topics/t/listeners", r#"{"name":"l"}"#);
+    let listener = json_field(&l, "token");
+    // Started after the registrations: it loads them.
+    let (_b, b, _, _) = start(&["--redis-url", &url]);
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        let addr = if n % 2 == 0 { &a } else { &b };
+        let (status, body) = publish(addr, &token, &format!("m{n}"));
+        assert!(status.contains("202"), "{status} {body}");
+        assert_eq!(number(&body, "offset"), n, "one dense sequence");
+        ids.push(json_field(&body, "id"));
+    }
+    // Either process reads every message, with the same ids.
+    for addr in [&a, &b] {
+        let (status, body) = http(
+            addr,
+            "GET",
+            "/v1/topics/t/messages?offset=0&limit=100",
+            &format!("Authorization: Bearer {listener}\r\n"),
+            "",
+        );
+        assert!(status.contains("200"), "{status} {body}");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let got: Vec<&str> = json["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(got, ids);
+    }
+}
+
+/// Runs the binary expecting it to exit at once; returns its status, what
+/// it logged and how long it took.
+fn refused(args: &[&str]) -> (std::process::ExitStatus, String, Duration) {
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_broker-server"))
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .env_remove("BROKER_DATA_DIR")
+        .env_remove("BROKER_REDIS_URL")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let mut running = Running(child);
+    let status = wait_for_exit(&mut running);
+    let mut log = String::new();
+    stderr.read_to_string(&mut log).unwrap();
+    (status, log, started.elapsed())
+}
+
+#[test]
+fn an_unreachable_redis_exits_at_once_naming_it_without_the_password() {
+    let port = redis_support::closed_port();
+    let url = format!("redis://app:hunter2@127.0.0.1:{port}/0");
+    let (status, log, took) = refused(&["--redis-url", &url]);
+    assert!(!status.success(), "{log}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert!(
+        log.contains(&format!(
+            "cannot reach Redis at redis://app:***@127.0.0.1:{port}/0"
+        )),
+        "{log}"
+    );
+    assert!(!log.contains("hunter2"), "{log}");
+    // And never together with a data dir.
+    let dir = tempfile::tempdir().unwrap();
+    let (status, log, _) = refused(&[
+        "--redis-url",
+        "redis://127.0.0.1:6379/",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(!status.success());
+    assert!(log.contains("cannot be used with"), "{log}");
+}

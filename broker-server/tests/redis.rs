@@ -8,11 +8,8 @@ mod support;
 mod redis_support;
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
-    net::TcpListener,
+    io::Read,
     process::{Command, Stdio},
-    sync::mpsc,
-    thread,
     time::{Duration, Instant},
 };
 
@@ -39,52 +36,6 @@ fn number(body: &str, field: &str) -> u64 {
     json[field]
         .as_u64()
         .unwrap_or_else(|| panic!("no {field} in {body}"))
-}
-
-/// A receiver on 127.0.0.1:0 that answers 200 and hands over each
-/// request's headers and body.
-fn receiver() -> (String, mpsc::Receiver<(http::HeaderMap, Vec<u8>)>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { break };
-            stream.set_read_timeout(Some(PATIENCE)).ok();
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut headers = http::HeaderMap::new();
-            let mut line = String::new();
-            let mut length = 0;
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                continue;
-            }
-            loop {
-                line.clear();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                let (name, value) = line.trim_end().split_once(':').unwrap();
-                let (name, value) = (name.trim(), value.trim());
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = value.parse().unwrap();
-                }
-                headers.append(
-                    http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                    value.parse().unwrap(),
-                );
-            }
-            let mut body = vec![0; length];
-            reader.read_exact(&mut body).unwrap();
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            );
-            if tx.send((headers, body)).is_err() {
-                break;
-            }
-        }
-    });
-    (addr, rx)
 }
 
 #[test]

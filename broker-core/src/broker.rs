@@ -1412,6 +1412,16 @@ impl Broker {
             .await
     }
 
+    /// Whether the store can take writes now ([`Store::ready`]), for
+    /// readiness probes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`] saying why not.
+    pub async fn store_ready(&self) -> Result<(), Error> {
+        self.shared.store.ready().await
+    }
+
     /// The memory budget the broker's messages are held within: the
     /// store's ([`Store::memory`]). Deliveries charge what they hold.
     pub fn memory(&self) -> &MemoryBudget {

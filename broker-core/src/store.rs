@@ -311,6 +311,16 @@ pub trait Store: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
+    /// Whether the store can take writes now (a remote store reachable),
+    /// for readiness probes; answered quickly. The default: always.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`] saying why not.
+    async fn ready(&self) -> Result<(), Error> {
+        Ok(())
+    }
+
     /// Deletes `topic`'s log: its messages are gone; a topic of the same
     /// name made later starts a new log. The default keeps no log.
     async fn delete_topic(&self, topic: &TopicName) -> Result<(), Error> {
@@ -379,6 +389,9 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     async fn delete_topic(&self, topic: &TopicName) -> Result<(), Error> {
         (**self).delete_topic(topic).await
     }
+    async fn ready(&self) -> Result<(), Error> {
+        (**self).ready().await
+    }
     fn memory(&self) -> MemoryBudget {
         (**self).memory()
     }
@@ -434,6 +447,9 @@ impl<S: Store + ?Sized> Store for Box<S> {
     }
     async fn delete_topic(&self, topic: &TopicName) -> Result<(), Error> {
         (**self).delete_topic(topic).await
+    }
+    async fn ready(&self) -> Result<(), Error> {
+        (**self).ready().await
     }
     fn memory(&self) -> MemoryBudget {
         (**self).memory()

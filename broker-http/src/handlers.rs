@@ -57,12 +57,20 @@ pub(crate) fn metrics(api: &Api) -> Reply {
 }
 
 /// `GET /readyz`: ready to accept publishes; `503` once the broker is
-/// closed for draining.
-pub(crate) fn ready(api: &Api) -> Response<ResponseBody> {
+/// closed for draining, or while its store cannot take writes.
+pub(crate) async fn ready(api: &Api) -> Response<ResponseBody> {
     if api.broker().is_closed() {
         reply(
             StatusCode::SERVICE_UNAVAILABLE,
             &json::Ready { status: "draining" },
+        )
+    } else if let Err(e) = api.broker().store_ready().await {
+        tracing::warn!(error = %e, "not ready: the store cannot take writes");
+        reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json::Ready {
+                status: "store_unavailable",
+            },
         )
     } else {
         reply(StatusCode::OK, &json::Ready { status: "ready" })

@@ -203,7 +203,7 @@ where
     let h = &parts.headers;
     match (&parts.method, route) {
         (&Method::GET, Route::Health) => Ok(handlers::health(api)),
-        (&Method::GET, Route::Ready) => Ok(handlers::ready(api)),
+        (&Method::GET, Route::Ready) => Ok(handlers::ready(api).await),
         (&Method::GET, Route::OpenApi) => Ok(handlers::openapi()),
         (&Method::POST, Route::Messages(topic)) => handlers::publish(api, topic, h, body).await,
         (&Method::POST, Route::Batch(topic)) => handlers::publish_batch(api, topic, h, body).await,

@@ -964,6 +964,15 @@ impl Store for RedisStore {
         Ok(read)
     }
 
+    async fn ready(&self) -> Result<(), broker_core::Error> {
+        let s = &self.shared;
+        let mut con = s.con();
+        let _: String = s
+            .call("ping", redis::cmd("PING").query_async(&mut con))
+            .await?;
+        Ok(())
+    }
+
     async fn bounds(&self, topic: &TopicName) -> Result<(u64, u64), broker_core::Error> {
         let s = &self.shared;
         let mut con = s.con();

@@ -191,3 +191,42 @@ fn an_unreachable_redis_exits_at_once_naming_it_without_the_password() {
     assert!(!status.success());
     assert!(log.contains("cannot be used with"), "{log}");
 }
+
+/// Redis gone while the broker runs: `/readyz` and publishes say `503`;
+/// Redis back (same data): ready again, and publishing goes on.
+#[test]
+fn readiness_follows_redis() {
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let (_child, addr, _, _logs) = start(&["--redis-url", &url]);
+    let (status, body) = http(
+        &addr,
+        "POST",
+        "/v1/topics/t/publishers",
+        "Content-Type: application/json\r\n",
+        r#"{"name":"p"}"#,
+    );
+    assert!(status.contains("201"), "{status} {body}");
+    let token = json_field(&body, "token");
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    assert!(http(&addr, "GET", "/readyz", "", "").0.contains("200"));
+
+    redis.kill();
+    let (status, body) = http(&addr, "GET", "/readyz", "", "");
+    assert!(status.contains("503"), "{status}");
+    assert!(body.contains("store_unavailable"), "{body}");
+    let (status, _) = http(&addr, "POST", "/v1/topics/t/messages", &auth, "m");
+    assert!(status.contains("503"), "{status}");
+
+    redis.restart();
+    let deadline = Instant::now() + PATIENCE;
+    while !http(&addr, "GET", "/readyz", "", "").0.contains("200") {
+        assert!(
+            Instant::now() < deadline,
+            "not ready again after Redis came back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, body) = http(&addr, "POST", "/v1/topics/t/messages", &auth, "m");
+    assert!(status.contains("202"), "{status} {body}");
+}

@@ -77,6 +77,23 @@ pub(crate) async fn ready(api: &Api) -> Response<ResponseBody> {
     }
 }
 
+/// A JSON body of the API's own calls: `Content-Type: application/json`,
+/// at most `max_json_bytes`, within `body_timeout`.
+async fn management_json<T, B>(api: &Api, h: &HeaderMap, body: B) -> Result<T, ApiError>
+where
+    T: for<'de> serde::Deserialize<'de>,
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    json::read_json(
+        h,
+        body,
+        api.config().max_json_bytes,
+        api.config().body_timeout,
+    )
+    .await
+}
+
 /// `POST /v1/topics/{topic}/publishers` and `POST
 /// /v1/topics/{topic}/listeners`: the same call for either role.
 pub(crate) async fn register_credential<B>(
@@ -92,13 +109,7 @@ where
 {
     // The path is checked before the body is read.
     broker_core::TopicName::validate(topic)?;
-    let req: json::CredentialRequest = json::read_json(
-        h,
-        body,
-        api.config().max_json_bytes,
-        api.config().body_timeout,
-    )
-    .await?;
+    let req: json::CredentialRequest = management_json(api, h, body).await?;
     let reg = match role {
         Role::Publish => api.broker().register_publisher(topic, &req.name).await?,
         Role::Listen => api.broker().register_listener(topic, &req.name).await?,
@@ -134,13 +145,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     broker_core::TopicName::validate(topic)?;
-    let req: json::SubscriberRequest = json::read_json(
-        h,
-        body,
-        api.config().max_json_bytes,
-        api.config().body_timeout,
-    )
-    .await?;
+    let req: json::SubscriberRequest = management_json(api, h, body).await?;
     let broker = api.broker();
     let mut endpoint = Endpoint::new(
         &req.url,
@@ -335,13 +340,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     broker_core::TopicName::validate(topic)?;
-    let req: json::GroupRequest = json::read_json(
-        h,
-        body,
-        api.config().max_json_bytes,
-        api.config().body_timeout,
-    )
-    .await?;
+    let req: json::GroupRequest = management_json(api, h, body).await?;
     let mut config = broker_core::GroupConfig::default();
     if let Some(timeout) = &req.ack_timeout {
         config.ack_timeout = broker_core::parse_duration(timeout).map_err(|_| {
@@ -397,13 +396,7 @@ where
 {
     broker_core::TopicName::validate(topic)?;
     authorize_reader(api, topic, token_of(parts))?;
-    json::read_json(
-        &parts.headers,
-        body,
-        api.config().max_json_bytes,
-        api.config().body_timeout,
-    )
-    .await
+    management_json(api, &parts.headers, body).await
 }
 
 /// `POST /v1/topics/{topic}/groups/{group}/pull`: a listener or the admin.
@@ -561,13 +554,7 @@ where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let req: json::TopicRequest = json::read_json(
-        h,
-        body,
-        api.config().max_json_bytes,
-        api.config().body_timeout,
-    )
-    .await?;
+    let req: json::TopicRequest = management_json(api, h, body).await?;
     api.broker().create_topic(&req.name).await?;
     Ok(reply(
         StatusCode::CREATED,
@@ -731,13 +718,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     broker_core::TopicName::validate(topic)?;
-    let req: json::RedriveRequest = json::read_json(
-        h,
-        body,
-        api.config().max_json_bytes,
-        api.config().body_timeout,
-    )
-    .await?;
+    let req: json::RedriveRequest = management_json(api, h, body).await?;
     let ids = req.message_ids.as_deref();
     let redriven = match owner {
         Owner::Subscriber(id) => api.broker().redrive(topic, id, ids).await?,
@@ -759,13 +740,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     broker_core::TopicName::validate(topic)?;
-    let req: json::ReplayRequest = json::read_json(
-        h,
-        body,
-        api.config().max_json_bytes,
-        api.config().body_timeout,
-    )
-    .await?;
+    let req: json::ReplayRequest = management_json(api, h, body).await?;
     let broker = api.broker();
     let from = match (req.from_offset, req.since.as_deref()) {
         (Some(offset), None) => offset,

@@ -35,21 +35,6 @@ fn kill9(child: &mut Running) {
     child.0.wait().expect("reaped");
 }
 
-fn register(addr: &str, path: &str, body: &str) -> (String, String) {
-    http(
-        addr,
-        "POST",
-        path,
-        "Content-Type: application/json\r\n",
-        body,
-    )
-}
-
-fn publish(addr: &str, token: &str, body: &str) -> (String, String) {
-    let auth = format!("Authorization: Bearer {token}\r\n");
-    http(addr, "POST", "/v1/topics/t/messages", &auth, body)
-}
-
 /// The topic's SSE stream with `last_n` (the replay, read from the log).
 fn events(addr: &str, listener: &str, last_n: usize) -> BufReader<TcpStream> {
     let mut stream = TcpStream::connect(addr).unwrap();
@@ -92,13 +77,6 @@ fn replayed_ids(addr: &str, listener: &str, count: usize) -> Vec<String> {
 /// The offset a message id carries (its last 12 hex digits).
 fn offset_of(id: &str) -> u64 {
     u64::from_str_radix(&id[id.len() - 12..], 16).unwrap()
-}
-
-fn number(body: &str, field: &str) -> u64 {
-    let json: serde_json::Value = serde_json::from_str(body).unwrap();
-    json[field]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no {field} in {body}"))
 }
 
 #[test]

@@ -16,28 +16,6 @@ use std::{
 use redis_support::RedisServer;
 use support::*;
 
-fn register(addr: &str, path: &str, body: &str) -> (String, String) {
-    http(
-        addr,
-        "POST",
-        path,
-        "Content-Type: application/json\r\n",
-        body,
-    )
-}
-
-fn publish(addr: &str, token: &str, body: &str) -> (String, String) {
-    let auth = format!("Authorization: Bearer {token}\r\n");
-    http(addr, "POST", "/v1/topics/t/messages", &auth, body)
-}
-
-fn number(body: &str, field: &str) -> u64 {
-    let json: serde_json::Value = serde_json::from_str(body).unwrap();
-    json[field]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no {field} in {body}"))
-}
-
 #[test]
 fn registrations_and_the_log_survive_a_restart_on_redis() {
     let redis = RedisServer::start();

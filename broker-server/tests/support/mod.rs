@@ -185,3 +185,28 @@ pub(crate) fn receiver_answering(
     });
     (addr, rx)
 }
+
+/// A management call with a JSON body.
+pub(crate) fn register(addr: &str, path: &str, body: &str) -> (String, String) {
+    http(
+        addr,
+        "POST",
+        path,
+        "Content-Type: application/json\r\n",
+        body,
+    )
+}
+
+/// Publishes `body` on topic `t` with a publisher token.
+pub(crate) fn publish(addr: &str, token: &str, body: &str) -> (String, String) {
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    http(addr, "POST", "/v1/topics/t/messages", &auth, body)
+}
+
+/// A number field of a JSON body.
+pub(crate) fn number(body: &str, field: &str) -> u64 {
+    let json: serde_json::Value = serde_json::from_str(body).unwrap();
+    json[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {field} in {body}"))
+}

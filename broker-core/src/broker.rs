@@ -12,6 +12,8 @@ use bytes::Bytes;
 use http::HeaderValue;
 use parking_lot::RwLock;
 
+mod follow;
+
 use crate::{
     registry::Registry,
     secret::{SigningSecret, Token},
@@ -83,6 +85,9 @@ struct Shared {
     memory: MemoryBudget,
     limits: Limits,
     closed: AtomicBool,
+    /// The processes sharing the store, if it is shared
+    /// ([`Store::cluster`]).
+    cluster: Option<Arc<dyn crate::Cluster>>,
 }
 
 /// A [`Broker`] that a notifier holds without keeping it alive: the broker
@@ -260,6 +265,7 @@ impl Broker {
                 order: AtomicU64::new(0),
                 notifier: Box::new(notifier),
                 memory: store.memory(),
+                cluster: store.cluster(),
                 store,
                 limits,
                 closed: AtomicBool::new(false),
@@ -322,6 +328,9 @@ impl Broker {
         }
         // Now that every subscriber is back, with its cursor.
         broker.shared.notifier.attach(&broker);
+        if let Some(cluster) = broker.shared.cluster.clone() {
+            tokio::spawn(follow::follow(broker.downgrade(), cluster));
+        }
         Ok(broker)
     }
 

@@ -61,6 +61,7 @@
 
 mod broker;
 mod budget;
+mod cluster;
 pub mod codec;
 mod credential;
 mod endpoint;
@@ -80,6 +81,7 @@ mod topic;
 
 pub use broker::{Broker, Registration, TopicDetail, TopicSummary, WeakBroker};
 pub use budget::{Charge, MemoryBudget};
+pub use cluster::{owner_of, Changes, Cluster};
 pub use credential::{Credential, Listener, Publisher, Role};
 pub use endpoint::Endpoint;
 pub use error::Error;

@@ -77,6 +77,22 @@ pub trait Notifier: Send + Sync + 'static {
     fn topic_deleted(&self, topic: &crate::TopicName) {
         let _ = topic;
     }
+
+    /// Another process sharing the store appended to `topic` (its log now
+    /// ends at or after the messages it reported): a notifier that reads
+    /// the log itself wakes the readers it runs here for `subscribers`.
+    /// The default does nothing.
+    fn appended_elsewhere(&self, topic: &crate::TopicName, subscribers: &crate::Subscribers) {
+        let _ = (topic, subscribers);
+    }
+
+    /// Whether messages another process appended to `topic` should be read
+    /// and handed to [`notify`](Self::notify) here (a notifier with live
+    /// listeners on it says yes). The default: no.
+    fn wants_appended_elsewhere(&self, topic: &crate::TopicName) -> bool {
+        let _ = topic;
+        false
+    }
 }
 
 #[async_trait]
@@ -99,6 +115,12 @@ impl<N: Notifier + ?Sized> Notifier for Arc<N> {
     fn topic_deleted(&self, topic: &crate::TopicName) {
         (**self).topic_deleted(topic)
     }
+    fn appended_elsewhere(&self, topic: &crate::TopicName, subscribers: &crate::Subscribers) {
+        (**self).appended_elsewhere(topic, subscribers)
+    }
+    fn wants_appended_elsewhere(&self, topic: &crate::TopicName) -> bool {
+        (**self).wants_appended_elsewhere(topic)
+    }
 }
 
 #[async_trait]
@@ -120,6 +142,12 @@ impl<N: Notifier + ?Sized> Notifier for Box<N> {
     }
     fn topic_deleted(&self, topic: &crate::TopicName) {
         (**self).topic_deleted(topic)
+    }
+    fn appended_elsewhere(&self, topic: &crate::TopicName, subscribers: &crate::Subscribers) {
+        (**self).appended_elsewhere(topic, subscribers)
+    }
+    fn wants_appended_elsewhere(&self, topic: &crate::TopicName) -> bool {
+        (**self).wants_appended_elsewhere(topic)
     }
 }
 
@@ -176,5 +204,12 @@ impl<A: Notifier, B: Notifier> Notifier for (A, B) {
     fn topic_deleted(&self, topic: &crate::TopicName) {
         self.0.topic_deleted(topic);
         self.1.topic_deleted(topic);
+    }
+    fn appended_elsewhere(&self, topic: &crate::TopicName, subscribers: &crate::Subscribers) {
+        self.0.appended_elsewhere(topic, subscribers);
+        self.1.appended_elsewhere(topic, subscribers);
+    }
+    fn wants_appended_elsewhere(&self, topic: &crate::TopicName) -> bool {
+        self.0.wants_appended_elsewhere(topic) || self.1.wants_appended_elsewhere(topic)
     }
 }

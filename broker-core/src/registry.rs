@@ -189,6 +189,31 @@ impl Registry {
         }
     }
 
+    /// Whether a publisher or listener with `id` is registered.
+    pub(crate) fn has_credential(&self, id: &str) -> bool {
+        self.credentials.contains_key(id)
+    }
+
+    /// The subscriber with `id`, on whichever topic.
+    pub(crate) fn subscriber_by_id(&self, id: &str) -> Option<&Arc<Subscriber>> {
+        self.topics
+            .values()
+            .find_map(|t| t.subscribers.iter().find(|s| s.id == id))
+    }
+
+    /// The ids of every registration a store keeps a record of.
+    pub(crate) fn record_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.credentials.keys().cloned().collect();
+        for t in self.topics.values() {
+            ids.extend(t.subscribers.iter().map(|s| s.id.clone()));
+            ids.extend(t.groups.values().map(|g| g.id.clone()));
+            if t.explicit {
+                ids.push(crate::TopicRecord::id_of(t.name.as_str()));
+            }
+        }
+        ids
+    }
+
     /// Removes a credential found by [`Registry::find_credential`].
     pub(crate) fn remove_credential(&mut self, id: &str) {
         let Some(credential) = self.credentials.remove(id) else {

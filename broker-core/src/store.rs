@@ -336,6 +336,14 @@ pub trait Store: Send + Sync + 'static {
     fn memory(&self) -> MemoryBudget {
         MemoryBudget::new(usize::MAX)
     }
+
+    /// The processes sharing this store, when several may
+    /// ([`Cluster`](crate::Cluster)): the broker then applies what the
+    /// others change, and the notifier shares delivery work by leases. The
+    /// broker asks once, when it opens. The default: `None`, one process.
+    fn cluster(&self) -> Option<Arc<dyn crate::Cluster>> {
+        None
+    }
 }
 
 #[async_trait]
@@ -395,6 +403,9 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     fn memory(&self) -> MemoryBudget {
         (**self).memory()
     }
+    fn cluster(&self) -> Option<Arc<dyn crate::Cluster>> {
+        (**self).cluster()
+    }
 }
 
 #[async_trait]
@@ -453,6 +464,9 @@ impl<S: Store + ?Sized> Store for Box<S> {
     }
     fn memory(&self) -> MemoryBudget {
         (**self).memory()
+    }
+    fn cluster(&self) -> Option<Arc<dyn crate::Cluster>> {
+        (**self).cluster()
     }
 }
 

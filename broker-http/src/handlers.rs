@@ -21,7 +21,8 @@ fn created_or_ok(created: bool) -> StatusCode {
 }
 
 /// `GET /healthz`: alive, for how long, and with how many topics and
-/// subscribers.
+/// subscribers; with replicas sharing a store, which replica this is and
+/// how many subscribers it delivers.
 pub(crate) fn health(api: &Api) -> Response<ResponseBody> {
     let (topics, subscribers) = api.broker().census();
     reply(
@@ -31,6 +32,8 @@ pub(crate) fn health(api: &Api) -> Response<ResponseBody> {
             uptime_seconds: api.uptime().as_secs(),
             topics,
             subscribers,
+            replica: api.broker().cluster().map(|c| c.replica().to_owned()),
+            delivering: api.config().pace.as_ref().and_then(|n| n.owned()),
         },
     )
 }

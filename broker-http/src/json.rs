@@ -358,6 +358,10 @@ pub(crate) struct Health {
     pub(crate) uptime_seconds: u64,
     pub(crate) topics: usize,
     pub(crate) subscribers: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) replica: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) delivering: Option<usize>,
 }
 
 // ---- messages read back (fetch; the WebSocket events share the rules) ----

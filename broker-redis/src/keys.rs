@@ -72,6 +72,29 @@ impl Keys {
         format!("{}:{{r}}:dead:{owner}", self.namespace)
     }
 
+    /// Counts registration changes and topic deletions (each change's
+    /// announcement carries its number, so a follower sees what it missed).
+    pub(crate) fn version(&self) -> String {
+        format!("{}:{{r}}:version", self.namespace)
+    }
+
+    /// The replicas alive: a sorted set of replica id by the Redis time
+    /// (ms) until which it is.
+    pub(crate) fn replicas(&self) -> String {
+        format!("{}:{{r}}:replicas", self.namespace)
+    }
+
+    /// The lease on a subscriber's deliveries: the holding replica's id,
+    /// with a TTL.
+    pub(crate) fn lease(&self, subscriber: &str) -> String {
+        format!("{}:{{r}}:lease:{subscriber}", self.namespace)
+    }
+
+    /// The Pub/Sub channel every change is announced on.
+    pub(crate) fn channel(&self) -> String {
+        format!("{}:changes", self.namespace)
+    }
+
     pub(crate) fn topic(&self, topic: &TopicName, part: Part) -> String {
         format!(
             "{}:{{t:{}}}:{}",

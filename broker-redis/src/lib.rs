@@ -88,6 +88,7 @@
 //! # }).unwrap();
 //! ```
 
+mod cluster;
 mod error;
 mod keys;
 mod scripts;
@@ -227,6 +228,12 @@ pub struct RedisStore {
 
 struct Shared {
     conn: ConnectionManager,
+    /// For the changes feed's own Pub/Sub connection.
+    client: redis::Client,
+    /// This process's id among the replicas sharing the Redis.
+    replica: String,
+    /// What the other replicas change, for the broker to take.
+    feed: cluster::Feed,
     keys: Keys,
     options: Options,
     /// The URL, password hidden.
@@ -375,14 +382,19 @@ impl RedisStore {
             // Reconnect attempts keep coming at most a second apart, so the
             // store is back within about a second of Redis.
             .set_max_delay(Duration::from_secs(1));
-        let conn =
-            tokio::time::timeout(timeout, ConnectionManager::new_with_config(client, config))
-                .await
-                .map_err(|_| connect_err(format!("no connection within {timeout:?}")))?
-                .map_err(|e| connect_err(scrub(e.to_string())))?;
+        let conn = tokio::time::timeout(
+            timeout,
+            ConnectionManager::new_with_config(client.clone(), config),
+        )
+        .await
+        .map_err(|_| connect_err(format!("no connection within {timeout:?}")))?
+        .map_err(|e| connect_err(scrub(e.to_string())))?;
 
         let shared = Arc::new(Shared {
             conn,
+            client,
+            replica: new_id_prefix(),
+            feed: cluster::Feed::default(),
             keys: Keys::new(&options.namespace),
             memory: MemoryBudget::new(options.memory_bytes),
             options,
@@ -403,6 +415,12 @@ impl RedisStore {
     /// The URL, password hidden.
     pub fn url(&self) -> &str {
         &self.shared.url
+    }
+
+    /// This process's id among the replicas sharing the Redis (random,
+    /// 12 hex digits, new at every start).
+    pub fn replica(&self) -> &str {
+        &self.shared.replica
     }
 
     /// Writes the buffered cursor moves and pending retries now (for a
@@ -468,6 +486,22 @@ fn offset_of_entry(id: &[u8]) -> Option<u64> {
 impl Shared {
     fn con(&self) -> ConnectionManager {
         self.conn.clone()
+    }
+
+    /// Adds to `pipe` the announcement of a registration change (`r`) or
+    /// a topic deletion (`d`) to the other replicas, numbered by the
+    /// version counter (`EVAL`: a script inside `MULTI` cannot be loaded
+    /// on demand; Redis caches the compiled body).
+    fn announce(&self, pipe: &mut redis::Pipeline, kind: &str, subject: &str) {
+        pipe.cmd("EVAL")
+            .arg(scripts::ANNOUNCE)
+            .arg(1)
+            .arg(self.keys.version())
+            .arg(self.keys.channel())
+            .arg(kind)
+            .arg(&self.replica)
+            .arg(subject)
+            .ignore();
     }
 
     /// Runs one Redis exchange within the timeout.
@@ -776,15 +810,13 @@ impl Store for RedisStore {
         match change {
             Change::Put(record) => {
                 let bytes = broker_core::codec::encode_record(record);
-                s.call(
-                    "save registration",
-                    redis::cmd("HSET")
-                        .arg(s.keys.registrations())
-                        .arg(record.id())
-                        .arg(bytes)
-                        .exec_async(&mut con),
-                )
-                .await?;
+                let mut pipe = redis::pipe();
+                pipe.atomic()
+                    .hset(s.keys.registrations(), record.id(), bytes)
+                    .ignore();
+                s.announce(&mut pipe, "r", record.id());
+                s.call("save registration", pipe.exec_async(&mut con))
+                    .await?;
             }
             Change::Remove { id } => {
                 // Its cursor, pending retries and dead letters go with it,
@@ -796,7 +828,9 @@ impl Store for RedisStore {
                     .hdel(s.keys.registrations(), id)
                     .hdel(s.keys.cursors(), id)
                     .del(s.keys.retries(id))
-                    .del(s.keys.dead_letters(id));
+                    .del(s.keys.dead_letters(id))
+                    .del(s.keys.lease(id));
+                s.announce(&mut pipe, "r", id);
                 s.call("remove registration", pipe.exec_async(&mut con))
                     .await?;
             }
@@ -836,6 +870,10 @@ impl Store for RedisStore {
             };
             call.arg(m.payload.as_ref());
         }
+        // Announced to the other replicas by the same script.
+        call.arg(s.keys.channel())
+            .arg(&s.replica)
+            .arg(topic.as_str());
         let mut con = s.con();
         let reply: Value = s.call("append", call.invoke_async(&mut con)).await?;
         let key = || s.keys.topic(topic, Part::Log);
@@ -992,13 +1030,10 @@ impl Store for RedisStore {
     async fn delete_topic(&self, topic: &TopicName) -> Result<(), broker_core::Error> {
         let s = &self.shared;
         let mut con = s.con();
-        s.call(
-            "delete topic",
-            redis::cmd("DEL")
-                .arg(s.keys.topic_all(topic))
-                .exec_async(&mut con),
-        )
-        .await?;
+        let mut pipe = redis::pipe();
+        pipe.atomic().del(s.keys.topic_all(topic)).ignore();
+        s.announce(&mut pipe, "d", topic.as_str());
+        s.call("delete topic", pipe.exec_async(&mut con)).await?;
         Ok(())
     }
 
@@ -1128,6 +1163,13 @@ impl Store for RedisStore {
 
     fn memory(&self) -> MemoryBudget {
         self.shared.memory.clone()
+    }
+
+    /// Always: brokers sharing a Redis are replicas of one broker. The
+    /// feed of the others' changes starts with the first call.
+    fn cluster(&self) -> Option<Arc<dyn broker_core::Cluster>> {
+        cluster::start(&self.shared, self.stop.subscribe());
+        Some(Arc::new(cluster::RedisCluster(self.shared.clone())))
     }
 }
 

@@ -20,6 +20,10 @@ use redis::Script;
 /// so that retention finds where to cut by bytes without reading what it
 /// drops.
 ///
+/// Then announces the append on the changes channel (ARGV after the
+/// messages: the channel, this process's replica id, the topic):
+/// `a <replica> <first> <next> <topic>`.
+///
 /// Returns `{first offset, the log's prefix, 1 if the candidate prefix
 /// was taken}`. One INCRBY numbers the whole batch, so that offsets are
 /// one dense sequence per topic whoever appends. Refuses (before writing
@@ -56,6 +60,8 @@ for i = 0, n - 1 do
     redis.call('XADD', KEYS[1], id, 't', ARGV[a], 's', s, 'c', string.sub(ct, 2), 'p', p)
   end
 end
+local tail = 3 + 3 * n
+redis.call('PUBLISH', ARGV[tail], string.format('a %s %d %d %s', ARGV[tail + 1], first, first + n, ARGV[tail + 2]))
 return {first, prefix, created}
 ";
 
@@ -213,12 +219,72 @@ return 0
 ";
 
 /// The scripts, hashed once.
+/// Announces a registration change or a topic deletion: numbers it
+/// (`INCR` of the version key) and publishes `<kind> <replica> <version>
+/// <subject>` on the changes channel.
+///
+/// KEYS: version. ARGV: channel, kind (`r` registration, `d` topic
+/// deleted), replica id, subject (record id or topic).
+pub(crate) const ANNOUNCE: &str = r"
+local v = redis.call('INCR', KEYS[1])
+redis.call('PUBLISH', ARGV[1], string.format('%s %s %d %s', ARGV[2], ARGV[3], v, ARGV[4]))
+return v
+";
+
+/// Says a replica is alive until the Redis time plus a TTL, forgets those
+/// past theirs, and returns the ids of those alive, sorted.
+///
+/// KEYS: replicas. ARGV: replica id, TTL ms.
+const HEARTBEAT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+";
+
+/// Takes each free lease or renews each of this replica's, for a TTL.
+///
+/// KEYS: the leases. ARGV: replica id, TTL ms. Returns 1 per lease held
+/// now, 0 per lease another replica holds.
+const CLAIM: &str = r"
+local out = {}
+for i, key in ipairs(KEYS) do
+  local holder = redis.call('GET', key)
+  if not holder then
+    redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
+    out[i] = 1
+  elseif holder == ARGV[1] then
+    redis.call('PEXPIRE', key, ARGV[2])
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+";
+
+/// Gives up each of this replica's leases (another's stays).
+///
+/// KEYS: the leases. ARGV: replica id.
+const RELEASE: &str = r"
+for _, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then
+    redis.call('DEL', key)
+  end
+end
+return 0
+";
+
 pub(crate) struct Scripts {
     pub(crate) append: Script,
     pub(crate) read: Script,
     pub(crate) trim: Script,
     pub(crate) flush: Script,
     pub(crate) put_dead_letter: Script,
+    pub(crate) heartbeat: Script,
+    pub(crate) claim: Script,
+    pub(crate) release: Script,
 }
 
 impl Scripts {
@@ -229,6 +295,9 @@ impl Scripts {
             trim: Script::new(TRIM),
             flush: Script::new(FLUSH),
             put_dead_letter: Script::new(PUT_DEAD_LETTER),
+            heartbeat: Script::new(HEARTBEAT),
+            claim: Script::new(CLAIM),
+            release: Script::new(RELEASE),
         }
     }
 }

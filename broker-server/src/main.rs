@@ -178,6 +178,12 @@ struct Args {
     )]
     redis_url: Option<String>,
 
+    /// With `--redis-url`: how long a replica's lease on a subscriber's
+    /// deliveries lasts unrenewed. Replicas of a broker killed outright
+    /// take its subscribers over about this long after.
+    #[arg(long, env = "BROKER_LEASE_TTL", default_value = "15s", value_parser = duration)]
+    lease_ttl: Duration,
+
     /// With `--data-dir`: when published messages are fsynced. `always`
     /// answers a publish once it is on disk (concurrent publishes share an
     /// fsync); a duration (`100ms`) fsyncs that often in the background;
@@ -410,6 +416,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         circuit_open_for: args.circuit_open_for,
         pace_after: args.pace_after,
         pace_at_most: args.pace_at_most,
+        lease_ttl: args.lease_ttl,
         destination_policy: DestinationPolicy {
             deny_private: args.deny_private_destinations,
             loopback_only: args.loopback_only_destinations,
@@ -578,19 +585,34 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let deadline = args.drain_timeout;
-    tracing::info!(
-        pending = notifier.pending(),
-        ?deadline,
-        "draining deliveries"
-    );
-    let left = notifier.drain(deadline).await;
-    if left == 0 {
-        tracing::info!("all deliveries drained; bye");
+    if let Storage::Redis(_) = storage {
+        // Other replicas deliver from where this one stops: hand the
+        // share back at once rather than drain it.
+        match notifier.leave(deadline).await {
+            Ok(handed) => tracing::info!(
+                subscribers = handed,
+                "deliveries handed to the other replicas; bye"
+            ),
+            Err(error) => tracing::warn!(
+                %error,
+                "could not hand deliveries back; other replicas take them over when the leases expire"
+            ),
+        }
     } else {
-        tracing::warn!(
-            undelivered = left,
-            "drain deadline passed; exiting with deliveries undelivered"
+        tracing::info!(
+            pending = notifier.pending(),
+            ?deadline,
+            "draining deliveries"
         );
+        let left = notifier.drain(deadline).await;
+        if left == 0 {
+            tracing::info!("all deliveries drained; bye");
+        } else {
+            tracing::warn!(
+                undelivered = left,
+                "drain deadline passed; exiting with deliveries undelivered"
+            );
+        }
     }
     match storage {
         Storage::Memory => {}

@@ -6,6 +6,7 @@
 //! So a slow, hanging or dead endpoint only lags behind, and an idle
 //! subscriber costs no task.
 
+mod lease;
 mod pace;
 mod policy;
 mod retry;
@@ -88,6 +89,12 @@ pub struct DeliveryConfig {
     pub pace_after: u64,
     /// The longest a publish is paced. Default 100 ms.
     pub pace_at_most: Duration,
+    /// With a store that several replicas share: how long a replica's
+    /// lease on a subscriber's deliveries lasts unrenewed (renewed every
+    /// fifteenth of it, at most every second). A replica killed outright
+    /// has its subscribers taken over by the others about this long
+    /// after. Default 15 s.
+    pub lease_ttl: Duration,
 }
 
 impl Default for DeliveryConfig {
@@ -108,6 +115,7 @@ impl Default for DeliveryConfig {
             tls: None,
             pace_after: 4_096,
             pace_at_most: Duration::from_millis(100),
+            lease_ttl: Duration::from_secs(15),
         }
     }
 }
@@ -157,6 +165,9 @@ pub(crate) struct Shared {
     metrics: crate::metrics::DeliveryMetrics,
     /// Publishers' pace: what workers report of their backlogs.
     pace: Arc<pace::Pace>,
+    /// Which subscribers this replica delivers, when replicas share the
+    /// store (set by `attach`); without, every one.
+    leases: OnceLock<Arc<lease::Leases>>,
 }
 
 impl Shared {
@@ -228,6 +239,7 @@ impl WebhookNotifier {
                 broker: OnceLock::new(),
                 hosts: Mutex::default(),
                 metrics: crate::metrics::DeliveryMetrics::default(),
+                leases: OnceLock::new(),
             }),
         }
     }
@@ -300,6 +312,36 @@ impl WebhookNotifier {
         let _ = tokio::time::timeout(deadline, all_done).await;
         self.pending()
     }
+
+    /// With replicas sharing the store: stops delivering here at once
+    /// (attempts in flight are abandoned, to be made again by the new
+    /// owner), waits up to `deadline` for the workers to commit their
+    /// cursors, gives every lease back and leaves the live replicas, so
+    /// the others take this replica's share over at their next tick (about
+    /// a second). Returns how many subscribers were handed back; `Ok(0)`
+    /// without a shared store. Call it after
+    /// [`Broker::close`](broker_core::Broker::close), instead of
+    /// [`drain`](Self::drain).
+    ///
+    /// # Errors
+    ///
+    /// [`broker_core::Error::Storage`] when the store could not take the
+    /// release: the leases then expire after
+    /// [`DeliveryConfig::lease_ttl`].
+    pub async fn leave(&self, deadline: Duration) -> Result<usize, broker_core::Error> {
+        match self.shared.leases.get() {
+            Some(leases) => {
+                lease::leave(leases, &self.shared, self.shared.broker(), deadline).await
+            }
+            None => Ok(0),
+        }
+    }
+
+    /// Subscribers whose deliveries this replica owns now (with replicas
+    /// sharing the store); `None` without a shared store.
+    pub fn owned(&self) -> Option<usize> {
+        self.shared.leases.get().map(|l| l.count())
+    }
 }
 
 /// TLS 1.2 and 1.3 with the webpki root certificates, on the ring provider.
@@ -340,6 +382,15 @@ impl Notifier for WebhookNotifier {
             tracing::error!("a WebhookNotifier serves one broker; this one is ignored");
             return;
         }
+        if let Some(cluster) = broker.cluster() {
+            // Replicas share the work: workers start as leases are taken.
+            let leases = Arc::new(lease::Leases::new(
+                cluster.clone(),
+                self.shared.config.lease_ttl,
+            ));
+            let _ = self.shared.leases.set(leases.clone());
+            tokio::spawn(lease::keep(leases, self.shared.clone(), broker.downgrade()));
+        }
         // Subscribers whose cursor is behind the log (after a restart)
         // resume at once; the others' workers stop as soon as they see it.
         for topic in broker.topics() {
@@ -365,5 +416,16 @@ impl Notifier for WebhookNotifier {
 
     fn rewind(&self, subscriber: &Arc<Subscriber>, from: u64) {
         worker::rewind(subscriber, &self.shared, from);
+    }
+
+    fn appended_elsewhere(
+        &self,
+        _: &broker_core::TopicName,
+        subscribers: &broker_core::Subscribers,
+    ) {
+        // Only the workers this replica owns start (`wake` checks).
+        for subscriber in subscribers.iter() {
+            worker::wake(subscriber, &self.shared);
+        }
     }
 }

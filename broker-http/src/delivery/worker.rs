@@ -185,7 +185,10 @@ pub(crate) fn rewind(subscriber: &Arc<Subscriber>, shared: &Arc<Shared>, from: u
 }
 
 fn wake_with(subscriber: &Arc<Subscriber>, shared: &Arc<Shared>, change: impl FnOnce(&mut Flags)) {
-    if !subscriber.is_active() || !subscriber.is_enabled() {
+    if !subscriber.is_active()
+        || !subscriber.is_enabled()
+        || !super::lease::may_deliver(subscriber, shared)
+    {
         return;
     }
     let Some(cursor) = cursor_of(subscriber, shared) else {
@@ -202,6 +205,28 @@ fn wake_with(subscriber: &Arc<Subscriber>, shared: &Arc<Shared>, change: impl Fn
         tokio::spawn(run(subscriber.clone(), shared.clone()));
     } else {
         cursor.wake.notify_one();
+    }
+}
+
+/// Wakes `subscriber`'s worker if one runs, so it looks again at whether
+/// it may go on (a lease handed to another replica); starts none.
+pub(crate) fn nudge(subscriber: &Subscriber, shared: &Shared) {
+    if let Some(cursor) = cursor_of(subscriber, shared) {
+        cursor.flags.lock().woken = true;
+        cursor.wake.notify_one();
+    }
+}
+
+/// Whether `subscriber`'s worker runs.
+pub(crate) fn is_running(subscriber: &Subscriber, shared: &Shared) -> bool {
+    cursor_of(subscriber, shared).is_some_and(|cursor| cursor.flags.lock().running)
+}
+
+/// This replica delivers `subscriber` again after another did: its next
+/// run takes up the retries the store keeps (the other's included).
+pub(crate) fn taken_over(subscriber: &Subscriber, shared: &Shared) {
+    if let Some(cursor) = cursor_of(subscriber, shared) {
+        cursor.retries_loaded.store(false, Ordering::Release);
     }
 }
 
@@ -439,9 +464,11 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
             shared.finished(held + work.redriven.len());
             break;
         }
-        if !subscriber.is_enabled() {
-            // Disabled: nothing more goes out; what is open stays below
-            // the cursor, to go out once it is enabled again.
+        if !subscriber.is_enabled() || !super::lease::may_deliver(&subscriber, &shared) {
+            // Disabled, or handed to another replica: nothing more goes
+            // out here; what is open stays below the cursor, to go out
+            // once it is enabled again (or from the new owner, whose
+            // attempts carry the same webhook-id).
             shared.finished(work.page.len() + work.open.len() + work.redriven.len());
             work.clear_page();
             commit(&broker, &subscriber, &mut work, true).await;

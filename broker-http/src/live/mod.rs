@@ -273,6 +273,10 @@ impl Notifier for LiveHub {
         }
     }
 
+    fn wants_appended_elsewhere(&self, topic: &TopicName) -> bool {
+        self.shared.topics.read().contains_key(topic)
+    }
+
     async fn notify(&self, publish: Publish) {
         let listeners = {
             let topics = self.shared.topics.read();

@@ -1,0 +1,177 @@
+//! Several broker processes as one: what a shared store tells each of them
+//! about the others ([`Cluster`]), and how a broker takes it in.
+//!
+//! A store that several processes share (Redis) hands out a [`Cluster`]
+//! ([`Store::cluster`](crate::Store::cluster)). The broker then runs one
+//! task that waits for [`Cluster::changes`] and applies them:
+//!
+//! - a registration put or removed elsewhere is read again from the store
+//!   (under the broker's registration lock, so a local change to the same
+//!   id is never undone by an older remote one) and applied to the
+//!   registry; the notifier hears of subscribers as for a local change;
+//! - messages appended elsewhere move the topic's log end (waking fetch
+//!   and pull waiters), wake the topic's delivery workers
+//!   ([`Notifier::appended_elsewhere`](crate::Notifier::appended_elsewhere))
+//!   and, when the notifier asks for them (live listeners here), are read
+//!   and handed to [`Notifier::notify`](crate::Notifier::notify);
+//! - a topic deleted elsewhere goes here too, live connections included;
+//! - after a gap in the feed (a reconnection), everything is loaded again
+//!   and compared ([`Changes::resync`]).
+//!
+//! Delivery work is shared with leases ([`Cluster::claim`]): the notifier
+//! decides which subscribers this process delivers (see `broker-http`).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::{Error, Record, TopicName};
+
+/// What other processes sharing the store changed since the last
+/// [`Cluster::changes`], coalesced: each registration id once, each topic's
+/// appends as one range.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changes {
+    /// The feed may have missed something: load every registration again,
+    /// and every topic's bounds.
+    pub resync: bool,
+    /// Topics deleted (applied before the registrations).
+    pub deleted: Vec<TopicName>,
+    /// Ids of registrations put or removed (read them again).
+    pub registrations: Vec<String>,
+    /// Messages appended: topic, first offset, next offset.
+    pub appended: Vec<(TopicName, u64, u64)>,
+}
+
+impl Changes {
+    /// Whether there is nothing in it.
+    pub fn is_empty(&self) -> bool {
+        !self.resync
+            && self.deleted.is_empty()
+            && self.registrations.is_empty()
+            && self.appended.is_empty()
+    }
+}
+
+/// The processes sharing one store: their changes, their liveness, and
+/// leases on delivery work. Shaped like a `Service` (`&self`, `Send`
+/// futures); implemented by `broker-redis`.
+#[async_trait]
+pub trait Cluster: Send + Sync + 'static {
+    /// This process's id among the replicas (random per process start).
+    fn replica(&self) -> &str;
+
+    /// Waits until another process changed something, and returns it all
+    /// (coalesced); `None` once the store is closed. Bounded: a feed that
+    /// falls behind reports [`Changes::resync`] instead of queueing
+    /// without end.
+    async fn changes(&self) -> Option<Changes>;
+
+    /// The registration stored under `id`, if any (read now).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`].
+    async fn record(&self, id: &str) -> Result<Option<Record>, Error>;
+
+    /// Says this replica is alive for `ttl`, and returns the ids of every
+    /// replica alive now (this one included), sorted.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`].
+    async fn heartbeat(&self, ttl: Duration) -> Result<Vec<String>, Error>;
+
+    /// Takes (when free) or renews (when this replica's) the lease on each
+    /// id for `ttl`; returns, per id, whether this replica holds it now.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`].
+    async fn claim(&self, ids: &[String], ttl: Duration) -> Result<Vec<bool>, Error>;
+
+    /// Writes the progress buffered for `ids` (cursors, retries), then
+    /// gives up their leases (those this replica holds), so that another
+    /// replica takes them at once.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`].
+    async fn release(&self, ids: &[String]) -> Result<(), Error>;
+
+    /// Leaves: this replica is no longer counted alive.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`].
+    async fn leave(&self) -> Result<(), Error>;
+
+    /// The cursor committed for `subscriber` by whichever replica
+    /// delivered it last (what this process buffered written first).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`].
+    async fn cursor(&self, subscriber: &str) -> Result<Option<u64>, Error>;
+}
+
+/// Which of `replicas` should deliver `id`: rendezvous hashing (the
+/// highest hash of replica and id wins), so every process computes the
+/// same answer, shares come out about even, and when a replica joins or
+/// leaves only its own share moves. `None` when `replicas` is empty.
+pub fn owner_of<'r>(id: &str, replicas: &'r [String]) -> Option<&'r str> {
+    replicas
+        .iter()
+        .max_by_key(|r| (rendezvous(r, id), r.as_str()))
+        .map(String::as_str)
+}
+
+/// FNV-1a over `replica`, a separator and `id`, then a 64-bit finalizer
+/// (splitmix64): stable across processes, builds and platforms.
+fn rendezvous(replica: &str, id: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in replica.bytes().chain([0xff]).chain(id.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners_are_stable_and_about_even() {
+        let replicas: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let mut counts = [0usize; 3];
+        for n in 0..3_000 {
+            let id = format!("sub_{n:024x}");
+            let owner = owner_of(&id, &replicas).unwrap();
+            assert_eq!(owner_of(&id, &replicas), Some(owner));
+            counts[replicas.iter().position(|r| r == owner).unwrap()] += 1;
+        }
+        for c in counts {
+            assert!((800..1_200).contains(&c), "{counts:?}");
+        }
+        assert_eq!(owner_of("x", &[]), None);
+    }
+
+    #[test]
+    fn only_a_leaving_replica_s_share_moves() {
+        let three: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let two: Vec<String> = ["a", "c"].map(String::from).to_vec();
+        for n in 0..1_000 {
+            let id = format!("sub_{n}");
+            let before = owner_of(&id, &three).unwrap();
+            let after = owner_of(&id, &two).unwrap();
+            if before != "b" {
+                assert_eq!(before, after, "{id}");
+            }
+        }
+    }
+}

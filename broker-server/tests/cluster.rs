@@ -1,0 +1,408 @@
+//! Three real broker processes on one real `redis-server` (started by the
+//! test on a free port; the test fails, never skips, when the
+//! `redis-server` package is missing) behave as one broker: registrations,
+//! deregistrations, publishes and live listeners cross replicas, each
+//! subscriber is delivered by one replica at a time, and a replica killed
+//! or stopped loses nothing.
+
+mod support;
+
+#[path = "../../broker-redis/tests/support/mod.rs"]
+mod redis_support;
+
+use std::{
+    collections::{HashMap, HashSet},
+    io::{BufRead, BufReader, Read, Write},
+    net::{TcpListener, TcpStream},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use redis_support::RedisServer;
+use support::*;
+
+/// Three replicas on `url`, with short leases so a takeover is quick.
+fn replicas(url: &str) -> Vec<(Running, String, mpsc::Receiver<String>)> {
+    (0..3)
+        .map(|_| {
+            let (child, addr, _, logs) = start(&["--redis-url", url, "--lease-ttl", "3s"]);
+            (child, addr, logs)
+        })
+        .collect()
+}
+
+fn get_json(addr: &str, path: &str) -> serde_json::Value {
+    let (status, body) = http(addr, "GET", path, "", "");
+    assert!(status.contains("200"), "{path}: {status} {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Polls `condition` every 20 ms until it holds; fails after `PATIENCE`.
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// How many subscribers replica `addr` knows on topic `t`.
+fn subscribers_on(addr: &str) -> usize {
+    let (status, body) = http(addr, "GET", "/v1/topics/t", "", "");
+    if !status.contains("200") {
+        return 0;
+    }
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    json["subscribers"].as_array().map_or(0, Vec::len)
+}
+
+/// The webhook ids received until `n` distinct ones came; panics on a
+/// duplicate when `once`.
+fn collect_ids(
+    deliveries: &mpsc::Receiver<(http::HeaderMap, Vec<u8>)>,
+    n: usize,
+    once: bool,
+) -> HashMap<String, usize> {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    while seen.len() < n {
+        let (headers, _) = deliveries
+            .recv_timeout(PATIENCE)
+            .unwrap_or_else(|_| panic!("only {} of {n} delivered", seen.len()));
+        let id = headers["webhook-id"].to_str().unwrap().to_owned();
+        let count = seen.entry(id.clone()).or_default();
+        *count += 1;
+        assert!(!once || *count == 1, "{id} delivered twice");
+    }
+    seen
+}
+
+#[test]
+fn one_broker_across_three_replicas_delivers_once_and_deregisters_everywhere() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let nodes = replicas(&url);
+    let (a, b, c) = (&nodes[0].1, &nodes[1].1, &nodes[2].1);
+    let (hook, deliveries) = receiver();
+
+    // Registered on A ...
+    let (status, p) = register(a, "/v1/topics/t/publishers", r#"{"name":"p"}"#);
+    assert!(status.contains("201"), "{status} {p}");
+    let token = json_field(&p, "token");
+    let body = format!(r#"{{"url":"http://{hook}/hook"}}"#);
+    let (status, s) = register(a, "/v1/topics/t/subscribers", &body);
+    assert!(status.contains("201"), "{status} {s}");
+    let subscriber = json_field(&s, "id");
+    // ... known on B and C within the documented time.
+    let started = Instant::now();
+    wait_until("B and C know the subscriber", || {
+        subscribers_on(b) == 1 && subscribers_on(c) == 1
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    // A replayed registration on another replica finds the same one.
+    let (status, again) = register(c, "/v1/topics/t/subscribers", &body);
+    assert!(status.contains("200"), "{status} {again}");
+    assert_eq!(json_field(&again, "id"), subscriber);
+
+    // Published on B and C: one dense sequence, each delivered once.
+    let mut ids = HashSet::new();
+    for n in 0..20 {
+        let addr = if n % 2 == 0 { b } else { c };
+        let (status, body) = publish(addr, &token, &format!("m{n}"));
+        assert!(status.contains("202"), "{status} {body}");
+        assert_eq!(number(&body, "offset"), n);
+        ids.insert(json_field(&body, "id"));
+    }
+    let got = collect_ids(&deliveries, 20, true);
+    assert_eq!(got.keys().cloned().collect::<HashSet<_>>(), ids);
+    // Exactly once: nothing more comes (a bounded look for duplicates).
+    assert!(
+        deliveries.recv_timeout(Duration::from_secs(1)).is_err(),
+        "a message was delivered twice"
+    );
+    // One replica delivers the subscriber.
+    let delivering: Vec<u64> = nodes
+        .iter()
+        .map(|(_, addr, _)| get_json(addr, "/healthz")["delivering"].as_u64().unwrap())
+        .collect();
+    assert_eq!(delivering.iter().sum::<u64>(), 1, "{delivering:?}");
+
+    // Deregistered on C: gone everywhere, and nothing is delivered from
+    // any replica.
+    let (status, body) = http(
+        c,
+        "DELETE",
+        &format!("/v1/topics/t/subscribers/{subscriber}"),
+        "",
+        "",
+    );
+    assert!(status.contains("204"), "{status} {body}");
+    wait_until("A and B forget the subscriber", || {
+        subscribers_on(a) == 0 && subscribers_on(b) == 0
+    });
+    for addr in [a, b, c] {
+        let (status, body) = publish(addr, &token, "after");
+        assert!(status.contains("202"), "{status} {body}");
+        assert_eq!(number(&body, "subscribers"), 0, "{body}");
+    }
+    assert!(
+        deliveries.recv_timeout(Duration::from_secs(1)).is_err(),
+        "delivered after the deregistration"
+    );
+}
+
+/// Opens an event stream on `addr` and hands over each `data:` line.
+fn sse(addr: &str, path: &str) -> mpsc::Receiver<String> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if let Some(data) = line.strip_prefix("data:") {
+                if tx.send(data.trim().to_owned()).is_err() {
+                    break;
+                }
+            } else if line.starts_with("HTTP/1.1") && tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+#[test]
+fn a_live_listener_on_one_replica_gets_what_another_publishes() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let nodes = replicas(&url);
+    let (a, b) = (&nodes[0].1, &nodes[1].1);
+    let (_, p) = register(a, "/v1/topics/t/publishers", r#"{"name":"p"}"#);
+    let token = json_field(&p, "token");
+    let (_, l) = register(a, "/v1/topics/t/listeners", r#"{"name":"l"}"#);
+    let listener = json_field(&l, "token");
+    // Published before the listener connects: its replay.
+    let (status, body) = publish(a, &token, "before");
+    assert!(status.contains("202"), "{status} {body}");
+    wait_until("B knows the listener", || {
+        let (status, _) = http(
+            b,
+            "GET",
+            "/v1/topics/t/messages?offset=0",
+            &format!("Authorization: Bearer {listener}\r\n"),
+            "",
+        );
+        status.contains("200")
+    });
+    let events = sse(
+        b,
+        &format!("/v1/topics/t/events?access_token={listener}&last_n=1"),
+    );
+    let status = events.recv_timeout(PATIENCE).expect("a status line");
+    assert!(status.contains("200"), "{status}");
+    let next = |what: &str| {
+        events
+            .recv_timeout(PATIENCE)
+            .unwrap_or_else(|_| panic!("no event for {what}"))
+    };
+    assert!(next("the replay").contains("before"));
+    for n in 0..5 {
+        let (status, body) = publish(a, &token, &format!("live{n}"));
+        assert!(status.contains("202"), "{status} {body}");
+        let event = next("a publish on A");
+        assert!(event.contains(&format!("live{n}")), "{event}");
+    }
+}
+
+/// A receiver that takes `delay` over each request, answering 200, and
+/// hands over each webhook id.
+fn slow_receiver(delay: Duration) -> (String, mpsc::Receiver<(http::HeaderMap, Vec<u8>)>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { break };
+            let tx = tx.clone();
+            thread::spawn(move || serve_one(stream, delay, &tx));
+        }
+    });
+    (addr, rx)
+}
+
+/// Serves the requests of one connection (keep-alive).
+fn serve_one(
+    mut stream: TcpStream,
+    delay: Duration,
+    tx: &mpsc::Sender<(http::HeaderMap, Vec<u8>)>,
+) {
+    stream.set_read_timeout(Some(PATIENCE)).ok();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut headers = http::HeaderMap::new();
+        let mut length = 0;
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line == "\r\n" {
+                break;
+            }
+            let (name, value) = line.trim_end().split_once(':').unwrap();
+            let (name, value) = (name.trim(), value.trim());
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.parse().unwrap();
+            }
+            headers.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        thread::sleep(delay);
+        if stream
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            .is_err()
+        {
+            return;
+        }
+        let _ = tx.send((headers, body));
+    }
+}
+
+#[test]
+fn killing_the_replica_that_delivers_a_slow_subscriber_loses_nothing() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut nodes = replicas(&url);
+    let a = nodes[0].1.clone();
+    let (hook, deliveries) = slow_receiver(Duration::from_millis(20));
+    let (_, p) = register(&a, "/v1/topics/t/publishers", r#"{"name":"p"}"#);
+    let token = json_field(&p, "token");
+    let (status, s) = register(
+        &a,
+        "/v1/topics/t/subscribers",
+        &format!(r#"{{"url":"http://{hook}/hook","ordered":true}}"#),
+    );
+    assert!(status.contains("201"), "{status} {s}");
+    wait_until("every replica knows the subscriber", || {
+        nodes.iter().all(|(_, addr, _)| subscribers_on(addr) == 1)
+    });
+    let mut ids = HashSet::new();
+    for n in 0..150 {
+        let (status, body) = publish(&a, &token, &format!("m{n}"));
+        assert!(status.contains("202"), "{status} {body}");
+        ids.insert(json_field(&body, "id"));
+    }
+    // Mid-stream, the owner dies.
+    let mut seen: HashMap<String, usize> = collect_ids(&deliveries, 30, false);
+    let owner = nodes
+        .iter()
+        .position(|(_, addr, _)| get_json(addr, "/healthz")["delivering"].as_u64() == Some(1))
+        .expect("one replica delivers the subscriber");
+    let killed = Instant::now();
+    nodes[owner].0 .0.kill().unwrap();
+    nodes[owner].0 .0.wait().unwrap();
+    let rest: Vec<_> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != owner)
+        .map(|(_, (_, addr, _))| addr.clone())
+        .collect();
+    // Every message arrives; a few may come twice (in flight at the kill).
+    while seen.len() < ids.len() {
+        let (headers, _) = deliveries.recv_timeout(PATIENCE).unwrap_or_else(|_| {
+            panic!(
+                "only {} of {} delivered {:?} after the kill",
+                seen.len(),
+                ids.len(),
+                killed.elapsed()
+            )
+        });
+        *seen
+            .entry(headers["webhook-id"].to_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(seen.keys().cloned().collect::<HashSet<_>>(), ids);
+    let twice = seen.values().filter(|&&n| n > 1).count();
+    // Ordered: one in flight at a time, plus what the last cursor commit
+    // (every 50 ms, flushed every 100 ms) had not recorded yet.
+    assert!(twice <= 20, "{twice} delivered twice");
+    let now_delivering: u64 = rest
+        .iter()
+        .map(|addr| get_json(addr, "/healthz")["delivering"].as_u64().unwrap())
+        .sum();
+    assert_eq!(now_delivering, 1, "taken over by one replica");
+}
+
+#[test]
+fn a_graceful_scale_down_hands_deliveries_over_and_loses_nothing() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut nodes = replicas(&url);
+    let a = nodes[0].1.clone();
+    let (_, p) = register(&a, "/v1/topics/t/publishers", r#"{"name":"p"}"#);
+    let token = json_field(&p, "token");
+    // Six subscribers, one receiver each: spread over the replicas.
+    let mut receivers = Vec::new();
+    for _ in 0..6 {
+        let (hook, deliveries) = slow_receiver(Duration::from_millis(5));
+        let (status, s) = register(
+            &a,
+            "/v1/topics/t/subscribers",
+            &format!(r#"{{"url":"http://{hook}/hook"}}"#),
+        );
+        assert!(status.contains("201"), "{status} {s}");
+        receivers.push(deliveries);
+    }
+    wait_until("the subscribers are spread and delivered", || {
+        let counts: Vec<u64> = nodes
+            .iter()
+            .map(|(_, addr, _)| get_json(addr, "/healthz")["delivering"].as_u64().unwrap())
+            .collect();
+        counts.iter().sum::<u64>() == 6
+    });
+    let mut ids = HashSet::new();
+    let publish_some = |ids: &mut HashSet<String>, from: usize, addr: &str| {
+        for n in from..from + 50 {
+            let (status, body) = publish(addr, &token, &format!("m{n}"));
+            assert!(status.contains("202"), "{status} {body}");
+            ids.insert(json_field(&body, "id"));
+        }
+    };
+    publish_some(&mut ids, 0, &a);
+    // The replica delivering the most stops gracefully while messages
+    // are still on their way.
+    let busiest = (1..3)
+        .max_by_key(|&i| get_json(&nodes[i].1, "/healthz")["delivering"].as_u64())
+        .unwrap();
+    sigterm(&nodes[busiest].0);
+    assert!(wait_for_exit(&mut nodes[busiest].0).success());
+    publish_some(&mut ids, 50, &a);
+    // The two left deliver all six.
+    wait_until("the other two deliver all six", || {
+        nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != busiest)
+            .map(|(_, (_, addr, _))| get_json(addr, "/healthz")["delivering"].as_u64().unwrap())
+            .sum::<u64>()
+            == 6
+    });
+    for deliveries in &receivers {
+        let got = collect_ids(deliveries, ids.len(), false);
+        assert_eq!(got.keys().cloned().collect::<HashSet<_>>(), ids);
+    }
+}

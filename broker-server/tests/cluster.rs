@@ -153,6 +153,17 @@ fn one_broker_across_three_replicas_delivers_once_and_deregisters_everywhere() {
         deliveries.recv_timeout(Duration::from_secs(1)).is_err(),
         "delivered after the deregistration"
     );
+
+    // The topic deleted on B: gone on A and C, its publisher with it.
+    let (status, body) = http(b, "DELETE", "/v1/topics/t", "", "");
+    assert!(status.contains("204"), "{status} {body}");
+    wait_until("A and C forget the topic", || {
+        [a, c]
+            .iter()
+            .all(|addr| http(addr, "GET", "/v1/topics/t", "", "").0.contains("404"))
+    });
+    let (status, body) = publish(c, &token, "gone");
+    assert!(status.contains("401"), "{status} {body}");
 }
 
 /// Opens an event stream on `addr` and hands over each `data:` line.

@@ -171,7 +171,8 @@ fn an_unreachable_redis_exits_at_once_naming_it_without_the_password() {
 }
 
 /// Redis gone while the broker runs: `/readyz` and publishes say `503`;
-/// Redis back (same data): ready again, and publishing goes on.
+/// Redis back (same data): ready again, publishing goes on, and every
+/// acknowledged message is delivered.
 #[test]
 fn readiness_follows_redis() {
     let mut redis = RedisServer::start();
@@ -188,6 +189,24 @@ fn readiness_follows_redis() {
     let token = json_field(&body, "token");
     let auth = format!("Authorization: Bearer {token}\r\n");
     assert!(http(&addr, "GET", "/readyz", "", "").0.contains("200"));
+    let (hook, deliveries) = receiver();
+    let (status, body) = register(
+        &addr,
+        "/v1/topics/t/subscribers",
+        &format!(r#"{{"url":"http://{hook}/hook"}}"#),
+    );
+    assert!(status.contains("201"), "{status} {body}");
+    let mut acknowledged = std::collections::HashSet::new();
+    for n in 0..5 {
+        let (status, body) = publish(&addr, &token, &format!("before{n}"));
+        assert!(status.contains("202"), "{status} {body}");
+        acknowledged.insert(json_field(&body, "id"));
+    }
+    let mut delivered = std::collections::HashSet::new();
+    while delivered.len() < 5 {
+        let (headers, _) = deliveries.recv_timeout(PATIENCE).expect("a delivery");
+        delivered.insert(headers["webhook-id"].to_str().unwrap().to_owned());
+    }
 
     redis.kill();
     let (status, body) = http(&addr, "GET", "/readyz", "", "");
@@ -205,6 +224,17 @@ fn readiness_follows_redis() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (status, body) = http(&addr, "POST", "/v1/topics/t/messages", &auth, "m");
-    assert!(status.contains("202"), "{status} {body}");
+    for n in 0..5 {
+        let (status, body) = publish(&addr, &token, &format!("after{n}"));
+        assert!(status.contains("202"), "{status} {body}");
+        acknowledged.insert(json_field(&body, "id"));
+    }
+    // Deliveries resume: every acknowledged message arrives.
+    while delivered.len() < acknowledged.len() {
+        let (headers, _) = deliveries
+            .recv_timeout(PATIENCE)
+            .expect("deliveries resume after Redis is back");
+        delivered.insert(headers["webhook-id"].to_str().unwrap().to_owned());
+    }
+    assert_eq!(delivered, acknowledged);
 }

@@ -14,6 +14,10 @@ use parking_lot::RwLock;
 
 mod follow;
 
+/// How long a replica may hold a consumer group's lock (a pull or an ack
+/// takes it for a few store round trips).
+const GROUP_LOCK_TTL: Duration = Duration::from_secs(5);
+
 use crate::{
     registry::Registry,
     secret::{SigningSecret, Token},
@@ -387,13 +391,7 @@ impl Broker {
             }
             Record::Group(g) => {
                 let topic = TopicName::new(&g.topic).map_err(|_| bad("has a bad topic"))?;
-                let state = crate::group::GroupState {
-                    floor: g.floor,
-                    next: g.floor,
-                    done: g.done.iter().copied().filter(|&o| o >= g.floor).collect(),
-                    deliveries: g.deliveries.iter().copied().collect(),
-                    ..Default::default()
-                };
+                let state = crate::group::GroupState::of_record(g);
                 let group = Group {
                     id: g.id.clone(),
                     topic: topic.clone(),
@@ -551,7 +549,7 @@ impl Broker {
             returned: tokio::sync::Notify::new(),
             persist: tokio::sync::Mutex::new(()),
         });
-        let record = group_record(&group);
+        let record = group_record(&group, self.shared.cluster.is_some());
         self.durably(topic, Change::Put(&record)).await?;
         let mut registry = self.shared.registry.write();
         registry
@@ -613,6 +611,7 @@ impl Broker {
         let (group, stats) = self.group(topic, name)?;
         let deadline = tokio::time::Instant::now() + wait;
         loop {
+            let shared = self.share_group(&group).await?;
             let now = tokio::time::Instant::now();
             let (dead, leased) = {
                 let mut state = group.state.lock();
@@ -621,9 +620,19 @@ impl Broker {
                 let leased = state.lease(max, end, now, group.config.ack_timeout);
                 (dead, leased)
             };
-            if !dead.is_empty() {
-                self.group_dead(&group, &dead).await?;
+            let kept = async {
+                if !dead.is_empty() {
+                    self.group_dead(&group, &dead).await
+                } else if shared.is_some() && !leased.is_empty() {
+                    // The other replicas must see the leases.
+                    self.persist_group(&group).await
+                } else {
+                    Ok(())
+                }
             }
+            .await;
+            self.unshare_group(&group, shared).await;
+            kept?;
             let pulled = self.read_leased(&group, leased).await?;
             if !pulled.is_empty() || now >= deadline {
                 return Ok(pulled);
@@ -727,7 +736,7 @@ impl Broker {
     /// what the one before held.
     async fn persist_group(&self, group: &Group) -> Result<(), Error> {
         let _ordered = group.persist.lock().await;
-        let record = group_record(group);
+        let record = group_record(group, self.shared.cluster.is_some());
         self.shared.store.save(Change::Put(&record)).await
     }
 
@@ -747,6 +756,18 @@ impl Broker {
         receipts: &[String],
     ) -> Result<(usize, usize), Error> {
         let (group, _) = self.group(topic, name)?;
+        let shared = self.share_group(&group).await?;
+        let acked = self.ack_shared(&group, receipts).await;
+        self.unshare_group(&group, shared).await;
+        let acked = acked?;
+        if acked > 0 {
+            group.returned.notify_waiters();
+        }
+        Ok((acked, receipts.len() - acked))
+    }
+
+    /// Acks what `receipts` still lease, and keeps the progress.
+    async fn ack_shared(&self, group: &Group, receipts: &[String]) -> Result<usize, Error> {
         let now = tokio::time::Instant::now();
         let mut acked = 0;
         let mut undead = Vec::new();
@@ -772,8 +793,7 @@ impl Broker {
             }
         }
         if acked > 0 {
-            self.persist_group(&group).await?;
-            group.returned.notify_waiters();
+            self.persist_group(group).await?;
         }
         for offset in undead {
             self.shared
@@ -781,7 +801,46 @@ impl Broker {
                 .remove_dead_letter(&group.id, offset)
                 .await?;
         }
-        Ok((acked, receipts.len() - acked))
+        Ok(acked)
+    }
+
+    /// With replicas sharing the store: takes `group`'s lock and its state
+    /// as stored, so this replica's change starts from the others'. `None`
+    /// (nothing taken) without.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`]; [`Error::GroupNotFound`] when another replica
+    /// deleted it.
+    async fn share_group(&self, group: &Group) -> Result<Option<String>, Error> {
+        let Some(cluster) = &self.shared.cluster else {
+            return Ok(None);
+        };
+        let token = cluster.lock(&group.id, GROUP_LOCK_TTL).await?;
+        let stored = match cluster.record(&group.id).await {
+            Ok(Some(Record::Group(g))) => Ok(g),
+            Ok(_) => Err(Error::GroupNotFound),
+            Err(e) => Err(e),
+        };
+        match stored {
+            Ok(g) => {
+                *group.state.lock() = crate::group::GroupState::of_record(&g);
+                Ok(Some(token))
+            }
+            Err(e) => {
+                self.unshare_group(group, Some(token)).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Gives back the lock [`share_group`](Self::share_group) took.
+    async fn unshare_group(&self, group: &Group, token: Option<String>) {
+        if let (Some(cluster), Some(token)) = (&self.shared.cluster, token) {
+            if let Err(error) = cluster.unlock(&group.id, &token).await {
+                tracing::warn!(group = %group.id, %error, "unlocking a group failed; it expires");
+            }
+        }
     }
 
     /// Group `name`'s dead letters, oldest first, at most `limit`.
@@ -823,6 +882,7 @@ impl Broker {
         if let Some(ids) = message_ids {
             dead.retain(|d| ids.contains(&d.message_id));
         }
+        let shared = self.share_group(&group).await?;
         {
             let mut state = group.state.lock();
             for d in &dead {
@@ -834,6 +894,12 @@ impl Broker {
                 state.ready.insert(d.offset);
             }
         }
+        let kept = match shared {
+            Some(_) => self.persist_group(&group).await,
+            None => Ok(()),
+        };
+        self.unshare_group(&group, shared).await;
+        kept?;
         group.returned.notify_waiters();
         Ok(dead.len())
     }
@@ -1178,10 +1244,20 @@ impl Broker {
 }
 
 /// The record a store keeps of `s`.
-/// A group's record: its settings and a snapshot of its progress.
-fn group_record(group: &Group) -> Record {
+/// A group's record: its settings and a snapshot of its progress; with
+/// `shared` (replicas share the group), its leases too.
+fn group_record(group: &Group, shared: bool) -> Record {
     let state = group.state.lock();
+    let (next, leases, ready, redriven) = if shared {
+        state.shared_parts()
+    } else {
+        (state.floor, Vec::new(), Vec::new(), Vec::new())
+    };
     Record::Group(GroupRecord {
+        next,
+        leases,
+        ready,
+        redriven,
         id: group.id.clone(),
         topic: group.topic.to_string(),
         name: group.name.clone(),

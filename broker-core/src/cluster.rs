@@ -106,6 +106,23 @@ pub trait Cluster: Send + Sync + 'static {
     /// [`Error::Storage`].
     async fn leave(&self) -> Result<(), Error>;
 
+    /// Takes the lock `name` for at most `ttl`, waiting for it as long as
+    /// the store waits for anything; returns the token that unlocks it.
+    /// Consumer groups are shared this way: a pull or an ack takes the
+    /// group's lock, reads its state, changes it and writes it back.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`], also when the lock stayed taken too long.
+    async fn lock(&self, name: &str, ttl: Duration) -> Result<String, Error>;
+
+    /// Gives the lock `name` back, if `token` still holds it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`] (the lock then expires after its TTL).
+    async fn unlock(&self, name: &str, token: &str) -> Result<(), Error>;
+
     /// The cursor committed for `subscriber` by whichever replica
     /// delivered it last (what this process buffered written first).
     ///

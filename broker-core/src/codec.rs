@@ -33,6 +33,14 @@ struct StoredGroup {
     floor: u64,
     done: Vec<u64>,
     deliveries: Vec<(u64, u32)>,
+    #[serde(default)]
+    next: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    leases: Vec<(u64, u64, u64)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    ready: Vec<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    redriven: Vec<u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -133,6 +141,10 @@ pub fn encode_record(record: &Record) -> Vec<u8> {
             floor: g.floor,
             done: g.done.clone(),
             deliveries: g.deliveries.clone(),
+            next: g.next,
+            leases: g.leases.clone(),
+            ready: g.ready.clone(),
+            redriven: g.redriven.clone(),
         }),
     };
     serde_json::to_vec(&stored).expect("plain data serializes")
@@ -185,6 +197,10 @@ pub fn decode_record(id: String, bytes: &[u8]) -> Result<Record, String> {
             floor: g.floor,
             done: g.done,
             deliveries: g.deliveries,
+            next: g.next,
+            leases: g.leases,
+            ready: g.ready,
+            redriven: g.redriven,
         }),
     })
 }

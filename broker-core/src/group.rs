@@ -237,6 +237,57 @@ impl GroupState {
     }
 }
 
+/// Milliseconds since the epoch.
+fn epoch_ms(at: std::time::SystemTime) -> u64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl GroupState {
+    /// The state a stored record holds (leases by wall-clock time, read
+    /// against this process's clocks).
+    pub(crate) fn of_record(g: &crate::GroupRecord) -> Self {
+        let (now, wall) = (Instant::now(), epoch_ms(std::time::SystemTime::now()));
+        let mut state = GroupState {
+            floor: g.floor,
+            next: g.next.max(g.floor),
+            done: g.done.iter().copied().filter(|&o| o >= g.floor).collect(),
+            deliveries: g.deliveries.iter().copied().collect(),
+            ready: g.ready.iter().copied().collect(),
+            redriven: g.redriven.iter().copied().collect(),
+            ..GroupState::default()
+        };
+        for &(offset, nonce, until_ms) in &g.leases {
+            let until = now + Duration::from_millis(until_ms.saturating_sub(wall));
+            state.leases.insert(offset, Lease { nonce, until });
+            state.expiries.push(Reverse((until, offset, nonce)));
+        }
+        state
+    }
+
+    /// What a record keeps of the lease state (for replicas sharing the
+    /// group): next, leases by wall-clock time, ready, redriven.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn shared_parts(&self) -> (u64, Vec<(u64, u64, u64)>, Vec<u64>, Vec<u64>) {
+        let (now, wall) = (Instant::now(), epoch_ms(std::time::SystemTime::now()));
+        let leases = self
+            .leases
+            .iter()
+            .map(|(&offset, lease)| {
+                let left = lease.until.saturating_duration_since(now);
+                let left = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
+                (offset, lease.nonce, wall.saturating_add(left))
+            })
+            .collect();
+        (
+            self.next,
+            leases,
+            self.ready.iter().copied().collect(),
+            self.redriven.iter().copied().collect(),
+        )
+    }
+}
+
 /// A receipt: the offset and the lease's nonce, `<offset>.<nonce>` in hex.
 pub(crate) fn receipt(offset: u64, nonce: u64) -> String {
     format!("{offset:x}.{nonce:016x}")

@@ -64,8 +64,10 @@ impl Record {
 
 /// A stored consumer group: its settings and its progress (written again
 /// at every ack, so that an acked message is never delivered again after
-/// a restart; leases are not kept: what was leased and not acked is
-/// delivered again).
+/// a restart). Leases are kept only when replicas share the group (a
+/// store with a [`Cluster`](crate::Cluster), written at every pull too);
+/// otherwise what was leased and not acked is delivered again after a
+/// restart.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupRecord {
     /// `grp_<topic>/<name>`.
@@ -86,6 +88,15 @@ pub struct GroupRecord {
     pub done: Vec<u64>,
     /// Deliveries so far of offsets not done.
     pub deliveries: Vec<(u64, u32)>,
+    /// The next offset never leased.
+    pub next: u64,
+    /// Leases out: offset, receipt nonce, until when (ms since the
+    /// epoch).
+    pub leases: Vec<(u64, u64, u64)>,
+    /// Offsets to lease again first.
+    pub ready: Vec<u64>,
+    /// Redriven dead letters not acked yet.
+    pub redriven: Vec<u64>,
 }
 
 /// A stored explicit topic.

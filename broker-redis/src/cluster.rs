@@ -476,6 +476,50 @@ impl Cluster for RedisCluster {
         Ok(())
     }
 
+    async fn lock(&self, name: &str, ttl: Duration) -> Result<String, broker_core::Error> {
+        let s = &self.0;
+        let token = broker_core::new_id_prefix();
+        let key = s.keys.lock(name);
+        let deadline = tokio::time::Instant::now() + s.options.timeout;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let mut con = s.con();
+            let taken: Option<String> = s
+                .call(
+                    "lock",
+                    redis::cmd("SET")
+                        .arg(&key)
+                        .arg(&token)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(ttl.as_millis().max(1) as u64)
+                        .query_async(&mut con),
+                )
+                .await?;
+            if taken.is_some() {
+                return Ok(token);
+            }
+            if tokio::time::Instant::now() + pause > deadline {
+                return Err(broker_core::Error::storage(format!(
+                    "{name} stayed locked by another replica for {:?}",
+                    s.options.timeout
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+    }
+
+    async fn unlock(&self, name: &str, token: &str) -> Result<(), broker_core::Error> {
+        let s = &self.0;
+        let mut call = s.scripts.release.prepare_invoke();
+        call.key(s.keys.lock(name)).arg(token);
+        let mut con = s.con();
+        s.call("unlock", call.invoke_async::<Value>(&mut con))
+            .await?;
+        Ok(())
+    }
+
     async fn cursor(&self, subscriber: &str) -> Result<Option<u64>, broker_core::Error> {
         Ok(match self.record(subscriber).await? {
             Some(Record::Subscriber(sub)) => Some(sub.cursor),

@@ -90,6 +90,11 @@ impl Keys {
         format!("{}:{{r}}:lease:{subscriber}", self.namespace)
     }
 
+    /// A lock (a consumer group's): the holder's token, with a TTL.
+    pub(crate) fn lock(&self, name: &str) -> String {
+        format!("{}:{{r}}:lock:{name}", self.namespace)
+    }
+
     /// The Pub/Sub channel every change is announced on.
     pub(crate) fn channel(&self) -> String {
         format!("{}:changes", self.namespace)

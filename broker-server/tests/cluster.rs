@@ -417,3 +417,112 @@ fn a_graceful_scale_down_hands_deliveries_over_and_loses_nothing() {
         assert_eq!(got.keys().cloned().collect::<HashSet<_>>(), ids);
     }
 }
+
+/// A consumer group pulled through three replicas: leases are disjoint
+/// across replicas, an ack on one replica counts for a lease taken on
+/// another, a lease that expires is delivered again through any replica,
+/// and no acked message comes again.
+#[test]
+fn a_consumer_group_is_one_group_across_replicas() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let nodes = replicas(&url);
+    let (a, b, c) = (&nodes[0].1, &nodes[1].1, &nodes[2].1);
+    let (_, p) = register(a, "/v1/topics/t/publishers", r#"{"name":"p"}"#);
+    let token = json_field(&p, "token");
+    let (_, l) = register(a, "/v1/topics/t/listeners", r#"{"name":"l"}"#);
+    let listener = json_field(&l, "token");
+    let (status, body) = register(
+        a,
+        "/v1/topics/t/groups",
+        r#"{"name":"g","start":"earliest","ack_timeout":"2s","max_deliveries":5}"#,
+    );
+    assert!(status.contains("201"), "{status} {body}");
+    for n in 0..30 {
+        let (status, body) = publish(a, &token, &n.to_string());
+        assert!(status.contains("202"), "{status} {body}");
+    }
+    let auth = format!("Authorization: Bearer {listener}\r\nContent-Type: application/json\r\n");
+    let pull = |addr: &str, max: usize| -> Option<Vec<(u64, String)>> {
+        let (status, body) = http(
+            addr,
+            "POST",
+            "/v1/topics/t/groups/g/pull",
+            &auth,
+            &format!(r#"{{"max":{max}}}"#),
+        );
+        if status.contains("404") {
+            return None; // this replica does not know the group yet
+        }
+        assert!(status.contains("200"), "{status} {body}");
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        Some(
+            body["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| {
+                    (
+                        m["offset"].as_u64().unwrap(),
+                        m["receipt"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect(),
+        )
+    };
+    let ack = |addr: &str, receipts: &[&String]| -> u64 {
+        let list: Vec<String> = receipts.iter().map(|r| format!("\"{r}\"")).collect();
+        let (status, body) = http(
+            addr,
+            "POST",
+            "/v1/topics/t/groups/g/ack",
+            &auth,
+            &format!(r#"{{"receipts":[{}]}}"#, list.join(",")),
+        );
+        assert!(status.contains("200"), "{status} {body}");
+        number(&body, "acked")
+    };
+    wait_until("B and C know the group", || {
+        [b, c].iter().all(|addr| {
+            let (status, _) = http(addr, "GET", "/v1/topics/t/groups/g/dead-letters", &auth, "");
+            status.contains("200")
+        })
+    });
+    // Pulled through each replica in turn: disjoint.
+    let mut leased: Vec<(u64, String)> = Vec::new();
+    for addr in [a, b, c] {
+        leased.extend(pull(addr, 10).expect("the group"));
+    }
+    let mut offsets: Vec<u64> = leased.iter().map(|l| l.0).collect();
+    offsets.sort_unstable();
+    assert_eq!(offsets, (0..30).collect::<Vec<_>>(), "disjoint, none twice");
+    // Acked through a replica other than the one that leased each: the
+    // even offsets.
+    let evens: Vec<&String> = leased
+        .iter()
+        .filter(|l| l.0 % 2 == 0)
+        .map(|l| &l.1)
+        .collect();
+    assert_eq!(ack(c, &evens[..8]), 8);
+    assert_eq!(ack(b, &evens[8..]), 7);
+    // Acked twice: stale.
+    assert_eq!(ack(a, &evens[..3]), 0);
+    // The odd ones' leases expire: delivered again, through any replica,
+    // and never an acked one.
+    let mut again: Vec<u64> = Vec::new();
+    let deadline = Instant::now() + PATIENCE;
+    while again.len() < 15 {
+        assert!(Instant::now() < deadline, "only {again:?} came back");
+        for addr in [a, b, c] {
+            let got = pull(addr, 5).expect("the group");
+            let receipts: Vec<&String> = got.iter().map(|l| &l.1).collect();
+            if !receipts.is_empty() {
+                assert_eq!(ack(addr, &receipts), receipts.len() as u64);
+            }
+            again.extend(got.iter().map(|l| l.0));
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    again.sort_unstable();
+    assert_eq!(again, (0..30).filter(|o| o % 2 == 1).collect::<Vec<_>>());
+}

@@ -238,3 +238,108 @@ fn readiness_follows_redis() {
     }
     assert_eq!(delivered, acknowledged);
 }
+
+/// `kill -9` of a replica while 16 connections publish through it and
+/// through a second replica: every acknowledged message is in the shared
+/// log with its id and offset, the offsets are dense, and a restarted
+/// replica goes on after them.
+#[test]
+fn sigkill_of_a_replica_under_load_loses_no_acknowledged_publish() {
+    use std::sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    };
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let (mut victim, a, _, _) = start(&["--redis-url", &url]);
+    let (_b_child, b, _, _) = start(&["--redis-url", &url]);
+    let (_, body) = register(&a, "/v1/topics/t/publishers", r#"{"name":"p"}"#);
+    let token = json_field(&body, "token");
+    let (_, body) = register(&a, "/v1/topics/t/listeners", r#"{"name":"l"}"#);
+    let listener = json_field(&body, "token");
+    // B knows the publisher (a publish there answers 202).
+    let deadline = Instant::now() + PATIENCE;
+    while !publish(&b, &token, "warm-up").0.contains("202") {
+        assert!(Instant::now() < deadline, "B never knew the publisher");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let acked = Arc::new(Mutex::new(Vec::<(String, u64)>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let publishers: Vec<_> = (0..16)
+        .map(|i| {
+            let addr = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let (token, acked, stop) = (token.clone(), acked.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 0;
+                // Bounded: at most 2,000 publishes each.
+                while !stop.load(Ordering::Relaxed) && n < 2_000 {
+                    n += 1;
+                    let attempt = std::panic::catch_unwind(|| {
+                        publish(&addr, &token, &format!("publisher {i} message {n}"))
+                    });
+                    if let Ok((status, body)) = attempt {
+                        if status.contains("202") {
+                            acked
+                                .lock()
+                                .unwrap()
+                                .push((json_field(&body, "id"), number(&body, "offset")));
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + PATIENCE;
+    while acked.lock().unwrap().len() < 300 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    victim.0.kill().unwrap();
+    victim.0.wait().unwrap();
+    // B goes on a little after the kill, then everything stops.
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    for p in publishers {
+        p.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 300, "only {} acknowledged", acked.len());
+
+    // Restarted, the replica publishes after everything acknowledged.
+    let (_a_child, a, _, _) = start(&["--redis-url", &url]);
+    let (status, body) = publish(&a, &token, "after the restart");
+    assert!(status.contains("202"), "{status} {body}");
+    let next = number(&body, "offset");
+    let max_acked = acked.iter().map(|(_, o)| *o).max().unwrap();
+    assert!(
+        next > max_acked,
+        "offset {next} reused (acked up to {max_acked})"
+    );
+    // The whole log, read through B: dense, every acknowledged id there.
+    let mut logged: Vec<(String, u64)> = Vec::new();
+    while (logged.len() as u64) <= next {
+        let (status, body) = http(
+            &b,
+            "GET",
+            &format!("/v1/topics/t/messages?offset={}&limit=1000", logged.len()),
+            &format!("Authorization: Bearer {listener}\r\n"),
+            "",
+        );
+        assert!(status.contains("200"), "{status} {body}");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let page = json["messages"].as_array().unwrap();
+        assert!(!page.is_empty(), "the log ends at {}", logged.len());
+        logged.extend(page.iter().map(|m| {
+            (
+                m["id"].as_str().unwrap().to_owned(),
+                m["offset"].as_u64().unwrap(),
+            )
+        }));
+    }
+    let offsets: Vec<u64> = logged.iter().map(|(_, o)| *o).collect();
+    assert_eq!(offsets, (0..=next).collect::<Vec<_>>(), "offsets are dense");
+    let ids: std::collections::HashMap<&String, u64> =
+        logged.iter().map(|(id, o)| (id, *o)).collect();
+    for (id, offset) in &acked {
+        assert_eq!(ids.get(id), Some(offset), "acknowledged {id} is lost");
+    }
+}

@@ -27,7 +27,7 @@
 //! hands everything back at once.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -140,9 +140,13 @@ async fn round(
     let cluster = &leases.cluster;
     let me = cluster.replica().to_owned();
     let replicas = cluster.heartbeat(leases.ttl).await?;
-    let subscribers = broker.subscribers();
+    let subscribers: HashMap<String, Arc<Subscriber>> = broker
+        .subscribers()
+        .into_iter()
+        .map(|s| (s.id().to_owned(), s))
+        .collect();
     let share: Vec<String> = subscribers
-        .iter()
+        .values()
         .filter(|s| s.is_active() && s.is_enabled())
         .filter(|s| broker_core::owner_of(s.id(), &replicas) == Some(me.as_str()))
         .map(|s| s.id().to_owned())
@@ -173,8 +177,7 @@ async fn round(
         .iter()
         .filter(|id| {
             subscribers
-                .iter()
-                .find(|s| s.id() == id.as_str())
+                .get(id.as_str())
                 .is_none_or(|s| !worker::is_running(s, shared))
         })
         .cloned()
@@ -186,7 +189,7 @@ async fn round(
         }
     }
     for id in gained {
-        let Some(subscriber) = subscribers.iter().find(|s| s.id() == id) else {
+        let Some(subscriber) = subscribers.get(&id) else {
             continue;
         };
         if let Err(error) = broker.take_over(subscriber).await {

@@ -60,6 +60,7 @@ const SCRIPTED: &[&str] = &[
     "zadd",
     "zcard",
     "zpopmin",
+    "publish",
 ];
 
 struct Args {

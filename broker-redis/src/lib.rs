@@ -16,7 +16,8 @@
 //!   goes on with the old one.
 //! - **Reads** are one script too: the log's bounds, its prefix and up to
 //!   a page of messages (`XRANGE … COUNT`), within the byte limit.
-//! - **Retention** ([`Retention`]): a background task trims every topic's
+//! - **Retention** ([`Retention`]): a background task (of one replica per
+//!   period, whichever takes the period's turn first) trims every topic's
 //!   stream from the front (`XTRIM MINID` by offset) every
 //!   [`Options::sweep_every`] (or a quarter of the retention age, if
 //!   shorter): messages published before now minus the age, and the
@@ -630,6 +631,26 @@ impl Shared {
         Ok(())
     }
 
+    /// Whether this replica sweeps this period: the first of the replicas
+    /// sharing the Redis to ask (a key that lasts nine tenths of it).
+    async fn sweep_turn(&self, period: Duration) -> Result<bool, RedisStoreError> {
+        let ttl = (period.as_millis() as u64 * 9 / 10).max(1);
+        let mut con = self.con();
+        let taken: Option<String> = self
+            .call(
+                "retention",
+                redis::cmd("SET")
+                    .arg(self.keys.lock("retention"))
+                    .arg(&self.replica)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl)
+                    .query_async(&mut con),
+            )
+            .await?;
+        Ok(taken.is_some())
+    }
+
     /// Applies retention to every topic's log.
     async fn sweep(&self) -> Result<(), RedisStoreError> {
         let retention = self.options.retention;
@@ -759,6 +780,18 @@ async fn sweeper(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.wait_for(|stop| *stop) => return,
+        }
+        // One replica sweeps per period: whoever takes the period's turn.
+        match shared.sweep_turn(period).await {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(error) => {
+                if !failing {
+                    failing = true;
+                    tracing::error!(%error, "retention on redis failed; trying again later");
+                }
+                continue;
+            }
         }
         let started = Instant::now();
         match shared.sweep().await {

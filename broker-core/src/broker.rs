@@ -21,8 +21,9 @@ use crate::{
     },
     BatchReceipt, Credential, DeliveryCounts, DeliveryStats, Endpoint, Error, Group, GroupConfig,
     GroupStart, Limits, Listener, MemoryBudget, MemoryStore, Notifier, Publish, Publisher, Pulled,
-    Grants, Receipt, Replay, ReplayFrom, Role, Store, Subscriber, TokenVerifier, TopicName,
+    Receipt, Replay, ReplayFrom, Role, Store, Subscriber, TopicName,
 };
+use crate::{Grants, TokenVerifier};
 
 /// The in-memory broker. Cheap to clone: every clone is a handle to the same
 /// registry and notifier.
@@ -2130,7 +2131,9 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            b.publish("v", publisher, None, "x".into()).await.unwrap_err(),
+            b.publish("v", publisher, None, "x".into())
+                .await
+                .unwrap_err(),
             Error::InsufficientScope {
                 needed: "publish:v".into()
             }

@@ -159,7 +159,10 @@ impl fmt::Display for Error {
             Error::Forbidden => f.write_str("this publisher token is not valid for this topic"),
             Error::InvalidToken { reason } => write!(f, "the token was refused: {reason}"),
             Error::InsufficientScope { needed } => {
-                write!(f, "the token's scope does not grant `{needed}` for this call")
+                write!(
+                    f,
+                    "the token's scope does not grant `{needed}` for this call"
+                )
             }
             Error::SubscriberConflict { existing } => write!(
                 f,

@@ -61,6 +61,11 @@ pub const MIN_SECRET_BYTES: usize = 32;
 /// The largest key file read, in bytes.
 pub const MAX_FILE_BYTES: usize = 1024 * 1024;
 
+/// Most keys one token is tried against (those of its algorithm, and of
+/// its `kid` when it names one): a token without a `kid` never costs more
+/// than this many signature checks, however many keys a JWKS holds.
+pub const MAX_KEYS_TRIED: usize = 8;
+
 /// Where a [`JwtVerifier`] finds its keys, and what it checks besides the
 /// signature. At least one of `secret`, `public_key` and `jwks` is needed.
 #[derive(Clone, Default)]
@@ -245,16 +250,19 @@ impl TokenVerifier for JwtVerifier {
         let files = self.shared.files.read().clone();
         let mut known_alg = false;
         let validation = self.validation(alg);
-        for key in self.shared.secret.iter().chain(files.iter()) {
-            if !key.algorithms.contains(&alg) {
-                continue;
-            }
-            known_alg = true;
-            if let (Some(wanted), Some(kid)) = (&peek.kid, &key.kid) {
-                if wanted != kid {
-                    continue;
-                }
-            }
+        let candidates = self
+            .shared
+            .secret
+            .iter()
+            .chain(files.iter())
+            .filter(|key| key.algorithms.contains(&alg))
+            .inspect(|_| known_alg = true)
+            .filter(|key| match (&peek.kid, &key.kid) {
+                (Some(wanted), Some(kid)) => wanted == kid,
+                _ => true,
+            })
+            .take(MAX_KEYS_TRIED);
+        for key in candidates {
             match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
                 Ok(data) => {
                     return Ok(match data.claims.scope {

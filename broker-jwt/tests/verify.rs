@@ -465,3 +465,29 @@ fn bad_configurations_are_refused_with_a_reason() {
     };
     assert!(!format!("{config:?}").contains("0123456789"));
 }
+
+#[test]
+fn a_token_without_kid_is_tried_against_a_bounded_number_of_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jwks.json");
+    let kids: Vec<String> = (0..broker_jwt::MAX_KEYS_TRIED + 1)
+        .map(|n| format!("k{n}"))
+        .collect();
+    let mut keys: Vec<(&str, Algorithm, &str)> = kids
+        .iter()
+        .map(|kid| ("rsa.pem", Algorithm::RS256, kid.as_str()))
+        .collect();
+    keys.push(("rsa2.pem", Algorithm::RS256, "last"));
+    std::fs::write(&path, jwks(&keys)).unwrap();
+    let v = JwtVerifier::new(JwtConfig {
+        jwks: Some(path),
+        ..JwtConfig::default()
+    })
+    .unwrap();
+    let claims = json!({ "exp": now() + 60 });
+    let key = private("rsa2.pem", Algorithm::RS256);
+    let unnamed = mint(Algorithm::RS256, &key, None, claims.clone());
+    assert_eq!(v.verify(&unnamed), Err(TokenRejection::BadSignature));
+    let named = mint(Algorithm::RS256, &key, Some("last"), claims);
+    assert!(v.verify(&named).is_ok());
+}

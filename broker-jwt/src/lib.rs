@@ -15,6 +15,11 @@
 //!   match.
 //! - The `scope` claim (a space-separated string, or an array of strings)
 //!   becomes the token's [`broker_core::Grants`].
+//! - A verified token is remembered (at most [`MAX_REMEMBERED`], whole
+//!   tokens compared, until its `exp` and leeway pass; a reload forgets
+//!   them all), so a client that sends the same token again costs a hash
+//!   look-up instead of a signature check (RS256 and ES256 checks cost
+//!   150–250 µs on the RustCrypto backend: BENCHMARKS.md, section 11).
 //!
 //! # Examples
 //!
@@ -39,7 +44,7 @@
 mod error;
 mod keys;
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 use broker_core::{Grants, TokenRejection, TokenVerifier};
@@ -65,6 +70,10 @@ pub const MAX_FILE_BYTES: usize = 1024 * 1024;
 /// its `kid` when it names one): a token without a `kid` never costs more
 /// than this many signature checks, however many keys a JWKS holds.
 pub const MAX_KEYS_TRIED: usize = 8;
+
+/// Most verified tokens remembered; past it, all are forgotten and
+/// remembering starts again.
+pub const MAX_REMEMBERED: usize = 4096;
 
 /// Where a [`JwtVerifier`] finds its keys, and what it checks besides the
 /// signature. At least one of `secret`, `public_key` and `jwks` is needed.
@@ -117,8 +126,40 @@ pub struct JwtVerifier {
 struct Shared {
     config: JwtConfig,
     secret: Option<Key>,
-    /// The keys of the files; swapped whole by a reload.
-    files: RwLock<Arc<[Key]>>,
+    /// The keys of the files and what they verified; swapped whole by a
+    /// reload, so a token verified with a key just removed is not
+    /// remembered past it.
+    files: RwLock<Arc<KeySet>>,
+}
+
+struct KeySet {
+    keys: Vec<Key>,
+    /// Verified tokens, whole, with their grants and the second (Unix
+    /// time) after which they are expired.
+    remembered: RwLock<HashMap<Box<str>, (Grants, u64)>>,
+}
+
+impl KeySet {
+    fn new(keys: Vec<Key>) -> Arc<Self> {
+        Arc::new(KeySet {
+            keys,
+            remembered: RwLock::default(),
+        })
+    }
+
+    fn recall(&self, token: &str, now: u64) -> Option<Grants> {
+        let remembered = self.remembered.read();
+        let (grants, until) = remembered.get(token)?;
+        (now <= *until).then(|| grants.clone())
+    }
+
+    fn remember(&self, token: &str, grants: &Grants, until: u64) {
+        let mut remembered = self.remembered.write();
+        if remembered.len() >= MAX_REMEMBERED {
+            remembered.clear();
+        }
+        remembered.insert(token.into(), (grants.clone(), until));
+    }
 }
 
 impl JwtVerifier {
@@ -138,7 +179,7 @@ impl JwtVerifier {
             shared: Arc::new(Shared {
                 config,
                 secret,
-                files: RwLock::new(files.into()),
+                files: RwLock::new(KeySet::new(files)),
             }),
         })
     }
@@ -152,13 +193,13 @@ impl JwtVerifier {
     /// unchanged.
     pub fn reload(&self) -> Result<Loaded, Error> {
         let (files, loaded) = load(&self.shared.config)?;
-        *self.shared.files.write() = files.into();
+        *self.shared.files.write() = KeySet::new(files);
         Ok(loaded)
     }
 
     /// The keys in use from the files (the secret not counted).
     pub fn file_keys(&self) -> usize {
-        self.shared.files.read().len()
+        self.shared.files.read().keys.len()
     }
 
     fn validation(&self, alg: Algorithm) -> Validation {
@@ -224,6 +265,9 @@ struct Peek {
 /// by `jsonwebtoken`).
 #[derive(Deserialize)]
 struct Claims {
+    /// Checked by `jsonwebtoken` (required, a number): read again for how
+    /// long the token may be remembered.
+    exp: f64,
     #[serde(default)]
     scope: Option<Scope>,
 }
@@ -237,6 +281,11 @@ enum Scope {
 
 impl TokenVerifier for JwtVerifier {
     fn verify(&self, token: &str) -> Result<Grants, TokenRejection> {
+        let files = self.shared.files.read().clone();
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some(grants) = files.recall(token, now) {
+            return Ok(grants);
+        }
         let header = token.split('.').next().unwrap_or_default();
         let header = URL_SAFE_NO_PAD
             .decode(header)
@@ -247,14 +296,13 @@ impl TokenVerifier for JwtVerifier {
             .alg
             .parse()
             .map_err(|_| TokenRejection::WrongAlgorithm)?;
-        let files = self.shared.files.read().clone();
         let mut known_alg = false;
         let validation = self.validation(alg);
         let candidates = self
             .shared
             .secret
             .iter()
-            .chain(files.iter())
+            .chain(files.keys.iter())
             .filter(|key| key.algorithms.contains(&alg))
             .inspect(|_| known_alg = true)
             .filter(|key| match (&peek.kid, &key.kid) {
@@ -265,13 +313,17 @@ impl TokenVerifier for JwtVerifier {
         for key in candidates {
             match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
                 Ok(data) => {
-                    return Ok(match data.claims.scope {
+                    let grants = match data.claims.scope {
                         None => Grants::default(),
                         Some(Scope::Text(scope)) => Grants::from_scope(&scope),
                         Some(Scope::List(entries)) => {
                             Grants::from_entries(entries.iter().map(String::as_str))
                         }
-                    })
+                    };
+                    // As jsonwebtoken rounds it; it took it as a u64.
+                    let exp = data.claims.exp.round() as u64;
+                    files.remember(token, &grants, exp.saturating_add(LEEWAY.as_secs()));
+                    return Ok(grants);
                 }
                 Err(e) => match rejection(e.kind()) {
                     // Another key may verify it.

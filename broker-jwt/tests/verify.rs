@@ -491,3 +491,34 @@ fn a_token_without_kid_is_tried_against_a_bounded_number_of_keys() {
     let named = mint(Algorithm::RS256, &key, Some("last"), claims);
     assert!(v.verify(&named).is_ok());
 }
+
+#[test]
+fn a_remembered_token_still_expires() {
+    let v = with_secret();
+    // Good for a second or two more, leeway included.
+    let token = hs(json!({ "exp": now() - 29, "scope": "listen:t" }));
+    assert!(v.verify(&token).unwrap().may_listen("t"));
+    assert!(v.verify(&token).is_ok(), "remembered");
+    let started = std::time::Instant::now();
+    while v.verify(&token).is_ok() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "a remembered token outlived its exp"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(v.verify(&token), Err(TokenRejection::Expired));
+    // Remembering is per whole token: a changed one is checked afresh.
+    let fresh = hs(json!({ "exp": now() + 60, "scope": "listen:t" }));
+    assert!(v.verify(&fresh).is_ok());
+    let signature = fresh.rfind('.').unwrap() + 1;
+    let other = if fresh.as_bytes()[signature] == b'A' {
+        "B"
+    } else {
+        "A"
+    };
+    let mut tampered = fresh.clone();
+    tampered.replace_range(signature..=signature, other);
+    assert_eq!(v.verify(&tampered), Err(TokenRejection::BadSignature));
+    assert!(v.verify(&fresh).is_ok());
+}

@@ -357,10 +357,15 @@ async fn listen_scopes_fetch_pull_ack_and_listen_live() {
     .await;
     assert_eq!(r.json()["acked"], 1);
 
-    // Server-Sent Events: Authorization, X-API-Key, ?access_token=.
+    // Server-Sent Events: Authorization, X-API-Key, ?access_token=; and
+    // `admin`, which listens anywhere.
     let auth = bearer(&listener);
     let mut streams = Vec::new();
     for (path, headers) in [
+        (
+            "/v1/topics/t/events".to_owned(),
+            vec![("x-api-key", admin.as_str())],
+        ),
         (
             "/v1/topics/t/events".to_owned(),
             vec![("authorization", auth.as_str())],

@@ -29,6 +29,7 @@ use crate::{
     GroupStart, Limits, Listener, MemoryBudget, MemoryStore, Notifier, Publish, Publisher, Pulled,
     Receipt, Replay, ReplayFrom, Role, Store, Subscriber, TopicName,
 };
+use crate::{Grants, TokenVerifier};
 
 /// The in-memory broker. Cheap to clone: every clone is a handle to the same
 /// registry and notifier.
@@ -92,6 +93,8 @@ struct Shared {
     /// The processes sharing the store, if it is shared
     /// ([`Store::cluster`]).
     cluster: Option<Arc<dyn crate::Cluster>>,
+    /// Checks JWT-shaped tokens; set once ([`Broker::with_token_verifier`]).
+    verifier: std::sync::OnceLock<Box<dyn TokenVerifier>>,
 }
 
 /// A [`Broker`] that a notifier holds without keeping it alive: the broker
@@ -273,6 +276,7 @@ impl Broker {
                 store,
                 limits,
                 closed: AtomicBool::new(false),
+                verifier: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -1019,21 +1023,79 @@ impl Broker {
         Ok(())
     }
 
-    /// Checks that `token` is a listener token of `topic`.
+    /// Checks that `token` is a listener token of `topic`, or a verified
+    /// token ([`Broker::verify_token`]) whose [`Grants`] may listen there.
     ///
     /// # Errors
     ///
     /// [`Error::InvalidTopic`]; [`Error::Unauthorized`] when the token is
     /// not a registered listener's; [`Error::Forbidden`] when it is another
-    /// topic's.
+    /// topic's; [`Error::InvalidToken`] when the verifier refuses it;
+    /// [`Error::InsufficientScope`] when its grants do not cover `topic`.
     pub fn authorize_listener(&self, topic: &str, token: &str) -> Result<(), Error> {
         crate::topic::validate(topic)?;
+        if let Some(grants) = self.verify_token(token)? {
+            return if grants.may_listen(topic) {
+                Ok(())
+            } else {
+                Err(Error::InsufficientScope {
+                    needed: format!("listen:{topic}"),
+                })
+            };
+        }
         let registry = self.shared.registry.read();
         let listener = registry.authenticate(token, Role::Listen)?;
         if listener.topic.as_str() == topic {
             Ok(())
         } else {
             Err(Error::Forbidden)
+        }
+    }
+
+    /// Sets the verifier of tokens the registry did not issue (JWTs):
+    /// from now on a [JWT-shaped](crate::is_jwt_shaped) token presented to
+    /// publish or listen goes to it. Without one, such a token is simply
+    /// not a registered one ([`Error::Unauthorized`]).
+    ///
+    /// # Panics
+    ///
+    /// When the broker has a verifier already: it is set once, as the
+    /// broker is made.
+    #[must_use]
+    pub fn with_token_verifier(self, verifier: impl TokenVerifier) -> Self {
+        if self.shared.verifier.set(Box::new(verifier)).is_err() {
+            panic!("the broker has a token verifier already");
+        }
+        self
+    }
+
+    /// Whether a token verifier is set.
+    pub fn has_token_verifier(&self) -> bool {
+        self.shared.verifier.get().is_some()
+    }
+
+    /// What a token the registry did not issue may do: `Some` with its
+    /// [`Grants`] when `token` is [JWT-shaped](crate::is_jwt_shaped) and a
+    /// verifier is set; `None` for any other token (a registry token, the
+    /// admin token), which the caller checks its own way.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidToken`] with the verifier's reason.
+    pub fn verify_token(&self, token: &str) -> Result<Option<Grants>, Error> {
+        match self.shared.verifier.get() {
+            Some(verifier) if crate::is_jwt_shaped(token) => {
+                if token.len() > crate::MAX_JWT_LEN {
+                    return Err(Error::InvalidToken {
+                        reason: crate::TokenRejection::Malformed,
+                    });
+                }
+                verifier
+                    .verify(token)
+                    .map(Some)
+                    .map_err(|reason| Error::InvalidToken { reason })
+            }
+            _ => Ok(None),
         }
     }
 
@@ -1334,7 +1396,10 @@ impl Broker {
     ///
     /// [`Error::InvalidTopic`]; [`Error::Unauthorized`] when the token is
     /// not a registered publisher's; [`Error::Forbidden`] when it is another
-    /// topic's; [`Error::Closed`] after [`Broker::close`];
+    /// topic's; for a verified token ([`Broker::verify_token`]),
+    /// [`Error::InvalidToken`], [`Error::InsufficientScope`] when its
+    /// grants do not cover `topic`, and [`Error::TopicNotFound`] when
+    /// nothing made the topic yet; [`Error::Closed`] after [`Broker::close`];
     /// [`Error::Overloaded`] while deliveries hold more message bytes than
     /// the whole [`MemoryBudget`] (see [`MemoryBudget::is_full`]; nothing is
     /// kept, retry shortly); [`Error::Storage`] when the log could not take
@@ -1385,16 +1450,32 @@ impl Broker {
                 limit: self.shared.memory.limit(),
             });
         }
+        // Verified before the lock is taken: a signature check may be slow.
+        let grants = self.verify_token(token)?;
         let (topic, subscribers, stats) = {
             let registry = self.shared.registry.read();
-            let publisher = registry.authenticate(token, Role::Publish)?;
-            if publisher.topic.as_str() != topic {
-                return Err(Error::Forbidden);
-            }
-            let t = registry
-                .topics
-                .get(topic)
-                .expect("a registered publisher's topic exists");
+            let t = match &grants {
+                // A token that no registration made publishes on a topic
+                // that something else made (its log is there to append to).
+                Some(grants) if grants.may_publish(topic) => {
+                    registry.topics.get(topic).ok_or(Error::TopicNotFound)?
+                }
+                Some(_) => {
+                    return Err(Error::InsufficientScope {
+                        needed: format!("publish:{topic}"),
+                    })
+                }
+                None => {
+                    let publisher = registry.authenticate(token, Role::Publish)?;
+                    if publisher.topic.as_str() != topic {
+                        return Err(Error::Forbidden);
+                    }
+                    registry
+                        .topics
+                        .get(topic)
+                        .expect("a registered publisher's topic exists")
+                }
+            };
             (t.name.clone(), t.subscribers.clone(), t.stats.clone())
             // The guard drops here, before the store and the notifier run.
         };
@@ -2094,6 +2175,124 @@ mod tests {
             ));
         }
         assert!(b.topics().is_empty());
+    }
+
+    /// A verifier that takes `a.<name>.ok`, with the scope its name
+    /// stands for, and refuses every other JWT-shaped token as expired.
+    struct Scoped;
+
+    impl TokenVerifier for Scoped {
+        fn verify(&self, token: &str) -> Result<Grants, crate::TokenRejection> {
+            let scope = match token {
+                "a.publisher.ok" => "publish:t listen:u*",
+                "a.anywhere.ok" => "publish:*",
+                "a.admin.ok" => "admin",
+                _ => return Err(crate::TokenRejection::Expired),
+            };
+            Ok(Grants::from_scope(scope))
+        }
+    }
+
+    #[tokio::test]
+    async fn verified_tokens_publish_and_listen_as_their_scope_says() {
+        let recorder = Arc::new(Recorder::default());
+        let b = Broker::new(recorder.clone()).with_token_verifier(Scoped);
+        assert!(b.has_token_verifier());
+        b.register_subscriber("t", endpoint(&b, "http://h/1"))
+            .await
+            .unwrap();
+        let p = b.register_publisher("t", "p").await.unwrap().item;
+        let l = b.register_listener("t", "l").await.unwrap().item;
+
+        let publisher = "a.publisher.ok";
+        let r = b.publish("t", publisher, None, "x".into()).await.unwrap();
+        assert_eq!((r.offset, r.subscribers), (0, 1));
+        assert_eq!(recorder.0.lock().len(), 1);
+        let batch = vec![(None, "y".into()), (None, "z".into())];
+        let r = b.publish_batch("t", publisher, batch).await.unwrap();
+        assert_eq!(r.messages.len(), 2);
+        // Scope, not registration: another topic is refused by name...
+        b.register_subscriber("v", endpoint(&b, "http://h/2"))
+            .await
+            .unwrap();
+        assert_eq!(
+            b.publish("v", publisher, None, "x".into())
+                .await
+                .unwrap_err(),
+            Error::InsufficientScope {
+                needed: "publish:v".into()
+            }
+        );
+        // ...and a covered topic nothing made yet has no log to take it.
+        let anywhere = "a.anywhere.ok";
+        assert_eq!(
+            b.publish("nothing", anywhere, None, "x".into())
+                .await
+                .unwrap_err(),
+            Error::TopicNotFound
+        );
+        assert_eq!(
+            b.publish("t", "a.b.expired", None, "x".into())
+                .await
+                .unwrap_err(),
+            Error::InvalidToken {
+                reason: crate::TokenRejection::Expired
+            }
+        );
+
+        assert_eq!(b.authorize_listener("u.1", publisher), Ok(()));
+        assert_eq!(
+            b.authorize_listener("t", publisher),
+            Err(Error::InsufficientScope {
+                needed: "listen:t".into()
+            })
+        );
+        assert_eq!(b.authorize_listener("anything", "a.admin.ok"), Ok(()));
+        // `admin` does not publish, as the admin token does not.
+        assert!(matches!(
+            b.publish("t", "a.admin.ok", None, "x".into()).await,
+            Err(Error::InsufficientScope { .. })
+        ));
+        assert_eq!(
+            b.verify_token("a.admin.ok").unwrap(),
+            Some(Grants::from_scope("admin"))
+        );
+        let long = format!("a.{}.ok", "b".repeat(crate::MAX_JWT_LEN));
+        assert_eq!(
+            b.verify_token(&long),
+            Err(Error::InvalidToken {
+                reason: crate::TokenRejection::Malformed
+            })
+        );
+
+        // Registered tokens work beside it, and never reach it.
+        assert_eq!(b.verify_token(p.token().expose()), Ok(None));
+        b.publish("t", p.token().expose(), None, "x".into())
+            .await
+            .unwrap();
+        assert_eq!(b.authorize_listener("t", l.token().expose()), Ok(()));
+        assert_eq!(
+            b.authorize_listener("t", "a.b"),
+            Err(Error::Unauthorized),
+            "not JWT-shaped: the registry's to refuse"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_verifier_a_jwt_is_just_an_unknown_token() {
+        let (b, _) = broker();
+        b.register_publisher("t", "p").await.unwrap();
+        assert!(!b.has_token_verifier());
+        assert_eq!(b.verify_token("a.admin.ok"), Ok(None));
+        let r = b.publish("t", "a.publisher.ok", None, "x".into()).await;
+        assert_eq!(r.unwrap_err(), Error::Unauthorized);
+    }
+
+    #[test]
+    #[should_panic(expected = "a token verifier already")]
+    fn a_verifier_is_set_once() {
+        let (b, _) = broker();
+        let _ = b.with_token_verifier(Scoped).with_token_verifier(Scoped);
     }
 
     #[tokio::test]

@@ -50,6 +50,18 @@ pub enum Error {
     Unauthorized,
     /// The publisher token is valid, but for another topic.
     Forbidden,
+    /// A token the registry did not issue (a JWT, checked by the broker's
+    /// [`TokenVerifier`](crate::TokenVerifier)) was refused.
+    InvalidToken {
+        /// Why: expired, bad signature, wrong issuer, …
+        reason: crate::TokenRejection,
+    },
+    /// A valid token whose [`Grants`](crate::Grants) do not cover the
+    /// call.
+    InsufficientScope {
+        /// The scope entry the call needs (`publish:orders`, `admin`).
+        needed: String,
+    },
     /// A subscriber with the same method and URL exists with other settings.
     SubscriberConflict {
         /// The id of the existing subscriber.
@@ -100,6 +112,8 @@ impl Error {
             Error::ListenerNotFound => "listener_not_found",
             Error::Unauthorized => "unauthorized",
             Error::Forbidden => "forbidden",
+            Error::InvalidToken { .. } => "unauthorized",
+            Error::InsufficientScope { .. } => "forbidden",
             Error::SubscriberConflict { .. } => "subscriber_conflict",
             Error::LimitExceeded { .. } => "limit_exceeded",
             Error::Closed => "shutting_down",
@@ -139,9 +153,17 @@ impl fmt::Display for Error {
                 f.write_str("no listener with that id is registered on this topic")
             }
             Error::Unauthorized => f.write_str(
-                "a valid publisher token is required: send `Authorization: Bearer <token>`",
+                "a valid publisher token is required: send `Authorization: Bearer <token>` \
+                 or `X-API-Key: <token>`",
             ),
             Error::Forbidden => f.write_str("this publisher token is not valid for this topic"),
+            Error::InvalidToken { reason } => write!(f, "the token was refused: {reason}"),
+            Error::InsufficientScope { needed } => {
+                write!(
+                    f,
+                    "the token's scope does not grant `{needed}` for this call"
+                )
+            }
             Error::SubscriberConflict { existing } => write!(
                 f,
                 "subscriber {existing} already has this method and URL with other settings; \

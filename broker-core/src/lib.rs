@@ -15,6 +15,9 @@
 //!   constant time) may publish, and only on its own topic. Listener
 //!   tokens, for live listening, are issued and checked the same way
 //!   ([`Role`]).
+//! - Tokens the registry did not issue, JWTs, go to a pluggable
+//!   [`TokenVerifier`] when one is set ([`Broker::with_token_verifier`]);
+//!   their scope ([`Grants`]) says on which topics they publish and listen.
 //! - Every message gets an offset in its topic's log (per topic, dense,
 //!   never reused); live listeners replay from the log
 //!   ([`Broker::replay_range`], [`Broker::read`]).
@@ -59,6 +62,7 @@
 //! # }).unwrap();
 //! ```
 
+mod auth;
 mod broker;
 mod budget;
 mod cluster;
@@ -79,6 +83,7 @@ mod store;
 mod subscriber;
 mod topic;
 
+pub use auth::{is_jwt_shaped, Grants, TokenRejection, TokenVerifier, MAX_JWT_LEN};
 pub use broker::{Broker, Registration, TopicDetail, TopicSummary, WeakBroker};
 pub use budget::{Charge, MemoryBudget};
 pub use cluster::{owner_of, Changes, Cluster};

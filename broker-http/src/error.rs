@@ -36,6 +36,9 @@ pub enum ApiError {
     ListenerUnauthorized,
     /// The listener token is another topic's.
     ListenerForbidden,
+    /// `Authorization: Bearer` and `X-API-Key` were both sent, with
+    /// different tokens.
+    ConflictingCredentials,
     /// `GET /v1/ws` without a WebSocket handshake (or over HTTP/2).
     UpgradeRequired,
     /// As many live connections as allowed are open.
@@ -68,8 +71,8 @@ impl ApiError {
                 | E::SubscriberNotFound
                 | E::ListenerNotFound
                 | E::GroupNotFound => StatusCode::NOT_FOUND,
-                E::Unauthorized => StatusCode::UNAUTHORIZED,
-                E::Forbidden => StatusCode::FORBIDDEN,
+                E::Unauthorized | E::InvalidToken { .. } => StatusCode::UNAUTHORIZED,
+                E::Forbidden | E::InsufficientScope { .. } => StatusCode::FORBIDDEN,
                 E::SubscriberConflict { .. } | E::LimitExceeded { .. } | E::TopicExists => {
                     StatusCode::CONFLICT
                 }
@@ -88,7 +91,9 @@ impl ApiError {
             ApiError::ListenerForbidden => StatusCode::FORBIDDEN,
             ApiError::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             ApiError::TooManyLiveConnections => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::InvalidQuery(_) | ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::InvalidQuery(_)
+            | ApiError::InvalidRequest(_)
+            | ApiError::ConflictingCredentials => StatusCode::BAD_REQUEST,
             ApiError::NotFound | ApiError::LiveDisabled => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         }
@@ -105,6 +110,7 @@ impl ApiError {
             ApiError::BodyTimeout => "request_timeout",
             ApiError::AdminUnauthorized | ApiError::ListenerUnauthorized => "unauthorized",
             ApiError::ListenerForbidden => "forbidden",
+            ApiError::ConflictingCredentials => "conflicting_credentials",
             ApiError::UpgradeRequired => "upgrade_required",
             ApiError::TooManyLiveConnections => "too_many_live_connections",
             ApiError::InvalidQuery(_) => "invalid_query",
@@ -121,7 +127,12 @@ impl ApiError {
         use broker_core::Error as E;
         match self {
             ApiError::Broker(E::TopicNotFound) => "TOPIC_NOT_FOUND",
-            ApiError::Broker(E::Unauthorized | E::Forbidden)
+            ApiError::Broker(
+                E::Unauthorized
+                | E::Forbidden
+                | E::InvalidToken { .. }
+                | E::InsufficientScope { .. },
+            )
             | ApiError::AdminUnauthorized
             | ApiError::ListenerUnauthorized
             | ApiError::ListenerForbidden => "UNAUTHORIZED",
@@ -189,6 +200,26 @@ impl ApiError {
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
+            // RFC 6750's error codes, with the reason as a short name.
+            ApiError::Broker(broker_core::Error::InvalidToken { reason }) => {
+                let value = format!(
+                    "Bearer error=\"invalid_token\", error_description=\"{}\"",
+                    reason.as_str()
+                );
+                if let Ok(value) = HeaderValue::from_str(&value) {
+                    response
+                        .headers_mut()
+                        .insert(header::WWW_AUTHENTICATE, value);
+                }
+            }
+            ApiError::Broker(broker_core::Error::InsufficientScope { needed }) => {
+                let value = format!("Bearer error=\"insufficient_scope\", scope=\"{needed}\"");
+                if let Ok(value) = HeaderValue::from_str(&value) {
+                    response
+                        .headers_mut()
+                        .insert(header::WWW_AUTHENTICATE, value);
+                }
+            }
             _ => {}
         }
         response
@@ -216,15 +247,21 @@ impl fmt::Display for ApiError {
                 f.write_str("the request body did not arrive in time; send it without pausing")
             }
             ApiError::AdminUnauthorized => f.write_str(
-                "management calls need the admin token: send `Authorization: Bearer <admin token>`",
+                "management calls need the admin token or a JWT with the admin scope: send \
+                 `Authorization: Bearer <token>` or `X-API-Key: <token>`",
             ),
             ApiError::ListenerUnauthorized => f.write_str(
-                "listening needs a listener token of this topic or the admin token: send \
-                 `Authorization: Bearer <token>` or `?access_token=<token>`",
+                "listening needs a listener token of this topic, a JWT with its listen scope, \
+                 or the admin token: send `Authorization: Bearer <token>`, \
+                 `X-API-Key: <token>` or `?access_token=<token>`",
             ),
             ApiError::ListenerForbidden => {
                 f.write_str("this listener token is not valid for this topic")
             }
+            ApiError::ConflictingCredentials => f.write_str(
+                "`Authorization: Bearer` and `X-API-Key` carry different tokens; send one, \
+                 or the same token in both",
+            ),
             ApiError::UpgradeRequired => f.write_str(
                 "this path takes a WebSocket handshake (HTTP/1.1 GET with `Upgrade: websocket`, \
                  `Sec-WebSocket-Version: 13`)",

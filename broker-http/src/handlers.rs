@@ -198,7 +198,7 @@ where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let token = bearer(h).ok_or(broker_core::Error::Unauthorized)?;
+    let token = credential(h)?.ok_or(broker_core::Error::Unauthorized)?;
     // Refuse a bad topic or token before reading a large body.
     broker_core::TopicName::validate(topic)?;
     let payload = json::read_body(
@@ -273,7 +273,7 @@ pub(crate) async fn fetch(api: &Api, topic: &str, parts: &http::request::Parts) 
             _ => {}
         }
     }
-    authorize_reader(api, topic, token_of(parts))?;
+    authorize_reader(api, topic, token_of(parts)?)?;
     let max_bytes = api.broker().limits().replay_bytes;
     let read = api
         .broker()
@@ -295,7 +295,8 @@ pub(crate) async fn fetch(api: &Api, topic: &str, parts: &http::request::Parts) 
 }
 
 /// Whether `token` may read `topic` (fetch, pull, ack): a listener token
-/// of the topic or the admin token; never anonymous.
+/// of the topic, the admin token, or a JWT with `listen:` that topic or
+/// `admin`; never anonymous.
 pub(crate) fn authorize_reader(
     api: &Api,
     topic: &str,
@@ -313,9 +314,9 @@ pub(crate) fn authorize_reader(
     }
 }
 
-/// The token of a request: `Authorization: Bearer`, or `?access_token=`.
-fn token_of(parts: &http::request::Parts) -> Option<&str> {
-    bearer(&parts.headers).or_else(|| {
+/// The token of a request: its [`credential`], or `?access_token=`.
+fn token_of(parts: &http::request::Parts) -> Result<Option<&str>, ApiError> {
+    Ok(credential(&parts.headers)?.or_else(|| {
         parts
             .uri
             .query()
@@ -323,7 +324,7 @@ fn token_of(parts: &http::request::Parts) -> Option<&str> {
             .split('&')
             .find_map(|pair| pair.strip_prefix("access_token="))
             .filter(|t| !t.is_empty())
-    })
+    }))
 }
 
 /// A wait given as a duration, at most [`MAX_WAIT`].
@@ -398,7 +399,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     broker_core::TopicName::validate(topic)?;
-    authorize_reader(api, topic, token_of(parts))?;
+    authorize_reader(api, topic, token_of(parts)?)?;
     management_json(api, &parts.headers, body).await
 }
 
@@ -472,7 +473,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     use base64::Engine as _;
-    let token = bearer(h).ok_or(broker_core::Error::Unauthorized)?;
+    let token = credential(h)?.ok_or(broker_core::Error::Unauthorized)?;
     broker_core::TopicName::validate(topic)?;
     json::require_json(h)?;
     let bytes = json::read_body(
@@ -803,10 +804,29 @@ fn no_content() -> Response<ResponseBody> {
     r
 }
 
+/// The token a request presents in its headers: `Authorization: Bearer
+/// <token>` or `X-API-Key: <token>`, which carry the same tokens.
+///
+/// # Errors
+///
+/// [`ApiError::ConflictingCredentials`] when both are sent and differ.
+pub(crate) fn credential(h: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    match (bearer(h), api_key(h)) {
+        (Some(a), Some(b)) if a != b => Err(ApiError::ConflictingCredentials),
+        (a, b) => Ok(a.or(b)),
+    }
+}
+
 /// The token of an `Authorization: Bearer <token>` header.
-pub(crate) fn bearer(h: &HeaderMap) -> Option<&str> {
+fn bearer(h: &HeaderMap) -> Option<&str> {
     let value = h.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// The token of an `X-API-Key: <token>` header.
+fn api_key(h: &HeaderMap) -> Option<&str> {
+    let token = h.get("x-api-key")?.to_str().ok()?.trim();
+    (!token.is_empty()).then_some(token)
 }

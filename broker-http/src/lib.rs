@@ -79,8 +79,12 @@ pub use server::{serve, ServerConfig};
 #[derive(Clone)]
 pub struct ApiConfig {
     /// When set, every management call (register, deregister, list,
-    /// detail) needs `Authorization: Bearer <admin token>`, which may also
-    /// listen live on any topic. Publishing always takes a publisher token.
+    /// detail) needs `Authorization: Bearer <admin token>` (or `X-API-Key`),
+    /// which may also listen live on any topic. Publishing always takes a
+    /// publisher token, or a JWT with `publish:` scope. A broker with a
+    /// token verifier ([`Broker::with_token_verifier`]) guards management
+    /// even without an admin token: then a JWT with `admin` scope is the
+    /// one way in.
     pub admin_token: Option<String>,
     /// The largest message body accepted, in bytes. Default 1 MiB.
     pub max_body_bytes: usize,
@@ -250,13 +254,24 @@ impl Api {
         }
     }
 
+    /// Management takes the admin token, or a JWT with `admin` in its
+    /// scope; it is open to anyone only when the API has no admin token
+    /// and the broker no token verifier.
     fn require_admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        if self.inner.config.admin_token.is_none() {
+        if self.inner.config.admin_token.is_none() && !self.inner.broker.has_token_verifier() {
             return Ok(());
         }
-        match handlers::bearer(headers) {
-            Some(presented) if self.is_admin(presented) => Ok(()),
-            _ => Err(ApiError::AdminUnauthorized),
+        let presented = handlers::credential(headers)?.ok_or(ApiError::AdminUnauthorized)?;
+        if self.is_admin(presented) {
+            return Ok(());
+        }
+        match self.inner.broker.verify_token(presented)? {
+            Some(grants) if grants.is_admin() => Ok(()),
+            Some(_) => Err(broker_core::Error::InsufficientScope {
+                needed: "admin".to_owned(),
+            }
+            .into()),
+            None => Err(ApiError::AdminUnauthorized),
         }
     }
 

@@ -18,6 +18,7 @@ use broker_http::{
     serve, Api, ApiConfig, DeliveryConfig, DestinationPolicy, LiveConfig, LiveHub, Metrics,
     Overflow, ServerConfig, WebhookNotifier,
 };
+use broker_jwt::{JwtConfig, JwtVerifier};
 use broker_redis::RedisStore;
 use broker_store::{DiskStore, Fsync, Options};
 use broker_tcp::TcpConfig;
@@ -63,6 +64,33 @@ struct Args {
     /// management is open to anyone who can reach the port.
     #[arg(long, env = "BROKER_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+
+    /// Accept JWTs signed HS256/384/512 with this secret (at least 32
+    /// bytes, taken as written). A JWT's `scope` says what it may do
+    /// (README, "Authentication"); any JWT key closes management to all
+    /// but the admin token and JWTs with the `admin` scope.
+    #[arg(long, env = "BROKER_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+
+    /// Accept JWTs signed with the key of this PEM public key file: RSA
+    /// (RS256/384/512, PS256/384/512), EC P-256 (ES256) or P-384 (ES384),
+    /// Ed25519 (EdDSA). Read again on SIGHUP.
+    #[arg(long, env = "BROKER_JWT_PUBLIC_KEY", value_name = "FILE")]
+    jwt_public_key: Option<PathBuf>,
+
+    /// Accept JWTs signed with the keys of this JWKS document (a file; the
+    /// broker fetches nothing), found by `kid`. Read again on SIGHUP, for
+    /// key rotation: a bad file then keeps the keys in use.
+    #[arg(long, env = "BROKER_JWT_JWKS", value_name = "FILE")]
+    jwt_jwks: Option<PathBuf>,
+
+    /// The `iss` every JWT must carry.
+    #[arg(long, env = "BROKER_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+
+    /// The `aud` every JWT must name.
+    #[arg(long, env = "BROKER_JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
 
     /// Largest accepted message body, in bytes.
     #[arg(long, env = "BROKER_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
@@ -402,7 +430,69 @@ fn main() -> ExitCode {
     }
 }
 
+/// The JWT verifier the flags ask for, if any; a bad key file is an
+/// error at start.
+fn jwt_verifier(args: &Args) -> Result<Option<JwtVerifier>, Box<dyn std::error::Error>> {
+    let config = JwtConfig {
+        secret: args.jwt_secret.as_ref().map(|s| s.as_bytes().to_vec()),
+        public_key: args.jwt_public_key.clone(),
+        jwks: args.jwt_jwks.clone(),
+        issuer: args.jwt_issuer.clone(),
+        audience: args.jwt_audience.clone(),
+    };
+    if config.secret.is_none() && config.public_key.is_none() && config.jwks.is_none() {
+        if config.issuer.is_some() || config.audience.is_some() {
+            return Err("--jwt-issuer and --jwt-audience need a JWT key: \
+                        --jwt-secret, --jwt-public-key or --jwt-jwks"
+                .into());
+        }
+        return Ok(None);
+    }
+    let verifier = JwtVerifier::new(config).map_err(|e| format!("JWT keys: {e}"))?;
+    tracing::info!(
+        secret = args.jwt_secret.is_some(),
+        file_keys = verifier.file_keys(),
+        issuer = args.jwt_issuer.as_deref().unwrap_or("(any)"),
+        audience = args.jwt_audience.as_deref().unwrap_or("(any)"),
+        "JWT bearer tokens accepted"
+    );
+    Ok(Some(verifier))
+}
+
+/// On each SIGHUP, reads the JWT key files again; a bad file keeps the
+/// keys in use, and says why.
+#[cfg(unix)]
+fn reload_on_hangup(verifier: JwtVerifier) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            let v = verifier.clone();
+            match tokio::task::spawn_blocking(move || v.reload()).await {
+                Ok(Ok(loaded)) => tracing::info!(
+                    keys = loaded.keys,
+                    skipped = loaded.skipped,
+                    "JWT keys reloaded"
+                ),
+                Ok(Err(error)) => tracing::error!(
+                    %error,
+                    keys = verifier.file_keys(),
+                    "JWT keys not reloaded; keeping the keys in use"
+                ),
+                Err(error) => tracing::error!(%error, "JWT key reload failed"),
+            }
+        }
+    });
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn reload_on_hangup(_: JwtVerifier) -> std::io::Result<()> {
+    Ok(())
+}
+
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let jwt = jwt_verifier(&args)?;
     let listener = TcpListener::bind(args.listen).await?;
     let tcp_listener = match args.tcp_listen {
         Some(addr) => Some(TcpListener::bind(addr).await?),
@@ -504,7 +594,14 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             (broker, Storage::Disk(store))
         }
     };
-    if args.admin_token.is_none() {
+    let broker = match &jwt {
+        Some(verifier) => {
+            reload_on_hangup(verifier.clone())?;
+            broker.with_token_verifier(verifier.clone())
+        }
+        None => broker,
+    };
+    if args.admin_token.is_none() && jwt.is_none() {
         tracing::warn!(
             "no admin token set (--admin-token / BROKER_ADMIN_TOKEN): \
              anyone who can reach this port may register and deregister"

@@ -74,7 +74,7 @@ impl fmt::Display for Error {
             // broker-core words these for HTTP (`Authorization: Bearer`).
             Error::Broker(broker_core::Error::Unauthorized) => f.write_str(
                 "AUTH with a valid token first: a publisher token to PUB, a listener token of the \
-                 topic or the admin token to FETCH",
+                 topic or the admin token to FETCH; or a JWT with the scope for it",
             ),
             Error::Broker(broker_core::Error::Forbidden) => {
                 f.write_str("this token is not valid for this command on this topic")

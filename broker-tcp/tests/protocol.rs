@@ -641,3 +641,80 @@ async fn shutdown_answers_what_came_then_closes_every_connection() {
     })
     .await;
 }
+
+/// A JWT of `claims`, HS256 with `secret`.
+fn jwt(secret: &[u8], claims: serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn jwts_pub_and_fetch_as_their_scope_says() {
+    within(async {
+        let secret = b"a secret of at least thirty-two bytes, for tests";
+        let verifier = broker_jwt::JwtVerifier::new(broker_jwt::JwtConfig {
+            secret: Some(secret.to_vec()),
+            ..broker_jwt::JwtConfig::default()
+        })
+        .unwrap();
+        let broker = Broker::new(Nobody).with_token_verifier(verifier);
+        let server = Server::start_with(broker, config()).await;
+        let exp = jsonwebtoken::get_current_timestamp() + 600;
+        let token = |scope: &str| jwt(secret, serde_json::json!({ "exp": exp, "scope": scope }));
+        let publisher = token("publish:t");
+        let listener = token("listen:t*");
+        let admin = token("admin");
+        let mut c = server.client().await;
+        c.send(format!(
+            "AUTH {publisher}\r\nPUB t 2\r\nhi\r\nPUB other 1\r\nx\r\nFETCH t 0\r\n"
+        ))
+        .await;
+        assert_eq!(c.line().await, "OK");
+        assert_eq!(c.line().await, "OK 0");
+        let refused = c.err("forbidden").await;
+        assert!(refused.contains("publish:other"), "{refused}");
+        let refused = c.err("forbidden").await;
+        assert!(refused.contains("listen:t"), "{refused}");
+        for reader in [&listener, &admin] {
+            c.send(format!("AUTH {reader}\r\nFETCH t 0\r\nPUB t 1\r\nx\r\n"))
+                .await;
+            assert_eq!(c.line().await, "OK");
+            assert_eq!(c.msg().await, (0, b"hi".to_vec()));
+            c.err("forbidden").await;
+        }
+        // Checked on each command: a refused JWT says why, never itself.
+        let expired = jwt(
+            secret,
+            serde_json::json!({ "exp": exp - 7200, "scope": "publish:t listen:t" }),
+        );
+        let forged = jwt(
+            b"another secret of at least thirty-two bytes!",
+            serde_json::json!({ "exp": exp, "scope": "publish:t listen:t" }),
+        );
+        for (token, why) in [(&expired, "expired"), (&forged, "bad signature")] {
+            c.send(format!("AUTH {token}\r\nPUB t 1\r\nx\r\nFETCH t 0\r\n"))
+                .await;
+            assert_eq!(c.line().await, "OK");
+            for _ in 0..2 {
+                let line = c.err("unauthorized").await;
+                assert!(
+                    line.contains(why) && !line.contains(token.as_str()),
+                    "{line}"
+                );
+            }
+        }
+        // Registered tokens keep working beside them.
+        c.send(format!("AUTH {}\r\nPUB t 1\r\ny\r\n", server.publisher))
+            .await;
+        assert_eq!(c.line().await, "OK");
+        assert_eq!(c.line().await, "OK 1");
+        assert_eq!(server.published(), 2);
+        drop(c);
+        server.stop().await;
+    })
+    .await;
+}

@@ -3,7 +3,11 @@
 //!
 //! Inputs are text, so seeds are readable:
 //! - `api_request`: `METHOD PATH`, then `name: value` header lines, a blank
-//!   line, and the body;
+//!   line, and the body. Each request goes to two APIs: one open (no admin
+//!   token), and one whose broker takes JWTs signed HS256 with
+//!   [`FUZZ_JWT_SECRET`] (which closes management to all but `admin`
+//!   JWTs), so the JWT verification path is fuzzed too; seeds carry JWTs
+//!   minted with that secret, expiring in 2100;
 //! - `endpoint`: the URL, the method, then `name: value` header lines.
 
 use std::sync::OnceLock;
@@ -32,41 +36,59 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
-fn api() -> &'static Api {
-    static API: OnceLock<Api> = OnceLock::new();
-    API.get_or_init(|| {
-        // Live listening on, anonymous, so the event stream's query and
-        // `Last-Event-ID` handling is reached (an answered stream is
-        // dropped at once, which detaches it).
-        let live = LiveHub::new(LiveConfig {
-            allow_anonymous: true,
-            ..LiveConfig::default()
-        });
-        let broker = Broker::new((Discard, live.clone()));
-        // A publisher and a subscriber to hit, so publishes get past auth
-        // when the input carries this token.
-        let rt = runtime();
-        rt.block_on(broker.register_publisher("t", "fuzz"))
-            .expect("registers");
-        let none: [(&str, &str); 0] = [];
-        let endpoint = Endpoint::new("http://127.0.0.1:9/", None, none, broker.limits())
-            .expect("valid endpoint");
-        rt.block_on(broker.register_subscriber("t", endpoint))
-            .expect("registers");
-        Api::new(
-            broker,
-            ApiConfig {
-                admin_token: None,
-                live: Some(live),
-                ..ApiConfig::default()
-            },
-        )
+/// The HS256 secret of the JWT-taking API's broker.
+pub const FUZZ_JWT_SECRET: &str = "the fuzzing secret, thirty-two bytes or more";
+
+/// An API over a new broker, with `jwt` its token verifier.
+fn new_api(jwt: Option<broker_jwt::JwtVerifier>) -> Api {
+    // Live listening on, anonymous, so the event stream's query and
+    // `Last-Event-ID` handling is reached (an answered stream is
+    // dropped at once, which detaches it).
+    let live = LiveHub::new(LiveConfig {
+        allow_anonymous: true,
+        ..LiveConfig::default()
+    });
+    let mut broker = Broker::new((Discard, live.clone()));
+    if let Some(verifier) = jwt {
+        broker = broker.with_token_verifier(verifier);
+    }
+    // A publisher and a subscriber to hit, so publishes get past auth
+    // when the input carries this token.
+    let rt = runtime();
+    rt.block_on(broker.register_publisher("t", "fuzz"))
+        .expect("registers");
+    let none: [(&str, &str); 0] = [];
+    let endpoint =
+        Endpoint::new("http://127.0.0.1:9/", None, none, broker.limits()).expect("valid endpoint");
+    rt.block_on(broker.register_subscriber("t", endpoint))
+        .expect("registers");
+    Api::new(
+        broker,
+        ApiConfig {
+            admin_token: None,
+            live: Some(live),
+            ..ApiConfig::default()
+        },
+    )
+}
+
+/// The open API, and the one that takes JWTs.
+fn apis() -> &'static [Api; 2] {
+    static APIS: OnceLock<[Api; 2]> = OnceLock::new();
+    APIS.get_or_init(|| {
+        let verifier = broker_jwt::JwtVerifier::new(broker_jwt::JwtConfig {
+            secret: Some(FUZZ_JWT_SECRET.as_bytes().to_vec()),
+            ..broker_jwt::JwtConfig::default()
+        })
+        .expect("a valid secret");
+        [new_api(None), new_api(Some(verifier))]
     })
 }
 
-/// Sends one request built from `data` through the whole API. Panics (a
-/// finding) if the API panics or answers 5xx, or answers an error without
-/// the JSON error shape.
+/// Sends one request built from `data` through the whole API, open and
+/// taking JWTs. Panics (a finding) if the API panics or answers 5xx,
+/// answers an error without the JSON error shape, or echoes a presented
+/// token in an error.
 pub fn api_request(data: &[u8]) {
     let (head, body) = match data.windows(2).position(|w| w == b"\n\n") {
         Some(i) => (&data[..i], &data[i + 2..]),
@@ -77,15 +99,13 @@ pub fn api_request(data: &[u8]) {
     let mut parts = first.splitn(2, |&b| b == b' ');
     let method = parts.next().unwrap_or_default();
     let path = parts.next().unwrap_or(b"/");
-    let mut builder = http::Request::builder();
-    match http::Method::from_bytes(method) {
-        Ok(m) => builder = builder.method(m),
-        Err(_) => return,
-    }
-    match http::Uri::try_from(path) {
-        Ok(uri) => builder = builder.uri(uri),
-        Err(_) => return,
-    }
+    let Ok(method) = http::Method::from_bytes(method) else {
+        return;
+    };
+    let Ok(uri) = http::Uri::try_from(path) else {
+        return;
+    };
+    let mut headers = http::HeaderMap::new();
     for line in lines {
         let Some(colon) = line.iter().position(|&b| b == b':') else {
             continue;
@@ -95,29 +115,52 @@ pub fn api_request(data: &[u8]) {
             http::HeaderName::from_bytes(name),
             http::HeaderValue::from_bytes(value),
         ) {
-            builder = builder.header(n, v);
+            headers.append(n, v);
         }
     }
-    let Ok(request) = builder.body(Full::new(Bytes::copy_from_slice(body))) else {
-        return;
-    };
-    let response = runtime().block_on(api().handle(request));
-    let status = response.status();
-    assert!(
-        !status.is_server_error(),
-        "{status} for {:?}",
-        String::from_utf8_lossy(data)
-    );
-    if status.is_client_error() {
-        let body = runtime()
-            .block_on(http_body_util::BodyExt::collect(response.into_body()))
-            .expect("a full body")
-            .to_bytes();
-        let text = String::from_utf8_lossy(&body);
+    // Tokens presented in headers, long enough that finding one in an
+    // answer is no coincidence, and not also in the path or the body
+    // (which errors may quote).
+    let elsewhere = format!("{uri} {}", String::from_utf8_lossy(body));
+    let tokens: Vec<&str> = ["authorization", "x-api-key"]
+        .iter()
+        .flat_map(|name| headers.get_all(*name))
+        .filter_map(|v| v.to_str().ok())
+        .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).trim())
+        .filter(|t| t.len() >= 16 && !elsewhere.contains(t))
+        .collect();
+    let body = Bytes::copy_from_slice(body);
+    for api in apis() {
+        let mut builder = http::Request::builder()
+            .method(method.clone())
+            .uri(uri.clone());
+        if let Some(h) = builder.headers_mut() {
+            *h = headers.clone();
+        }
+        let Ok(request) = builder.body(Full::new(body.clone())) else {
+            return;
+        };
+        let response = runtime().block_on(api.handle(request));
+        let status = response.status();
         assert!(
-            text.starts_with(r#"{"error":{"code":""#) && text.contains(r#""message":""#),
-            "{status} without a JSON error: {text}"
+            !status.is_server_error(),
+            "{status} for {:?}",
+            String::from_utf8_lossy(data)
         );
+        if status.is_client_error() {
+            let body = runtime()
+                .block_on(http_body_util::BodyExt::collect(response.into_body()))
+                .expect("a full body")
+                .to_bytes();
+            let text = String::from_utf8_lossy(&body);
+            assert!(
+                text.starts_with(r#"{"error":{"code":""#) && text.contains(r#""message":""#),
+                "{status} without a JSON error: {text}"
+            );
+            for token in &tokens {
+                assert!(!text.contains(token), "{status} echoes a token: {text}");
+            }
+        }
     }
 }
 

@@ -107,6 +107,17 @@ impl TestServer {
         Self::around(broker, notifier, api, server).await
     }
 
+    /// A server whose broker checks JWT-shaped tokens with `verifier`.
+    pub async fn with_verifier(api: ApiConfig, verifier: impl broker_core::TokenVerifier) -> Self {
+        let notifier = WebhookNotifier::new(DeliveryConfig::default());
+        let broker = match &api.live {
+            Some(live) => Broker::new((notifier.clone(), live.clone())),
+            None => Broker::new(notifier.clone()),
+        };
+        let broker = broker.with_token_verifier(verifier);
+        Self::around(broker, notifier, api, ServerConfig::default()).await
+    }
+
     /// A server whose broker keeps its logs in `store` (a small memory
     /// budget, a data dir).
     pub async fn with_store(delivery: DeliveryConfig, store: impl broker_core::Store) -> Self {

@@ -418,13 +418,13 @@ impl<'a> Query<'a> {
     }
 }
 
-/// The token a live request presents: `Authorization: Bearer`, or else the
-/// `access_token` query parameter.
+/// The token a live request presents: `Authorization: Bearer` or
+/// `X-API-Key`, or else the `access_token` query parameter.
 pub(crate) fn presented_token<'a>(
     parts: &'a http::request::Parts,
     query: &Query<'a>,
-) -> Option<&'a str> {
-    crate::handlers::bearer(&parts.headers).or(query.access_token)
+) -> Result<Option<&'a str>, crate::ApiError> {
+    Ok(crate::handlers::credential(&parts.headers)?.or(query.access_token))
 }
 
 /// Whether `token` may listen on `topic`: the admin token, a listener token

@@ -56,7 +56,7 @@ pub(crate) fn upgrade(
     let hub = api.live()?;
     let key = handshake_key(&parts.headers).ok_or(ApiError::UpgradeRequired)?;
     let query = super::Query::parse(parts.uri.query())?;
-    let token = super::presented_token(parts, &query).map(str::to_owned);
+    let token = super::presented_token(parts, &query)?.map(str::to_owned);
     if token.is_none() && !hub.config().allow_anonymous {
         return Err(ApiError::ListenerUnauthorized);
     }

@@ -1452,33 +1452,14 @@ impl Broker {
         }
         // Verified before the lock is taken: a signature check may be slow.
         let grants = self.verify_token(token)?;
-        let (topic, subscribers, stats) = {
-            let registry = self.shared.registry.read();
-            let t = match &grants {
-                // A token that no registration made publishes on a topic
-                // that something else made (its log is there to append to).
-                Some(grants) if grants.may_publish(topic) => {
-                    registry.topics.get(topic).ok_or(Error::TopicNotFound)?
-                }
-                Some(_) => {
-                    return Err(Error::InsufficientScope {
-                        needed: format!("publish:{topic}"),
-                    })
-                }
-                None => {
-                    let publisher = registry.authenticate(token, Role::Publish)?;
-                    if publisher.topic.as_str() != topic {
-                        return Err(Error::Forbidden);
-                    }
-                    registry
-                        .topics
-                        .get(topic)
-                        .expect("a registered publisher's topic exists")
-                }
-            };
-            (t.name.clone(), t.subscribers.clone(), t.stats.clone())
-            // The guard drops here, before the store and the notifier run.
+        let found = match self.publishing_on(topic, token, grants.as_ref()) {
+            // Issued by another replica a moment ago?
+            Err(Error::Unauthorized) if self.learn_token(token).await => {
+                self.publishing_on(topic, token, grants.as_ref())
+            }
+            found => found,
         };
+        let (topic, subscribers, stats) = found?;
         if messages.is_empty() {
             return Ok(BatchReceipt {
                 messages: Vec::new(),
@@ -1521,6 +1502,41 @@ impl Broker {
                 .await;
         }
         Ok(receipt)
+    }
+
+    /// What a publish with `token` on `topic` goes to: the topic's name,
+    /// subscribers and counters, or why not.
+    #[allow(clippy::type_complexity)]
+    fn publishing_on(
+        &self,
+        topic: &str,
+        token: &str,
+        grants: Option<&crate::Grants>,
+    ) -> Result<(TopicName, crate::Subscribers, Arc<TopicStats>), Error> {
+        let registry = self.shared.registry.read();
+        let t = match &grants {
+            // A token that no registration made publishes on a topic
+            // that something else made (its log is there to append to).
+            Some(grants) if grants.may_publish(topic) => {
+                registry.topics.get(topic).ok_or(Error::TopicNotFound)?
+            }
+            Some(_) => {
+                return Err(Error::InsufficientScope {
+                    needed: format!("publish:{topic}"),
+                })
+            }
+            None => {
+                let publisher = registry.authenticate(token, Role::Publish)?;
+                if publisher.topic.as_str() != topic {
+                    return Err(Error::Forbidden);
+                }
+                registry
+                    .topics
+                    .get(topic)
+                    .expect("a registered publisher's topic exists")
+            }
+        };
+        Ok((t.name.clone(), t.subscribers.clone(), t.stats.clone()))
     }
 
     /// Up to `limit` messages of `topic` from `offset` on (from the oldest

@@ -273,7 +273,7 @@ pub(crate) async fn fetch(api: &Api, topic: &str, parts: &http::request::Parts) 
             _ => {}
         }
     }
-    authorize_reader(api, topic, token_of(parts)?)?;
+    authorize_reader_fresh(api, topic, token_of(parts)?).await?;
     let max_bytes = api.broker().limits().replay_bytes;
     let read = api
         .broker()
@@ -292,6 +292,23 @@ pub(crate) async fn fetch(api: &Api, topic: &str, parts: &http::request::Parts) 
             first_offset: read.first,
         },
     ))
+}
+
+/// [`authorize_reader`], and once more after learning a token another
+/// replica issued a moment ago ([`broker_core::Broker::learn_token`]).
+pub(crate) async fn authorize_reader_fresh(
+    api: &Api,
+    topic: &str,
+    token: Option<&str>,
+) -> Result<(), ApiError> {
+    match authorize_reader(api, topic, token) {
+        Err(ApiError::ListenerUnauthorized)
+            if api.broker().learn_token(token.unwrap_or_default()).await =>
+        {
+            authorize_reader(api, topic, token)
+        }
+        result => result,
+    }
 }
 
 /// Whether `token` may read `topic` (fetch, pull, ack): a listener token
@@ -399,7 +416,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     broker_core::TopicName::validate(topic)?;
-    authorize_reader(api, topic, token_of(parts)?)?;
+    authorize_reader_fresh(api, topic, token_of(parts)?).await?;
     management_json(api, &parts.headers, body).await
 }
 

@@ -526,3 +526,44 @@ fn a_consumer_group_is_one_group_across_replicas() {
     again.sort_unstable();
     assert_eq!(again, (0..30).filter(|o| o % 2 == 1).collect::<Vec<_>>());
 }
+
+/// A token issued by one replica works on another at once, even before
+/// the announcement of it arrived there: the replica that does not know
+/// it reads it from Redis.
+#[test]
+fn a_token_issued_by_one_replica_works_on_another_at_once() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let (_a_child, a, _, _) = start(&["--redis-url", &url]);
+    let (_b_child, b, _, _) = start(&["--redis-url", &url]);
+    for n in 0..20 {
+        let (status, p) = register(
+            &a,
+            "/v1/topics/t/publishers",
+            &format!(r#"{{"name":"p{n}"}}"#),
+        );
+        assert!(status.contains("201"), "{status} {p}");
+        let (status, body) = publish(&b, &json_field(&p, "token"), "x");
+        assert!(
+            status.contains("202"),
+            "publisher {n} on B: {status} {body}"
+        );
+        let (status, l) = register(
+            &a,
+            "/v1/topics/t/listeners",
+            &format!(r#"{{"name":"l{n}"}}"#),
+        );
+        assert!(status.contains("201"), "{status} {l}");
+        let (status, body) = http(
+            &b,
+            "GET",
+            "/v1/topics/t/messages?offset=0&limit=1",
+            &format!("Authorization: Bearer {}\r\n", json_field(&l, "token")),
+            "",
+        );
+        assert!(status.contains("200"), "listener {n} on B: {status} {body}");
+    }
+    // A token of no registration stays refused.
+    let (status, _) = publish(&b, "pub_000000000000000000000000.nope", "x");
+    assert!(status.contains("401"), "{status}");
+}

@@ -122,7 +122,11 @@ impl Broker {
     /// Applies the registration stored under `id` (`None`: removed).
     /// Returns the topic when this made it new here (its log end is
     /// still to be read).
-    fn put_elsewhere(&self, id: &str, record: Option<&Record>) -> Result<Option<TopicName>, Error> {
+    pub(super) fn put_elsewhere(
+        &self,
+        id: &str,
+        record: Option<&Record>,
+    ) -> Result<Option<TopicName>, Error> {
         let notifier = &self.shared.notifier;
         let Some(record) = record else {
             let mut registry = self.shared.registry.write();
@@ -296,6 +300,40 @@ impl Broker {
             from = last + 1;
         }
         Ok(())
+    }
+
+    /// With replicas sharing the store: a publisher or listener token this
+    /// replica does not know may have been issued by another replica a
+    /// moment ago, its announcement still on the way. Reads that
+    /// credential from the store and registers it here. Returns whether it
+    /// found one (then try the token again); `false` at once without a
+    /// shared store, for a token of no registry shape, or one known here.
+    pub async fn learn_token(&self, token: &str) -> bool {
+        let Some(cluster) = &self.shared.cluster else {
+            return false;
+        };
+        let Some(id) = crate::secret::Token::claimed_id(token) else {
+            return false;
+        };
+        if !id.starts_with("pub_") && !id.starts_with("lis_") {
+            return false;
+        }
+        if self.shared.registry.read().has_credential(id) {
+            return false;
+        }
+        let _order = self.shared.changes.lock().await;
+        let record = match cluster.record(id).await {
+            Ok(Some(record @ Record::Credential(_))) => record,
+            _ => return false,
+        };
+        match self.put_elsewhere(id, Some(&record)) {
+            Ok(Some(topic)) => {
+                let _ = self.catch_up_logs(HashSet::from([topic])).await;
+                true
+            }
+            Ok(None) => true,
+            Err(_) => false,
+        }
     }
 
     /// Every subscriber registered, on every topic.

@@ -429,7 +429,7 @@ pub(crate) fn presented_token<'a>(
 
 /// Whether `token` may listen on `topic`: the admin token, a listener token
 /// of the topic, or none at all when anonymous listening is on.
-pub(crate) fn authorize(
+pub(crate) async fn authorize(
     api: &crate::Api,
     hub: &LiveHub,
     topic: &str,
@@ -439,7 +439,7 @@ pub(crate) fn authorize(
         return Ok(());
     }
     // An open hub still refuses a wrong token: it was meant to count.
-    crate::handlers::authorize_reader(api, topic, token)
+    crate::handlers::authorize_reader_fresh(api, topic, token).await
 }
 
 /// Real messages for unit tests: only a publish makes one.

@@ -42,7 +42,7 @@ pub(crate) async fn events(
     let hub = api.live()?;
     broker_core::TopicName::validate(topic)?;
     let query = super::Query::parse(parts.uri.query())?;
-    super::authorize(api, hub, topic, super::presented_token(parts, &query)?)?;
+    super::authorize(api, hub, topic, super::presented_token(parts, &query)?).await?;
     let last_event_id = parts
         .headers
         .get("last-event-id")

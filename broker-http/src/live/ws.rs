@@ -348,7 +348,9 @@ impl Session {
         }
         let hub = self.api.live().map_err(Refusal::from)?;
         let token = frame.token.as_deref().or(self.token.as_deref());
-        super::authorize(&self.api, hub, topic, token).map_err(Refusal::from)?;
+        super::authorize(&self.api, hub, topic, token)
+            .await
+            .map_err(Refusal::from)?;
         let from = match (&frame.last_event_id, frame.last_n) {
             (Some(id), _) => ReplayFrom::After(id),
             (None, n) => ReplayFrom::Last(n.unwrap_or(0)),

@@ -321,7 +321,13 @@ impl Broker {
         if self.shared.registry.read().has_credential(id) {
             return false;
         }
+        // Looked up before the registration lock is taken, so that tokens
+        // of nobody never hold up registrations.
+        if !matches!(cluster.record(id).await, Ok(Some(Record::Credential(_)))) {
+            return false;
+        }
         let _order = self.shared.changes.lock().await;
+        // Read again under the lock: a deregistration may have come since.
         let record = match cluster.record(id).await {
             Ok(Some(record @ Record::Credential(_))) => record,
             _ => return false,

@@ -41,8 +41,7 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     convert::Infallible,
-    net::{SocketAddr, TcpListener as StdListener},
-    process::{Child, Command, Stdio},
+    net::SocketAddr,
     sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
@@ -56,6 +55,10 @@ use hyper::{body::Incoming, service::service_fn, Request, Response};
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use tokio::net::{TcpListener, TcpStream};
+
+#[path = "support/redis.rs"]
+mod support;
+use support::{publisher, PrivateRedis};
 
 // The same allocator as the server binary.
 #[global_allocator]
@@ -146,58 +149,6 @@ fn args() -> Args {
         }
     }
     a
-}
-
-/// A private redis-server, killed on drop.
-struct PrivateRedis {
-    child: Child,
-    _dir: tempfile::TempDir,
-    url: String,
-}
-
-impl PrivateRedis {
-    fn start(appendfsync: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = StdListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                appendfsync,
-            ])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server runs (the Debian package redis-server)");
-        let url = format!("redis://127.0.0.1:{port}/");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        PrivateRedis {
-            child,
-            _dir: dir,
-            url,
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// One broker behind its own HTTP server.
@@ -394,38 +345,6 @@ impl Snapshot {
 // ---------------------------------------------------------------------
 // 1. Publish rate
 
-/// One HTTP/1.1 keep-alive connection publishing back to back until
-/// `deadline`; returns how many were accepted.
-async fn publisher(addr: SocketAddr, token: String, payload: Bytes, deadline: Instant) -> u64 {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    stream.set_nodelay(true).unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let auth = format!("Bearer {token}");
-    let mut accepted = 0;
-    while Instant::now() < deadline {
-        let req = Request::post(format!("http://{addr}/v1/topics/{BENCH}/messages"))
-            .header("host", addr.to_string())
-            .header("authorization", &auth)
-            .header("content-type", "application/octet-stream")
-            .body(Full::new(payload.clone()))
-            .unwrap();
-        if sender.ready().await.is_err() {
-            break;
-        }
-        let Ok(res) = sender.send_request(req).await else {
-            break;
-        };
-        if res.status() == 202 {
-            accepted += 1;
-        }
-        let _ = res.into_body().collect().await;
-    }
-    accepted
-}
-
 /// Publishes/s over `addrs` (connections round robin) for `seconds`.
 async fn rate_phase(a: &Args, addrs: &[SocketAddr], token: &str) -> (f64, u64) {
     let payload = Bytes::from(vec![b'x'; a.payload]);
@@ -435,6 +354,7 @@ async fn rate_phase(a: &Args, addrs: &[SocketAddr], token: &str) -> (f64, u64) {
         .map(|i| {
             tokio::spawn(publisher(
                 addrs[i % addrs.len()],
+                BENCH,
                 token.to_owned(),
                 payload.clone(),
                 deadline,

@@ -23,8 +23,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{SocketAddr, TcpListener as StdListener},
-    process::{Child, Command, Stdio},
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
@@ -32,10 +31,11 @@ use broker_core::{Broker, Limits, MemoryStore, Store as _, TopicName};
 use broker_http::{Api, ApiConfig, DeliveryConfig, ServerConfig, WebhookNotifier};
 use broker_redis::{Options, RedisStore};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::Request;
-use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
+
+#[path = "support/redis.rs"]
+mod support;
+use support::{publisher, PrivateRedis};
 
 // The same allocator as the server binary.
 #[global_allocator]
@@ -105,90 +105,6 @@ fn args() -> Args {
     a
 }
 
-/// A private redis-server, killed on drop.
-struct PrivateRedis {
-    child: Child,
-    _dir: tempfile::TempDir,
-    url: String,
-}
-
-impl PrivateRedis {
-    fn start(appendfsync: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = StdListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                appendfsync,
-            ])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server runs (the Debian package redis-server)");
-        let url = format!("redis://127.0.0.1:{port}/");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        PrivateRedis {
-            child,
-            _dir: dir,
-            url,
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One HTTP/1.1 keep-alive connection publishing back to back until
-/// `deadline`; returns how many were accepted.
-async fn publisher(addr: SocketAddr, token: String, payload: Bytes, deadline: Instant) -> u64 {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    stream.set_nodelay(true).unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let auth = format!("Bearer {token}");
-    let mut accepted = 0;
-    while Instant::now() < deadline {
-        let req = Request::post(format!("http://{addr}/v1/topics/{TOPIC}/messages"))
-            .header("host", addr.to_string())
-            .header("authorization", &auth)
-            .header("content-type", "application/octet-stream")
-            .body(Full::new(payload.clone()))
-            .unwrap();
-        if sender.ready().await.is_err() {
-            break;
-        }
-        let Ok(res) = sender.send_request(req).await else {
-            break;
-        };
-        if res.status() == 202 {
-            accepted += 1;
-        }
-        let _ = res.into_body().collect().await;
-    }
-    accepted
-}
-
 /// Serves `broker` on 127.0.0.1 and returns the address and a publisher
 /// token.
 async fn serve(broker: Broker) -> (SocketAddr, String) {
@@ -217,7 +133,15 @@ async fn phase(a: &Args, addr: SocketAddr, token: &str) -> (f64, u64) {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(a.seconds);
     let tasks: Vec<_> = (0..a.connections)
-        .map(|_| tokio::spawn(publisher(addr, token.to_owned(), payload.clone(), deadline)))
+        .map(|_| {
+            tokio::spawn(publisher(
+                addr,
+                TOPIC,
+                token.to_owned(),
+                payload.clone(),
+                deadline,
+            ))
+        })
         .collect();
     let mut total = 0;
     for t in tasks {

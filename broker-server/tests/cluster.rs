@@ -12,8 +12,8 @@ mod redis_support;
 
 use std::{
     collections::{HashMap, HashSet},
-    io::{BufRead, BufReader, Read, Write},
-    net::{TcpListener, TcpStream},
+    io::{BufRead, BufReader, Write},
+    net::TcpStream,
     sync::mpsc,
     thread,
     time::{Duration, Instant},
@@ -226,70 +226,6 @@ fn a_live_listener_on_one_replica_gets_what_another_publishes() {
         assert!(status.contains("202"), "{status} {body}");
         let event = next("a publish on A");
         assert!(event.contains(&format!("live{n}")), "{event}");
-    }
-}
-
-/// A receiver that takes `delay` over each request, answering 200, and
-/// hands over each webhook id.
-fn slow_receiver(delay: Duration) -> (String, mpsc::Receiver<(http::HeaderMap, Vec<u8>)>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { break };
-            let tx = tx.clone();
-            thread::spawn(move || serve_one(stream, delay, &tx));
-        }
-    });
-    (addr, rx)
-}
-
-/// Serves the requests of one connection (keep-alive).
-fn serve_one(
-    mut stream: TcpStream,
-    delay: Duration,
-    tx: &mpsc::Sender<(http::HeaderMap, Vec<u8>)>,
-) {
-    stream.set_read_timeout(Some(PATIENCE)).ok();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let mut headers = http::HeaderMap::new();
-        let mut length = 0;
-        loop {
-            line.clear();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            if line == "\r\n" {
-                break;
-            }
-            let (name, value) = line.trim_end().split_once(':').unwrap();
-            let (name, value) = (name.trim(), value.trim());
-            if name.eq_ignore_ascii_case("content-length") {
-                length = value.parse().unwrap();
-            }
-            headers.append(
-                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                value.parse().unwrap(),
-            );
-        }
-        let mut body = vec![0; length];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        thread::sleep(delay);
-        if stream
-            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-            .is_err()
-        {
-            return;
-        }
-        let _ = tx.send((headers, body));
     }
 }
 

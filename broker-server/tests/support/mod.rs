@@ -151,29 +151,9 @@ pub(crate) fn receiver_answering(
             let Ok(mut stream) = stream else { break };
             stream.set_read_timeout(Some(PATIENCE)).ok();
             let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut headers = http::HeaderMap::new();
-            let mut line = String::new();
-            let mut length = 0;
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            let Some((headers, body)) = read_request(&mut reader) else {
                 continue;
-            }
-            loop {
-                line.clear();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                let (name, value) = line.trim_end().split_once(':').unwrap();
-                let (name, value) = (name.trim(), value.trim());
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = value.parse().unwrap();
-                }
-                headers.append(
-                    http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                    value.parse().unwrap(),
-                );
-            }
-            let mut body = vec![0; length];
-            reader.read_exact(&mut body).unwrap();
+            };
             let _ = write!(
                 stream,
                 "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
@@ -181,6 +161,72 @@ pub(crate) fn receiver_answering(
             if tx.send((headers, body)).is_err() {
                 break;
             }
+        }
+    });
+    (addr, rx)
+}
+
+/// Reads one HTTP/1.1 request (head and `Content-Length` body); `None`
+/// when the connection ends first.
+pub(crate) fn read_request(
+    reader: &mut BufReader<TcpStream>,
+) -> Option<(http::HeaderMap, Vec<u8>)> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        return None;
+    }
+    let mut headers = http::HeaderMap::new();
+    let mut length = 0;
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return None;
+        }
+        if line == "\r\n" {
+            break;
+        }
+        let (name, value) = line.trim_end().split_once(':')?;
+        let (name, value) = (name.trim(), value.trim());
+        if name.eq_ignore_ascii_case("content-length") {
+            length = value.parse().ok()?;
+        }
+        headers.append(
+            http::HeaderName::from_bytes(name.as_bytes()).ok()?,
+            value.parse().ok()?,
+        );
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    Some((headers, body))
+}
+
+/// A receiver on 127.0.0.1:0 that takes `delay` over each request (many
+/// connections at once, keep-alive), answers 200 and hands over each
+/// request's headers and body.
+pub(crate) fn slow_receiver(
+    delay: Duration,
+) -> (String, mpsc::Receiver<(http::HeaderMap, Vec<u8>)>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { break };
+            let tx = tx.clone();
+            thread::spawn(move || {
+                stream.set_read_timeout(Some(PATIENCE)).ok();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                while let Some(request) = read_request(&mut reader) {
+                    thread::sleep(delay);
+                    if stream
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                        .is_err()
+                        || tx.send(request).is_err()
+                    {
+                        return;
+                    }
+                }
+            });
         }
     });
     (addr, rx)

@@ -975,7 +975,22 @@ impl Broker {
             token: c.token.expose().to_owned(),
             order: self.next_order(),
         });
-        self.durably(topic, Change::Put(&record)).await?;
+        match self.durably(topic, Change::Put(&record)).await {
+            Ok(()) => {}
+            Err(Error::AlreadyRegistered { id }) => {
+                // Another replica made it a moment ago: that one it is.
+                self.adopt(&id).await?;
+                let mut registry = self.shared.registry.write();
+                let again = registry.plan_credential(role, topic, name, &self.shared.limits)?;
+                if again.created {
+                    // Gone again meanwhile: let the caller retry.
+                    registry.prune(topic);
+                    return Err(Error::AlreadyRegistered { id });
+                }
+                return Ok(again);
+            }
+            Err(e) => return Err(e),
+        }
         self.shared.registry.write().insert_credential(c.clone());
         Ok(plan)
     }
@@ -1228,7 +1243,28 @@ impl Broker {
         }
         self.next_order();
         let record = subscriber_record(&plan.item);
-        self.durably(topic, Change::Put(&record)).await?;
+        match self.durably(topic, Change::Put(&record)).await {
+            Ok(()) => {}
+            Err(Error::AlreadyRegistered { id }) => {
+                // Another replica made it a moment ago: that one it is
+                // (or a conflict, if its settings differ).
+                self.adopt(&id).await?;
+                let mut registry = self.shared.registry.write();
+                let again = registry.plan_subscriber(
+                    topic,
+                    plan.item.endpoint().clone(),
+                    &self.shared.limits,
+                    end,
+                    self.shared.order.load(Ordering::Relaxed),
+                )?;
+                if again.created {
+                    registry.prune(topic);
+                    return Err(Error::AlreadyRegistered { id });
+                }
+                return Ok(again);
+            }
+            Err(e) => return Err(e),
+        }
         self.shared
             .registry
             .write()

@@ -62,6 +62,14 @@ pub enum Error {
         /// The scope entry the call needs (`publish:orders`, `admin`).
         needed: String,
     },
+    /// A store shared by several processes holds a registration of the
+    /// same publisher or listener name, or subscriber method and URL,
+    /// under another id (made by another process at the same moment). The
+    /// broker takes that one instead; a caller should not see this.
+    AlreadyRegistered {
+        /// The id of the registration the store holds.
+        id: String,
+    },
     /// A subscriber with the same method and URL exists with other settings.
     SubscriberConflict {
         /// The id of the existing subscriber.
@@ -115,6 +123,7 @@ impl Error {
             Error::InvalidToken { .. } => "unauthorized",
             Error::InsufficientScope { .. } => "forbidden",
             Error::SubscriberConflict { .. } => "subscriber_conflict",
+            Error::AlreadyRegistered { .. } => "already_registered",
             Error::LimitExceeded { .. } => "limit_exceeded",
             Error::Closed => "shutting_down",
             Error::Storage { .. } => "storage_unavailable",
@@ -164,6 +173,11 @@ impl fmt::Display for Error {
                     "the token's scope does not grant `{needed}` for this call"
                 )
             }
+            Error::AlreadyRegistered { id } => write!(
+                f,
+                "{id} was registered the same way by another replica at the same moment; \
+                 try again"
+            ),
             Error::SubscriberConflict { existing } => write!(
                 f,
                 "subscriber {existing} already has this method and URL with other settings; \

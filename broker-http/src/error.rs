@@ -73,7 +73,10 @@ impl ApiError {
                 | E::GroupNotFound => StatusCode::NOT_FOUND,
                 E::Unauthorized | E::InvalidToken { .. } => StatusCode::UNAUTHORIZED,
                 E::Forbidden | E::InsufficientScope { .. } => StatusCode::FORBIDDEN,
-                E::SubscriberConflict { .. } | E::LimitExceeded { .. } | E::TopicExists => {
+                E::SubscriberConflict { .. }
+                | E::AlreadyRegistered { .. }
+                | E::LimitExceeded { .. }
+                | E::TopicExists => {
                     StatusCode::CONFLICT
                 }
                 E::Closed | E::Storage { .. } | E::Overloaded { .. } => {

@@ -72,6 +72,14 @@ impl Keys {
         format!("{}:{{r}}:dead:{owner}", self.namespace)
     }
 
+    /// What makes a registration the same across replicas: a hash of
+    /// `c|<role>|<topic>|<name>` (publishers, listeners) or
+    /// `s|<topic>|<METHOD>|<url>` (subscribers) → record id, and
+    /// `id:<id>` → that field, to forget it with the registration.
+    pub(crate) fn names(&self) -> String {
+        format!("{}:{{r}}:names", self.namespace)
+    }
+
     /// Counts registration changes and topic deletions (each change's
     /// announcement carries its number, so a follower sees what it missed).
     pub(crate) fn version(&self) -> String {

@@ -474,6 +474,23 @@ fn unsigned(value: &Value) -> Option<u64> {
     int(value).and_then(|n| u64::try_from(n).ok())
 }
 
+/// What makes `record` the same registration across replicas (see
+/// `Keys::names`); `None` for records whose id says it all (topics,
+/// groups).
+fn name_of(record: &Record) -> Option<String> {
+    match record {
+        Record::Credential(c) => {
+            let role = match c.role {
+                broker_core::Role::Publish => "p",
+                broker_core::Role::Listen => "l",
+            };
+            Some(format!("c|{role}|{}|{}", c.topic, c.name))
+        }
+        Record::Subscriber(sub) => Some(format!("s|{}|{}|{}", sub.topic, sub.method, sub.url)),
+        Record::Topic(_) | Record::Group(_) => None,
+    }
+}
+
 /// The offset of stream entry id `<offset + 1>-0`.
 fn offset_of_entry(id: &[u8]) -> Option<u64> {
     let id = std::str::from_utf8(id).ok()?;
@@ -841,6 +858,25 @@ impl Store for RedisStore {
         let s = &self.shared;
         let mut con = s.con();
         match change {
+            Change::Put(record) if name_of(record).is_some() => {
+                let name = name_of(record).unwrap_or_default();
+                let bytes = broker_core::codec::encode_record(record);
+                let mut call = s.scripts.register.prepare_invoke();
+                call.key(s.keys.registrations())
+                    .key(s.keys.names())
+                    .key(s.keys.version())
+                    .arg(record.id())
+                    .arg(bytes)
+                    .arg(name)
+                    .arg(s.keys.channel())
+                    .arg(&s.replica);
+                let (stored, other): (u8, String) = s
+                    .call("save registration", call.invoke_async(&mut con))
+                    .await?;
+                if stored == 0 {
+                    return Err(broker_core::Error::AlreadyRegistered { id: other });
+                }
+            }
             Change::Put(record) => {
                 let bytes = broker_core::codec::encode_record(record);
                 let mut pipe = redis::pipe();
@@ -862,7 +898,13 @@ impl Store for RedisStore {
                     .hdel(s.keys.cursors(), id)
                     .del(s.keys.retries(id))
                     .del(s.keys.dead_letters(id))
-                    .del(s.keys.lease(id));
+                    .del(s.keys.lease(id))
+                    .cmd("EVAL")
+                    .arg(scripts::UNNAME)
+                    .arg(1)
+                    .arg(s.keys.names())
+                    .arg(id)
+                    .ignore();
                 s.announce(&mut pipe, "r", id);
                 s.call("remove registration", pipe.exec_async(&mut con))
                     .await?;

@@ -231,6 +231,37 @@ redis.call('PUBLISH', ARGV[1], string.format('%s %s %d %s', ARGV[2], ARGV[3], v,
 return v
 ";
 
+/// Stores a registration that has a name (publisher, listener,
+/// subscriber) unless another id holds that name, and announces it.
+///
+/// KEYS: registrations, names, version. ARGV: id, JSON, name, channel,
+/// replica id. Returns `{1, ''}` when stored, `{0, the other id}` when
+/// another registration has the name.
+pub(crate) const REGISTER: &str = r"
+local have = redis.call('HGET', KEYS[2], ARGV[3])
+if have and have ~= ARGV[1] and redis.call('HEXISTS', KEYS[1], have) == 1 then
+  return {0, have}
+end
+redis.call('HSET', KEYS[2], ARGV[3], ARGV[1], 'id:' .. ARGV[1], ARGV[3])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local v = redis.call('INCR', KEYS[3])
+redis.call('PUBLISH', ARGV[4], string.format('r %s %d %s', ARGV[5], v, ARGV[1]))
+return {1, ''}
+";
+
+/// Forgets the name of a registration being removed.
+///
+/// KEYS: names. ARGV: id.
+pub(crate) const UNNAME: &str = r"
+local field = 'id:' .. ARGV[1]
+local name = redis.call('HGET', KEYS[1], field)
+if name and redis.call('HGET', KEYS[1], name) == ARGV[1] then
+  redis.call('HDEL', KEYS[1], name)
+end
+redis.call('HDEL', KEYS[1], field)
+return 0
+";
+
 /// Says a replica is alive until the Redis time plus a TTL, forgets those
 /// past theirs, and returns the ids of those alive, sorted.
 ///
@@ -283,6 +314,7 @@ pub(crate) struct Scripts {
     pub(crate) flush: Script,
     pub(crate) put_dead_letter: Script,
     pub(crate) heartbeat: Script,
+    pub(crate) register: Script,
     pub(crate) claim: Script,
     pub(crate) release: Script,
 }
@@ -296,6 +328,7 @@ impl Scripts {
             flush: Script::new(FLUSH),
             put_dead_letter: Script::new(PUT_DEAD_LETTER),
             heartbeat: Script::new(HEARTBEAT),
+            register: Script::new(REGISTER),
             claim: Script::new(CLAIM),
             release: Script::new(RELEASE),
         }

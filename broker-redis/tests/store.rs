@@ -310,7 +310,8 @@ fn subscriber(id: &str, order: u64) -> Record {
     Record::Subscriber(SubscriberRecord {
         id: id.into(),
         topic: "t".into(),
-        url: "http://h/".into(),
+        // One URL per subscriber: a name is one registration.
+        url: format!("http://h/{id}"),
         method: "PUT".into(),
         headers: vec![("x-k".into(), "v".into())],
         max_attempts: 3,
@@ -720,4 +721,53 @@ async fn namespaces_keep_brokers_apart_on_one_redis() {
     assert!(b.load().await.unwrap().is_empty());
     let keys = redis_keys(&server).await;
     assert!(keys.contains(&"staging:{t:t}:log".to_owned()), "{keys:?}");
+}
+
+/// A name (a publisher's topic and name, a subscriber's topic, method and
+/// URL) is one registration across the stores sharing a Redis: another id
+/// for it is refused with the id that holds it, until that one is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_is_one_registration_across_stores() {
+    let server = RedisServer::start();
+    let (a, b) = (
+        open(&server, Options::default()).await,
+        open(&server, Options::default()).await,
+    );
+    let credential = |id: &str| {
+        Record::Credential(CredentialRecord {
+            id: id.into(),
+            topic: "t".into(),
+            name: "checkout".into(),
+            role: Role::Publish,
+            token: format!("{id}.secret"),
+            order: 0,
+        })
+    };
+    a.save(Change::Put(&credential("pub_a"))).await.unwrap();
+    // The same record again (an update) is fine.
+    a.save(Change::Put(&credential("pub_a"))).await.unwrap();
+    assert_eq!(
+        b.save(Change::Put(&credential("pub_b"))).await,
+        Err(broker_core::Error::AlreadyRegistered { id: "pub_a".into() })
+    );
+    assert_eq!(b.save(Change::Put(&subscriber("sub_1", 0))).await, Ok(()));
+    let mut other = subscriber("sub_2", 1);
+    if let Record::Subscriber(s) = &mut other {
+        s.url = "http://h/sub_1".into();
+    }
+    assert_eq!(
+        a.save(Change::Put(&other)).await,
+        Err(broker_core::Error::AlreadyRegistered { id: "sub_1".into() })
+    );
+    // Removed, the name is free again.
+    a.save(Change::Remove { id: "pub_a" }).await.unwrap();
+    b.save(Change::Put(&credential("pub_b"))).await.unwrap();
+    let ids: HashSet<String> = a
+        .load()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id().to_owned())
+        .collect();
+    assert_eq!(ids, HashSet::from(["pub_b".into(), "sub_1".into()]));
 }

@@ -503,3 +503,44 @@ fn a_token_issued_by_one_replica_works_on_another_at_once() {
     let (status, _) = publish(&b, "pub_000000000000000000000000.nope", "x");
     assert!(status.contains("401"), "{status}");
 }
+
+/// The same subscriber (or publisher) registered at the same moment on two
+/// replicas is one registration: both answer with the same id.
+#[test]
+fn a_registration_replayed_on_two_replicas_at_once_makes_one() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let (_a_child, a, _, _) = start(&["--redis-url", &url]);
+    let (_b_child, b, _, _) = start(&["--redis-url", &url]);
+    for n in 0..20 {
+        let subscriber = format!(r#"{{"url":"http://127.0.0.1:9/hook{n}"}}"#);
+        let publisher = format!(r#"{{"name":"p{n}"}}"#);
+        let both = |path: &'static str, body: &str| -> Vec<String> {
+            let calls: Vec<_> = [a.clone(), b.clone()]
+                .into_iter()
+                .map(|addr| {
+                    let body = body.to_owned();
+                    thread::spawn(move || register(&addr, path, &body))
+                })
+                .collect();
+            calls
+                .into_iter()
+                .map(|c| {
+                    let (status, body) = c.join().unwrap();
+                    assert!(
+                        status.contains("201") || status.contains("200"),
+                        "{status} {body}"
+                    );
+                    json_field(&body, "id")
+                })
+                .collect()
+        };
+        let ids = both("/v1/topics/t/subscribers", &subscriber);
+        assert_eq!(ids[0], ids[1], "subscriber {n}");
+        let ids = both("/v1/topics/t/publishers", &publisher);
+        assert_eq!(ids[0], ids[1], "publisher {n}");
+    }
+    wait_until("both know the 20 subscribers", || {
+        subscribers_on(&a) == 20 && subscribers_on(&b) == 20
+    });
+}

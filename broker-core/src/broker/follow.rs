@@ -342,6 +342,19 @@ impl Broker {
         }
     }
 
+    /// Takes the registration another process stored under `id` (the
+    /// caller holds the registration lock).
+    pub(super) async fn adopt(&self, id: &str) -> Result<(), Error> {
+        let Some(cluster) = &self.shared.cluster else {
+            return Err(Error::storage(format!("{id} is registered already")));
+        };
+        let record = cluster.record(id).await?;
+        if let Some(topic) = self.put_elsewhere(id, record.as_ref())? {
+            self.catch_up_logs(HashSet::from([topic])).await?;
+        }
+        Ok(())
+    }
+
     /// Every subscriber registered, on every topic.
     pub fn subscribers(&self) -> Vec<Arc<crate::Subscriber>> {
         let registry = self.shared.registry.read();

@@ -464,11 +464,15 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
             shared.finished(held + work.redriven.len());
             break;
         }
-        if !subscriber.is_enabled() || !super::lease::may_deliver(&subscriber, &shared) {
-            // Disabled, or handed to another replica: nothing more goes
-            // out here; what is open stays below the cursor, to go out
-            // once it is enabled again (or from the new owner, whose
-            // attempts carry the same webhook-id).
+        // Handed to another replica: the attempts in flight finish (their
+        // outcome is kept, so the new owner does not make them again),
+        // nothing new starts.
+        let handed = !super::lease::may_deliver(&subscriber, &shared);
+        if !subscriber.is_enabled() || (handed && in_flight.is_empty()) {
+            // Disabled, or handed over: nothing more goes out here; what is
+            // open stays below the cursor, to go out once it is enabled
+            // again (or from the new owner, whose attempts carry the same
+            // webhook-id).
             shared.finished(work.page.len() + work.open.len() + work.redriven.len());
             work.clear_page();
             commit(&broker, &subscriber, &mut work, true).await;
@@ -479,6 +483,7 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
         // The circuit: open, nothing is attempted (a paused attempt is not
         // a failed one); half open, one probe at a time.
         let limit = match work.health.open_until {
+            _ if handed => 0,
             Some(until) if Instant::now() < until => 0,
             Some(_) => 1,
             None => max_in_flight,
@@ -612,6 +617,8 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
             work.retries.peek().map(|Reverse(d)| d.at),
             work.health.open_until,
         ) {
+            // Handed over: only the attempts in flight are waited for.
+            _ if handed => None,
             // Pressed, a due retry waits for an attempt in flight to end
             // (there is one: nothing waits on pressure otherwise).
             _ if pressed && !in_flight.is_empty() => None,

@@ -76,9 +76,7 @@ impl ApiError {
                 E::SubscriberConflict { .. }
                 | E::AlreadyRegistered { .. }
                 | E::LimitExceeded { .. }
-                | E::TopicExists => {
-                    StatusCode::CONFLICT
-                }
+                | E::TopicExists => StatusCode::CONFLICT,
                 E::Closed | E::Storage { .. } | E::Overloaded { .. } => {
                     StatusCode::SERVICE_UNAVAILABLE
                 }

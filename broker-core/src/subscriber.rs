@@ -144,6 +144,15 @@ impl Subscriber {
         self.cursor.load(Ordering::Acquire)
     }
 
+    /// Where its topic's log ends, as far as this broker knows: the offset
+    /// after the last message it saw appended (its own publishes, and
+    /// those of other processes sharing the store as their announcements
+    /// arrive). A reader at or past it has nothing to read yet: the next
+    /// append moves it before the notifier is told.
+    pub fn log_end(&self) -> u64 {
+        self.topic_stats.log_end.load(Ordering::SeqCst)
+    }
+
     /// Whether deliveries go out: false once disabled (see
     /// [`Broker::set_enabled`](crate::Broker::set_enabled)).
     pub fn is_enabled(&self) -> bool {

@@ -227,6 +227,33 @@ fn a_live_listener_on_one_replica_gets_what_another_publishes() {
         let event = next("a publish on A");
         assert!(event.contains(&format!("live{n}")), "{event}");
     }
+    // A long poll on B is answered by a publish on A.
+    let poll = {
+        let (b, listener) = (b.clone(), listener.clone());
+        thread::spawn(move || {
+            http(
+                &b,
+                "GET",
+                "/v1/topics/t/messages?offset=6&wait=20s",
+                &format!("Authorization: Bearer {listener}\r\n"),
+                "",
+            )
+        })
+    };
+    // Give the poll time to wait (it answers at once if it is late).
+    thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    let (status, body) = publish(a, &token, "polled");
+    assert!(status.contains("202"), "{status} {body}");
+    let (status, body) = poll.join().unwrap();
+    assert!(
+        status.contains("200") && body.contains("polled"),
+        "{status} {body}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the long poll was not woken by the publish on A"
+    );
 }
 
 #[test]
@@ -348,8 +375,9 @@ fn a_graceful_scale_down_hands_deliveries_over_and_loses_nothing() {
             .sum::<u64>()
             == 6
     });
+    // Handed over with the outcomes of what was in flight: none twice.
     for deliveries in &receivers {
-        let got = collect_ids(deliveries, ids.len(), false);
+        let got = collect_ids(deliveries, ids.len(), true);
         assert_eq!(got.keys().cloned().collect::<HashSet<_>>(), ids);
     }
 }

@@ -161,7 +161,10 @@ async fn round(
         let mut owned = leases.owned.write();
         let gained = now.difference(&owned).cloned().collect();
         let lost = owned.difference(&now).cloned().collect();
-        *owned = now;
+        // What is gained is owned only once its cursor is read (below): a
+        // publish waking its worker before would start it from this
+        // replica's stale copy of the cursor.
+        owned.retain(|id| now.contains(id));
         (gained, lost)
     };
     if !lost.is_empty() {
@@ -193,12 +196,13 @@ async fn round(
             continue;
         };
         if let Err(error) = broker.take_over(subscriber).await {
-            // Not ours until we know where the last owner stopped.
+            // Not ours until we know where the last owner stopped: tried
+            // again next tick.
             tracing::error!(subscriber = %id, %error, "reading the committed cursor failed");
-            leases.owned.write().remove(&id);
             continue;
         }
         worker::taken_over(subscriber, shared);
+        leases.owned.write().insert(id);
         worker::wake(subscriber, shared);
     }
     Ok(())

@@ -373,7 +373,12 @@ impl Work {
     }
 
     /// Forgets what was read and not attempted.
+    /// Drops what was read and not started; it is read again from the
+    /// log (the cursor stays before it).
     fn clear_page(&mut self) {
+        if let Some(first) = self.page.front() {
+            self.next = self.next.min(first.offset());
+        }
         for message in std::mem::take(&mut self.page) {
             self.held.release(&message);
         }
@@ -553,6 +558,14 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
                 pressed = true;
                 break;
             }
+            let end = subscriber.log_end();
+            if work.next >= end {
+                // Nothing appended past it (an append moves the end before
+                // it wakes this worker): no read needed to know.
+                work.behind = end.saturating_sub(work.cursor());
+                work.caught_up = true;
+                break;
+            }
             match broker
                 .read(
                     subscriber.topic().as_str(),
@@ -695,7 +708,7 @@ fn take_requests(cursor: &Cursor, shared: &Shared, work: &mut Work) {
             // What was read past `from` is read again.
             shared.finished(work.page.len());
             work.clear_page();
-            work.next = from;
+            work.next = work.next.min(from);
         }
         work.caught_up = false;
     }

@@ -14,12 +14,16 @@ use std::{
 pub(crate) const PATIENCE: Duration = Duration::from_secs(20);
 
 /// Starts the binary and returns it with the address it logged, the log
-/// lines up to that one, and a channel of its further log lines.
+/// lines up to that one, and a channel of its further log lines. Logs at
+/// `info`, or at what `TEST_RUST_LOG` says (to debug a test).
 pub(crate) fn start(extra: &[&str]) -> (Running, String, Vec<String>, mpsc::Receiver<String>) {
     let child = Command::new(env!("CARGO_BIN_EXE_broker-server"))
         .args(["--listen", "127.0.0.1:0"])
         .args(extra)
-        .env("RUST_LOG", "info")
+        .env(
+            "RUST_LOG",
+            std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .env_remove("BROKER_ADMIN_TOKEN")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())

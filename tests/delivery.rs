@@ -1075,3 +1075,47 @@ async fn only_subscribers_that_deliver_count_toward_the_pace() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// Disabled while messages it had read were not sent yet: they stay
+/// before its cursor and go out once it is enabled (none skipped).
+#[tokio::test]
+async fn a_disable_keeps_what_was_read_and_not_sent() {
+    let s = server(DeliveryConfig::default()).await;
+    let mut sink = Sink::start(Behaviour::script(&[(410, None)])).await;
+    let token = s.publisher("t", "p").await;
+    let sub = s
+        .subscriber(
+            "t",
+            json!({"url": sink.url("/"), "ordered": true, "retry": {"max_attempts": 5}}),
+        )
+        .await;
+    let base = format!("/v1/topics/t/subscribers/{}", sub["id"].as_str().unwrap());
+    // One append: the worker reads all four in one page, the first is
+    // answered 410 (disabled) while the other three wait their turn.
+    let r = s
+        .call(
+            "POST",
+            "/v1/topics/t/messages/batch",
+            &[
+                ("authorization", &format!("Bearer {token}")),
+                ("content-type", "application/json"),
+            ],
+            json!({"messages": [
+                {"payload": "gone"}, {"payload": "x1"}, {"payload": "x2"}, {"payload": "x3"}
+            ]})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    s.settle().await;
+    assert_eq!(sink.drain_now().len(), 1, "only the first went out");
+    let r = s.post_json(&format!("{base}/enable"), json!({})).await;
+    assert_eq!(r.status, 200);
+    s.settle().await;
+    let bodies: Vec<String> = sink
+        .drain_now()
+        .into_iter()
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    assert_eq!(bodies, ["\"x1\"", "\"x2\"", "\"x3\""], "none skipped");
+}

@@ -333,7 +333,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
             .as_deref()
             .ok_or(broker_core::Error::Unauthorized)?;
         if !self.is_admin(token) {
-            self.broker.authorize_listener(topic, token)?;
+            match self.broker.authorize_listener(topic, token) {
+                // Issued by another replica a moment ago?
+                Err(broker_core::Error::Unauthorized) if self.broker.learn_token(token).await => {
+                    self.broker.authorize_listener(topic, token)?;
+                }
+                checked => checked?,
+            }
         }
         // One message, whatever its size, without waiting;
         // `topic_not_found` for a topic nothing is registered on.

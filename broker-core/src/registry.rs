@@ -26,6 +26,9 @@ pub(crate) struct Registry {
     /// Every publisher and listener by id, so a token finds its credential
     /// in one lookup.
     credentials: HashMap<String, Arc<Credential>>,
+    /// Every subscriber by id (whatever its topic), for changes that name
+    /// only the id (another replica's).
+    subscribers: HashMap<String, Arc<Subscriber>>,
 }
 
 pub(crate) struct Topic {
@@ -121,6 +124,7 @@ impl Registry {
         let subscribers: Vec<_> = topic.subscribers.iter().cloned().collect();
         for subscriber in &subscribers {
             subscriber.active.store(false, Ordering::Release);
+            self.subscribers.remove(&subscriber.id);
         }
         subscribers
     }
@@ -196,9 +200,7 @@ impl Registry {
 
     /// The subscriber with `id`, on whichever topic.
     pub(crate) fn subscriber_by_id(&self, id: &str) -> Option<&Arc<Subscriber>> {
-        self.topics
-            .values()
-            .find_map(|t| t.subscribers.iter().find(|s| s.id == id))
+        self.subscribers.get(id)
     }
 
     /// The ids of every registration a store keeps a record of.
@@ -300,7 +302,8 @@ impl Registry {
         );
         let t = self.topic_or_create(&subscriber.topic);
         Arc::make_mut(&mut t.subscribers.0).push(subscriber.clone());
-        t.subscriber_keys.insert(key, subscriber);
+        t.subscriber_keys.insert(key, subscriber.clone());
+        self.subscribers.insert(subscriber.id.clone(), subscriber);
     }
 
     /// The subscriber with `id` on `topic`.
@@ -322,6 +325,7 @@ impl Registry {
             return;
         };
         let subscriber = Arc::make_mut(&mut t.subscribers.0).remove(pos);
+        self.subscribers.remove(&subscriber.id);
         t.subscriber_keys.remove(&(
             subscriber.endpoint.method().clone(),
             subscriber.endpoint.url().to_string(),

@@ -213,6 +213,14 @@ impl Collector for State {
                 "Messages read from the log for delivery and not in flight (waiting for a slot or a retry), across all subscribers",
                 queued as i64,
             )?;
+            if let Some(owned) = notifier.owned() {
+                gauge(
+                    &mut encoder,
+                    "delivery_leases",
+                    "Subscribers whose deliveries this replica holds the lease of (replicas sharing a Redis); the replicas' values add up to the subscribers being delivered",
+                    owned as i64,
+                )?;
+            }
         }
 
         let mut published = encoder.encode_descriptor(

@@ -130,6 +130,22 @@ fn one_broker_across_three_replicas_delivers_once_and_deregisters_everywhere() {
         .map(|(_, addr, _)| get_json(addr, "/healthz")["delivering"].as_u64().unwrap())
         .collect();
     assert_eq!(delivering.iter().sum::<u64>(), 1, "{delivering:?}");
+    // The same in the metrics.
+    let leases: Vec<String> = nodes
+        .iter()
+        .map(|(_, addr, _)| {
+            let (_, text) = http(addr, "GET", "/metrics", "", "");
+            text.lines()
+                .find(|l| l.starts_with("broker_delivery_leases "))
+                .unwrap_or_else(|| panic!("no broker_delivery_leases in {text}"))
+                .to_owned()
+        })
+        .collect();
+    let total: f64 = leases
+        .iter()
+        .map(|l| l.split(' ').nth(1).unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(total, 1.0, "{leases:?}");
 
     // Deregistered on C: gone everywhere, and nothing is delivered from
     // any replica.

@@ -7,9 +7,9 @@
 //!
 //! 1. says it is alive and learns who else is ([`Cluster::heartbeat`]);
 //! 2. works out which subscribers are its share: rendezvous hashing of the
-//!    subscriber's id over the live replicas ([`broker_core::owner_of`]),
-//!    so all agree, shares are about even, and a replica joining or
-//!    leaving moves only its own share;
+//!    subscribers' ids over the live replicas with bounded load
+//!    ([`broker_core::assign`]), so all agree, shares differ by at most
+//!    one, and a replica joining or leaving moves mostly its own share;
 //! 3. takes or renews the leases of its share ([`Cluster::claim`]); one
 //!    that another replica still holds is tried again next tick;
 //! 4. stops the workers of what is no longer its share, and once each has
@@ -145,11 +145,17 @@ async fn round(
         .into_iter()
         .map(|s| (s.id().to_owned(), s))
         .collect();
-    let share: Vec<String> = subscribers
+    let delivered: Vec<&str> = subscribers
         .values()
         .filter(|s| s.is_active() && s.is_enabled())
-        .filter(|s| broker_core::owner_of(s.id(), &replicas) == Some(me.as_str()))
-        .map(|s| s.id().to_owned())
+        .map(|s| s.id())
+        .collect();
+    let mine = replicas.iter().position(|r| *r == me);
+    let share: Vec<String> = delivered
+        .iter()
+        .zip(broker_core::assign(&delivered, &replicas))
+        .filter(|(_, owner)| Some(*owner) == mine)
+        .map(|(id, _)| (*id).to_owned())
         .collect();
     let held = cluster.claim(&share, leases.ttl).await?;
     let now: HashSet<String> = share

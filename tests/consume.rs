@@ -523,6 +523,37 @@ async fn a_group_is_created_once_and_validated() {
             "{bad}"
         );
     }
+    // A body that is not an object is refused, also where every field is
+    // optional (a redrive).
+    assert_eq!(
+        s.post_json("/v1/topics/t/groups", json!([]))
+            .await
+            .error_code(400),
+        "invalid_json"
+    );
+    assert_eq!(
+        s.post_json("/v1/topics/t/groups/workers/redrive", json!([]))
+            .await
+            .error_code(400),
+        "invalid_json"
+    );
+    // Too many receipts, however long (past the 64 KiB of other bodies):
+    // told so, not cut at a byte limit.
+    let l = listener(&s, "t").await;
+    let auth = format!("Bearer {l}");
+    let many = vec!["x".repeat(90); 1_001];
+    let r = s
+        .call(
+            "POST",
+            "/v1/topics/t/groups/workers/ack",
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+            json!({ "receipts": many }).to_string(),
+        )
+        .await;
+    assert_eq!(r.error_code(400), "invalid_request", "{:?}", r.body);
     assert_eq!(s.delete("/v1/topics/t/groups/workers").await.status, 204);
     assert_eq!(
         s.delete("/v1/topics/t/groups/workers")
@@ -530,7 +561,6 @@ async fn a_group_is_created_once_and_validated() {
             .error_code(404),
         "group_not_found"
     );
-    let l = listener(&s, "t").await;
     assert_eq!(
         pull(&s, "t", "workers", &l, json!({}))
             .await

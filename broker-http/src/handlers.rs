@@ -409,6 +409,7 @@ async fn reader_json<T, B>(
     topic: &str,
     parts: &http::request::Parts,
     body: B,
+    limit: usize,
 ) -> Result<T, ApiError>
 where
     T: for<'de> serde::Deserialize<'de>,
@@ -417,7 +418,7 @@ where
 {
     broker_core::TopicName::validate(topic)?;
     authorize_reader_fresh(api, topic, token_of(parts)?).await?;
-    management_json(api, &parts.headers, body).await
+    json::read_json(&parts.headers, body, limit, api.config().body_timeout).await
 }
 
 /// `POST /v1/topics/{topic}/groups/{group}/pull`: a listener or the admin.
@@ -432,7 +433,8 @@ where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let req: json::PullRequest = reader_json(api, topic, parts, body).await?;
+    let req: json::PullRequest =
+        reader_json(api, topic, parts, body, api.config().max_json_bytes).await?;
     let max = match req.max {
         None => 10,
         Some(n) if (1..=1_000).contains(&n) => n,
@@ -470,7 +472,10 @@ where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let req: json::AckRequest = reader_json(api, topic, parts, body).await?;
+    // Up to 1,000 receipts: more than the API's other bodies may hold, so
+    // a list too long is told so (400), not cut at the byte limit.
+    let limit = api.config().max_body_bytes.max(api.config().max_json_bytes);
+    let req: json::AckRequest = reader_json(api, topic, parts, body, limit).await?;
     if req.receipts.len() > 1_000 {
         return Err(ApiError::InvalidRequest(
             "at most 1000 receipts at once".into(),

@@ -105,6 +105,13 @@ where
 {
     require_json(headers)?;
     let bytes = read_body(headers, body, limit, timeout).await?;
+    // Every request body of the API is an object; serde would also take a
+    // struct from an array (`[]` for `{}`).
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(ApiError::InvalidJson(serde::de::Error::custom(
+            "the body must be a JSON object, not an array",
+        )));
+    }
     serde_json::from_slice(&bytes).map_err(ApiError::InvalidJson)
 }
 

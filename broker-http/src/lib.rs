@@ -88,7 +88,8 @@ pub struct ApiConfig {
     pub admin_token: Option<String>,
     /// The largest message body accepted, in bytes. Default 1 MiB.
     pub max_body_bytes: usize,
-    /// The largest JSON body of a management call, in bytes. Default 64 KiB.
+    /// The largest JSON body of a management call (and of a group pull),
+    /// in bytes. Default 64 KiB. A group ack may be `max_body_bytes`.
     pub max_json_bytes: usize,
     /// Time a client has to send a whole request body once its headers
     /// are in; a body that stalls is answered `408`. Default 30 s.

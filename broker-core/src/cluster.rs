@@ -132,11 +132,13 @@ pub trait Cluster: Send + Sync + 'static {
     async fn cursor(&self, subscriber: &str) -> Result<Option<u64>, Error>;
 }
 
-/// Which of `replicas` should deliver `id`: rendezvous hashing (the
+/// Plain rendezvous hashing (no load bound), kept for its tests: which
+/// of `replicas` ranks `id` highest (the
 /// highest hash of replica and id wins), so every process computes the
 /// same answer, shares come out about even, and when a replica joins or
 /// leaves only its own share moves. `None` when `replicas` is empty.
-pub fn owner_of<'r>(id: &str, replicas: &'r [String]) -> Option<&'r str> {
+#[cfg(test)]
+fn owner_of<'r>(id: &str, replicas: &'r [String]) -> Option<&'r str> {
     replicas
         .iter()
         .max_by_key(|r| (rendezvous(r, id), r.as_str()))
@@ -145,7 +147,7 @@ pub fn owner_of<'r>(id: &str, replicas: &'r [String]) -> Option<&'r str> {
 
 /// Which of `replicas` should deliver each of `ids`: rendezvous hashing
 /// with bounded load. In id order, each goes to the replica that ranks it
-/// highest ([`owner_of`]'s order) among those with room left, each taking
+/// highest (the largest hash of replica and id) among those with room left, each taking
 /// at most `ceil(ids / replicas)`. So the shares differ by at most one
 /// however few the subscribers are, every process that knows the same ids
 /// and replicas computes the same, and a replica joining or leaving moves

@@ -86,7 +86,7 @@ mod topic;
 pub use auth::{is_jwt_shaped, Grants, TokenRejection, TokenVerifier, MAX_JWT_LEN};
 pub use broker::{Broker, Registration, TopicDetail, TopicSummary, WeakBroker};
 pub use budget::{Charge, MemoryBudget};
-pub use cluster::{assign, owner_of, Changes, Cluster};
+pub use cluster::{assign, Changes, Cluster};
 pub use credential::{Credential, Listener, Publisher, Role};
 pub use endpoint::Endpoint;
 pub use error::Error;

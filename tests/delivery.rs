@@ -1119,3 +1119,82 @@ async fn a_disable_keeps_what_was_read_and_not_sent() {
         .collect();
     assert_eq!(bodies, ["\"x1\"", "\"x2\"", "\"x3\""], "none skipped");
 }
+
+/// A subscriber whose circuit five failures opened for a minute (no
+/// retries: each failure is a dead letter), then a sixth message waiting
+/// on it, and an endpoint that answers from now on.
+async fn an_open_circuit() -> (TestServer, Sink, String) {
+    let s = server(DeliveryConfig {
+        circuit_open_for: Duration::from_secs(60),
+        max_in_flight: 1,
+        ..DeliveryConfig::default()
+    })
+    .await;
+    let mut sink = Sink::start(Behaviour::script(&[(500, None); 5])).await;
+    let token = s.publisher("t", "p").await;
+    let sub = s.subscriber("t", json!({"url": sink.url("/")})).await;
+    let base = format!("/v1/topics/t/subscribers/{}", sub["id"].as_str().unwrap());
+    for _ in 0..5 {
+        s.publish("t", &token, "text/plain", "m").await;
+    }
+    for _ in 0..5 {
+        sink.next().await;
+    }
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while s.get("/v1/topics/t").await.json()["subscribers"][0]["circuit"] != "open" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the circuit did not open"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    s.publish("t", &token, "text/plain", "waits").await;
+    (s, sink, base)
+}
+
+/// `n` requests within two seconds (the circuit would hold them a
+/// minute).
+async fn within_two_seconds(sink: &mut Sink, n: usize) -> Vec<common::Received> {
+    let mut got = Vec::new();
+    for i in 0..n {
+        let next = tokio::time::timeout(Duration::from_secs(2), sink.next()).await;
+        got.push(next.unwrap_or_else(|_| panic!("{i} of {n} within 2 s")));
+    }
+    got
+}
+
+#[tokio::test]
+async fn a_redrive_closes_the_circuit_and_sends_at_once() {
+    let (s, mut sink, base) = an_open_circuit().await;
+    let r = s.post_json(&format!("{base}/redrive"), json!({})).await;
+    assert_eq!(r.json(), json!({"redriven": 5}));
+    // The five dead letters and the message that waited.
+    let got = within_two_seconds(&mut sink, 6).await;
+    assert_eq!(got.iter().filter(|r| &r.body[..] == b"waits").count(), 1);
+    let detail = s.get("/v1/topics/t").await.json();
+    assert_eq!(detail["subscribers"][0]["circuit"], "closed", "{detail}");
+}
+
+#[tokio::test]
+async fn a_replay_closes_the_circuit_and_sends_at_once() {
+    let (s, mut sink, base) = an_open_circuit().await;
+    let r = s
+        .post_json(&format!("{base}/replay"), json!({"from_offset": 3}))
+        .await;
+    assert_eq!(r.status, 202, "{:?}", r.json());
+    // Offsets 3, 4 and the one that waited (5).
+    let got = within_two_seconds(&mut sink, 3).await;
+    assert_eq!(&got[2].body[..], b"waits");
+}
+
+#[tokio::test]
+async fn enabling_closes_the_circuit_and_sends_at_once() {
+    let (s, mut sink, base) = an_open_circuit().await;
+    // Disabled as a `410 Gone` or `disable_after` would, then enabled.
+    let id = base.rsplit('/').next().unwrap();
+    s.broker.set_enabled("t", id, false).await.unwrap();
+    let r = s.post_json(&format!("{base}/enable"), json!({})).await;
+    assert!(r.status.is_success(), "{:?}", r.json());
+    let got = within_two_seconds(&mut sink, 1).await;
+    assert_eq!(&got[0].body[..], b"waits");
+}

@@ -64,7 +64,7 @@ use http::{HeaderMap, Request, Response};
 use hyper::body::Body;
 use subtle::ConstantTimeEq;
 
-pub use delivery::{signature, DeliveryConfig, DestinationPolicy, WebhookNotifier};
+pub use delivery::{signature, Circuit, DeliveryConfig, DestinationPolicy, WebhookNotifier};
 pub use error::ApiError;
 pub use live::{LiveConfig, LiveHub, Overflow};
 

@@ -265,7 +265,7 @@ impl Collector for State {
                     detail
                         .subscribers
                         .iter()
-                        .filter(|s| WebhookNotifier::circuit(s) != "closed")
+                        .filter(|s| WebhookNotifier::circuit(s) != crate::Circuit::Closed)
                         .count()
                 });
                 let labels = [("topic", t.name.as_str())];

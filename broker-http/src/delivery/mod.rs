@@ -6,6 +6,7 @@
 //! So a slow, hanging or dead endpoint only lags behind, and an idle
 //! subscriber costs no task.
 
+mod health;
 mod lease;
 mod pace;
 mod policy;
@@ -13,6 +14,7 @@ mod retry;
 pub mod signature;
 mod worker;
 
+pub use health::Circuit;
 pub use policy::DestinationPolicy;
 
 use std::{
@@ -244,8 +246,8 @@ impl WebhookNotifier {
         }
     }
 
-    /// A subscriber's circuit: `closed`, `open` or `half_open`.
-    pub fn circuit(subscriber: &Subscriber) -> &'static str {
+    /// A subscriber's circuit.
+    pub fn circuit(subscriber: &Subscriber) -> Circuit {
         worker::circuit(subscriber)
     }
 
@@ -404,7 +406,8 @@ impl Notifier for WebhookNotifier {
 
     fn changed(&self, subscriber: &Arc<Subscriber>) {
         if subscriber.is_active() && subscriber.is_enabled() {
-            worker::wake(subscriber, &self.shared);
+            // Enabled (or new): a person's doing, so the circuit closes.
+            worker::enabled(subscriber, &self.shared);
         } else {
             worker::stop(subscriber, &self.shared);
         }

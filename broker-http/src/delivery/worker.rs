@@ -33,6 +33,7 @@ use tokio::{
 };
 
 use super::{
+    health::{Circuit, CircuitCell, Health},
     policy::is_refusal,
     retry::{next_wait, Attempt, Backoff},
     signature::Signer,
@@ -49,10 +50,6 @@ const USER_AGENT: HeaderValue =
 const PAGE: usize = 256;
 /// Payload bytes read from the log at once.
 const PAGE_BYTES: usize = 4 << 20;
-/// The longest a circuit stays open (the first opening lasts
-/// `DeliveryConfig::circuit_open_for`, each failed probe doubles it).
-const OPEN_AT_MOST: Duration = Duration::from_secs(300);
-
 /// A worker commits its cursor at most this often while it works (and
 /// always when it stops).
 const COMMIT_EVERY: Duration = Duration::from_millis(50);
@@ -63,9 +60,9 @@ pub(crate) struct Cursor {
     flags: Mutex<Flags>,
     /// Wakes a running worker: a publish on the topic, a deregistration.
     wake: Notify,
-    /// The circuit's state, for the topic detail and metrics: 0 closed,
-    /// 1 open, 2 half open. Only the worker writes it.
-    circuit: std::sync::atomic::AtomicU8,
+    /// The circuit's state, for the topic detail and metrics. Only the
+    /// worker writes it.
+    circuit: CircuitCell,
     /// The endpoint's health when the last worker run stopped.
     health: Mutex<Option<Health>>,
     /// Signers of the subscriber's secrets, rebuilt when a rotation
@@ -91,6 +88,9 @@ struct Flags {
     redrive: Vec<DeadLetter>,
     /// Deliver again from this offset (`Broker::replay_subscriber`).
     rewind: Option<u64>,
+    /// A person asked for deliveries (redrive, replay, enable): close the
+    /// circuit and send at once.
+    close_circuit: bool,
 }
 
 /// The signers of a subscriber's current secret and, while its overlap
@@ -117,7 +117,7 @@ fn cursor_of<'s>(subscriber: &'s Subscriber, shared: &Shared) -> Option<&'s Curs
     subscriber.notifier_state(|| Cursor {
         flags: Mutex::default(),
         wake: Notify::new(),
-        circuit: std::sync::atomic::AtomicU8::new(0),
+        circuit: CircuitCell::default(),
         health: Mutex::new(None),
         signers: Mutex::new(Arc::new(Signers::of(subscriber))),
         base_headers: base_headers(subscriber),
@@ -174,13 +174,22 @@ pub(crate) fn wake(subscriber: &Arc<Subscriber>, shared: &Arc<Shared>) {
 
 /// Hands `subscriber`'s worker dead letters to deliver again.
 pub(crate) fn redrive(subscriber: &Arc<Subscriber>, shared: &Arc<Shared>, dead: Vec<DeadLetter>) {
-    wake_with(subscriber, shared, |flags| flags.redrive.extend(dead));
+    wake_with(subscriber, shared, |flags| {
+        flags.redrive.extend(dead);
+        flags.close_circuit = true;
+    });
+}
+
+/// `subscriber` was enabled: its worker starts with its circuit closed.
+pub(crate) fn enabled(subscriber: &Arc<Subscriber>, shared: &Arc<Shared>) {
+    wake_with(subscriber, shared, |flags| flags.close_circuit = true);
 }
 
 /// Has `subscriber`'s worker deliver again from `from` on.
 pub(crate) fn rewind(subscriber: &Arc<Subscriber>, shared: &Arc<Shared>, from: u64) {
     wake_with(subscriber, shared, |flags| {
         flags.rewind = Some(flags.rewind.map_or(from, |r| r.min(from)));
+        flags.close_circuit = true;
     });
 }
 
@@ -245,21 +254,9 @@ struct Tried {
     /// The message (a reference count): its id names a dead letter.
     message: Arc<Message>,
     attempts: u32,
+    /// Whether it went out as the half-open circuit's probe.
+    probe: bool,
     result: Attempt,
-}
-
-/// How an endpoint has been answering: what the circuit breaker and
-/// `disable_after` go by. Outlives a worker run (kept in the cursor).
-#[derive(Clone, Copy)]
-struct Health {
-    /// Since when every attempt has failed (none delivered since).
-    failing_since: Option<Instant>,
-    /// Failed attempts in a row.
-    failures: u32,
-    /// While the circuit is open: until when; then one probe at a time.
-    open_until: Option<Instant>,
-    /// How long it opens next.
-    open_for: Duration,
 }
 
 /// The message bytes a worker holds, read ahead or in flight, charged to
@@ -357,7 +354,7 @@ impl Work {
     /// (at most `PER_SUBSCRIBER`) only while it delivers, `0` otherwise.
     fn pace(&mut self, shared: &Shared, stopping: bool) {
         let delivering = !stopping
-            && self.health.open_until.is_none()
+            && self.health.circuit(Instant::now()) == Circuit::Closed
             && self
                 .delivered_at
                 .is_some_and(|at| at.elapsed() < Duration::from_secs(1));
@@ -408,12 +405,10 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
         open: BTreeSet::new(),
         retries: BinaryHeap::new(),
         redriven: Default::default(),
-        health: cursor.health.lock().unwrap_or(Health {
-            failing_since: None,
-            failures: 0,
-            open_until: None,
-            open_for: shared.config.circuit_open_for,
-        }),
+        health: cursor
+            .health
+            .lock()
+            .unwrap_or_else(|| Health::new(shared.config.circuit_open_for)),
         caught_up: false,
         committed: start,
         committed_at: Instant::now(),
@@ -487,20 +482,15 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
         // Fill the in-flight slots: due retries first, then new messages.
         // The circuit: open, nothing is attempted (a paused attempt is not
         // a failed one); half open, one probe at a time.
-        let limit = match work.health.open_until {
-            _ if handed => 0,
-            Some(until) if Instant::now() < until => 0,
-            Some(_) => 1,
-            None => max_in_flight,
+        let now = Instant::now();
+        let circuit = work.health.circuit(now);
+        cursor.circuit.set(circuit);
+        let probe = circuit == Circuit::HalfOpen;
+        let limit = if handed {
+            0
+        } else {
+            work.health.limit(now, max_in_flight)
         };
-        cursor.circuit.store(
-            match (work.health.open_until, limit) {
-                (None, _) => 0,
-                (Some(_), 0) => 1,
-                _ => 2,
-            },
-            Ordering::Relaxed,
-        );
         // Over the memory budget's half for deliveries, a worker waits for
         // what it holds to finish before reading more.
         let mut pressed = false;
@@ -517,6 +507,7 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
                                 cursor,
                                 message,
                                 due.attempts,
+                                probe,
                                 &shared,
                             ));
                         }
@@ -548,7 +539,7 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
                     shared.finished(1);
                     continue;
                 }
-                in_flight.push(attempt(&subscriber, cursor, message, 0, &shared));
+                in_flight.push(attempt(&subscriber, cursor, message, 0, probe, &shared));
                 continue;
             }
             if work.caught_up {
@@ -628,7 +619,7 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
         }
         let retry_at = match (
             work.retries.peek().map(|Reverse(d)| d.at),
-            work.health.open_until,
+            work.health.open_until(Instant::now()),
         ) {
             // Handed over: only the attempts in flight are waited for.
             _ if handed => None,
@@ -636,7 +627,7 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
             // (there is one: nothing waits on pressure otherwise).
             _ if pressed && !in_flight.is_empty() => None,
             // Open: the next thing to do is the probe.
-            (_, Some(until)) if Instant::now() < until => Some(until),
+            (_, Some(until)) => Some(until),
             (at, _) => at,
         };
         tokio::select! {
@@ -688,10 +679,17 @@ async fn commit(broker: &Broker, subscriber: &Subscriber, work: &mut Work, now: 
 
 /// Takes what `redrive` and `rewind` asked for.
 fn take_requests(cursor: &Cursor, shared: &Shared, work: &mut Work) {
-    let (redrive, rewind) = {
+    let (redrive, rewind, close_circuit) = {
         let mut flags = cursor.flags.lock();
-        (std::mem::take(&mut flags.redrive), flags.rewind.take())
+        (
+            std::mem::take(&mut flags.redrive),
+            flags.rewind.take(),
+            std::mem::take(&mut flags.close_circuit),
+        )
     };
+    if close_circuit {
+        work.health.close();
+    }
     let now = Instant::now();
     for dead in redrive {
         if work.redriven.insert(dead.offset) {
@@ -724,28 +722,21 @@ fn finish(subscriber: &Subscriber, shared: &Shared, work: &mut Work, tried: Trie
     match tried.result {
         Attempt::Delivered => {
             work.delivered_at = Some(Instant::now());
-            work.health.failing_since = None;
-            work.health.failures = 0;
-            work.health.open_until = None;
-            work.health.open_for = shared.config.circuit_open_for;
+            work.health.delivered();
         }
         Attempt::Failed { status, .. } => {
-            work.health.failures += 1;
-            if work.health.open_until.is_some() {
-                // A failed probe: open again, for longer.
-                work.health.open_for = (work.health.open_for * 2).min(OPEN_AT_MOST);
-                work.health.open_until = Some(Instant::now() + work.health.open_for);
-            } else if shared.config.circuit_after > 0
-                && work.health.failures >= shared.config.circuit_after
+            let now = Instant::now();
+            if work
+                .health
+                .failed(tried.probe, shared.config.circuit_after, now)
             {
                 tracing::info!(
                     subscriber = subscriber.id(),
-                    failures = work.health.failures,
+                    failures = work.health.failures(),
                     "circuit open"
                 );
-                work.health.open_until = Some(Instant::now() + work.health.open_for);
             }
-            let since = *work.health.failing_since.get_or_insert_with(Instant::now);
+            let since = work.health.failing_since.unwrap_or(now);
             if status == Some(410) {
                 tracing::info!(
                     subscriber = subscriber.id(),
@@ -893,6 +884,7 @@ async fn attempt(
     cursor: &Cursor,
     message: Arc<Message>,
     attempts: u32,
+    probe: bool,
     shared: &Shared,
 ) -> Tried {
     let offset = message.offset();
@@ -901,6 +893,7 @@ async fn attempt(
         offset,
         message,
         attempts,
+        probe,
         result,
     }
 }
@@ -1023,15 +1016,9 @@ pub(crate) fn stop(subscriber: &Arc<Subscriber>, shared: &Arc<Shared>) {
     }
 }
 
-/// A subscriber's circuit, as the API names it: `closed`, `open` or
-/// `half_open` (`closed` when no worker ever ran).
-pub(crate) fn circuit(subscriber: &Subscriber) -> &'static str {
-    match subscriber
+/// A subscriber's circuit (closed when no worker ever ran).
+pub(crate) fn circuit(subscriber: &Subscriber) -> Circuit {
+    subscriber
         .notifier_state_if::<Cursor>()
-        .map(|c| c.circuit.load(Ordering::Relaxed))
-    {
-        Some(1) => "open",
-        Some(2) => "half_open",
-        _ => "closed",
-    }
+        .map_or(Circuit::Closed, |c| c.circuit.get())
 }

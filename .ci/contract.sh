@@ -37,8 +37,9 @@ done
 # left out: an event stream and a WebSocket never end as a response, which
 # schemathesis waits for; tests/live.rs drives them with real clients.
 # Long polls (fetch and pull `wait`) answer after up to 30 s by design:
-# the response-time check allows 40 s (its default, 10 s, failed a
-# generated `wait=10s` now and then).
+# the response-time check allows 40 s, and so does the request timeout
+# (`--max-response-time` is only a check: schemathesis's own read timeout,
+# 10 s by default, failed a generated `wait=10000ms` now and then).
 "$venv/bin/st" run docs/openapi.json \
   --url "http://$addr" \
   -H "Authorization: Bearer contract-admin" \
@@ -46,7 +47,7 @@ done
   --phases examples,fuzzing,stateful \
   --exclude-path '/v1/topics/{topic}/events' --exclude-path /v1/ws \
   --max-examples 100 --seed 20261123 --workers 2 \
-  --max-response-time 40
+  --max-response-time 40 --request-timeout 40
 
 kill -TERM "$server"
 wait "$server"

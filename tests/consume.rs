@@ -724,3 +724,34 @@ async fn group_progress_survives_a_restart_with_a_data_dir() {
     );
     let _ = p;
 }
+
+#[tokio::test]
+async fn a_spent_message_is_listed_as_dead_without_another_pull() {
+    let s = TestServer::start().await;
+    let p = s.publisher("t", "p").await;
+    let l = listener(&s, "t").await;
+    s.post_json(
+        "/v1/topics/t/groups",
+        json!({"name": "g", "ack_timeout": "100ms", "max_deliveries": 1}),
+    )
+    .await;
+    let id = publish(&s, "t", &p, "text/plain", b"m".to_vec()).await["id"].clone();
+    let first = pull(&s, "t", "g", &l, json!({"max": 10})).await.json();
+    assert_eq!(first["messages"][0]["id"], id);
+    // Not acked, its one delivery spent: listed once the lease expires,
+    // with no pull in between.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let dead = s.get("/v1/topics/t/groups/g/dead-letters").await.json();
+        if dead["dead_letters"][0]["message_id"] == id {
+            assert_eq!(dead["dead_letters"][0]["attempts"], 1, "{dead}");
+            break;
+        }
+        assert_eq!(dead["dead_letters"], json!([]), "{dead}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never listed: {dead}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -860,7 +860,34 @@ impl Broker {
         limit: usize,
     ) -> Result<Vec<DeadLetter>, Error> {
         let (group, _) = self.group(topic, name)?;
+        self.expire_group(&group).await?;
         self.shared.store.dead_letters(&group.id, limit).await
+    }
+
+    /// Takes back the group's leases that expired, making dead letters of
+    /// those whose deliveries are spent: a listing shows them without
+    /// waiting for someone to pull again.
+    async fn expire_group(&self, group: &Group) -> Result<(), Error> {
+        let due = group
+            .state
+            .lock()
+            .next_expiry()
+            .is_some_and(|at| at <= tokio::time::Instant::now());
+        if !due {
+            return Ok(());
+        }
+        let shared = self.share_group(group).await?;
+        let dead = group
+            .state
+            .lock()
+            .expire(tokio::time::Instant::now(), group.config.max_deliveries);
+        let kept = if dead.is_empty() {
+            Ok(())
+        } else {
+            self.group_dead(group, &dead).await
+        };
+        self.unshare_group(group, shared).await;
+        kept
     }
 
     /// Puts group `name`'s dead letters (all, or those with the given

@@ -78,8 +78,15 @@ impl Reply {
     }
 }
 
+/// The tests' HTTP client. A pooled connection idle for a second is not
+/// reused: a server may close an idle keep-alive connection after its
+/// header read timeout (2 s in some tests), and a request sent on it just
+/// then fails with `IncompleteMessage`.
 pub fn client() -> Client<HttpConnector, Full<Bytes>> {
-    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+    Client::builder(TokioExecutor::new())
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(1))
+        .build(HttpConnector::new())
 }
 
 impl TestServer {

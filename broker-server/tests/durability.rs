@@ -30,6 +30,15 @@ fn start_on(dir: &Path, extra: &[&str]) -> (Running, String, Vec<String>, mpsc::
     start(&args)
 }
 
+/// A port that refuses connections until a receiver binds it.
+fn refusing_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 fn kill9(child: &mut Running) {
     child.0.kill().expect("SIGKILL");
     child.0.wait().expect("reaped");
@@ -412,12 +421,7 @@ fn the_data_dir_is_private_to_its_owner() {
 #[test]
 fn deliveries_owed_before_a_sigkill_arrive_after_the_restart() {
     let dir = data_dir();
-    // A port that refuses connections until the receiver binds it.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = refusing_port();
     let (mut child, addr, _, _) = start_on(dir.path(), &[]);
     let (_, p) = register(&addr, "/v1/topics/t/publishers", r#"{"name":"p"}"#);
     let token = json_field(&p, "token");
@@ -648,12 +652,7 @@ enum Restart {
 /// the open time to its 5-minute cap).
 fn owed_deliveries_go_out_within_a_circuit_period_after_a_restart(restart: Restart) {
     let dir = data_dir();
-    // A port that refuses connections until the receiver binds it.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = refusing_port();
     let (mut child, addr, _, _) = start_on(dir.path(), &[]);
     let (_, p) = register(&addr, "/v1/topics/t/publishers", r#"{"name":"p"}"#);
     let token = json_field(&p, "token");

@@ -47,7 +47,8 @@ use std::{
 };
 
 use broker_core::{Broker, Endpoint, Limits, MemoryStore};
-use broker_http::{Api, ApiConfig, DeliveryConfig, ServerConfig, WebhookNotifier};
+use broker_delivery::{DeliveryConfig, WebhookNotifier};
+use broker_http::{Api, ApiConfig, ServerConfig};
 use broker_redis::{Options, RedisStore};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
@@ -160,18 +161,12 @@ struct Node {
 /// Serves `broker` on 127.0.0.1 (publishes paced by `notifier`, as the
 /// server binary does; `/healthz` then says how many subscribers this
 /// replica delivers).
-async fn serve(broker: Broker, notifier: WebhookNotifier) -> Node {
+async fn serve(broker: Broker) -> Node {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(broker_http::serve(
         listener,
-        Api::new(
-            broker.clone(),
-            ApiConfig {
-                pace: Some(notifier),
-                ..ApiConfig::default()
-            },
-        ),
+        Api::new(broker.clone(), ApiConfig::default()),
         ServerConfig::default(),
         std::future::pending(),
     ));
@@ -195,13 +190,12 @@ struct Setup {
 
 impl Setup {
     async fn memory() -> Self {
-        let n = notifier();
-        let broker = Broker::open(n.clone(), Limits::default(), MemoryStore::default())
+        let broker = Broker::open(notifier(), Limits::default(), MemoryStore::default())
             .await
             .unwrap();
         Setup {
             name: "memory".into(),
-            nodes: vec![serve(broker, n).await],
+            nodes: vec![serve(broker).await],
             stats: None,
         }
     }
@@ -219,11 +213,10 @@ impl Setup {
             )
             .await
             .expect("the Redis store opens");
-            let n = notifier();
-            let broker = Broker::open(n.clone(), Limits::default(), Arc::new(store))
+            let broker = Broker::open(notifier(), Limits::default(), Arc::new(store))
                 .await
                 .unwrap();
-            nodes.push(serve(broker, n).await);
+            nodes.push(serve(broker).await);
         }
         let stats = redis::Client::open(url)
             .unwrap()

@@ -18,7 +18,8 @@ use std::{
 
 use base64::Engine as _;
 use broker_core::Broker;
-use broker_http::{serve, Api, ApiConfig, DeliveryConfig, ServerConfig, WebhookNotifier};
+use broker_delivery::{DeliveryConfig, WebhookNotifier};
+use broker_http::{serve, Api, ApiConfig, ServerConfig};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::{

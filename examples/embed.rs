@@ -8,7 +8,8 @@
 use std::{convert::Infallible, time::Duration};
 
 use broker_core::{Broker, Endpoint};
-use broker_http::{serve, Api, ApiConfig, DeliveryConfig, ServerConfig, WebhookNotifier};
+use broker_delivery::{DeliveryConfig, WebhookNotifier};
+use broker_http::{serve, Api, ApiConfig, ServerConfig};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{body::Incoming, service::service_fn, Request, Response};

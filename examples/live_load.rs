@@ -24,9 +24,8 @@ use std::{
 };
 
 use broker_core::Broker;
-use broker_http::{
-    serve, Api, ApiConfig, DeliveryConfig, LiveConfig, LiveHub, ServerConfig, WebhookNotifier,
-};
+use broker_delivery::{DeliveryConfig, WebhookNotifier};
+use broker_http::{serve, Api, ApiConfig, LiveConfig, LiveHub, ServerConfig};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::Full;

@@ -12,9 +12,8 @@
 use std::time::Duration;
 
 use broker_core::Broker;
-use broker_http::{
-    serve, Api, ApiConfig, DeliveryConfig, LiveConfig, LiveHub, ServerConfig, WebhookNotifier,
-};
+use broker_delivery::{DeliveryConfig, WebhookNotifier};
+use broker_http::{serve, Api, ApiConfig, LiveConfig, LiveHub, ServerConfig};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},

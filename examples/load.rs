@@ -25,7 +25,8 @@ use std::{
 };
 
 use broker_core::{Broker, Endpoint};
-use broker_http::{serve, Api, ApiConfig, DeliveryConfig, ServerConfig, WebhookNotifier};
+use broker_delivery::{DeliveryConfig, WebhookNotifier};
+use broker_http::{serve, Api, ApiConfig, ServerConfig};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::{body::Incoming, service::service_fn, Request, Response};
@@ -271,13 +272,7 @@ async fn main() {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(
         listener,
-        Api::new(
-            broker.clone(),
-            ApiConfig {
-                pace: Some(notifier.clone()),
-                ..ApiConfig::default()
-            },
-        ),
+        Api::new(broker.clone(), ApiConfig::default()),
         ServerConfig::default(),
         async {
             let _ = stopped.await;

@@ -17,7 +17,7 @@
 use std::time::Duration;
 
 use broker_core::{Broker, Endpoint};
-use broker_http::{DeliveryConfig, WebhookNotifier};
+use broker_delivery::{DeliveryConfig, WebhookNotifier};
 
 /// This process's resident memory in bytes (Linux `/proc/self/statm`).
 fn resident() -> usize {

@@ -7,7 +7,7 @@
 
 use std::{convert::Infallible, net::SocketAddr};
 
-use broker_http::signature::Signer;
+use broker_delivery::signature::Signer;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{body::Incoming, service::service_fn, Request, Response};

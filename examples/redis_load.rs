@@ -28,7 +28,8 @@ use std::{
 };
 
 use broker_core::{Broker, Limits, MemoryStore, Store as _, TopicName};
-use broker_http::{Api, ApiConfig, DeliveryConfig, ServerConfig, WebhookNotifier};
+use broker_delivery::{DeliveryConfig, WebhookNotifier};
+use broker_http::{Api, ApiConfig, ServerConfig};
 use broker_redis::{Options, RedisStore};
 use bytes::Bytes;
 use tokio::net::TcpListener;

@@ -19,7 +19,8 @@ use std::{
 };
 
 use broker_core::Broker;
-use broker_http::{Api, ApiConfig, DeliveryConfig, ServerConfig, WebhookNotifier};
+use broker_delivery::{DeliveryConfig, WebhookNotifier};
+use broker_http::{Api, ApiConfig, ServerConfig};
 use broker_tcp::TcpConfig;
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};

@@ -9,7 +9,8 @@ use std::{
 };
 
 use base64::{engine::general_purpose::STANDARD, Engine as _};
-use broker_http::{ApiConfig, DeliveryConfig};
+use broker_delivery::DeliveryConfig;
+use broker_http::ApiConfig;
 use common::{Behaviour, Sink, TestServer, PATIENCE};
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -725,8 +726,9 @@ async fn admin_token_guards_management_only() {
 #[tokio::test]
 async fn api_works_without_a_socket() {
     use http_body_util::{BodyExt, Full};
-    let broker =
-        broker_core::Broker::new(broker_http::WebhookNotifier::new(DeliveryConfig::default()));
+    let broker = broker_core::Broker::new(broker_delivery::WebhookNotifier::new(
+        DeliveryConfig::default(),
+    ));
     let api = broker_http::Api::new(broker, ApiConfig::default());
     let req = http::Request::get("/v1/topics")
         .body(Full::new(bytes::Bytes::new()))

@@ -8,7 +8,8 @@ use std::{sync::Arc, time::Duration};
 
 use base64::{engine::general_purpose::STANDARD, Engine as _};
 use broker_core::{MemoryStore, Retention};
-use broker_http::{ApiConfig, DeliveryConfig};
+use broker_delivery::DeliveryConfig;
+use broker_http::ApiConfig;
 use common::{TestServer, PATIENCE};
 use serde_json::{json, Value};
 

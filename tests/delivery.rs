@@ -9,7 +9,8 @@ use std::{
     time::Duration,
 };
 
-use broker_http::{ApiConfig, DeliveryConfig, DestinationPolicy};
+use broker_delivery::{DeliveryConfig, DestinationPolicy};
+use broker_http::ApiConfig;
 use common::{dead_port, resident_bytes, Behaviour, Sink, TestServer, PATIENCE};
 use serde_json::{json, Value};
 use tokio::{net::TcpListener, sync::Semaphore};

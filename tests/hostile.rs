@@ -11,7 +11,8 @@ use std::{
 };
 
 use broker_core::Limits;
-use broker_http::{ApiConfig, DeliveryConfig, ServerConfig};
+use broker_delivery::DeliveryConfig;
+use broker_http::{ApiConfig, ServerConfig};
 use common::{Sink, TestServer, PATIENCE};
 use serde_json::{json, Value};
 use tokio::{

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use broker_core::Limits;
-use broker_http::{ApiConfig, DeliveryConfig, LiveConfig, LiveHub, Overflow, ServerConfig};
+use broker_delivery::DeliveryConfig;
+use broker_http::{ApiConfig, LiveConfig, LiveHub, Overflow, ServerConfig};
 use bytes::Bytes;
 use common::{TestServer, PATIENCE};
 use futures_util::{SinkExt, StreamExt};

@@ -3,7 +3,8 @@
 
 mod common;
 
-use broker_http::{ApiConfig, DeliveryConfig};
+use broker_delivery::DeliveryConfig;
+use broker_http::ApiConfig;
 use common::{dead_port, Sink, TestServer};
 use serde_json::json;
 

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http::HeaderValue;
 use parking_lot::RwLock;
 
+mod delivery;
 mod follow;
 
 /// How long a replica may hold a consumer group's lock (a pull or an ack

@@ -65,6 +65,7 @@
 mod auth;
 mod broker;
 mod budget;
+mod circuit;
 mod cluster;
 pub mod codec;
 mod credential;
@@ -82,11 +83,13 @@ mod secret;
 mod store;
 mod subscriber;
 mod topic;
+mod write_behind;
 
 pub use auth::{is_jwt_shaped, Grants, TokenRejection, TokenVerifier, MAX_JWT_LEN};
 pub use broker::{Broker, Registration, TopicDetail, TopicSummary, WeakBroker};
 pub use budget::{Charge, MemoryBudget};
-pub use cluster::{assign, Changes, Cluster};
+pub use circuit::Circuit;
+pub use cluster::{Changes, Cluster};
 pub use credential::{Credential, Listener, Publisher, Role};
 pub use endpoint::Endpoint;
 pub use error::Error;
@@ -104,3 +107,4 @@ pub use store::{
 };
 pub use subscriber::{DeliveryCounts, DeliveryStats, Outcome, Subscriber};
 pub use topic::{TopicName, MAX_TOPIC_LEN};
+pub use write_behind::{ProgressBatch, RetryChange, WriteBehind, MAX_BUFFERED};

@@ -93,6 +93,28 @@ pub trait Notifier: Send + Sync + 'static {
         let _ = topic;
         false
     }
+
+    /// Waits while publishers should be paced, because deliveries are
+    /// falling behind for want of CPU; returns whether it waited. Every
+    /// publish path (HTTP, WebSocket, TCP) calls it through
+    /// [`Broker::pace`](crate::Broker::pace) after a publish is accepted,
+    /// before answering. The default never waits.
+    async fn pace(&self) -> bool {
+        false
+    }
+
+    /// `subscriber`'s circuit breaker, for the topic detail and the
+    /// metrics. The default: [`Circuit::Closed`](crate::Circuit::Closed).
+    fn circuit(&self, subscriber: &crate::Subscriber) -> crate::Circuit {
+        let _ = subscriber;
+        crate::Circuit::Closed
+    }
+
+    /// With replicas sharing a store: how many subscribers' deliveries
+    /// this process holds the lease of. The default: `None`.
+    fn owned(&self) -> Option<usize> {
+        None
+    }
 }
 
 #[async_trait]
@@ -121,6 +143,15 @@ impl<N: Notifier + ?Sized> Notifier for Arc<N> {
     fn wants_appended_elsewhere(&self, topic: &crate::TopicName) -> bool {
         (**self).wants_appended_elsewhere(topic)
     }
+    async fn pace(&self) -> bool {
+        (**self).pace().await
+    }
+    fn circuit(&self, subscriber: &crate::Subscriber) -> crate::Circuit {
+        (**self).circuit(subscriber)
+    }
+    fn owned(&self) -> Option<usize> {
+        (**self).owned()
+    }
 }
 
 #[async_trait]
@@ -148,6 +179,15 @@ impl<N: Notifier + ?Sized> Notifier for Box<N> {
     }
     fn wants_appended_elsewhere(&self, topic: &crate::TopicName) -> bool {
         (**self).wants_appended_elsewhere(topic)
+    }
+    async fn pace(&self) -> bool {
+        (**self).pace().await
+    }
+    fn circuit(&self, subscriber: &crate::Subscriber) -> crate::Circuit {
+        (**self).circuit(subscriber)
+    }
+    fn owned(&self) -> Option<usize> {
+        (**self).owned()
     }
 }
 
@@ -211,5 +251,19 @@ impl<A: Notifier, B: Notifier> Notifier for (A, B) {
     }
     fn wants_appended_elsewhere(&self, topic: &crate::TopicName) -> bool {
         self.0.wants_appended_elsewhere(topic) || self.1.wants_appended_elsewhere(topic)
+    }
+    async fn pace(&self) -> bool {
+        let a = self.0.pace().await;
+        let b = self.1.pace().await;
+        a || b
+    }
+    fn circuit(&self, subscriber: &crate::Subscriber) -> crate::Circuit {
+        match self.0.circuit(subscriber) {
+            crate::Circuit::Closed => self.1.circuit(subscriber),
+            open => open,
+        }
+    }
+    fn owned(&self) -> Option<usize> {
+        self.0.owned().or_else(|| self.1.owned())
     }
 }

@@ -33,7 +33,7 @@ pub(crate) fn health(api: &Api) -> Response<ResponseBody> {
             topics,
             subscribers,
             replica: api.broker().cluster().map(|c| c.replica().to_owned()),
-            delivering: api.config().pace.as_ref().and_then(|n| n.owned()),
+            delivering: api.broker().owned_deliveries(),
         },
     )
 }
@@ -217,9 +217,8 @@ where
         .broker()
         .publish(topic, token, content_type, payload)
         .await?;
-    if let Some(notifier) = &api.config().pace {
-        notifier.pace().await;
-    }
+    // Answered once the deliveries keep up (the message is in the log).
+    api.broker().pace().await;
     Ok(reply(
         StatusCode::ACCEPTED,
         &json::Published {
@@ -552,9 +551,8 @@ where
     }
     drop(request);
     let receipt = api.broker().publish_batch(topic, token, messages).await?;
-    if let Some(notifier) = &api.config().pace {
-        notifier.pace().await;
-    }
+    // Answered once the deliveries keep up (the message is in the log).
+    api.broker().pace().await;
     Ok(reply(
         StatusCode::ACCEPTED,
         &json::BatchPublished {
@@ -628,7 +626,7 @@ pub(crate) async fn topic_detail(api: &Api, topic: &str) -> Reply {
             retry: s.endpoint().retry().into(),
             ordered: s.endpoint().ordered(),
             status: json::status(s),
-            circuit: crate::WebhookNotifier::circuit(s),
+            circuit: api.broker().circuit(s),
             offset: s.cursor(),
             lag: end.saturating_sub(s.cursor()),
             counters: s.stats().snapshot().into(),

@@ -314,7 +314,7 @@ pub(crate) struct SubscriberItem<'a> {
     /// `active` or `disabled`.
     pub(crate) status: &'static str,
     /// `closed`, `open` or `half_open`.
-    pub(crate) circuit: crate::Circuit,
+    pub(crate) circuit: broker_core::Circuit,
     /// The offset of the next message not yet done with.
     pub(crate) offset: u64,
     /// Messages of the log it has not yet done with.

@@ -2,9 +2,6 @@
 //!
 //! - [`Api`]: the v1 API as a hyper `Service` over a [`broker_core::Broker`]
 //!   (route table in `routes.rs`, one function per call in `handlers.rs`);
-//! - [`WebhookNotifier`]: the [`broker_core::Notifier`] that delivers each
-//!   message to each subscriber's URL, signed per Standard Webhooks, through
-//!   a bounded queue per subscriber (`delivery/`);
 //! - [`LiveHub`]: a second [`broker_core::Notifier`] that pushes each
 //!   message to live listeners over Server-Sent Events
 //!   (`GET /v1/topics/{topic}/events`) and WebSocket (`GET /v1/ws`), each
@@ -14,8 +11,10 @@
 //!   shutdown future the caller supplies completes;
 //! - [`Metrics`]: Prometheus metrics for `GET /metrics`, set through
 //!   [`ApiConfig::metrics`];
-//! - [`signature::Signer`]: Standard Webhooks signing, also usable by a
-//!   receiver written in Rust to verify deliveries.
+//!
+//! Webhook delivery is the `broker-delivery` crate's `WebhookNotifier`;
+//! this crate only asks the broker about it (pacing, circuits, leases),
+//! through [`broker_core::Notifier`].
 //!
 //! Errors map to statuses and JSON bodies in one place, [`ApiError`]; the
 //! OpenAPI document of the API is `docs/openapi.json`, served at
@@ -27,7 +26,8 @@
 //!
 //! ```no_run
 //! use broker_core::Broker;
-//! use broker_http::{serve, Api, ApiConfig, DeliveryConfig, ServerConfig, WebhookNotifier};
+//! use broker_delivery::{DeliveryConfig, WebhookNotifier};
+//! use broker_http::{serve, Api, ApiConfig, ServerConfig};
 //!
 //! # async fn run() -> std::io::Result<()> {
 //! let notifier = WebhookNotifier::new(DeliveryConfig::default());
@@ -46,7 +46,6 @@
 //! # Ok(()) }
 //! ```
 
-mod delivery;
 mod error;
 mod handlers;
 mod json;
@@ -64,7 +63,6 @@ use http::{HeaderMap, Request, Response};
 use hyper::body::Body;
 use subtle::ConstantTimeEq;
 
-pub use delivery::{signature, Circuit, DeliveryConfig, DestinationPolicy, WebhookNotifier};
 pub use error::ApiError;
 pub use live::{LiveConfig, LiveHub, Overflow};
 
@@ -72,7 +70,6 @@ pub use live::{LiveConfig, LiveHub, Overflow};
 /// one type.
 pub type ResponseBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 pub use metrics::Metrics;
-pub use rustls;
 pub use server::{serve, ServerConfig};
 
 /// Settings of the HTTP API.
@@ -108,10 +105,6 @@ pub struct ApiConfig {
     /// After a secret rotation, how long deliveries are signed with the old
     /// secret too. Default 24 h.
     pub secret_overlap: std::time::Duration,
-    /// The webhook notifier whose [`pace`](WebhookNotifier::pace) a publish
-    /// waits for before it is answered (the message is in the log by
-    /// then). `None`, the default: publishes are never paced.
-    pub pace: Option<WebhookNotifier>,
 }
 
 impl ApiConfig {
@@ -126,7 +119,6 @@ impl ApiConfig {
             live: None,
             default_retry: None,
             secret_overlap: std::time::Duration::from_secs(24 * 3600),
-            pace: None,
         }
     }
 }
@@ -161,7 +153,8 @@ impl std::fmt::Debug for ApiConfig {
 ///
 /// ```
 /// use broker_core::Broker;
-/// use broker_http::{Api, ApiConfig, DeliveryConfig, WebhookNotifier};
+/// use broker_delivery::{DeliveryConfig, WebhookNotifier};
+/// use broker_http::{Api, ApiConfig};
 /// use http_body_util::{BodyExt, Full};
 ///
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {

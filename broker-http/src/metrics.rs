@@ -1,7 +1,8 @@
 //! Prometheus metrics, through `prometheus-client`: request and publish
-//! counters kept as they happen, delivery latency and in-flight kept by the
-//! notifier, and the broker's registry and per-topic delivery counters read
-//! at each scrape.
+//! counters kept as they happen, and the broker's registry and per-topic
+//! delivery counters read at each scrape. What the deliveries themselves
+//! measure (latency, in flight, queue depth, circuits) comes from their
+//! notifier as one more collector ([`Metrics::with_collector`]).
 
 use std::fmt;
 
@@ -12,32 +13,13 @@ use prometheus_client::{
     metrics::{
         counter::{ConstCounter, Counter},
         family::Family,
-        gauge::{ConstGauge, Gauge},
-        histogram::{exponential_buckets, Histogram},
+        gauge::ConstGauge,
         MetricType,
     },
     registry::Registry,
 };
 
-use crate::{LiveHub, WebhookNotifier};
-
-/// What the notifier measures per attempt. Cheap to clone: the metrics are
-/// shared.
-#[derive(Clone, Debug)]
-pub(crate) struct DeliveryMetrics {
-    pub(crate) latency: Histogram,
-    pub(crate) in_flight: Gauge,
-}
-
-impl Default for DeliveryMetrics {
-    fn default() -> Self {
-        DeliveryMetrics {
-            // 0.5 ms to ~16 s.
-            latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
-            in_flight: Gauge::default(),
-        }
-    }
-}
+use crate::LiveHub;
 
 /// `route` and `status` of a request: static, so counting one allocates
 /// nothing.
@@ -61,11 +43,12 @@ struct PublishLabels {
 /// ```
 /// use std::sync::Arc;
 /// use broker_core::Broker;
-/// use broker_http::{Api, ApiConfig, DeliveryConfig, Metrics, WebhookNotifier};
+/// use broker_delivery::{DeliveryConfig, WebhookNotifier};
+/// use broker_http::{Api, ApiConfig, Metrics};
 ///
 /// let notifier = WebhookNotifier::new(DeliveryConfig::default());
 /// let broker = Broker::new(notifier.clone());
-/// let metrics = Arc::new(Metrics::new(&broker, Some(&notifier)));
+/// let metrics = Arc::new(Metrics::new(&broker).with_collector(notifier.collector()));
 /// let api = Api::new(broker, ApiConfig { metrics: Some(metrics.clone()), ..ApiConfig::default() });
 /// assert!(metrics.render().contains("broker_topics"));
 /// ```
@@ -76,8 +59,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Metrics over `broker`, and over `notifier`'s deliveries if given.
-    pub fn new(broker: &Broker, notifier: Option<&WebhookNotifier>) -> Self {
+    /// Metrics over `broker`.
+    pub fn new(broker: &Broker) -> Self {
         let mut registry = Registry::with_prefix("broker");
         let http_requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -91,28 +74,22 @@ impl Metrics {
             "Publish calls, by result: accepted, or the error code they were refused with",
             publishes.clone(),
         );
-        if let Some(notifier) = notifier {
-            let delivery = notifier.metrics();
-            registry.register(
-                "delivery_duration_seconds",
-                "Time of one delivery attempt, from connect to the end of the capped response read",
-                delivery.latency.clone(),
-            );
-            registry.register(
-                "deliveries_in_flight",
-                "Delivery attempts in flight",
-                delivery.in_flight.clone(),
-            );
-        }
         registry.register_collector(Box::new(State {
             broker: broker.clone(),
-            notifier: notifier.cloned(),
         }));
         Metrics {
             registry,
             http_requests,
             publishes,
         }
+    }
+
+    /// Adds a collector read at each scrape: the deliveries' own metrics
+    /// (`broker_delivery::WebhookNotifier::collector`), or any other. Its
+    /// names get the `broker_` prefix.
+    pub fn with_collector(mut self, collector: impl Collector + 'static) -> Self {
+        self.registry.register_collector(Box::new(collector));
+        self
     }
 
     /// Adds the live hub's connections, per-topic listeners and message
@@ -126,7 +103,7 @@ impl Metrics {
     ///
     /// let live = LiveHub::new(LiveConfig::default());
     /// let broker = Broker::new(live.clone());
-    /// let metrics = Metrics::new(&broker, None).with_live(&live);
+    /// let metrics = Metrics::new(&broker).with_live(&live);
     /// assert!(metrics.render().contains("broker_live_connections"));
     /// ```
     pub fn with_live(mut self, hub: &LiveHub) -> Self {
@@ -173,7 +150,6 @@ impl fmt::Debug for Metrics {
 #[derive(Debug)]
 struct State {
     broker: Broker,
-    notifier: Option<WebhookNotifier>,
 }
 
 impl Collector for State {
@@ -204,24 +180,6 @@ impl Collector for State {
             "Registered subscribers",
             subscribers as i64,
         )?;
-        if let Some(notifier) = &self.notifier {
-            let in_flight = notifier.metrics().in_flight.get().max(0) as usize;
-            let queued = notifier.pending().saturating_sub(in_flight);
-            gauge(
-                &mut encoder,
-                "delivery_queue_depth",
-                "Messages read from the log for delivery and not in flight (waiting for a slot or a retry), across all subscribers",
-                queued as i64,
-            )?;
-            if let Some(owned) = notifier.owned() {
-                gauge(
-                    &mut encoder,
-                    "delivery_leases",
-                    "Subscribers whose deliveries this replica holds the lease of (replicas sharing a Redis); the replicas' values add up to the subscribers being delivered",
-                    owned as i64,
-                )?;
-            }
-        }
 
         let mut published = encoder.encode_descriptor(
             "messages_published",
@@ -252,25 +210,6 @@ impl Collector for State {
         for t in &topics {
             let labels = [("topic", t.name.as_str())];
             ConstGauge::new(t.disabled as i64).encode(disabled.encode_family(&labels)?)?;
-        }
-        if self.notifier.is_some() {
-            let mut open = encoder.encode_descriptor(
-                "circuits_open",
-                "Subscribers whose circuit is open or half open, by topic",
-                None,
-                MetricType::Gauge,
-            )?;
-            for t in &topics {
-                let n = self.broker.topic(t.name.as_str()).map_or(0, |detail| {
-                    detail
-                        .subscribers
-                        .iter()
-                        .filter(|s| WebhookNotifier::circuit(s) != crate::Circuit::Closed)
-                        .count()
-                });
-                let labels = [("topic", t.name.as_str())];
-                ConstGauge::new(n as i64).encode(open.encode_family(&labels)?)?;
-            }
         }
         let mut deliveries = encoder.encode_descriptor(
             "deliveries",

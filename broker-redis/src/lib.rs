@@ -97,10 +97,7 @@ mod scripts;
 use std::{
     collections::HashMap,
     future::Future,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
+    sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -108,11 +105,10 @@ use async_trait::async_trait;
 pub use broker_core::Retention;
 use broker_core::{
     message_id, new_id_prefix, Change, DeadLetter, MemoryBudget, Message, NewMessage, PendingRetry,
-    Read, Record, Store, TopicName,
+    Read, Record, RetryChange, Store, TopicName, WriteBehind,
 };
 use bytes::Bytes;
 use http::HeaderValue;
-use parking_lot::Mutex;
 use redis::{aio::ConnectionManager, AsyncConnectionConfig, RedisResult, Value};
 
 pub use error::RedisStoreError;
@@ -124,11 +120,6 @@ use scripts::Scripts;
 /// messages are delivered again; a retry schedule starts again).
 pub const CURSOR_FLUSH: Duration = Duration::from_millis(100);
 
-/// Cursor moves and retry changes buffered between two flushes, at most
-/// (one per subscriber, one per pending retry): past it, more are dropped
-/// (counted and logged) until a flush gets through.
-const MAX_BUFFERED: usize = 1 << 20;
-
 /// Messages a retention script call drops, at most: each call is short,
 /// so Redis serves others in between.
 const TRIM_STEP: usize = 10_000;
@@ -139,10 +130,6 @@ const FLUSH_BATCH: usize = 512;
 /// Offsets and counts handed to Lua stay below 2^53 (Lua numbers are
 /// doubles).
 const MAX_LUA_NUMBER: u64 = 1 << 53;
-
-/// A pending retry kept (`Some((attempts, due ms))`) or forgotten
-/// (`None`).
-type RetryChange = Option<(u32, u64)>;
 
 /// A subscriber id and an offset.
 type RetryKey = (String, u64);
@@ -243,16 +230,10 @@ struct Shared {
     secrets: Vec<String>,
     scripts: Scripts,
     memory: MemoryBudget,
-    /// Cursors moved since the last flush, by subscriber id.
-    cursors: Mutex<HashMap<String, u64>>,
-    /// Pending retries kept (`Some((attempts, due ms))`) or forgotten
-    /// (`None`) since the last flush.
-    retries: Mutex<HashMap<RetryKey, RetryChange>>,
-    /// Changes dropped because the buffers were full.
-    dropped: AtomicU64,
-    /// One flush at a time, so that an older change never lands after a
-    /// newer one.
-    flushing: tokio::sync::Mutex<()>,
+    /// Cursors moved and pending retries kept or forgotten since the last
+    /// flush (broker-core's shared buffer: capped, kept when a write
+    /// fails, one flush at a time).
+    progress: WriteBehind,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -402,10 +383,7 @@ impl RedisStore {
             url: shown,
             secrets,
             scripts: Scripts::new(),
-            cursors: Mutex::default(),
-            retries: Mutex::default(),
-            dropped: AtomicU64::new(0),
-            flushing: tokio::sync::Mutex::new(()),
+            progress: WriteBehind::default(),
         });
         let (stop, stopped) = tokio::sync::watch::channel(false);
         tokio::spawn(flusher(shared.clone(), stopped.clone()));
@@ -578,41 +556,12 @@ impl Shared {
         }
     }
 
-    /// Writes the buffered cursors and retry changes; on failure puts back
-    /// what a newer change has not replaced meanwhile.
+    /// Writes the buffered cursors and retry changes; on failure they
+    /// stay buffered.
     async fn flush(&self) -> Result<(), RedisStoreError> {
-        let _one = self.flushing.lock().await;
-        let cursors: Vec<(String, u64)> = std::mem::take(&mut *self.cursors.lock())
-            .into_iter()
-            .collect();
-        let retries: Vec<(RetryKey, RetryChange)> = std::mem::take(&mut *self.retries.lock())
-            .into_iter()
-            .collect();
-        let dropped = self.dropped.swap(0, Ordering::Relaxed);
-        if dropped > 0 {
-            tracing::warn!(
-                dropped,
-                "cursor moves or retry changes were dropped while Redis could not take them"
-            );
-        }
-        if cursors.is_empty() && retries.is_empty() {
-            return Ok(());
-        }
-        let written = self.write_progress(&cursors, &retries).await;
-        if written.is_err() {
-            {
-                let mut buffered = self.cursors.lock();
-                for (id, cursor) in cursors {
-                    let entry = buffered.entry(id).or_default();
-                    *entry = (*entry).max(cursor);
-                }
-            }
-            let mut buffered = self.retries.lock();
-            for (key, change) in retries {
-                buffered.entry(key).or_insert(change);
-            }
-        }
-        written
+        self.progress
+            .flush(async |batch| self.write_progress(&batch.cursors, &batch.retries).await)
+            .await
     }
 
     async fn write_progress(
@@ -733,27 +682,6 @@ impl Shared {
             tracing::debug!(%topic, dropped, "retention trimmed the log");
         }
         Ok(())
-    }
-
-    fn buffer_cursor(&self, subscriber: &str, cursor: u64) {
-        let mut cursors = self.cursors.lock();
-        if let Some(entry) = cursors.get_mut(subscriber) {
-            *entry = (*entry).max(cursor);
-        } else if cursors.len() < MAX_BUFFERED {
-            cursors.insert(subscriber.to_owned(), cursor);
-        } else {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    fn buffer_retry(&self, subscriber: &str, offset: u64, change: RetryChange) {
-        let mut retries = self.retries.lock();
-        let key = (subscriber.to_owned(), offset);
-        if retries.len() < MAX_BUFFERED || retries.contains_key(&key) {
-            retries.insert(key, change);
-        } else {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-        }
     }
 }
 
@@ -890,8 +818,7 @@ impl Store for RedisStore {
             Change::Remove { id } => {
                 // Its cursor, pending retries and dead letters go with it,
                 // in one transaction.
-                s.cursors.lock().remove(id);
-                s.retries.lock().retain(|(owner, _), _| owner != id);
+                s.progress.forget(id);
                 let mut pipe = redis::pipe();
                 pipe.atomic()
                     .hdel(s.keys.registrations(), id)
@@ -1113,7 +1040,7 @@ impl Store for RedisStore {
     }
 
     async fn save_cursor(&self, subscriber: &str, cursor: u64) -> Result<(), broker_core::Error> {
-        self.shared.buffer_cursor(subscriber, cursor);
+        self.shared.progress.cursor(subscriber, cursor);
         Ok(())
     }
 
@@ -1191,7 +1118,7 @@ impl Store for RedisStore {
         subscriber: &str,
         retry: PendingRetry,
     ) -> Result<(), broker_core::Error> {
-        self.shared.buffer_retry(
+        self.shared.progress.retry(
             subscriber,
             retry.offset,
             Some((retry.attempts, millis(retry.due))),
@@ -1200,7 +1127,7 @@ impl Store for RedisStore {
     }
 
     async fn forget_retry(&self, subscriber: &str, offset: u64) -> Result<(), broker_core::Error> {
-        self.shared.buffer_retry(subscriber, offset, None);
+        self.shared.progress.retry(subscriber, offset, None);
         Ok(())
     }
 

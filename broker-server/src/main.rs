@@ -4,20 +4,16 @@
 //! port with `--tcp-listen`, and drains deliveries on SIGTERM/Ctrl-C.
 
 use std::{
-    future::Future,
     net::SocketAddr,
     path::PathBuf,
-    pin::Pin,
     process::ExitCode,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use broker_core::{Broker, Limits, MemoryStore, Retention, Retry};
-use broker_http::{
-    serve, Api, ApiConfig, DeliveryConfig, DestinationPolicy, LiveConfig, LiveHub, Metrics,
-    Overflow, ServerConfig, WebhookNotifier,
-};
+use broker_delivery::{DeliveryConfig, DestinationPolicy, WebhookNotifier};
+use broker_http::{serve, Api, ApiConfig, LiveConfig, LiveHub, Metrics, Overflow, ServerConfig};
 use broker_jwt::{JwtConfig, JwtVerifier};
 use broker_redis::RedisStore;
 use broker_store::{DiskStore, Fsync, Options};
@@ -615,7 +611,6 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         line_timeout: args.header_read_timeout,
         payload_timeout: args.body_timeout,
         write_timeout: args.write_timeout,
-        pace: Some(pace_with(notifier.clone())),
         ..TcpConfig::default()
     };
     let api = Api::new(
@@ -625,7 +620,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             max_body_bytes: args.max_body_bytes,
             body_timeout: args.body_timeout,
             metrics: Some(Arc::new(
-                Metrics::new(&broker, Some(&notifier)).with_live(&live),
+                Metrics::new(&broker)
+                    .with_collector(notifier.collector())
+                    .with_live(&live),
             )),
             live: Some(live),
             default_retry: Some(args.default_retry.clone().unwrap_or_else(|| {
@@ -636,7 +633,6 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 }
             })),
             secret_overlap: args.secret_overlap,
-            pace: Some(notifier.clone()),
             ..ApiConfig::default()
         },
     );
@@ -734,17 +730,6 @@ enum Storage {
     Memory,
     Disk(Arc<DiskStore>),
     Redis(Arc<RedisStore>),
-}
-
-/// The webhook notifier's pacing, for TCP publishes (HTTP ones wait for it
-/// through `ApiConfig::pace`).
-fn pace_with(notifier: WebhookNotifier) -> broker_tcp::Pace {
-    Arc::new(move || -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        let notifier = notifier.clone();
-        Box::pin(async move {
-            notifier.pace().await;
-        })
-    })
 }
 
 /// Completes on Ctrl-C (SIGINT) or SIGTERM. The handlers are installed

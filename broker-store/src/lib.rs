@@ -62,7 +62,9 @@ use std::{
 
 use async_trait::async_trait;
 pub use broker_core::Retention;
-use broker_core::{Change, MemoryBudget, Message, NewMessage, Read, Record, Store, TopicName};
+use broker_core::{
+    Change, MemoryBudget, Message, NewMessage, Read, Record, Store, TopicName, WriteBehind,
+};
 use parking_lot::RwLock;
 
 pub use error::StoreError;
@@ -147,13 +149,11 @@ pub(crate) struct Shared {
     logs: RwLock<HashMap<TopicName, Arc<TopicLog>>>,
     /// The tail caches' shared budget.
     cache: log::Cache,
-    /// Cursors moved since the last flush, by subscriber id: written
-    /// together, in one transaction, every [`CURSOR_FLUSH`] by the
-    /// retention thread. Bounded by the number of subscribers.
-    cursors: parking_lot::Mutex<HashMap<String, u64>>,
-    /// Pending retries kept (`Some`: attempts, due in unix ms) or
-    /// forgotten (`None`) since the last flush, written with the cursors.
-    retries: parking_lot::Mutex<HashMap<(String, u64), registry::RetryValue>>,
+    /// Cursors moved and pending retries kept or forgotten since the last
+    /// flush: written together, in one transaction, every
+    /// [`CURSOR_FLUSH`] by the retention thread (broker-core's shared
+    /// buffer: capped, kept when a write fails).
+    progress: WriteBehind,
     syncer: sync::Syncer,
     /// Kept open: the OS lock lives as long as this handle.
     _lock: File,
@@ -238,8 +238,7 @@ impl DiskStore {
                 memory: MemoryBudget::new(options.memory_bytes),
                 held: Default::default(),
             },
-            cursors: Default::default(),
-            retries: Default::default(),
+            progress: WriteBehind::default(),
             syncer: sync::Syncer::default(),
             _lock: lock,
         });
@@ -293,17 +292,10 @@ impl Shared {
     /// Writes the cursors moved and the retries kept or forgotten since
     /// the last flush, in one transaction.
     fn flush_cursors(&self) -> Result<(), StoreError> {
-        let moved: Vec<(String, u64)> = std::mem::take(&mut *self.cursors.lock())
-            .into_iter()
-            .collect();
-        let retries: Vec<_> = std::mem::take(&mut *self.retries.lock())
-            .into_iter()
-            .collect();
-        if moved.is_empty() && retries.is_empty() {
-            return Ok(());
-        }
-        self.registry
-            .save_progress(&self.registry_path, &moved, &retries)
+        self.progress.flush_blocking(|batch| {
+            self.registry
+                .save_progress(&self.registry_path, &batch.cursors, &batch.retries)
+        })
     }
 
     fn sync_all(&self) -> Result<(), StoreError> {
@@ -526,9 +518,7 @@ impl Store for DiskStore {
     }
 
     async fn save_cursor(&self, subscriber: &str, cursor: u64) -> Result<(), broker_core::Error> {
-        let mut cursors = self.shared.cursors.lock();
-        let entry = cursors.entry(subscriber.to_owned()).or_default();
-        *entry = (*entry).max(cursor);
+        self.shared.progress.cursor(subscriber, cursor);
         Ok(())
     }
 
@@ -541,18 +531,14 @@ impl Store for DiskStore {
             .due
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        self.shared.retries.lock().insert(
-            (subscriber.to_owned(), retry.offset),
-            Some((retry.attempts, due)),
-        );
+        self.shared
+            .progress
+            .retry(subscriber, retry.offset, Some((retry.attempts, due)));
         Ok(())
     }
 
     async fn forget_retry(&self, subscriber: &str, offset: u64) -> Result<(), broker_core::Error> {
-        self.shared
-            .retries
-            .lock()
-            .insert((subscriber.to_owned(), offset), None);
+        self.shared.progress.retry(subscriber, offset, None);
         Ok(())
     }
 

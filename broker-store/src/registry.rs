@@ -22,10 +22,9 @@ const DEAD_LETTERS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("dea
 const RETRIES: TableDefinition<'_, &str, (u32, u64)> = TableDefinition::new("retries");
 
 /// A pending retry kept or forgotten: `(subscriber id, offset)` and
-/// `Some((attempts, due in unix ms))` or `None`.
-pub(crate) type RetryChange = ((String, u64), RetryValue);
-/// `Some((attempts, due in unix ms))`, or `None` for forgotten.
-pub(crate) type RetryValue = Option<(u32, u64)>;
+/// `Some((attempts, due in unix ms))` or `None` (broker-core's
+/// [`RetryChange`](broker_core::RetryChange)).
+pub(crate) type RetryChange = ((String, u64), broker_core::RetryChange);
 
 fn dead_key(subscriber: &str, offset: u64) -> String {
     format!("{subscriber}/{offset:020}")

@@ -85,17 +85,12 @@ mod error;
 mod frame;
 mod server;
 
-use std::{fmt, future::Future, pin::Pin, sync::Arc, time::Duration};
+use std::{fmt, time::Duration};
 
 pub use connection::serve_connection;
 pub use error::Error;
 pub use frame::MAX_LINE;
 pub use server::serve;
-
-/// A wait before a publish is answered (the message is in the log by
-/// then): broker-server passes the webhook notifier's pacing, so TCP
-/// publishers are paced like HTTP ones.
-pub type Pace = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 /// Settings of the TCP protocol.
 #[derive(Clone)]
@@ -124,9 +119,6 @@ pub struct TcpConfig {
     /// After shutdown is signalled, time for connections to finish the
     /// commands they have received before they are dropped. Default 10 s.
     pub shutdown_grace: Duration,
-    /// Awaited after each publish before it is answered. `None`, the
-    /// default: never.
-    pub pace: Option<Pace>,
 }
 
 impl TcpConfig {
@@ -142,7 +134,6 @@ impl TcpConfig {
             payload_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
-            pace: None,
         }
     }
 }
@@ -164,7 +155,6 @@ impl fmt::Debug for TcpConfig {
             .field("payload_timeout", &self.payload_timeout)
             .field("write_timeout", &self.write_timeout)
             .field("shutdown_grace", &self.shutdown_grace)
-            .field("pace", &self.pace.is_some())
             .finish()
     }
 }

@@ -14,7 +14,8 @@ use std::{
 };
 
 use broker_core::{Broker, Limits};
-use broker_http::{serve, Api, ApiConfig, DeliveryConfig, Metrics, ServerConfig, WebhookNotifier};
+use broker_delivery::{DeliveryConfig, WebhookNotifier};
+use broker_http::{serve, Api, ApiConfig, Metrics, ServerConfig};
 use bytes::Bytes;
 use futures_util::stream;
 use http::{HeaderMap, Method, Request, StatusCode};
@@ -149,7 +150,7 @@ impl TestServer {
     ) -> Self {
         let mut api = api;
         if api.metrics.is_none() {
-            let mut metrics = Metrics::new(&broker, Some(&notifier));
+            let mut metrics = Metrics::new(&broker).with_collector(notifier.collector());
             if let Some(live) = &api.live {
                 metrics = metrics.with_live(live);
             }

@@ -101,7 +101,8 @@ pub(crate) enum Transport {
 ///
 /// ```
 /// use broker_core::Broker;
-/// use broker_http::{Api, ApiConfig, DeliveryConfig, LiveConfig, LiveHub, WebhookNotifier};
+/// use broker_delivery::{DeliveryConfig, WebhookNotifier};
+/// use broker_http::{Api, ApiConfig, LiveConfig, LiveHub};
 ///
 /// let webhooks = WebhookNotifier::new(DeliveryConfig::default());
 /// let live = LiveHub::new(LiveConfig::default());

@@ -421,6 +421,8 @@ impl Session {
             metrics.publish(&outcome);
         }
         let receipt = outcome?;
+        // Answered once the deliveries keep up, as over HTTP and TCP.
+        self.api.broker().pace().await;
         Ok(vec![reply(&Ack {
             kind: "ack",
             request_id: frame.request_id,

@@ -19,13 +19,15 @@ use std::{
     cmp::Reverse,
     collections::{BTreeSet, BinaryHeap, VecDeque},
     sync::{atomic::Ordering, Arc},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime},
 };
 
-use broker_core::{Broker, DeadLetter, MemoryBudget, Message, Outcome, PendingRetry, Subscriber};
+use broker_core::{
+    Broker, Circuit, DeadLetter, MemoryBudget, Message, Outcome, PendingRetry, Subscriber,
+};
 use futures_util::{stream::FuturesUnordered, StreamExt};
-use http::{header, HeaderMap, HeaderName, HeaderValue, Request};
-use http_body_util::{BodyExt, Full, Limited};
+use http::HeaderMap;
+use http_body_util::{BodyExt, Limited};
 use parking_lot::Mutex;
 use tokio::{
     sync::{Notify, Semaphore},
@@ -33,18 +35,12 @@ use tokio::{
 };
 
 use super::{
-    health::{Circuit, CircuitCell, Health},
+    health::{CircuitCell, Health},
     policy::is_refusal,
+    request::{base_headers, build_request, BoxError, Signers},
     retry::{next_wait, Attempt, Backoff},
-    signature::Signer,
     Shared,
 };
-
-static WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
-static WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
-static WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
-const USER_AGENT: HeaderValue =
-    HeaderValue::from_static(concat!("webhook-broker/", env!("CARGO_PKG_VERSION")));
 
 /// Messages read from the log at once.
 const PAGE: usize = 256;
@@ -93,26 +89,6 @@ struct Flags {
     close_circuit: bool,
 }
 
-/// The signers of a subscriber's current secret and, while its overlap
-/// lasts, the one it replaced.
-struct Signers {
-    version: u64,
-    current: Signer,
-    previous: Option<(Signer, SystemTime)>,
-}
-
-impl Signers {
-    fn of(subscriber: &Subscriber) -> Self {
-        Signers {
-            version: subscriber.secrets_version(),
-            current: Signer::new(subscriber.secret().key()),
-            previous: subscriber
-                .previous_secret()
-                .map(|(secret, until)| (Signer::new(secret.key()), until)),
-        }
-    }
-}
-
 fn cursor_of<'s>(subscriber: &'s Subscriber, shared: &Shared) -> Option<&'s Cursor> {
     subscriber.notifier_state(|| Cursor {
         flags: Mutex::default(),
@@ -123,46 +99,6 @@ fn cursor_of<'s>(subscriber: &'s Subscriber, shared: &Shared) -> Option<&'s Curs
         base_headers: base_headers(subscriber),
         host_slots: shared.host_slots(subscriber.endpoint().url()),
         retries_loaded: std::sync::atomic::AtomicBool::new(false),
-    })
-}
-
-fn base_headers(subscriber: &Subscriber) -> HeaderMap {
-    let endpoint = subscriber.endpoint();
-    let mut headers = HeaderMap::with_capacity(endpoint.headers().len() + 6);
-    if let Some(host) = endpoint
-        .url()
-        .authority()
-        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    {
-        headers.insert(header::HOST, host);
-    }
-    headers.insert(header::USER_AGENT, USER_AGENT);
-    headers.extend(
-        endpoint
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone())),
-    );
-    headers
-}
-
-/// The current unix time in seconds as a header value, rebuilt at most
-/// once a second per thread.
-fn timestamp_header() -> HeaderValue {
-    thread_local! {
-        static CACHE: std::cell::RefCell<(u64, HeaderValue)> =
-            const { std::cell::RefCell::new((u64::MAX, HeaderValue::from_static("0"))) };
-    }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default();
-    CACHE.with(|cache| {
-        let mut cache = cache.borrow_mut();
-        if cache.0 != now {
-            *cache = (now, HeaderValue::from(now));
-        }
-        cache.1.clone()
     })
 }
 
@@ -915,7 +851,12 @@ async fn attempt_once(
             }
             signers.clone()
         };
-        let request = build_request(cursor, &signers, subscriber.endpoint(), message)?;
+        let request = build_request(
+            &cursor.base_headers,
+            &signers,
+            subscriber.endpoint(),
+            message,
+        )?;
         let response = shared.client.request(request).await?;
         let attempt = Attempt::from_response(response.status(), response.headers());
         // Read a bounded amount so the connection can go back to the pool;
@@ -962,50 +903,6 @@ async fn attempt_once(
             }
         }
     }
-}
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// The request of one attempt: a fresh timestamp and signature each time,
-/// the same `webhook-id` always (also after a restart: the id is the
-/// log's).
-fn build_request(
-    cursor: &Cursor,
-    signers: &Signers,
-    endpoint: &broker_core::Endpoint,
-    message: &Message,
-) -> Result<Request<Full<bytes::Bytes>>, BoxError> {
-    let id = HeaderValue::from_str(message.id())?;
-    let timestamp = timestamp_header();
-    let sign =
-        |signer: &Signer| signer.sign_raw(id.as_bytes(), timestamp.as_bytes(), message.payload());
-    let current = sign(&signers.current);
-    // While a rotated-out secret's overlap lasts, both signatures, space
-    // separated, as Standard Webhooks allows: a receiver verifies with
-    // either secret.
-    let signature = match &signers.previous {
-        Some((previous, until)) if *until > SystemTime::now() => {
-            let mut both = Vec::with_capacity(2 * current.len() + 1);
-            both.extend_from_slice(&current);
-            both.push(b' ');
-            both.extend_from_slice(&sign(previous));
-            HeaderValue::from_bytes(&both)?
-        }
-        _ => HeaderValue::from_bytes(&current)?,
-    };
-
-    let mut request = Request::new(Full::new(message.payload().clone()));
-    *request.method_mut() = endpoint.method().clone();
-    *request.uri_mut() = endpoint.url().clone();
-    let headers = request.headers_mut();
-    *headers = cursor.base_headers.clone();
-    if let Some(content_type) = message.content_type() {
-        headers.insert(header::CONTENT_TYPE, content_type.clone());
-    }
-    headers.insert(WEBHOOK_ID.clone(), id);
-    headers.insert(WEBHOOK_TIMESTAMP.clone(), timestamp);
-    headers.insert(WEBHOOK_SIGNATURE.clone(), signature);
-    Ok(request)
 }
 
 /// Stops `subscriber`'s worker at once (it was deregistered): what is in

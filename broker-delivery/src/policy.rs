@@ -31,7 +31,7 @@ use tokio::net::TcpStream;
 /// # Examples
 ///
 /// ```
-/// use broker_http::DestinationPolicy;
+/// use broker_delivery::DestinationPolicy;
 ///
 /// let open = DestinationPolicy::default();
 /// assert!(open.allows("127.0.0.1".parse().unwrap()));

@@ -6,16 +6,22 @@
 //! So a slow, hanging or dead endpoint only lags behind, and an idle
 //! subscriber costs no task.
 
+mod assign;
 mod health;
 mod lease;
+mod metrics;
 mod pace;
 mod policy;
+mod request;
 mod retry;
 pub mod signature;
 mod worker;
 
-pub use health::Circuit;
+pub use metrics::DeliveryCollector;
 pub use policy::DestinationPolicy;
+/// The TLS library of [`DeliveryConfig::tls`], re-exported so an embedder
+/// builds its `ClientConfig` with the same version.
+pub use rustls;
 
 use std::{
     collections::HashMap,
@@ -134,7 +140,7 @@ impl Default for DeliveryConfig {
 ///
 /// ```
 /// use broker_core::Broker;
-/// use broker_http::{DeliveryConfig, WebhookNotifier};
+/// use broker_delivery::{DeliveryConfig, WebhookNotifier};
 ///
 /// let notifier = WebhookNotifier::new(DeliveryConfig {
 ///     max_in_flight: 4,
@@ -164,7 +170,7 @@ pub(crate) struct Shared {
     /// subscriber queue that uses it; dead entries are swept as the map
     /// doubles.
     hosts: Mutex<HashMap<String, Weak<Semaphore>>>,
-    metrics: crate::metrics::DeliveryMetrics,
+    metrics: metrics::DeliveryMetrics,
     /// Publishers' pace: what workers report of their backlogs.
     pace: Arc<pace::Pace>,
     /// Which subscribers this replica delivers, when replicas share the
@@ -240,19 +246,18 @@ impl WebhookNotifier {
                 idle: Notify::new(),
                 broker: OnceLock::new(),
                 hosts: Mutex::default(),
-                metrics: crate::metrics::DeliveryMetrics::default(),
+                metrics: metrics::DeliveryMetrics::default(),
                 leases: OnceLock::new(),
             }),
         }
     }
 
-    /// A subscriber's circuit.
-    pub fn circuit(subscriber: &Subscriber) -> Circuit {
-        worker::circuit(subscriber)
-    }
-
-    pub(crate) fn metrics(&self) -> &crate::metrics::DeliveryMetrics {
-        &self.shared.metrics
+    /// The deliveries' metrics, to register in a `prometheus_client`
+    /// registry (the HTTP API's `Metrics::with_collector`).
+    pub fn collector(&self) -> DeliveryCollector {
+        DeliveryCollector {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Messages read from the log and not yet done with (in flight,
@@ -271,8 +276,8 @@ impl WebhookNotifier {
     /// faster than the broker can deliver only grows the log: this gives
     /// the CPU back to the deliveries. A slow endpoint uses no CPU and one
     /// subscriber alone never counts enough, so neither paces anyone.
-    /// Returns whether it waited. The HTTP API calls it after each publish
-    /// when [`ApiConfig::pace`](crate::ApiConfig::pace) is set.
+    /// Returns whether it waited. Every publish path (HTTP, WebSocket,
+    /// TCP) calls it through [`Broker::pace`].
     pub async fn pace(&self) -> bool {
         self.shared.pace.wait().await
     }
@@ -419,6 +424,18 @@ impl Notifier for WebhookNotifier {
 
     fn rewind(&self, subscriber: &Arc<Subscriber>, from: u64) {
         worker::rewind(subscriber, &self.shared, from);
+    }
+
+    async fn pace(&self) -> bool {
+        self.shared.pace.wait().await
+    }
+
+    fn circuit(&self, subscriber: &Subscriber) -> broker_core::Circuit {
+        worker::circuit(subscriber)
+    }
+
+    fn owned(&self) -> Option<usize> {
+        WebhookNotifier::owned(self)
     }
 
     fn appended_elsewhere(

@@ -14,7 +14,7 @@ use sha2::Sha256;
 /// The test vector published with the Standard Webhooks specification:
 ///
 /// ```
-/// use broker_http::signature::Signer;
+/// use broker_delivery::signature::Signer;
 ///
 /// let signer = Signer::from_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
 /// assert_eq!(

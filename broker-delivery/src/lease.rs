@@ -8,7 +8,7 @@
 //! 1. says it is alive and learns who else is ([`Cluster::heartbeat`]);
 //! 2. works out which subscribers are its share: rendezvous hashing of the
 //!    subscribers' ids over the live replicas with bounded load
-//!    ([`broker_core::assign`]), so all agree, shares differ by at most
+//!    ([`assign`](crate::assign::assign)), so all agree, shares differ by at most
 //!    one, and a replica joining or leaving moves mostly its own share;
 //! 3. takes or renews the leases of its share ([`Cluster::claim`]); one
 //!    that another replica still holds is tried again next tick;
@@ -153,7 +153,7 @@ async fn round(
     let mine = replicas.iter().position(|r| *r == me);
     let share: Vec<String> = delivered
         .iter()
-        .zip(broker_core::assign(&delivered, &replicas))
+        .zip(crate::assign::assign(&delivered, &replicas))
         .filter(|(_, owner)| Some(*owner) == mine)
         .map(|(id, _)| (*id).to_owned())
         .collect();

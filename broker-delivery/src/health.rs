@@ -15,35 +15,12 @@ use std::{
     time::Duration,
 };
 
-use serde::Serialize;
+use broker_core::Circuit;
 use tokio::time::Instant;
 
 /// The longest a circuit stays open (the first opening lasts
 /// `DeliveryConfig::circuit_open_for`, each failed probe doubles it).
 pub(crate) const OPEN_AT_MOST: Duration = Duration::from_secs(300);
-
-/// A subscriber's circuit, as the topic detail and the metrics show it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Circuit {
-    /// Attempts go out as usual (also when no worker ever ran).
-    Closed,
-    /// Nothing is attempted until the open time ends.
-    Open,
-    /// One attempt at a time, the probe.
-    HalfOpen,
-}
-
-impl Circuit {
-    /// The name the API gives it: `closed`, `open` or `half_open`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Circuit::Closed => "closed",
-            Circuit::Open => "open",
-            Circuit::HalfOpen => "half_open",
-        }
-    }
-}
 
 /// A [`Circuit`] that a worker writes and the API reads.
 #[derive(Default)]

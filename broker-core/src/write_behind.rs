@@ -1,0 +1,354 @@
+//! The write-behind buffer of delivery progress, shared by the durable
+//! stores: cursor moves and pending-retry changes are taken in memory at
+//! once ([`Store::save_cursor`](crate::Store::save_cursor) and friends
+//! never wait for a disk or a network) and written by the store every
+//! flush period, a batch at a time.
+//!
+//! Its rules, the same for every backend:
+//! - **Capped**: at most [`MAX_BUFFERED`] cursors and as many retry
+//!   changes (one per subscriber, one per pending retry). Past it a change
+//!   for a new key is dropped, counted, and reported by the next flush; a
+//!   change to a key already buffered always lands. A dropped cursor move
+//!   means messages delivered again after a crash, never lost ones.
+//! - **Kept on failure**: a flush that fails puts its batch back, under
+//!   whatever changed meanwhile (a newer change wins; a cursor only moves
+//!   forward).
+//! - **In order**: one flush at a time, so an older batch never lands
+//!   after a newer one.
+
+use std::{
+    collections::HashMap,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use parking_lot::Mutex;
+
+/// Cursor moves, and retry changes, buffered between two flushes at most.
+pub const MAX_BUFFERED: usize = 1 << 20;
+
+/// A pending retry kept (`Some((attempts, due in ms since the epoch))`) or
+/// forgotten (`None`).
+pub type RetryChange = Option<(u32, u64)>;
+
+/// What one flush writes: the cursors moved and the retries kept or
+/// forgotten since the last one.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ProgressBatch {
+    /// Subscriber id and its newest cursor.
+    pub cursors: Vec<(String, u64)>,
+    /// Subscriber id, offset, and the newest change of that retry.
+    pub retries: Vec<((String, u64), RetryChange)>,
+}
+
+impl ProgressBatch {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.cursors.is_empty() && self.retries.is_empty()
+    }
+}
+
+/// The buffer. Its locks are held only to insert or swap a map, never
+/// across a write: the flush turn is a separate lock.
+#[derive(Debug)]
+pub struct WriteBehind {
+    cursors: Mutex<HashMap<String, u64>>,
+    retries: Mutex<HashMap<(String, u64), RetryChange>>,
+    cap: usize,
+    /// Changes dropped because the buffer was full, since the last flush.
+    dropped: AtomicU64,
+    /// One flush at a time (async: held across the store's write).
+    turn: tokio::sync::Mutex<()>,
+    /// One flush at a time, for stores that flush from a blocking thread.
+    turn_blocking: Mutex<()>,
+}
+
+impl Default for WriteBehind {
+    fn default() -> Self {
+        Self::with_cap(MAX_BUFFERED)
+    }
+}
+
+impl WriteBehind {
+    /// A buffer of at most `cap` cursors and `cap` retry changes.
+    pub fn with_cap(cap: usize) -> Self {
+        WriteBehind {
+            cursors: Mutex::default(),
+            retries: Mutex::default(),
+            cap,
+            dropped: AtomicU64::new(0),
+            turn: tokio::sync::Mutex::new(()),
+            turn_blocking: Mutex::new(()),
+        }
+    }
+
+    /// `subscriber`'s cursor moved to `cursor` (a smaller one than
+    /// buffered is ignored: cursors only move forward).
+    pub fn cursor(&self, subscriber: &str, cursor: u64) {
+        let mut cursors = self.cursors.lock();
+        if let Some(entry) = cursors.get_mut(subscriber) {
+            *entry = (*entry).max(cursor);
+        } else if cursors.len() < self.cap {
+            cursors.insert(subscriber.to_owned(), cursor);
+        } else {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// `subscriber`'s retry of `offset` was kept (`Some`) or forgotten
+    /// (`None`); the newest change wins.
+    pub fn retry(&self, subscriber: &str, offset: u64, change: RetryChange) {
+        let mut retries = self.retries.lock();
+        let key = (subscriber.to_owned(), offset);
+        if retries.len() < self.cap || retries.contains_key(&key) {
+            retries.insert(key, change);
+        } else {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Drops what is buffered for `subscriber` (deregistered: its stored
+    /// progress goes with it).
+    pub fn forget(&self, subscriber: &str) {
+        self.cursors.lock().remove(subscriber);
+        self.retries
+            .lock()
+            .retain(|(owner, _), _| owner != subscriber);
+    }
+
+    /// Entries buffered now: cursors and retry changes.
+    pub fn len(&self) -> (usize, usize) {
+        (self.cursors.lock().len(), self.retries.lock().len())
+    }
+
+    /// Whether nothing is buffered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == (0, 0)
+    }
+
+    /// Writes what is buffered with `write`, one flush at a time; when
+    /// `write` fails, the batch goes back into the buffer under any newer
+    /// change. Does not call `write` when nothing is buffered.
+    ///
+    /// # Errors
+    ///
+    /// What `write` returned.
+    pub async fn flush<E>(
+        &self,
+        write: impl AsyncFnOnce(&ProgressBatch) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let _turn = self.turn.lock().await;
+        let batch = self.take();
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let written = write(&batch).await;
+        if written.is_err() {
+            self.put_back(batch);
+        }
+        written
+    }
+
+    /// [`flush`](Self::flush) for a store that writes from a blocking
+    /// thread (never from an async task: the turn is a blocking lock).
+    ///
+    /// # Errors
+    ///
+    /// What `write` returned.
+    pub fn flush_blocking<E>(
+        &self,
+        write: impl FnOnce(&ProgressBatch) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let _turn = self.turn_blocking.lock();
+        let batch = self.take();
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let written = write(&batch);
+        if written.is_err() {
+            self.put_back(batch);
+        }
+        written
+    }
+
+    fn take(&self) -> ProgressBatch {
+        let dropped = self.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "cursor moves or retry changes were dropped: the store could not take them and the buffer was full"
+            );
+        }
+        ProgressBatch {
+            cursors: std::mem::take(&mut *self.cursors.lock())
+                .into_iter()
+                .collect(),
+            retries: std::mem::take(&mut *self.retries.lock())
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    /// Puts a batch that could not be written back, under what changed
+    /// since it was taken. Not capped: it was in the buffer already.
+    fn put_back(&self, batch: ProgressBatch) {
+        {
+            let mut cursors = self.cursors.lock();
+            for (id, cursor) in batch.cursors {
+                let entry = cursors.entry(id).or_default();
+                *entry = (*entry).max(cursor);
+            }
+        }
+        let mut retries = self.retries.lock();
+        for (key, change) in batch.retries {
+            retries.entry(key).or_insert(change);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sorted(mut batch: ProgressBatch) -> ProgressBatch {
+        batch.cursors.sort();
+        batch.retries.sort();
+        batch
+    }
+
+    async fn written(buffer: &WriteBehind) -> ProgressBatch {
+        let mut out = ProgressBatch::default();
+        buffer
+            .flush(async |batch: &ProgressBatch| {
+                out = batch.clone();
+                Ok::<_, ()>(())
+            })
+            .await
+            .unwrap();
+        sorted(out)
+    }
+
+    #[tokio::test]
+    async fn a_failing_flush_keeps_every_entry_under_newer_changes() {
+        let buffer = WriteBehind::default();
+        buffer.cursor("a", 5);
+        buffer.cursor("b", 9);
+        buffer.retry("a", 1, Some((2, 100)));
+        buffer.retry("a", 2, Some((1, 50)));
+        let failed = buffer
+            .flush(async |batch: &ProgressBatch| {
+                assert_eq!(batch.cursors.len(), 2);
+                // Meanwhile: a moves on, a's retry of 1 is forgotten.
+                buffer.cursor("a", 7);
+                buffer.retry("a", 1, None);
+                Err("down")
+            })
+            .await;
+        assert_eq!(failed, Err("down"));
+        assert_eq!(buffer.len(), (2, 2));
+        let batch = written(&buffer).await;
+        assert_eq!(batch.cursors, [("a".into(), 7), ("b".into(), 9)]);
+        assert_eq!(
+            batch.retries,
+            [(("a".into(), 1), None), (("a".into(), 2), Some((1, 50)))]
+        );
+        assert!(buffer.is_empty());
+        assert!(written(&buffer).await.is_empty());
+    }
+
+    #[test]
+    fn a_failing_blocking_flush_keeps_every_entry() {
+        let buffer = WriteBehind::default();
+        buffer.cursor("a", 3);
+        buffer.retry("a", 0, Some((1, 1)));
+        assert_eq!(buffer.flush_blocking(|_| Err(())), Err(()));
+        let mut seen = ProgressBatch::default();
+        buffer
+            .flush_blocking(|b| {
+                seen = b.clone();
+                Ok::<_, ()>(())
+            })
+            .unwrap();
+        assert_eq!(seen.cursors, [("a".into(), 3)]);
+        assert_eq!(seen.retries, [(("a".into(), 0), Some((1, 1)))]);
+    }
+
+    #[tokio::test]
+    async fn the_cap_holds_and_known_keys_still_change() {
+        let buffer = WriteBehind::with_cap(2);
+        for (i, id) in ["a", "b", "c", "d"].into_iter().enumerate() {
+            buffer.cursor(id, i as u64);
+            buffer.retry(id, 0, Some((1, 0)));
+        }
+        assert_eq!(buffer.len(), (2, 2));
+        // Keys already buffered still take their newest change.
+        buffer.cursor("a", 40);
+        buffer.retry("b", 0, None);
+        let batch = written(&buffer).await;
+        assert_eq!(batch.cursors, [("a".into(), 40), ("b".into(), 1)]);
+        assert_eq!(
+            batch.retries,
+            [(("a".into(), 0), Some((1, 0))), (("b".into(), 0), None)]
+        );
+        // Room again after the flush.
+        buffer.cursor("c", 2);
+        assert_eq!(buffer.len(), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn order_is_kept_cursors_move_forward_and_the_newest_retry_change_wins() {
+        let buffer = WriteBehind::default();
+        buffer.cursor("a", 10);
+        buffer.cursor("a", 4);
+        buffer.retry("a", 3, Some((1, 10)));
+        buffer.retry("a", 3, Some((2, 20)));
+        buffer.retry("a", 3, None);
+        let batch = written(&buffer).await;
+        assert_eq!(batch.cursors, [("a".into(), 10)]);
+        assert_eq!(batch.retries, [(("a".into(), 3), None)]);
+    }
+
+    #[tokio::test]
+    async fn flushes_take_turns() {
+        use std::sync::Arc;
+        let buffer = Arc::new(WriteBehind::default());
+        buffer.cursor("a", 1);
+        let (entered, wait) = tokio::sync::oneshot::channel::<()>();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let first = tokio::spawn({
+            let buffer = buffer.clone();
+            async move {
+                buffer
+                    .flush(async |batch: &ProgressBatch| {
+                        assert_eq!(batch.cursors, [("a".into(), 1)]);
+                        let _ = entered.send(());
+                        let _ = released.await;
+                        Ok::<_, ()>(())
+                    })
+                    .await
+            }
+        });
+        wait.await.unwrap();
+        buffer.cursor("a", 2);
+        let second = tokio::spawn({
+            let buffer = buffer.clone();
+            async move { written(&buffer).await }
+        });
+        // The second flush waits for the first one's turn.
+        tokio::task::yield_now().await;
+        assert!(!second.is_finished());
+        release.send(()).unwrap();
+        first.await.unwrap().unwrap();
+        assert_eq!(second.await.unwrap().cursors, [("a".into(), 2)]);
+    }
+
+    #[test]
+    fn forgetting_a_subscriber_drops_its_entries() {
+        let buffer = WriteBehind::default();
+        buffer.cursor("a", 1);
+        buffer.cursor("b", 1);
+        buffer.retry("a", 0, None);
+        buffer.retry("b", 0, None);
+        buffer.forget("a");
+        assert_eq!(buffer.len(), (1, 1));
+    }
+}

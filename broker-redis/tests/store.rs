@@ -633,8 +633,21 @@ async fn redis_down_fails_in_bounded_time_and_nothing_acknowledged_is_lost() {
     assert!(matches!(err, broker_core::Error::Storage { .. }), "{err:?}");
     assert!(started.elapsed() < timeout + Duration::from_secs(1));
     assert!(store.read(&t, 0, 10, usize::MAX).await.is_err());
-    // Cursor moves are buffered meanwhile, and written once Redis is back.
+    // Cursor moves and retry changes are buffered meanwhile: a flush
+    // fails and keeps them (under newer changes), and they are written
+    // once Redis is back.
+    let retry = |offset: u64| PendingRetry {
+        offset,
+        attempts: 2,
+        due: UNIX_EPOCH + Duration::from_millis(1_795_430_227_000 + offset),
+    };
     store.save_cursor("sub_1", 33).await.unwrap();
+    store.save_retry("sub_1", retry(7)).await.unwrap();
+    store.save_retry("sub_1", retry(8)).await.unwrap();
+    assert!(store.flush().await.is_err());
+    store.save_cursor("sub_1", 20).await.unwrap(); // cursors only move on
+    store.forget_retry("sub_1", 7).await.unwrap(); // the newer change wins
+    assert!(store.flush().await.is_err());
 
     server.restart();
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -662,6 +675,7 @@ async fn redis_down_fails_in_bounded_time_and_nothing_acknowledged_is_lost() {
         loaded(&store).await == [publisher(), with_cursor(&sub, 33)]
     })
     .await;
+    assert_eq!(store.pending_retries("sub_1").await.unwrap(), [retry(8)]);
 }
 
 #[tokio::test]

@@ -3,11 +3,10 @@
 
 use std::sync::Arc;
 
-use super::Broker;
+use super::{records::credential_record, Broker};
 use crate::{
-    stats::Registration,
-    store::{Change, CredentialRecord, Record},
-    Credential, Error, Grants, Listener, Publisher, Role, TokenVerifier,
+    stats::Registration, store::Change, Credential, Error, Grants, Listener, Publisher, Role,
+    TokenVerifier,
 };
 
 impl Broker {
@@ -61,29 +60,14 @@ impl Broker {
             return Ok(plan);
         }
         let c = &plan.item;
-        let record = Record::Credential(CredentialRecord {
-            id: c.id.clone(),
-            topic: c.topic.to_string(),
-            name: c.name.clone(),
-            role,
-            token: c.token.expose().to_owned(),
-            order: self.next_order(),
-        });
-        match self.durably(topic, Change::Put(&record)).await {
-            Ok(()) => {}
-            Err(Error::AlreadyRegistered { id }) => {
-                // Another replica made it a moment ago: that one it is.
-                self.adopt(&id).await?;
-                let mut registry = self.shared.registry.write();
-                let again = registry.plan_credential(role, topic, name, &self.shared.limits)?;
-                if again.created {
-                    // Gone again meanwhile: let the caller retry.
-                    registry.prune(topic);
-                    return Err(Error::AlreadyRegistered { id });
-                }
-                return Ok(again);
-            }
-            Err(e) => return Err(e),
+        let record = credential_record(c, self.next_order());
+        let adopted = self
+            .save_or_adopt(topic, &record, |registry| {
+                registry.plan_credential(role, topic, name, &self.shared.limits)
+            })
+            .await?;
+        if let Some(adopted) = adopted {
+            return Ok(adopted);
         }
         self.shared.registry.write().insert_credential(c.clone());
         Ok(plan)

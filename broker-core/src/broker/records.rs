@@ -7,7 +7,9 @@ use super::Broker;
 use crate::{
     registry::Registry,
     secret::{SigningSecret, Token},
-    store::{Change, GroupRecord, Record, SubscriberRecord},
+    stats::Registration,
+    store::{Change, CredentialRecord, GroupRecord, Record, SubscriberRecord, TopicRecord},
+    subscriber::Secrets,
     Credential, Endpoint, Error, Group, GroupConfig, Subscriber, TopicName,
 };
 
@@ -36,25 +38,17 @@ impl Broker {
                     .map(|e| e.with_ordered(s.ordered))
                     .map_err(|e| bad(&format!("is no longer valid: {e}")))?;
                 let topic = TopicName::new(&s.topic).map_err(|_| bad("has a bad topic"))?;
-                let secret =
-                    SigningSecret::restore(&s.secret).ok_or_else(|| bad("has a bad secret"))?;
+                let secrets = stored_secrets(s)?;
                 let subscriber = registry.restore_subscriber(
                     s.id.clone(),
                     topic,
                     endpoint,
-                    secret,
+                    secrets.current,
                     crate::subscriber::Standing {
                         cursor: s.cursor,
                         order: s.order,
                         enabled: s.enabled,
-                        previous_secret: match &s.previous_secret {
-                            Some((secret, until)) => Some((
-                                SigningSecret::restore(secret)
-                                    .ok_or_else(|| bad("has a bad previous secret"))?,
-                                *until,
-                            )),
-                            None => None,
-                        },
+                        previous_secret: secrets.previous,
                     },
                 );
                 registry.insert_subscriber(subscriber);
@@ -101,6 +95,57 @@ impl Broker {
         }
         saved
     }
+
+    /// Writes a planned registration's `record` to the store
+    /// ([`durably`](Self::durably)); `None` once it is there (the caller
+    /// inserts its plan). When another replica made the same registration
+    /// a moment ago ([`Error::AlreadyRegistered`]), that one it is: takes
+    /// it ([`adopt`](Self::adopt)) and returns what `plan_again` then
+    /// resolves to (it, or a conflict if its settings differ).
+    pub(super) async fn save_or_adopt<T>(
+        &self,
+        topic: &str,
+        record: &Record,
+        plan_again: impl FnOnce(&mut Registry) -> Result<Registration<T>, Error>,
+    ) -> Result<Option<Registration<T>>, Error> {
+        match self.durably(topic, Change::Put(record)).await {
+            Ok(()) => Ok(None),
+            Err(Error::AlreadyRegistered { id }) => {
+                self.adopt(&id).await?;
+                let mut registry = self.shared.registry.write();
+                let again = plan_again(&mut registry)?;
+                if again.created {
+                    // Gone again meanwhile: let the caller retry.
+                    registry.prune(topic);
+                    return Err(Error::AlreadyRegistered { id });
+                }
+                Ok(Some(again))
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The record a store keeps of credential `c`, at `order`.
+pub(super) fn credential_record(c: &Credential, order: u64) -> Record {
+    Record::Credential(CredentialRecord {
+        id: c.id.clone(),
+        topic: c.topic.to_string(),
+        name: c.name.clone(),
+        role: c.role,
+        token: c.token.expose().to_owned(),
+        order,
+    })
+}
+
+/// The record a store keeps of explicitly created topic `name`, at
+/// `order`.
+pub(super) fn topic_record(name: &str, order: u64) -> Record {
+    Record::Topic(TopicRecord {
+        id: TopicRecord::id_of(name),
+        name: name.to_owned(),
+        order,
+    })
 }
 
 /// A group's record: its settings and a snapshot of its progress; with
@@ -161,6 +206,21 @@ pub(super) fn subscriber_record(s: &Subscriber) -> Record {
         order: s.order,
         cursor: s.cursor(),
     })
+}
+
+/// The signing secrets stored in `s`: the current one and, while its
+/// overlap lasts, the one it replaced.
+pub(super) fn stored_secrets(s: &SubscriberRecord) -> Result<Secrets, Error> {
+    let bad = |what: &str| Error::storage(format!("stored {} {what}", s.id));
+    let current = SigningSecret::restore(&s.secret).ok_or_else(|| bad("has a bad secret"))?;
+    let previous = match &s.previous_secret {
+        Some((secret, until)) => Some((
+            SigningSecret::restore(secret).ok_or_else(|| bad("has a bad previous secret"))?,
+            *until,
+        )),
+        None => None,
+    };
+    Ok(Secrets { current, previous })
 }
 
 #[cfg(test)]

@@ -46,27 +46,19 @@ impl Broker {
         }
         self.next_order();
         let record = subscriber_record(&plan.item);
-        match self.durably(topic, Change::Put(&record)).await {
-            Ok(()) => {}
-            Err(Error::AlreadyRegistered { id }) => {
-                // Another replica made it a moment ago: that one it is
-                // (or a conflict, if its settings differ).
-                self.adopt(&id).await?;
-                let mut registry = self.shared.registry.write();
-                let again = registry.plan_subscriber(
+        let adopted = self
+            .save_or_adopt(topic, &record, |registry| {
+                registry.plan_subscriber(
                     topic,
                     plan.item.endpoint().clone(),
                     &self.shared.limits,
                     end,
                     self.shared.order.load(Ordering::Relaxed),
-                )?;
-                if again.created {
-                    registry.prune(topic);
-                    return Err(Error::AlreadyRegistered { id });
-                }
-                return Ok(again);
-            }
-            Err(e) => return Err(e),
+                )
+            })
+            .await?;
+        if let Some(adopted) = adopted {
+            return Ok(adopted);
         }
         self.shared
             .registry

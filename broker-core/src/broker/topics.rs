@@ -6,9 +6,9 @@ use std::{
     time::SystemTime,
 };
 
-use super::Broker;
+use super::{records::topic_record, Broker};
 use crate::{
-    store::{Change, Record, TopicRecord},
+    store::{Change, TopicRecord},
     DeliveryCounts, Error, Listener, Publisher, Subscriber, TopicName,
 };
 
@@ -75,11 +75,7 @@ impl Broker {
                 });
             }
         }
-        let record = Record::Topic(TopicRecord {
-            id: TopicRecord::id_of(name),
-            name: name.to_owned(),
-            order: self.next_order(),
-        });
+        let record = topic_record(name, self.next_order());
         self.shared.store.save(Change::Put(&record)).await?;
         self.shared.registry.write().make_explicit(&topic);
         Ok(())

@@ -80,13 +80,14 @@ mod registry;
 mod replay;
 mod retry;
 mod secret;
+mod stats;
 mod store;
 mod subscriber;
 mod topic;
 mod write_behind;
 
 pub use auth::{is_jwt_shaped, Grants, TokenRejection, TokenVerifier, MAX_JWT_LEN};
-pub use broker::{Broker, Registration, TopicDetail, TopicSummary, WeakBroker};
+pub use broker::{Broker, TopicDetail, TopicSummary, WeakBroker};
 pub use budget::{Charge, MemoryBudget};
 pub use circuit::Circuit;
 pub use cluster::{Changes, Cluster};
@@ -101,6 +102,7 @@ pub use notifier::Notifier;
 pub use replay::{Replay, ReplayFrom};
 pub use retry::{format_duration, parse_duration, Retry, MAX_SCHEDULE, MAX_WAIT};
 pub use secret::{SigningSecret, Token};
+pub use stats::Registration;
 pub use store::{
     message_id, new_id_prefix, Change, CredentialRecord, DeadLetter, GroupRecord, NewMessage,
     PendingRetry, Read, Record, Store, SubscriberRecord, TopicRecord,

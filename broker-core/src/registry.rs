@@ -12,8 +12,9 @@ use crate::{
     credential::validate_name,
     message::Subscribers,
     secret::{new_id, SigningSecret, Token},
+    stats::{Registration, TopicStats},
     subscriber::Standing,
-    Credential, Endpoint, Error, Limits, Registration, Role, Subscriber, TopicName,
+    Credential, Endpoint, Error, Limits, Role, Subscriber, TopicName,
 };
 
 /// What makes two subscriber registrations the same: the method and the
@@ -41,7 +42,7 @@ pub(crate) struct Topic {
     /// only while a publish still holds the old one.
     pub(crate) subscribers: Subscribers,
     subscriber_keys: HashMap<SubscriberKey, Arc<Subscriber>>,
-    pub(crate) stats: Arc<crate::broker::TopicStats>,
+    pub(crate) stats: Arc<TopicStats>,
     /// Created explicitly: kept until deleted, even when empty.
     pub(crate) explicit: bool,
     /// Consumer groups by name.

@@ -10,7 +10,7 @@ use std::{
     time::SystemTime,
 };
 
-use crate::{broker::TopicStats, secret::SigningSecret, Endpoint, TopicName};
+use crate::{secret::SigningSecret, stats::TopicStats, Endpoint, TopicName};
 
 /// Where a subscriber stands: what a store keeps besides its endpoint.
 #[derive(Debug, Clone)]

@@ -219,19 +219,11 @@ impl Broker {
         subscriber: &crate::Subscriber,
         record: &crate::SubscriberRecord,
     ) -> Result<(), Error> {
-        let bad = || Error::storage(format!("stored {} has a bad secret", record.id));
-        let current = crate::SigningSecret::restore(&record.secret).ok_or_else(bad)?;
-        let previous = match &record.previous_secret {
-            Some((secret, until)) => Some((
-                crate::SigningSecret::restore(secret).ok_or_else(bad)?,
-                *until,
-            )),
-            None => None,
-        };
+        let stored = super::records::stored_secrets(record)?;
         {
             let mut secrets = subscriber.secrets.write();
-            secrets.current = current;
-            secrets.previous = previous;
+            secrets.current = stored.current;
+            secrets.previous = stored.previous;
         }
         subscriber.secrets_version.fetch_add(1, Ordering::AcqRel);
         Ok(())

@@ -1,0 +1,111 @@
+//! The port the delivery side reports progress through: cursors, pending
+//! retries and dead letters, kept in the store.
+
+use std::sync::atomic::Ordering;
+
+use super::Broker;
+use crate::{
+    store::{DeadLetter, PendingRetry},
+    Error, Subscriber,
+};
+
+impl Broker {
+    /// Moves `subscriber`'s cursor forward to `cursor` (never back) and
+    /// hands it to the store, which keeps it within a short time.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`].
+    pub async fn commit_cursor(&self, subscriber: &Subscriber, cursor: u64) -> Result<(), Error> {
+        if subscriber.cursor.fetch_max(cursor, Ordering::AcqRel) >= cursor {
+            return Ok(());
+        }
+        self.shared.store.save_cursor(&subscriber.id, cursor).await
+    }
+
+    /// Keeps `subscriber`'s pending retry in the store, so that a restart
+    /// goes on with its schedule ([`Store::save_retry`](crate::Store::save_retry)).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`].
+    pub async fn keep_retry(
+        &self,
+        subscriber: &Subscriber,
+        retry: PendingRetry,
+    ) -> Result<(), Error> {
+        self.shared.store.save_retry(&subscriber.id, retry).await
+    }
+
+    /// Forgets `subscriber`'s pending retry at `offset` (done with).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`].
+    pub async fn forget_retry(&self, subscriber: &Subscriber, offset: u64) -> Result<(), Error> {
+        self.shared.store.forget_retry(&subscriber.id, offset).await
+    }
+
+    /// `subscriber`'s stored pending retries at or past its cursor, oldest
+    /// offset first; those below it (done with before a restart, their
+    /// forgetting lost) are forgotten now.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`].
+    pub async fn pending_retries(
+        &self,
+        subscriber: &Subscriber,
+    ) -> Result<Vec<PendingRetry>, Error> {
+        let cursor = subscriber.cursor();
+        let mut pending = self.shared.store.pending_retries(&subscriber.id).await?;
+        let done = pending.partition_point(|r| r.offset < cursor);
+        for stale in pending.drain(..done) {
+            self.shared
+                .store
+                .forget_retry(&subscriber.id, stale.offset)
+                .await?;
+        }
+        Ok(pending)
+    }
+
+    /// Keeps `subscriber`'s dead letter (a delivery given up on) in the
+    /// store; the oldest ones the store drops to stay within its bound are
+    /// counted as [`Outcome::DeadLetterEvicted`](crate::Outcome).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`].
+    pub async fn dead_letter(
+        &self,
+        subscriber: &Subscriber,
+        dead: &DeadLetter,
+    ) -> Result<(), Error> {
+        let evicted = self
+            .shared
+            .store
+            .put_dead_letter(&subscriber.id, dead)
+            .await?;
+        if evicted > 0 {
+            subscriber.record(crate::Outcome::DeadLetterEvicted, evicted);
+        }
+        Ok(())
+    }
+
+    /// Forgets `subscriber`'s dead letter at `offset` (redriven and
+    /// delivered).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`].
+    pub async fn forget_dead_letter(
+        &self,
+        subscriber: &Subscriber,
+        offset: u64,
+    ) -> Result<(), Error> {
+        self.shared
+            .store
+            .remove_dead_letter(&subscriber.id, offset)
+            .await
+    }
+}

@@ -1,0 +1,110 @@
+//! Counters shared by the broker, the registry and subscribers (per
+//! topic, reachable without the registry lock), and the result of a
+//! registration.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::{DeliveryCounts, DeliveryStats};
+
+/// A fetch or pull waiting for a publish on a topic, counted while it
+/// lives (also when its future is dropped half-way: a client gone).
+pub(crate) struct Waiting<'a>(&'a TopicStats);
+
+impl<'a> Waiting<'a> {
+    pub(crate) fn on(stats: &'a TopicStats) -> Self {
+        stats.waiting.fetch_add(1, Ordering::SeqCst);
+        Waiting(stats)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Per-topic counters, reachable without the registry lock.
+#[derive(Debug, Default)]
+pub(crate) struct TopicStats {
+    pub(crate) published: AtomicU64,
+    /// The offset after the last message known to be in the topic's log
+    /// (kept as publishes go, for lag without a store call).
+    pub(crate) log_end: AtomicU64,
+    /// Outcomes of all deliveries on the topic, including those of
+    /// subscribers since deregistered.
+    pub(crate) deliveries: ShardedStats,
+    /// Wakes fetches waiting for the next message ([`Broker::fetch`](crate::Broker::fetch)).
+    pub(crate) appended: tokio::sync::Notify,
+    /// Fetches waiting: a publish only wakes them when there are some.
+    pub(crate) waiting: std::sync::atomic::AtomicUsize,
+}
+
+/// Counters written from every thread that delivers for a topic: split into
+/// cache-line-sized shards, each thread writing to its own one, so two
+/// cores delivering for one topic do not fight over one cache line.
+#[derive(Debug, Default)]
+pub(crate) struct ShardedStats {
+    shards: [Padded; SHARDS],
+}
+
+const SHARDS: usize = 8;
+
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Padded(DeliveryStats);
+
+impl ShardedStats {
+    /// This thread's shard: threads take shards round robin.
+    fn shard() -> usize {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        thread_local! {
+            static SHARD: usize = (NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS as u64) as usize;
+        }
+        SHARD.with(|s| *s)
+    }
+
+    pub(crate) fn record(&self, outcome: crate::Outcome, n: u64) {
+        self.shards[Self::shard()].0.record(outcome, n);
+    }
+
+    pub(crate) fn snapshot(&self) -> DeliveryCounts {
+        self.shards
+            .iter()
+            .map(|s| s.0.snapshot())
+            .fold(DeliveryCounts::default(), |mut sum, c| {
+                sum.delivered += c.delivered;
+                sum.failed += c.failed;
+                sum.dropped += c.dropped;
+                sum.refused += c.refused;
+                sum.retried += c.retried;
+                sum.dead_lettered += c.dead_lettered;
+                sum.dead_letters_evicted += c.dead_letters_evicted;
+                sum
+            })
+    }
+}
+
+/// The result of a registration: the registered item and whether this call
+/// created it (`false` when it replayed an earlier registration).
+#[derive(Debug, Clone)]
+pub struct Registration<T> {
+    /// The publisher or subscriber.
+    pub item: T,
+    /// True if this call created it.
+    pub created: bool,
+}
+
+impl<T> Registration<T> {
+    pub(crate) fn created(item: T) -> Self {
+        Registration {
+            item,
+            created: true,
+        }
+    }
+    pub(crate) fn existing(item: T) -> Self {
+        Registration {
+            item,
+            created: false,
+        }
+    }
+}

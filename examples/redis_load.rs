@@ -27,7 +27,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use broker_core::{Broker, Limits, MemoryStore, Store as _, TopicName};
+use broker_core::{Broker, Limits, Logs as _, MemoryStore, TopicName};
 use broker_delivery::{DeliveryConfig, WebhookNotifier};
 use broker_http::{Api, ApiConfig, ServerConfig};
 use broker_redis::{Options, RedisStore};

@@ -19,7 +19,7 @@ use std::{
     time::{Instant, SystemTime},
 };
 
-use broker_core::{Broker, Limits, NewMessage, Notifier, Publish, Store, TopicName};
+use broker_core::{Broker, Limits, Logs, NewMessage, Notifier, Publish, TopicName};
 use broker_store::{DiskStore, Fsync, Options};
 use bytes::Bytes;
 use http::HeaderValue;

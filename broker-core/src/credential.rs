@@ -14,11 +14,12 @@ pub enum Role {
 }
 
 impl Role {
-    /// The prefix of the ids (and so of the tokens) of this role.
-    pub(crate) fn id_prefix(self) -> &'static str {
+    /// The kind of registration of this role, whose prefix its ids (and
+    /// so its tokens) start with.
+    pub(crate) fn kind(self) -> crate::RecordKind {
         match self {
-            Role::Publish => "pub_",
-            Role::Listen => "lis_",
+            Role::Publish => crate::RecordKind::Publisher,
+            Role::Listen => crate::RecordKind::Listener,
         }
     }
 

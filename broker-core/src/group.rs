@@ -83,7 +83,7 @@ pub struct Pulled {
 impl Group {
     /// `grp_<topic>/<name>`: the key the store keeps it under.
     pub fn id_of(topic: &str, name: &str) -> String {
-        format!("grp_{topic}/{name}")
+        format!("{}{topic}/{name}", crate::RecordKind::Group.prefix())
     }
 
     /// Its id.

@@ -104,8 +104,9 @@ pub use retry::{format_duration, parse_duration, Retry, MAX_SCHEDULE, MAX_WAIT};
 pub use secret::{SigningSecret, Token};
 pub use stats::Registration;
 pub use store::{
-    message_id, new_id_prefix, Change, CredentialRecord, DeadLetter, GroupRecord, NewMessage,
-    PendingRetry, Read, Record, Store, SubscriberRecord, TopicRecord,
+    message_id, new_id_prefix, Change, CredentialRecord, DeadLetter, GroupRecord, Logs, NewMessage,
+    PendingRetry, Progress, Read, Record, RecordKind, Registrations, Store, SubscriberRecord,
+    TopicRecord,
 };
 pub use subscriber::{DeliveryCounts, DeliveryStats, Outcome, Subscriber};
 pub use topic::{TopicName, MAX_TOPIC_LEN};

@@ -44,6 +44,10 @@ pub struct Limits {
     pub max_publisher_name_len: usize,
     /// Attempts a subscriber may ask for per delivery. Default 10.
     pub max_delivery_attempts: u32,
+    /// Dead letters kept per subscriber or consumer group, the oldest
+    /// dropped first (counted as `dead_letter_evicted`): the one cap every
+    /// store keeps to. Default [`MAX_DEAD_LETTERS`](crate::MAX_DEAD_LETTERS), 10,000.
+    pub max_dead_letters: usize,
 }
 
 impl Default for Limits {
@@ -60,6 +64,7 @@ impl Default for Limits {
             max_header_bytes: 8 * 1024,
             max_publisher_name_len: 128,
             max_delivery_attempts: 10,
+            max_dead_letters: crate::MAX_DEAD_LETTERS,
         }
     }
 }

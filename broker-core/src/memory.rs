@@ -15,7 +15,10 @@ use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
 
 use crate::{
-    store::{message_id, new_id_prefix, Change, DeadLetter, NewMessage, Read, Record},
+    store::{
+        message_id, new_id_prefix, Change, DeadLetter, Logs, NewMessage, Progress, Read, Record,
+        Registrations,
+    },
     Error, MemoryBudget, Message, Store, TopicName,
 };
 
@@ -74,12 +77,13 @@ pub struct MemoryStore {
     /// Held for look-ups and inserts only; a log's own lock is taken after
     /// this one is dropped.
     logs: RwLock<HashMap<TopicName, Arc<Mutex<Log>>>>,
-    /// Dead letters by subscriber, by offset: at most
-    /// [`MAX_DEAD_LETTERS`] a subscriber, the oldest evicted first.
+    /// Dead letters by subscriber, by offset: at most the broker's cap a
+    /// subscriber, the oldest evicted first.
     dead: Mutex<HashMap<String, BTreeMap<u64, DeadLetter>>>,
 }
 
-/// Dead letters kept per subscriber in memory.
+/// Dead letters kept per subscriber (or consumer group) by default, in
+/// every store: [`Limits::max_dead_letters`](crate::Limits::max_dead_letters).
 pub const MAX_DEAD_LETTERS: usize = 10_000;
 
 /// What a retained message costs beyond its payload: the `Message`, its
@@ -208,7 +212,7 @@ impl Default for MemoryStore {
 }
 
 #[async_trait]
-impl Store for MemoryStore {
+impl Registrations for MemoryStore {
     async fn load(&self) -> Result<Vec<Record>, Error> {
         Ok(Vec::new())
     }
@@ -219,7 +223,10 @@ impl Store for MemoryStore {
         }
         Ok(())
     }
+}
 
+#[async_trait]
+impl Logs for MemoryStore {
     async fn delete_topic(&self, topic: &TopicName) -> Result<(), Error> {
         let removed = self.logs.write().remove(topic);
         if let Some(log) = removed {
@@ -227,38 +234,6 @@ impl Store for MemoryStore {
             while log.pop(&self.held, &self.budget) {}
         }
         Ok(())
-    }
-
-    async fn put_dead_letter(&self, subscriber: &str, dead: &DeadLetter) -> Result<u64, Error> {
-        let mut all = self.dead.lock();
-        let mine = all.entry(subscriber.to_owned()).or_default();
-        mine.insert(dead.offset, dead.clone());
-        let mut evicted = 0;
-        while mine.len() > MAX_DEAD_LETTERS {
-            mine.pop_first();
-            evicted += 1;
-        }
-        Ok(evicted)
-    }
-
-    async fn remove_dead_letter(&self, subscriber: &str, offset: u64) -> Result<(), Error> {
-        if let Some(mine) = self.dead.lock().get_mut(subscriber) {
-            mine.remove(&offset);
-        }
-        Ok(())
-    }
-
-    async fn dead_letters(&self, subscriber: &str, limit: usize) -> Result<Vec<DeadLetter>, Error> {
-        Ok(self
-            .dead
-            .lock()
-            .get(subscriber)
-            .map(|mine| mine.values().take(limit).cloned().collect())
-            .unwrap_or_default())
-    }
-
-    fn memory(&self) -> MemoryBudget {
-        self.budget.clone()
     }
 
     async fn append(
@@ -348,6 +323,49 @@ impl Store for MemoryStore {
             let log = log.lock();
             (log.first(), log.next)
         }))
+    }
+}
+
+#[async_trait]
+impl Progress for MemoryStore {
+    async fn put_dead_letter(
+        &self,
+        subscriber: &str,
+        dead: &DeadLetter,
+        keep: usize,
+    ) -> Result<u64, Error> {
+        let mut all = self.dead.lock();
+        let mine = all.entry(subscriber.to_owned()).or_default();
+        mine.insert(dead.offset, dead.clone());
+        let mut evicted = 0;
+        while mine.len() > keep.max(1) {
+            mine.pop_first();
+            evicted += 1;
+        }
+        Ok(evicted)
+    }
+
+    async fn remove_dead_letter(&self, subscriber: &str, offset: u64) -> Result<(), Error> {
+        if let Some(mine) = self.dead.lock().get_mut(subscriber) {
+            mine.remove(&offset);
+        }
+        Ok(())
+    }
+
+    async fn dead_letters(&self, subscriber: &str, limit: usize) -> Result<Vec<DeadLetter>, Error> {
+        Ok(self
+            .dead
+            .lock()
+            .get(subscriber)
+            .map(|mine| mine.values().take(limit).cloned().collect())
+            .unwrap_or_default())
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    fn memory(&self) -> MemoryBudget {
+        self.budget.clone()
     }
 }
 
@@ -471,7 +489,10 @@ mod tests {
             };
             let mut evicted = 0;
             for offset in 0..MAX_DEAD_LETTERS as u64 + 2 {
-                evicted += store.put_dead_letter("s", &dead(offset)).await.unwrap();
+                evicted += store
+                    .put_dead_letter("s", &dead(offset), MAX_DEAD_LETTERS)
+                    .await
+                    .unwrap();
             }
             assert_eq!(evicted, 2);
             let kept = store.dead_letters("s", 1).await.unwrap();

@@ -153,9 +153,9 @@ impl Registry {
         if let Some(existing) = self.topics.get(topic).and_then(|t| t.named(role).get(name)) {
             return Ok(Registration::existing(existing.clone()));
         }
-        let mut id = new_id(role.id_prefix());
+        let mut id = new_id(role.kind().prefix());
         while self.credentials.contains_key(&id) {
-            id = new_id(role.id_prefix());
+            id = new_id(role.kind().prefix());
         }
         let t = self.topic_entry(topic, limits)?;
         if t.named(role).len() >= role.max_per_topic(limits) {
@@ -266,7 +266,7 @@ impl Registry {
         // 96 random bits: with 100,000 subscribers on a topic the chance of
         // a clash is about 2^-63, not worth a scan per registration.
         Ok(Registration::created(Arc::new(Subscriber::new(
-            new_id("sub_"),
+            new_id(crate::RecordKind::Subscriber.prefix()),
             t.name.clone(),
             endpoint,
             SigningSecret::generate(),

@@ -1,15 +1,18 @@
 //! The storage interface: where registrations and each topic's log live.
 //!
-//! A [`Store`] keeps two things:
+//! A [`Store`] keeps three things, one trait each:
 //!
-//! - **Registrations** (publishers, listeners, subscribers with their
-//!   tokens and secrets) as [`Record`]s, loaded once when the broker opens
-//!   and changed one [`Change`] at a time. The broker keeps its own
-//!   in-memory index of them for fast token checks; the store is what
-//!   survives a restart.
-//! - **One append-only log per topic.** Every message gets an offset: per
-//!   topic, dense, from 0, never reused. Retention removes old messages
-//!   from the front; offsets keep counting.
+//! - [`Registrations`] (publishers, listeners, subscribers with their
+//!   tokens and secrets, topics, groups) as [`Record`]s, loaded once when
+//!   the broker opens and changed one [`Change`] at a time. The broker
+//!   keeps its own in-memory index of them for fast token checks; the
+//!   store is what survives a restart.
+//! - [`Logs`]: **one append-only log per topic.** Every message gets an
+//!   offset: per topic, dense, from 0, never reused. Retention removes old
+//!   messages from the front; offsets keep counting.
+//! - [`Progress`]: what readers did: subscribers' cursors, retries and
+//!   dead letters, groups' progress (NATS's consumer store, apart from the
+//!   stream store).
 //!
 //! The default, [`MemoryStore`](crate::MemoryStore), keeps the log in
 //! memory and registrations nowhere but the broker's index. `broker-store`
@@ -39,7 +42,69 @@ pub enum Record {
     Group(GroupRecord),
 }
 
+/// What a registration is. Every registration id starts with its kind's
+/// [`prefix`](Self::prefix) (kept in every store, so this never changes);
+/// [`RecordKind::of`] is the one place an id is read for its kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RecordKind {
+    /// An explicit topic: `top_<name>`.
+    Topic,
+    /// A publisher: `pub_<random>`.
+    Publisher,
+    /// A listener: `lis_<random>`.
+    Listener,
+    /// A subscriber: `sub_<random>`.
+    Subscriber,
+    /// A consumer group: `grp_<topic>/<name>`.
+    Group,
+}
+
+impl RecordKind {
+    const ALL: [RecordKind; 5] = [
+        RecordKind::Topic,
+        RecordKind::Publisher,
+        RecordKind::Listener,
+        RecordKind::Subscriber,
+        RecordKind::Group,
+    ];
+
+    /// The prefix of its ids.
+    pub const fn prefix(self) -> &'static str {
+        match self {
+            RecordKind::Topic => "top_",
+            RecordKind::Publisher => "pub_",
+            RecordKind::Listener => "lis_",
+            RecordKind::Subscriber => "sub_",
+            RecordKind::Group => "grp_",
+        }
+    }
+
+    /// The kind of the registration with id `id`, if it has the shape of
+    /// one.
+    pub fn of(id: &str) -> Option<RecordKind> {
+        Self::ALL.into_iter().find(|k| id.starts_with(k.prefix()))
+    }
+
+    /// What follows the prefix in `id`, if `id` is of this kind.
+    pub fn strip(self, id: &str) -> Option<&str> {
+        id.strip_prefix(self.prefix())
+    }
+}
+
 impl Record {
+    /// What it is.
+    pub fn kind(&self) -> RecordKind {
+        match self {
+            Record::Credential(c) => match c.role {
+                Role::Publish => RecordKind::Publisher,
+                Role::Listen => RecordKind::Listener,
+            },
+            Record::Subscriber(_) => RecordKind::Subscriber,
+            Record::Topic(_) => RecordKind::Topic,
+            Record::Group(_) => RecordKind::Group,
+        }
+    }
+
     /// The registration's id (`pub_…`, `lis_…`, `sub_…`): the key a store
     /// keeps it under.
     pub fn id(&self) -> &str {
@@ -113,7 +178,7 @@ pub struct TopicRecord {
 impl TopicRecord {
     /// The record id of topic `name`.
     pub fn id_of(name: &str) -> String {
-        format!("top_{name}")
+        format!("{}{name}", RecordKind::Topic.prefix())
     }
 }
 
@@ -234,26 +299,36 @@ pub struct Read {
     pub next: u64,
 }
 
-/// Where registrations and topic logs are kept. Shaped like a `Service`:
-/// `&self`, `Send` futures, impls for `Arc<S>` and `Box<S>`.
+/// The registrations: publishers, listeners, subscribers, explicit topics
+/// and consumer groups, as [`Record`]s. Loaded once when the broker opens,
+/// changed one [`Change`] at a time; with replicas sharing a store, each
+/// change is what the others hear of ([`Cluster`](crate::Cluster)).
 ///
 /// Every method that writes returns only once the write is as durable as
 /// the store promises (for `broker-store` with `--fsync always`: on disk).
-/// Calls for one topic may run concurrently; a store orders appends itself.
 ///
 /// # Errors
 ///
 /// Every method may fail with [`Error::Storage`] when the backend cannot
 /// do its part (disk full, I/O error, remote store unreachable).
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Registrations: Send + Sync + 'static {
     /// Every stored registration, in any order (the broker sorts them by
     /// [`Record::order`]).
     async fn load(&self) -> Result<Vec<Record>, Error>;
 
     /// Applies one registration change, durably.
     async fn save(&self, change: Change<'_>) -> Result<(), Error>;
+}
 
+/// One append-only log per topic (NATS's stream store). Calls for one
+/// topic may run concurrently; a store orders appends itself.
+///
+/// # Errors
+///
+/// As [`Registrations`].
+#[async_trait]
+pub trait Logs: Send + Sync + 'static {
     /// Appends `messages` to `topic`'s log, creating the log if needed,
     /// and returns them numbered with consecutive offsets and their ids.
     async fn append(
@@ -278,6 +353,26 @@ pub trait Store: Send + Sync + 'static {
     /// `next` as in [`Read`].
     async fn bounds(&self, topic: &TopicName) -> Result<(u64, u64), Error>;
 
+    /// Deletes `topic`'s log: its messages are gone; a topic of the same
+    /// name made later starts a new log. The default keeps no log.
+    async fn delete_topic(&self, topic: &TopicName) -> Result<(), Error> {
+        let _ = topic;
+        Ok(())
+    }
+}
+
+/// What the readers of the logs have done (NATS's consumer store):
+/// subscribers' cursors, pending retries and dead letters, and consumer
+/// groups' progress. Kept apart from the registrations: progress changes
+/// at every delivery and ack, and is never announced to other replicas as
+/// a registration change. Cursors and retries may be buffered
+/// ([`WriteBehind`](crate::WriteBehind)).
+///
+/// # Errors
+///
+/// As [`Registrations`].
+#[async_trait]
+pub trait Progress: Send + Sync + 'static {
     /// Moves a subscriber's cursor. May be buffered: a store makes cursors
     /// durable within a short, documented time (`broker-store`: 100 ms),
     /// since losing the last moves only means delivering those messages
@@ -289,8 +384,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Keeps a subscriber's dead letter (replacing one at the same offset),
     /// durably, and returns how many of its oldest dead letters went to
-    /// keep the list within [`MAX_DEAD_LETTERS`](crate::MAX_DEAD_LETTERS).
-    async fn put_dead_letter(&self, subscriber: &str, dead: &DeadLetter) -> Result<u64, Error>;
+    /// keep the list within `keep` (at least 1). The broker passes its one
+    /// cap, [`Limits::max_dead_letters`](crate::Limits::max_dead_letters).
+    async fn put_dead_letter(
+        &self,
+        subscriber: &str,
+        dead: &DeadLetter,
+        keep: usize,
+    ) -> Result<u64, Error>;
 
     /// Forgets a subscriber's dead letter at `offset` (redriven and
     /// delivered).
@@ -322,6 +423,26 @@ pub trait Store: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
+    /// Keeps a consumer group's progress (its whole record, written again
+    /// at every ack and, with replicas, every pull), durably. Stored where
+    /// the group's registration is, so it loads with it, but not
+    /// announced: replicas read a group's state afresh under its lock.
+    /// The default keeps nothing.
+    async fn save_group(&self, group: GroupRecord) -> Result<(), Error> {
+        let _ = group;
+        Ok(())
+    }
+}
+
+/// A whole storage backend: [`Registrations`], [`Logs`] and [`Progress`],
+/// and what the broker asks of the backend as one. Shaped like a
+/// `Service`: `&self`, `Send` futures, impls for `Arc<S>` and `Box<S>`.
+///
+/// # Errors
+///
+/// As [`Registrations`].
+#[async_trait]
+pub trait Store: Registrations + Logs + Progress {
     /// Whether the store can take writes now (a remote store reachable),
     /// for readiness probes; answered quickly. The default: always.
     ///
@@ -329,13 +450,6 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// [`Error::Storage`] saying why not.
     async fn ready(&self) -> Result<(), Error> {
-        Ok(())
-    }
-
-    /// Deletes `topic`'s log: its messages are gone; a topic of the same
-    /// name made later starts a new log. The default keeps no log.
-    async fn delete_topic(&self, topic: &TopicName) -> Result<(), Error> {
-        let _ = topic;
         Ok(())
     }
 
@@ -358,13 +472,17 @@ pub trait Store: Send + Sync + 'static {
 }
 
 #[async_trait]
-impl<S: Store + ?Sized> Store for Arc<S> {
+impl<S: Registrations + ?Sized> Registrations for Arc<S> {
     async fn load(&self) -> Result<Vec<Record>, Error> {
         (**self).load().await
     }
     async fn save(&self, change: Change<'_>) -> Result<(), Error> {
         (**self).save(change).await
     }
+}
+
+#[async_trait]
+impl<S: Logs + ?Sized> Logs for Arc<S> {
     async fn append(
         &self,
         topic: &TopicName,
@@ -384,11 +502,23 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     async fn bounds(&self, topic: &TopicName) -> Result<(u64, u64), Error> {
         (**self).bounds(topic).await
     }
+    async fn delete_topic(&self, topic: &TopicName) -> Result<(), Error> {
+        (**self).delete_topic(topic).await
+    }
+}
+
+#[async_trait]
+impl<S: Progress + ?Sized> Progress for Arc<S> {
     async fn save_cursor(&self, subscriber: &str, cursor: u64) -> Result<(), Error> {
         (**self).save_cursor(subscriber, cursor).await
     }
-    async fn put_dead_letter(&self, subscriber: &str, dead: &DeadLetter) -> Result<u64, Error> {
-        (**self).put_dead_letter(subscriber, dead).await
+    async fn put_dead_letter(
+        &self,
+        subscriber: &str,
+        dead: &DeadLetter,
+        keep: usize,
+    ) -> Result<u64, Error> {
+        (**self).put_dead_letter(subscriber, dead, keep).await
     }
     async fn remove_dead_letter(&self, subscriber: &str, offset: u64) -> Result<(), Error> {
         (**self).remove_dead_letter(subscriber, offset).await
@@ -405,9 +535,13 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     async fn pending_retries(&self, subscriber: &str) -> Result<Vec<PendingRetry>, Error> {
         (**self).pending_retries(subscriber).await
     }
-    async fn delete_topic(&self, topic: &TopicName) -> Result<(), Error> {
-        (**self).delete_topic(topic).await
+    async fn save_group(&self, group: GroupRecord) -> Result<(), Error> {
+        (**self).save_group(group).await
     }
+}
+
+#[async_trait]
+impl<S: Store + ?Sized> Store for Arc<S> {
     async fn ready(&self) -> Result<(), Error> {
         (**self).ready().await
     }
@@ -420,13 +554,17 @@ impl<S: Store + ?Sized> Store for Arc<S> {
 }
 
 #[async_trait]
-impl<S: Store + ?Sized> Store for Box<S> {
+impl<S: Registrations + ?Sized> Registrations for Box<S> {
     async fn load(&self) -> Result<Vec<Record>, Error> {
         (**self).load().await
     }
     async fn save(&self, change: Change<'_>) -> Result<(), Error> {
         (**self).save(change).await
     }
+}
+
+#[async_trait]
+impl<S: Logs + ?Sized> Logs for Box<S> {
     async fn append(
         &self,
         topic: &TopicName,
@@ -446,11 +584,23 @@ impl<S: Store + ?Sized> Store for Box<S> {
     async fn bounds(&self, topic: &TopicName) -> Result<(u64, u64), Error> {
         (**self).bounds(topic).await
     }
+    async fn delete_topic(&self, topic: &TopicName) -> Result<(), Error> {
+        (**self).delete_topic(topic).await
+    }
+}
+
+#[async_trait]
+impl<S: Progress + ?Sized> Progress for Box<S> {
     async fn save_cursor(&self, subscriber: &str, cursor: u64) -> Result<(), Error> {
         (**self).save_cursor(subscriber, cursor).await
     }
-    async fn put_dead_letter(&self, subscriber: &str, dead: &DeadLetter) -> Result<u64, Error> {
-        (**self).put_dead_letter(subscriber, dead).await
+    async fn put_dead_letter(
+        &self,
+        subscriber: &str,
+        dead: &DeadLetter,
+        keep: usize,
+    ) -> Result<u64, Error> {
+        (**self).put_dead_letter(subscriber, dead, keep).await
     }
     async fn remove_dead_letter(&self, subscriber: &str, offset: u64) -> Result<(), Error> {
         (**self).remove_dead_letter(subscriber, offset).await
@@ -467,9 +617,13 @@ impl<S: Store + ?Sized> Store for Box<S> {
     async fn pending_retries(&self, subscriber: &str) -> Result<Vec<PendingRetry>, Error> {
         (**self).pending_retries(subscriber).await
     }
-    async fn delete_topic(&self, topic: &TopicName) -> Result<(), Error> {
-        (**self).delete_topic(topic).await
+    async fn save_group(&self, group: GroupRecord) -> Result<(), Error> {
+        (**self).save_group(group).await
     }
+}
+
+#[async_trait]
+impl<S: Store + ?Sized> Store for Box<S> {
     async fn ready(&self) -> Result<(), Error> {
         (**self).ready().await
     }
@@ -508,4 +662,28 @@ pub(crate) fn claimed_offset(id: &str) -> Option<u64> {
 /// Whether two message ids come from the same log (share their prefix).
 pub(crate) fn same_log(a: &str, b: &str) -> bool {
     a.len() == 28 && b.len() == 28 && a[..16] == b[..16]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_kind_is_read_off_its_id_and_gives_it_its_prefix() {
+        for kind in RecordKind::ALL {
+            let id = format!("{}x", kind.prefix());
+            assert_eq!(RecordKind::of(&id), Some(kind));
+            assert_eq!(kind.strip(&id), Some("x"));
+        }
+        assert_eq!(RecordKind::of("msg_0"), None);
+        assert_eq!(RecordKind::of("sub"), None);
+        assert_eq!(RecordKind::Topic.strip("sub_1"), None);
+        let topic = Record::Topic(TopicRecord {
+            id: TopicRecord::id_of("orders"),
+            name: "orders".into(),
+            order: 0,
+        });
+        assert_eq!(topic.kind(), RecordKind::Topic);
+        assert_eq!(RecordKind::of(topic.id()), Some(RecordKind::Topic));
+    }
 }

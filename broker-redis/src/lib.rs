@@ -104,8 +104,9 @@ use std::{
 use async_trait::async_trait;
 pub use broker_core::Retention;
 use broker_core::{
-    message_id, new_id_prefix, Change, DeadLetter, MemoryBudget, Message, NewMessage, PendingRetry,
-    Read, Record, RetryChange, Store, TopicName, WriteBehind,
+    message_id, new_id_prefix, Change, DeadLetter, Logs, MemoryBudget, Message, NewMessage,
+    PendingRetry, Progress, Read, Record, Registrations, RetryChange, Store, TopicName,
+    WriteBehind,
 };
 use bytes::Bytes;
 use http::HeaderValue;
@@ -154,9 +155,6 @@ pub struct Options {
     /// How often retention runs (at most a quarter of the retention age
     /// apart). Default 5 s.
     pub sweep_every: Duration,
-    /// Dead letters kept per subscriber (or consumer group), the oldest
-    /// dropped first. Default [`broker_core::MAX_DEAD_LETTERS`].
-    pub max_dead_letters: usize,
 }
 
 impl Default for Options {
@@ -167,7 +165,6 @@ impl Default for Options {
             namespace: "broker".to_owned(),
             timeout: Duration::from_secs(5),
             sweep_every: Duration::from_secs(5),
-            max_dead_letters: broker_core::MAX_DEAD_LETTERS,
         }
     }
 }
@@ -754,7 +751,7 @@ async fn sweeper(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
 }
 
 #[async_trait]
-impl Store for RedisStore {
+impl Registrations for RedisStore {
     async fn load(&self) -> Result<Vec<Record>, broker_core::Error> {
         let s = &self.shared;
         s.flush().await?;
@@ -839,7 +836,10 @@ impl Store for RedisStore {
         }
         Ok(())
     }
+}
 
+#[async_trait]
+impl Logs for RedisStore {
     async fn append(
         &self,
         topic: &TopicName,
@@ -1004,15 +1004,6 @@ impl Store for RedisStore {
         Ok(read)
     }
 
-    async fn ready(&self) -> Result<(), broker_core::Error> {
-        let s = &self.shared;
-        let mut con = s.con();
-        let _: String = s
-            .call("ping", redis::cmd("PING").query_async(&mut con))
-            .await?;
-        Ok(())
-    }
-
     async fn bounds(&self, topic: &TopicName) -> Result<(u64, u64), broker_core::Error> {
         let s = &self.shared;
         let mut con = s.con();
@@ -1038,6 +1029,24 @@ impl Store for RedisStore {
         s.call("delete topic", pipe.exec_async(&mut con)).await?;
         Ok(())
     }
+}
+
+#[async_trait]
+impl Progress for RedisStore {
+    /// Written where the group's registration is, so it loads with it;
+    /// not announced: replicas read a group afresh under its lock.
+    async fn save_group(&self, group: broker_core::GroupRecord) -> Result<(), broker_core::Error> {
+        let s = &self.shared;
+        let record = Record::Group(group);
+        let bytes = broker_core::codec::encode_record(&record);
+        let mut con = s.con();
+        let mut pipe = redis::pipe();
+        pipe.hset(s.keys.registrations(), record.id(), bytes)
+            .ignore();
+        s.call("save group progress", pipe.exec_async(&mut con))
+            .await?;
+        Ok(())
+    }
 
     async fn save_cursor(&self, subscriber: &str, cursor: u64) -> Result<(), broker_core::Error> {
         self.shared.progress.cursor(subscriber, cursor);
@@ -1048,13 +1057,14 @@ impl Store for RedisStore {
         &self,
         subscriber: &str,
         dead: &DeadLetter,
+        keep: usize,
     ) -> Result<u64, broker_core::Error> {
         let s = &self.shared;
         let mut call = s.scripts.put_dead_letter.prepare_invoke();
         call.key(s.keys.dead_letters(subscriber))
             .arg(dead.offset.min(MAX_LUA_NUMBER))
             .arg(broker_core::codec::encode_dead_letter(dead))
-            .arg(s.options.max_dead_letters.max(1));
+            .arg(keep.max(1));
         let mut con = s.con();
         let evicted: u64 = s
             .call("put dead letter", call.invoke_async(&mut con))
@@ -1161,6 +1171,18 @@ impl Store for RedisStore {
         }
         pending.sort_unstable_by_key(|r| r.offset);
         Ok(pending)
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn ready(&self) -> Result<(), broker_core::Error> {
+        let s = &self.shared;
+        let mut con = s.con();
+        let _: String = s
+            .call("ping", redis::cmd("PING").query_async(&mut con))
+            .await?;
+        Ok(())
     }
 
     fn memory(&self) -> MemoryBudget {

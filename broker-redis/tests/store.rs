@@ -10,8 +10,8 @@ use std::{
 };
 
 use broker_core::{
-    Change, CredentialRecord, DeadLetter, NewMessage, PendingRetry, Record, Retention, Role, Store,
-    SubscriberRecord, TopicName,
+    Change, CredentialRecord, DeadLetter, Logs, NewMessage, PendingRetry, Progress, Record,
+    Registrations, Retention, Role, SubscriberRecord, TopicName,
 };
 use broker_redis::{Options, RedisStore, RedisStoreError};
 use http::HeaderValue;
@@ -485,10 +485,7 @@ fn dead(offset: u64) -> DeadLetter {
 async fn dead_letters_are_bounded_oldest_first_and_counted() {
     let server = RedisServer::start();
     let offsets = |v: Vec<DeadLetter>| v.iter().map(|d| d.offset).collect::<Vec<_>>();
-    let small = Options {
-        max_dead_letters: 3,
-        ..Options::default()
-    };
+    let small = Options::default();
     {
         let store = open(&server, small.clone()).await;
         for id in ["sub_1", "sub_10"] {
@@ -496,7 +493,12 @@ async fn dead_letters_are_bounded_oldest_first_and_counted() {
         }
         let mut evicted = Vec::new();
         for offset in [9, 2, 5, 11, 4] {
-            evicted.push(store.put_dead_letter("sub_1", &dead(offset)).await.unwrap());
+            evicted.push(
+                store
+                    .put_dead_letter("sub_1", &dead(offset), 3)
+                    .await
+                    .unwrap(),
+            );
         }
         // The fourth drops offset 2; the fifth is itself the oldest.
         assert_eq!(evicted, [0, 0, 0, 1, 1]);
@@ -507,10 +509,13 @@ async fn dead_letters_are_bounded_oldest_first_and_counted() {
         // Replacing one is no new one; a removed one makes room.
         let mut again = dead(9);
         again.attempts = 9;
-        assert_eq!(store.put_dead_letter("sub_1", &again).await.unwrap(), 0);
+        assert_eq!(store.put_dead_letter("sub_1", &again, 3).await.unwrap(), 0);
         store.remove_dead_letter("sub_1", 5).await.unwrap();
-        assert_eq!(store.put_dead_letter("sub_1", &dead(20)).await.unwrap(), 0);
-        store.put_dead_letter("sub_10", &dead(1)).await.unwrap();
+        assert_eq!(
+            store.put_dead_letter("sub_1", &dead(20), 3).await.unwrap(),
+            0
+        );
+        store.put_dead_letter("sub_10", &dead(1), 3).await.unwrap();
         assert_eq!(
             store.dead_letters("sub_1", 1).await.unwrap(),
             [again.clone()]
@@ -533,7 +538,7 @@ async fn dead_letters_are_bounded_oldest_first_and_counted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_default_bound_is_max_dead_letters() {
+async fn the_bound_holds_under_concurrent_writers() {
     let server = RedisServer::start();
     let store = Arc::new(open(&server, Options::default()).await);
     let max = broker_core::MAX_DEAD_LETTERS as u64;
@@ -544,7 +549,10 @@ async fn the_default_bound_is_max_dead_letters() {
             tokio::spawn(async move {
                 let mut evicted = 0;
                 for offset in (part..max + 5).step_by(8) {
-                    evicted += store.put_dead_letter("sub_1", &dead(offset)).await.unwrap();
+                    evicted += store
+                        .put_dead_letter("sub_1", &dead(offset), broker_core::MAX_DEAD_LETTERS)
+                        .await
+                        .unwrap();
                 }
                 evicted
             })

@@ -63,7 +63,8 @@ use std::{
 use async_trait::async_trait;
 pub use broker_core::Retention;
 use broker_core::{
-    Change, MemoryBudget, Message, NewMessage, Read, Record, Store, TopicName, WriteBehind,
+    Change, Logs, MemoryBudget, Message, NewMessage, Progress, Read, Record, Registrations, Store,
+    TopicName, WriteBehind,
 };
 use parking_lot::RwLock;
 
@@ -393,11 +394,7 @@ fn check_format(dir: &Path) -> Result<(), StoreError> {
 }
 
 #[async_trait]
-impl Store for DiskStore {
-    fn memory(&self) -> MemoryBudget {
-        self.shared.cache.memory.clone()
-    }
-
+impl Registrations for DiskStore {
     async fn load(&self) -> Result<Vec<Record>, broker_core::Error> {
         let shared = self.shared.clone();
         blocking(move || shared.registry.load(&shared.registry_path)).await
@@ -416,7 +413,10 @@ impl Store for DiskStore {
             }
         }
     }
+}
 
+#[async_trait]
+impl Logs for DiskStore {
     async fn append(
         &self,
         topic: &TopicName,
@@ -474,17 +474,27 @@ impl Store for DiskStore {
     async fn bounds(&self, topic: &TopicName) -> Result<(u64, u64), broker_core::Error> {
         Ok(self.log(topic).map_or((0, 0), |log| log.bounds()))
     }
+}
+
+#[async_trait]
+impl Progress for DiskStore {
+    async fn save_group(&self, group: broker_core::GroupRecord) -> Result<(), broker_core::Error> {
+        let shared = self.shared.clone();
+        let record = Record::Group(group);
+        blocking(move || shared.registry.put(&shared.registry_path, &record)).await
+    }
 
     async fn put_dead_letter(
         &self,
         subscriber: &str,
         dead: &broker_core::DeadLetter,
+        keep: usize,
     ) -> Result<u64, broker_core::Error> {
         let (shared, subscriber, dead) = (self.shared.clone(), subscriber.to_owned(), dead.clone());
         blocking(move || {
             shared
                 .registry
-                .put_dead_letter(&shared.registry_path, &subscriber, &dead)
+                .put_dead_letter(&shared.registry_path, &subscriber, &dead, keep)
         })
         .await
     }
@@ -555,6 +565,13 @@ impl Store for DiskStore {
                 .pending_retries(&shared.registry_path, &subscriber)
         })
         .await
+    }
+}
+
+#[async_trait]
+impl Store for DiskStore {
+    fn memory(&self) -> MemoryBudget {
+        self.shared.cache.memory.clone()
     }
 }
 
@@ -734,9 +751,12 @@ mod tests {
                 store.save(Change::Put(&record(id))).await.unwrap();
             }
             for offset in [9, 2, 5] {
-                store.put_dead_letter("sub_1", &dead(offset)).await.unwrap();
+                store
+                    .put_dead_letter("sub_1", &dead(offset), 3)
+                    .await
+                    .unwrap();
             }
-            store.put_dead_letter("sub_10", &dead(1)).await.unwrap();
+            store.put_dead_letter("sub_10", &dead(1), 3).await.unwrap();
             store.remove_dead_letter("sub_1", 5).await.unwrap();
         }
         let store = DiskStore::open(dir.path(), Options::default()).unwrap();
@@ -765,14 +785,14 @@ mod tests {
             |v: Vec<broker_core::DeadLetter>| v.iter().map(|d| d.offset).collect::<Vec<_>>();
         {
             let store = DiskStore::open(dir.path(), Options::default()).unwrap();
-            store
-                .shared
-                .registry
-                .max_dead_letters
-                .store(3, std::sync::atomic::Ordering::Relaxed);
             let mut evicted = Vec::new();
             for offset in 0..5 {
-                evicted.push(store.put_dead_letter("sub_1", &dead(offset)).await.unwrap());
+                evicted.push(
+                    store
+                        .put_dead_letter("sub_1", &dead(offset), 3)
+                        .await
+                        .unwrap(),
+                );
             }
             assert_eq!(evicted, [0, 0, 0, 1, 1]);
             assert_eq!(
@@ -780,9 +800,15 @@ mod tests {
                 [2, 3, 4]
             );
             // Replacing one is no new one; a removed one makes room.
-            assert_eq!(store.put_dead_letter("sub_1", &dead(3)).await.unwrap(), 0);
+            assert_eq!(
+                store.put_dead_letter("sub_1", &dead(3), 3).await.unwrap(),
+                0
+            );
             store.remove_dead_letter("sub_1", 2).await.unwrap();
-            assert_eq!(store.put_dead_letter("sub_1", &dead(7)).await.unwrap(), 0);
+            assert_eq!(
+                store.put_dead_letter("sub_1", &dead(7), 3).await.unwrap(),
+                0
+            );
             assert_eq!(
                 offsets(store.dead_letters("sub_1", 10).await.unwrap()),
                 [3, 4, 7]
@@ -790,12 +816,10 @@ mod tests {
         }
         // Reopened, the count is taken from the table again.
         let store = DiskStore::open(dir.path(), Options::default()).unwrap();
-        store
-            .shared
-            .registry
-            .max_dead_letters
-            .store(3, std::sync::atomic::Ordering::Relaxed);
-        assert_eq!(store.put_dead_letter("sub_1", &dead(9)).await.unwrap(), 1);
+        assert_eq!(
+            store.put_dead_letter("sub_1", &dead(9), 3).await.unwrap(),
+            1
+        );
         assert_eq!(
             offsets(store.dead_letters("sub_1", 10).await.unwrap()),
             [4, 7, 9]

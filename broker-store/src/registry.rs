@@ -40,9 +40,6 @@ pub(crate) struct Registry {
     /// How many dead letters each subscriber has, counted from the table
     /// on first use; kept as they come and go.
     dead_counts: parking_lot::Mutex<std::collections::HashMap<String, usize>>,
-    /// Dead letters kept per subscriber, the oldest dropped first
-    /// ([`broker_core::MAX_DEAD_LETTERS`]; lower in tests).
-    pub(crate) max_dead_letters: std::sync::atomic::AtomicUsize,
 }
 
 fn db_error(path: &Path) -> impl Fn(redb::Error) -> StoreError + '_ {
@@ -67,7 +64,6 @@ impl Registry {
         Ok(Registry {
             db,
             dead_counts: Default::default(),
-            max_dead_letters: broker_core::MAX_DEAD_LETTERS.into(),
         })
     }
 
@@ -197,7 +193,7 @@ impl Registry {
     }
 
     /// Keeps a dead letter; returns how many of the subscriber's oldest
-    /// went to stay within `max_dead_letters`. Writers of dead letters are
+    /// went to stay within `keep`. Writers of dead letters are
     /// one subscriber's worker at a time, so the count needs no more than
     /// its lock around the transaction.
     pub(crate) fn put_dead_letter(
@@ -205,13 +201,11 @@ impl Registry {
         path: &Path,
         subscriber: &str,
         dead: &DeadLetter,
+        keep: usize,
     ) -> Result<u64, StoreError> {
         let err = db_error(path);
         let bytes = broker_core::codec::encode_dead_letter(dead);
-        let max = self
-            .max_dead_letters
-            .load(std::sync::atomic::Ordering::Relaxed)
-            .max(1);
+        let max = keep.max(1);
         // Held across the transaction: the count and the table agree.
         let mut counts = self.dead_counts.lock();
         let tx = self.db.begin_write().map_err(|e| err(e.into()))?;

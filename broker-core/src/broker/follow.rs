@@ -9,7 +9,10 @@ use std::{
 };
 
 use super::{Broker, WeakBroker};
-use crate::{store::Record, Changes, Cluster, Error, Publish, Subscribers, TopicName};
+use crate::{
+    store::{Record, RecordKind},
+    Changes, Cluster, Error, Publish, Subscribers, TopicName,
+};
 
 /// Messages read at once to hand live listeners what another process
 /// appended.
@@ -130,30 +133,41 @@ impl Broker {
         let notifier = &self.shared.notifier;
         let Some(record) = record else {
             let mut registry = self.shared.registry.write();
-            if registry.has_credential(id) {
-                registry.remove_credential(id);
-            } else if let Some(subscriber) = registry.subscriber_by_id(id).cloned() {
-                registry.remove_subscriber(subscriber.topic().as_str(), id);
-                drop(registry);
-                notifier.changed(&subscriber);
-            } else if let Some(name) = id.strip_prefix("top_") {
-                if let Some(t) = registry.topics.get_mut(name) {
-                    t.explicit = false;
-                }
-                registry.prune(name);
-            } else if id.starts_with("grp_") {
-                let found = registry.topics.iter().find_map(|(topic, t)| {
-                    t.groups
-                        .iter()
-                        .find(|(_, g)| g.id == id)
-                        .map(|(name, _)| (topic.clone(), name.clone()))
-                });
-                if let Some((topic, name)) = found {
-                    if let Some(t) = registry.topics.get_mut(&topic) {
-                        t.groups.remove(&name);
+            match RecordKind::of(id) {
+                Some(RecordKind::Publisher | RecordKind::Listener) => {
+                    if registry.has_credential(id) {
+                        registry.remove_credential(id);
                     }
-                    registry.prune(topic.as_str());
                 }
+                Some(RecordKind::Subscriber) => {
+                    if let Some(subscriber) = registry.subscriber_by_id(id).cloned() {
+                        registry.remove_subscriber(subscriber.topic().as_str(), id);
+                        drop(registry);
+                        notifier.changed(&subscriber);
+                    }
+                }
+                Some(RecordKind::Topic) => {
+                    let name = RecordKind::Topic.strip(id).unwrap_or_default();
+                    if let Some(t) = registry.topics.get_mut(name) {
+                        t.explicit = false;
+                    }
+                    registry.prune(name);
+                }
+                Some(RecordKind::Group) => {
+                    let found = registry.topics.iter().find_map(|(topic, t)| {
+                        t.groups
+                            .iter()
+                            .find(|(_, g)| g.id == id)
+                            .map(|(name, _)| (topic.clone(), name.clone()))
+                    });
+                    if let Some((topic, name)) = found {
+                        if let Some(t) = registry.topics.get_mut(&topic) {
+                            t.groups.remove(&name);
+                        }
+                        registry.prune(topic.as_str());
+                    }
+                }
+                None => {}
             }
             return Ok(None);
         };
@@ -307,7 +321,10 @@ impl Broker {
         let Some(id) = crate::secret::Token::claimed_id(token) else {
             return false;
         };
-        if !id.starts_with("pub_") && !id.starts_with("lis_") {
+        if !matches!(
+            RecordKind::of(id),
+            Some(RecordKind::Publisher | RecordKind::Listener)
+        ) {
             return false;
         }
         if self.shared.registry.read().has_credential(id) {

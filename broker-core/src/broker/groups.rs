@@ -6,7 +6,10 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use super::{records::group_record, Broker};
+use super::{
+    records::{group_progress, group_record},
+    Broker,
+};
 use crate::{
     stats::{Registration, TopicStats, Waiting},
     store::{Change, DeadLetter, Record},
@@ -258,18 +261,19 @@ impl Broker {
             };
             self.shared
                 .store
-                .put_dead_letter(&group.id, &letter)
+                .put_dead_letter(&group.id, &letter, self.shared.limits.max_dead_letters)
                 .await?;
         }
         self.persist_group(group).await
     }
 
-    /// Writes the group's progress, in order: each write holds at least
-    /// what the one before held.
+    /// Writes the group's progress ([`Progress::save_group`]: not a
+    /// registration change, so never announced to other replicas), in
+    /// order: each write holds at least what the one before held.
     async fn persist_group(&self, group: &Group) -> Result<(), Error> {
         let _ordered = group.persist.lock().await;
-        let record = group_record(group, self.shared.cluster.is_some());
-        self.shared.store.save(Change::Put(&record)).await
+        let record = group_progress(group, self.shared.cluster.is_some());
+        self.shared.store.save_group(record).await
     }
 
     /// Acks pulled messages by their receipts: each is done, never

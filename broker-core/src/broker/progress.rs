@@ -84,7 +84,7 @@ impl Broker {
         let evicted = self
             .shared
             .store
-            .put_dead_letter(&subscriber.id, dead)
+            .put_dead_letter(&subscriber.id, dead, self.shared.limits.max_dead_letters)
             .await?;
         if evicted > 0 {
             subscriber.record(crate::Outcome::DeadLetterEvicted, evicted);

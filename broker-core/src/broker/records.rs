@@ -151,13 +151,19 @@ pub(super) fn topic_record(name: &str, order: u64) -> Record {
 /// A group's record: its settings and a snapshot of its progress; with
 /// `shared` (replicas share the group), its leases too.
 pub(super) fn group_record(group: &Group, shared: bool) -> Record {
+    Record::Group(group_progress(group, shared))
+}
+
+/// The group's record with its progress as of now: its registration and
+/// what [`Progress::save_group`](crate::Progress::save_group) keeps.
+pub(super) fn group_progress(group: &Group, shared: bool) -> GroupRecord {
     let state = group.state.lock();
     let (next, leases, ready, redriven) = if shared {
         state.shared_parts()
     } else {
         (state.floor, Vec::new(), Vec::new(), Vec::new())
     };
-    Record::Group(GroupRecord {
+    GroupRecord {
         next,
         leases,
         ready,
@@ -171,7 +177,7 @@ pub(super) fn group_record(group: &Group, shared: bool) -> Record {
         floor: state.floor,
         done: state.done.iter().copied().collect(),
         deliveries: state.deliveries.iter().map(|(&o, &d)| (o, d)).collect(),
-    })
+    }
 }
 
 /// The record a store keeps of `s`.
@@ -231,7 +237,10 @@ mod tests {
 
     use super::*;
     use crate::broker::test_support::{endpoint, Recorder};
-    use crate::{DeadLetter, Limits, MemoryStore, Message, NewMessage, Read, Store};
+    use crate::{
+        DeadLetter, GroupRecord, Limits, Logs, MemoryStore, Message, NewMessage, Progress, Read,
+        Registrations, Store,
+    };
 
     /// A store that remembers every change, to check what the broker
     /// makes durable and what it loads back.
@@ -242,10 +251,11 @@ mod tests {
     }
 
     #[async_trait::async_trait]
-    impl Store for Remembering {
+    impl Registrations for Remembering {
         async fn load(&self) -> Result<Vec<Record>, Error> {
             Ok(self.records.lock().clone())
         }
+
         async fn save(&self, change: Change<'_>) -> Result<(), Error> {
             let mut records = self.records.lock();
             match change {
@@ -257,6 +267,10 @@ mod tests {
             }
             Ok(())
         }
+    }
+
+    #[async_trait::async_trait]
+    impl Logs for Remembering {
         async fn append(
             &self,
             topic: &TopicName,
@@ -264,6 +278,7 @@ mod tests {
         ) -> Result<Vec<Arc<Message>>, Error> {
             self.log.append(topic, messages).await
         }
+
         async fn read(
             &self,
             topic: &TopicName,
@@ -273,19 +288,37 @@ mod tests {
         ) -> Result<Read, Error> {
             self.log.read(topic, from, max_messages, max_bytes).await
         }
+
         async fn bounds(&self, topic: &TopicName) -> Result<(u64, u64), Error> {
             self.log.bounds(topic).await
         }
-        async fn put_dead_letter(&self, s: &str, dead: &DeadLetter) -> Result<u64, Error> {
-            self.log.put_dead_letter(s, dead).await
+    }
+
+    #[async_trait::async_trait]
+    impl Progress for Remembering {
+        async fn save_group(&self, group: GroupRecord) -> Result<(), Error> {
+            self.save(Change::Put(&Record::Group(group))).await
         }
+
+        async fn put_dead_letter(
+            &self,
+            s: &str,
+            dead: &DeadLetter,
+            keep: usize,
+        ) -> Result<u64, Error> {
+            self.log.put_dead_letter(s, dead, keep).await
+        }
+
         async fn remove_dead_letter(&self, s: &str, offset: u64) -> Result<(), Error> {
             self.log.remove_dead_letter(s, offset).await
         }
+
         async fn dead_letters(&self, s: &str, limit: usize) -> Result<Vec<DeadLetter>, Error> {
             self.log.dead_letters(s, limit).await
         }
     }
+
+    impl Store for Remembering {}
 
     #[tokio::test]
     async fn a_reopened_broker_has_the_same_registrations() {
@@ -352,13 +385,18 @@ mod tests {
     struct Failing;
 
     #[async_trait::async_trait]
-    impl Store for Failing {
+    impl Registrations for Failing {
         async fn load(&self) -> Result<Vec<Record>, Error> {
             Ok(Vec::new())
         }
+
         async fn save(&self, _: Change<'_>) -> Result<(), Error> {
             Err(Error::storage("disk full"))
         }
+    }
+
+    #[async_trait::async_trait]
+    impl Logs for Failing {
         async fn append(
             &self,
             _: &TopicName,
@@ -366,22 +404,32 @@ mod tests {
         ) -> Result<Vec<Arc<Message>>, Error> {
             Err(Error::storage("disk full"))
         }
+
         async fn read(&self, _: &TopicName, _: u64, _: usize, _: usize) -> Result<Read, Error> {
             Err(Error::storage("disk full"))
         }
+
         async fn bounds(&self, _: &TopicName) -> Result<(u64, u64), Error> {
             Err(Error::storage("disk full"))
         }
-        async fn put_dead_letter(&self, _: &str, _: &DeadLetter) -> Result<u64, Error> {
+    }
+
+    #[async_trait::async_trait]
+    impl Progress for Failing {
+        async fn put_dead_letter(&self, _: &str, _: &DeadLetter, _: usize) -> Result<u64, Error> {
             Err(Error::storage("disk full"))
         }
+
         async fn remove_dead_letter(&self, _: &str, _: u64) -> Result<(), Error> {
             Err(Error::storage("disk full"))
         }
+
         async fn dead_letters(&self, _: &str, _: usize) -> Result<Vec<DeadLetter>, Error> {
             Err(Error::storage("disk full"))
         }
     }
+
+    impl Store for Failing {}
 
     #[tokio::test]
     async fn a_registration_the_store_refuses_leaves_nothing_behind() {

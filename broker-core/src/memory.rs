@@ -53,7 +53,7 @@ impl Default for Retention {
 ///
 /// ```
 /// use std::time::SystemTime;
-/// use broker_core::{MemoryStore, NewMessage, Retention, Store, TopicName};
+/// use broker_core::{Logs, MemoryStore, NewMessage, Retention, TopicName};
 ///
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// let store = MemoryStore::new(Retention::default(), 1 << 20);

@@ -67,7 +67,7 @@
 //!
 //! ```no_run
 //! use std::time::SystemTime;
-//! use broker_core::{NewMessage, Store, TopicName};
+//! use broker_core::{Logs, NewMessage, TopicName};
 //! use broker_redis::{Options, RedisStore};
 //!
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {

@@ -793,3 +793,51 @@ async fn a_name_is_one_registration_across_stores() {
         .collect();
     assert_eq!(ids, HashSet::from(["pub_b".into(), "sub_1".into()]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_progress_is_kept_with_the_group_and_not_announced() {
+    let server = RedisServer::start();
+    let store = open(&server, Options::default()).await;
+    let version = || async {
+        let client = redis::Client::open(server.url()).unwrap();
+        let mut con = client.get_multiplexed_async_connection().await.unwrap();
+        let v: Option<u64> = redis::cmd("GET")
+            .arg("broker:{r}:version")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        v.unwrap_or(0)
+    };
+    let mut group = broker_core::GroupRecord {
+        id: "grp_t/g".into(),
+        topic: "t".into(),
+        name: "g".into(),
+        ack_timeout: Duration::from_secs(30),
+        max_deliveries: 5,
+        order: 1,
+        floor: 0,
+        done: Vec::new(),
+        deliveries: Vec::new(),
+        next: 0,
+        leases: Vec::new(),
+        ready: Vec::new(),
+        redriven: Vec::new(),
+    };
+    // Made: a registration change, announced.
+    store
+        .save(Change::Put(&Record::Group(group.clone())))
+        .await
+        .unwrap();
+    let made = version().await;
+    assert!(made > 0);
+    // Progress: kept where the group is, not announced.
+    for n in 1..=20u64 {
+        group.floor = n;
+        group.next = n + 3;
+        group.done = vec![n + 2];
+        store.save_group(group.clone()).await.unwrap();
+    }
+    assert_eq!(version().await, made);
+    let again = open(&server, Options::default()).await;
+    assert_eq!(loaded(&again).await, [Record::Group(group)]);
+}

@@ -21,8 +21,13 @@ use tokio::net::TcpStream;
 ///
 /// Always refused: link-local addresses (169.254.0.0/16, fe80::/10, where
 /// cloud metadata services live), the AWS metadata address fd00:ec2::254,
-/// unspecified (0.0.0.0/8, ::), broadcast and multicast. IPv4-mapped IPv6
-/// addresses are judged as the IPv4 address they carry.
+/// unspecified (0.0.0.0/8, ::), broadcast and multicast. An IPv6 address
+/// that carries an IPv4 address is judged as that IPv4 address too (every
+/// one it carries must be allowed): IPv4-mapped `::ffff:a.b.c.d`,
+/// IPv4-compatible `::a.b.c.d`, IPv4-translated `::ffff:0:a.b.c.d`, NAT64
+/// `64:ff9b::a.b.c.d` and `64:ff9b:1::/48`, 6to4 `2002:AABB:CCDD::/48`,
+/// Teredo `2001:0::/32` (its server and its client), and ISATAP
+/// interface identifiers `…:0:5efe:a.b.c.d` / `…:200:5efe:a.b.c.d`.
 ///
 /// Loopback and private ranges are allowed by default (internal services
 /// are the normal subscribers); [`DestinationPolicy::deny_private`] refuses
@@ -37,6 +42,7 @@ use tokio::net::TcpStream;
 /// assert!(open.allows("127.0.0.1".parse().unwrap()));
 /// assert!(!open.allows("169.254.169.254".parse().unwrap()));
 /// assert!(!open.allows("::ffff:169.254.169.254".parse().unwrap()));
+/// assert!(!open.allows("64:ff9b::169.254.169.254".parse().unwrap()));
 ///
 /// let strict = DestinationPolicy { deny_private: true, ..DestinationPolicy::default() };
 /// assert!(!strict.allows("10.1.2.3".parse().unwrap()));
@@ -61,10 +67,45 @@ impl DestinationPolicy {
         if self.loopback_only {
             return ip.is_loopback();
         }
-        if always_refused(ip) {
-            return false;
+        let judged = |ip: IpAddr| !always_refused(ip) && !(self.deny_private && is_private(ip));
+        match ip {
+            IpAddr::V6(v6) => {
+                judged(ip)
+                    && embedded_v4(v6)
+                        .into_iter()
+                        .flatten()
+                        .all(|v4| judged(v4.into()))
+            }
+            IpAddr::V4(_) => judged(ip),
         }
-        !(self.deny_private && is_private(ip))
+    }
+}
+
+/// The IPv4 addresses an IPv6 address carries, in the forms a router or
+/// a host may turn into an IPv4 destination (IPv4-mapped addresses are
+/// already unmapped by `to_canonical`).
+fn embedded_v4(v6: Ipv6Addr) -> [Option<Ipv4Addr>; 2] {
+    let s = v6.segments();
+    let v4 = |hi: u16, lo: u16| {
+        let [a, b] = hi.to_be_bytes();
+        let [c, d] = lo.to_be_bytes();
+        Some(Ipv4Addr::new(a, b, c, d))
+    };
+    let last = v4(s[6], s[7]);
+    match s {
+        // IPv4-compatible ::a.b.c.d (not :: nor ::1, which are IPv6's own).
+        [0, 0, 0, 0, 0, 0, _, _] if !v6.is_unspecified() && !v6.is_loopback() => [last, None],
+        // IPv4-translated ::ffff:0:a.b.c.d (SIIT).
+        [0, 0, 0, 0, 0xffff, 0, _, _] => [last, None],
+        // NAT64: the well-known prefix and the local-use one.
+        [0x64, 0xff9b, 0, 0, 0, 0, _, _] | [0x64, 0xff9b, 1, ..] => [last, None],
+        // 6to4: 2002:AABB:CCDD::/48.
+        [0x2002, hi, lo, ..] => [v4(hi, lo), None],
+        // Teredo: the server, and the client (its bits inverted).
+        [0x2001, 0, hi, lo, _, _, chi, clo] => [v4(hi, lo), v4(!chi, !clo)],
+        // ISATAP interface identifiers.
+        [_, _, _, _, 0 | 0x200, 0x5efe, _, _] => [last, None],
+        _ => [None, None],
     }
 }
 
@@ -206,6 +247,50 @@ impl PolicyConnector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_forms_that_carry_an_ipv4_address_are_judged_as_it() {
+        let open = DestinationPolicy::default();
+        let strict = DestinationPolicy {
+            deny_private: true,
+            ..DestinationPolicy::default()
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // Each form, carrying the metadata address (always refused) and
+        // loopback (refused when private ones are).
+        for (metadata, loopback) in [
+            ("::ffff:169.254.169.254", "::ffff:127.0.0.1"),
+            ("::169.254.169.254", "::127.0.0.1"),
+            ("::ffff:0:169.254.169.254", "::ffff:0:127.0.0.1"),
+            ("64:ff9b::169.254.169.254", "64:ff9b::127.0.0.1"),
+            ("64:ff9b:1::a9fe:a9fe", "64:ff9b:1::7f00:1"),
+            ("2002:a9fe:a9fe::1", "2002:7f00:1::1"),
+            // Teredo: server 65.54.227.120 (public), client inverted.
+            (
+                "2001:0:4136:e378:8000:63bf:5601:5601",
+                "2001:0:4136:e378:8000:63bf:80ff:fffe",
+            ),
+            ("fe80::5efe:169.254.169.254", "2001:db8::5efe:127.0.0.1"),
+            ("2001:db8::200:5efe:a9fe:a9fe", "2001:db8::200:5efe:7f00:1"),
+        ] {
+            assert!(!open.allows(ip(metadata)), "{metadata}");
+            assert!(!strict.allows(ip(metadata)), "{metadata}");
+            assert!(!strict.allows(ip(loopback)), "{loopback}");
+        }
+        // The same forms carrying a public address pass the strict policy.
+        for public in [
+            "::93.184.216.34",
+            "64:ff9b::93.184.216.34",
+            "2002:5db8:d822::1",
+            "2001:db8::5efe:93.184.216.34",
+        ] {
+            assert!(strict.allows(ip(public)), "{public}");
+        }
+        // IPv6's own loopback and unspecified are not IPv4-compatible forms.
+        assert!(open.allows(ip("::1")));
+        assert!(!strict.allows(ip("::1")));
+        assert!(!open.allows(ip("::")));
+    }
 
     fn allowed(policy: DestinationPolicy, ip: &str) -> bool {
         policy.allows(ip.parse().unwrap())

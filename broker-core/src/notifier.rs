@@ -96,9 +96,9 @@ pub trait Notifier: Send + Sync + 'static {
 
     /// Waits while publishers should be paced, because deliveries are
     /// falling behind for want of CPU; returns whether it waited. Every
-    /// publish path (HTTP, WebSocket, TCP) calls it through
-    /// [`Broker::pace`](crate::Broker::pace) after a publish is accepted,
-    /// before answering. The default never waits.
+    /// publish ([`Broker::publish`](crate::Broker::publish), batches too,
+    /// from any front) waits for it once its messages are in the log,
+    /// before it returns. The default never waits.
     async fn pace(&self) -> bool {
         false
     }

@@ -23,6 +23,32 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// A publish appending to a topic, counted while it lives (also when its
+/// future is dropped half-way), so that deleting the topic waits for it.
+pub(crate) struct Publishing<'a>(&'a TopicStats);
+
+impl<'a> Publishing<'a> {
+    /// Counts a publish on the topic, or `None` when the topic is being
+    /// deleted (the publish is then refused: its topic is gone).
+    pub(crate) fn on(stats: &'a TopicStats) -> Option<Self> {
+        // SeqCst with `deleted` in `TopicStats::retire`: either the
+        // deleter sees this count, or this publish sees the flag.
+        stats.publishing.fetch_add(1, Ordering::SeqCst);
+        let guard = Publishing(stats);
+        (!stats.deleted.load(Ordering::SeqCst)).then_some(guard)
+    }
+}
+
+impl Drop for Publishing<'_> {
+    fn drop(&mut self) {
+        if self.0.publishing.fetch_sub(1, Ordering::SeqCst) == 1
+            && self.0.deleted.load(Ordering::SeqCst)
+        {
+            self.0.published_all.notify_waiters();
+        }
+    }
+}
+
 /// Per-topic counters, reachable without the registry lock.
 #[derive(Debug, Default)]
 pub(crate) struct TopicStats {
@@ -37,6 +63,35 @@ pub(crate) struct TopicStats {
     pub(crate) appended: tokio::sync::Notify,
     /// Fetches waiting: a publish only wakes them when there are some.
     pub(crate) waiting: std::sync::atomic::AtomicUsize,
+    /// Publishes appending now ([`Publishing`]).
+    publishing: std::sync::atomic::AtomicUsize,
+    /// Set when the topic is being deleted: no publish appends any more.
+    deleted: std::sync::atomic::AtomicBool,
+    /// Wakes a deletion waiting for the last publish to finish.
+    published_all: tokio::sync::Notify,
+}
+
+impl TopicStats {
+    /// Refuses every publish from now on and waits until those appending
+    /// have finished (answered), so that nothing is appended to the log
+    /// once its deletion starts.
+    pub(crate) async fn retire(&self) {
+        self.deleted.store(true, Ordering::SeqCst);
+        loop {
+            let done = self.published_all.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if self.publishing.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            done.await;
+        }
+    }
+
+    /// Takes publishes again: the deletion failed, the topic stays.
+    pub(crate) fn unretire(&self) {
+        self.deleted.store(false, Ordering::SeqCst);
+    }
 }
 
 /// Counters written from every thread that delivers for a topic: split into

@@ -276,8 +276,8 @@ impl WebhookNotifier {
     /// faster than the broker can deliver only grows the log: this gives
     /// the CPU back to the deliveries. A slow endpoint uses no CPU and one
     /// subscriber alone never counts enough, so neither paces anyone.
-    /// Returns whether it waited. Every publish path (HTTP, WebSocket,
-    /// TCP) calls it through [`Broker::pace`].
+    /// Returns whether it waited. Every publish waits for it (through
+    /// [`Notifier::pace`]) before [`Broker::publish`] returns.
     pub async fn pace(&self) -> bool {
         self.shared.pace.wait().await
     }

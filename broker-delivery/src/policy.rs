@@ -67,7 +67,7 @@ impl DestinationPolicy {
         if self.loopback_only {
             return ip.is_loopback();
         }
-        let judged = |ip: IpAddr| !always_refused(ip) && !(self.deny_private && is_private(ip));
+        let judged = |ip: IpAddr| !(always_refused(ip) || (self.deny_private && is_private(ip)));
         match ip {
             IpAddr::V6(v6) => {
                 judged(ip)

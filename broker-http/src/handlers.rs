@@ -199,8 +199,9 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let token = credential(h)?.ok_or(broker_core::Error::Unauthorized)?;
-    // Refuse a bad topic or token before reading a large body.
-    broker_core::TopicName::validate(topic)?;
+    // Refuse a bad topic or token before reading a byte of the body: a
+    // client without a credential holds no buffer.
+    api.broker().authorize_publisher(topic, token).await?;
     let payload = json::read_body(
         h,
         body,
@@ -217,8 +218,6 @@ where
         .broker()
         .publish(topic, token, content_type, payload)
         .await?;
-    // Answered once the deliveries keep up (the message is in the log).
-    api.broker().pace().await;
     Ok(reply(
         StatusCode::ACCEPTED,
         &json::Published {
@@ -495,8 +494,9 @@ where
 {
     use base64::Engine as _;
     let token = credential(h)?.ok_or(broker_core::Error::Unauthorized)?;
-    broker_core::TopicName::validate(topic)?;
     json::require_json(h)?;
+    // As for a single publish: no body is read for a wrong token.
+    api.broker().authorize_publisher(topic, token).await?;
     let bytes = json::read_body(
         h,
         body,
@@ -551,8 +551,6 @@ where
     }
     drop(request);
     let receipt = api.broker().publish_batch(topic, token, messages).await?;
-    // Answered once the deliveries keep up (the message is in the log).
-    api.broker().pace().await;
     Ok(reply(
         StatusCode::ACCEPTED,
         &json::BatchPublished {

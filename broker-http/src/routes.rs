@@ -193,7 +193,7 @@ where
     // Live listening authorises with its own tokens.
     match (&parts.method, route) {
         (&Method::GET, Route::Events(topic)) => return live::sse::events(api, topic, parts).await,
-        (&Method::GET, Route::WebSocket) => return live::ws::upgrade(api, parts, on_upgrade),
+        (&Method::GET, Route::WebSocket) => return live::ws::upgrade(api, parts, on_upgrade).await,
         // Fetching by offset is listening too: a listener or the admin.
         (&Method::GET, Route::Messages(topic)) => return handlers::fetch(api, topic, parts).await,
         (&Method::POST, Route::Pull(t, g)) => return handlers::pull(api, t, g, parts, body).await,

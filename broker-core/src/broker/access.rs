@@ -135,6 +135,34 @@ impl Broker {
         }
     }
 
+    /// Whether `token` is a credential of this broker at all: a registered
+    /// publisher's or listener's (of any topic), or a JWT the verifier
+    /// accepts (with any scope). What a WebSocket handshake asks before it
+    /// upgrades, so that only a client holding a credential holds a
+    /// connection. With replicas, a token another replica issued a moment
+    /// ago is learnt first.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unauthorized`]; [`Error::InvalidToken`] when the verifier
+    /// refuses it.
+    pub async fn recognize(&self, token: &str) -> Result<(), Error> {
+        let known = |b: &Broker| -> Result<(), Error> {
+            if b.verify_token(token)?.is_some() {
+                return Ok(());
+            }
+            let registry = b.shared.registry.read();
+            registry
+                .authenticate(token, Role::Publish)
+                .or_else(|_| registry.authenticate(token, Role::Listen))
+                .map(|_| ())
+        };
+        match known(self) {
+            Err(Error::Unauthorized) if self.learn_token(token).await => known(self),
+            result => result,
+        }
+    }
+
     /// Sets the verifier of tokens the registry did not issue (JWTs):
     /// from now on a [JWT-shaped](crate::is_jwt_shaped) token presented to
     /// publish or listen goes to it. Without one, such a token is simply

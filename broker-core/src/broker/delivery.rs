@@ -1,20 +1,13 @@
-//! What the API asks of the deliveries, through the notifier: pacing,
-//! circuits, leases. So the HTTP, WebSocket and TCP fronts get them from
-//! the broker alone, without knowing which notifier delivers.
+//! What the API asks of the deliveries, through the notifier: circuits
+//! and leases, so the HTTP, WebSocket and TCP fronts get them from the
+//! broker alone, without knowing which notifier delivers. (Pacing needs no
+//! asking: every publish waits for [`Notifier::pace`](crate::Notifier::pace)
+//! before it returns.)
 
 use super::Broker;
 use crate::{Circuit, Subscriber};
 
 impl Broker {
-    /// Waits while publishers should be paced (the notifier's deliveries
-    /// are falling behind for want of CPU); returns whether it waited.
-    /// Every publish path calls it after a publish is accepted and before
-    /// answering, so a publisher that outruns the deliveries slows down
-    /// instead of growing the log. See [`Notifier::pace`](crate::Notifier::pace).
-    pub async fn pace(&self) -> bool {
-        self.shared.notifier.pace().await
-    }
-
     /// `subscriber`'s circuit breaker, as its notifier reports it.
     pub fn circuit(&self, subscriber: &Subscriber) -> Circuit {
         self.shared.notifier.circuit(subscriber)
@@ -64,19 +57,27 @@ mod tests {
 
     #[tokio::test]
     async fn the_broker_asks_its_notifier_and_a_pair_asks_both() {
-        let broker = Broker::new(Pacer::default());
-        assert!(!broker.pace().await);
-        assert!(broker.pace().await);
+        let pacer = std::sync::Arc::new(Pacer::default());
+        let broker = Broker::new(pacer.clone());
         assert_eq!(broker.owned_deliveries(), Some(3));
+        // Every publish waits for the pace once, an empty batch not.
+        let p = broker.register_publisher("t", "p").await.unwrap().item;
+        let token = p.token().expose();
+        broker.publish("t", token, None, "a".into()).await.unwrap();
+        broker.publish_batch("t", token, Vec::new()).await.unwrap();
+        broker
+            .publish_batch("t", token, vec![(None, "b".into()), (None, "c".into())])
+            .await
+            .unwrap();
+        assert_eq!(pacer.0.load(Ordering::Relaxed), 2);
 
         let plain = Broker::new(Quiet);
-        assert!(!plain.pace().await);
         assert_eq!(plain.owned_deliveries(), None);
 
         // A pair: open if either says so, paced if either waited.
         let pair = Broker::new((Quiet, Pacer::default()));
-        assert!(!pair.pace().await);
-        assert!(pair.pace().await);
+        assert!(!pair.shared.notifier.pace().await);
+        assert!(pair.shared.notifier.pace().await);
         assert_eq!(pair.owned_deliveries(), Some(3));
         let endpoint = crate::Endpoint::new(
             "http://127.0.0.1:9/hook",

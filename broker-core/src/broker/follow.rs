@@ -134,10 +134,9 @@ impl Broker {
         let Some(record) = record else {
             let mut registry = self.shared.registry.write();
             match RecordKind::of(id) {
+                // Removing one not known here is nothing.
                 Some(RecordKind::Publisher | RecordKind::Listener) => {
-                    if registry.has_credential(id) {
-                        registry.remove_credential(id);
-                    }
+                    registry.remove_credential(id);
                 }
                 Some(RecordKind::Subscriber) => {
                     if let Some(subscriber) = registry.subscriber_by_id(id).cloned() {

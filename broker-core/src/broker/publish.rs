@@ -11,7 +11,7 @@ use http::HeaderValue;
 
 use super::Broker;
 use crate::{
-    stats::{TopicStats, Waiting},
+    stats::{Publishing, TopicStats, Waiting},
     store::{NewMessage, Read},
     BatchReceipt, Error, Publish, Receipt, Replay, ReplayFrom, Role, TopicName,
 };
@@ -20,7 +20,12 @@ impl Broker {
     /// Publishes `payload` on `topic` with a publisher's `token`: appends
     /// it to the topic's log (answering once the store has it as durably
     /// as it promises), then hands it to the notifier with the topic's
-    /// current subscribers. Never waits on a subscriber.
+    /// current subscribers. Never waits on a subscriber; returns after
+    /// the notifier's [`pace`](crate::Notifier::pace) (a wait only while
+    /// deliveries fall behind for want of CPU). A publish racing
+    /// [`Broker::delete_topic`] either returns before the deletion does,
+    /// or fails with [`Error::TopicNotFound`]: nothing is appended to a
+    /// topic being deleted.
     ///
     /// # Errors
     ///
@@ -29,7 +34,7 @@ impl Broker {
     /// topic's; for a verified token ([`Broker::verify_token`]),
     /// [`Error::InvalidToken`], [`Error::InsufficientScope`] when its
     /// grants do not cover `topic`, and [`Error::TopicNotFound`] when
-    /// nothing made the topic yet; [`Error::Closed`] after [`Broker::close`];
+    /// nothing made the topic yet, or it is being deleted; [`Error::Closed`] after [`Broker::close`];
     /// [`Error::Overloaded`] while deliveries hold more message bytes than
     /// the whole [`MemoryBudget`](crate::MemoryBudget) (see
     /// [`MemoryBudget::is_full`](crate::MemoryBudget::is_full); nothing is
@@ -81,16 +86,10 @@ impl Broker {
                 limit: self.shared.memory.limit(),
             });
         }
-        // Verified before the lock is taken: a signature check may be slow.
-        let grants = self.verify_token(token)?;
-        let found = match self.publishing_on(topic, token, grants.as_ref()) {
-            // Issued by another replica a moment ago?
-            Err(Error::Unauthorized) if self.learn_token(token).await => {
-                self.publishing_on(topic, token, grants.as_ref())
-            }
-            found => found,
-        };
-        let (topic, subscribers, stats) = found?;
+        let (topic, subscribers, stats) = self.publish_target(topic, token).await?;
+        // Held until the publish is answered, pacing included: a deletion
+        // of the topic waits for it, and one under way refuses it.
+        let _publishing = Publishing::on(&stats).ok_or(Error::TopicNotFound)?;
         if messages.is_empty() {
             return Ok(BatchReceipt {
                 messages: Vec::new(),
@@ -132,7 +131,39 @@ impl Broker {
                 })
                 .await;
         }
+        // Answered once the deliveries keep up (the message is in the log).
+        self.shared.notifier.pace().await;
         Ok(receipt)
+    }
+
+    /// Whether `token` may publish on `topic` now, without publishing: for
+    /// a front to refuse a wrong token before it reads a body.
+    ///
+    /// # Errors
+    ///
+    /// As [`Broker::publish`], but for storage.
+    pub async fn authorize_publisher(&self, topic: &str, token: &str) -> Result<(), Error> {
+        crate::topic::validate(topic)?;
+        self.publish_target(topic, token).await.map(|_| ())
+    }
+
+    /// [`publishing_on`](Self::publishing_on) after verifying a JWT, and
+    /// once more after learning a token another replica issued a moment
+    /// ago.
+    async fn publish_target(
+        &self,
+        topic: &str,
+        token: &str,
+    ) -> Result<(TopicName, crate::Subscribers, Arc<TopicStats>), Error> {
+        // Verified before the lock is taken: a signature check may be slow.
+        let grants = self.verify_token(token)?;
+        match self.publishing_on(topic, token, grants.as_ref()) {
+            // Issued by another replica a moment ago?
+            Err(Error::Unauthorized) if self.learn_token(token).await => {
+                self.publishing_on(topic, token, grants.as_ref())
+            }
+            found => found,
+        }
     }
 
     /// What a publish with `token` on `topic` goes to: the topic's name,

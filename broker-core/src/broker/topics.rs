@@ -95,22 +95,35 @@ impl Broker {
     pub async fn delete_topic(&self, name: &str) -> Result<(), Error> {
         let topic = TopicName::new(name)?;
         let _order = self.shared.changes.lock().await;
-        let ids: Vec<String> = {
+        let (ids, stats): (Vec<String>, _) = {
             let registry = self.shared.registry.read();
             let t = registry.topics.get(name).ok_or(Error::TopicNotFound)?;
-            t.publishers
+            let ids = t
+                .publishers
                 .values()
                 .chain(t.listeners.values())
                 .map(|c| c.id.clone())
                 .chain(t.subscribers.iter().map(|s| s.id.clone()))
                 .chain(t.groups.values().map(|g| g.id.clone()))
                 .chain(t.explicit.then(|| TopicRecord::id_of(name)))
-                .collect()
+                .collect();
+            (ids, t.stats.clone())
         };
-        for id in &ids {
-            self.shared.store.save(Change::Remove { id }).await?;
+        // No publish appends from here on, and those appending finish
+        // first: once this answers, no earlier publish is still to be
+        // answered as accepted, and nothing of the old topic is written
+        // to a log that deleting would remove (or make again).
+        stats.retire().await;
+        let removed = async {
+            for id in &ids {
+                self.shared.store.save(Change::Remove { id }).await?;
+            }
+            self.shared.store.delete_topic(&topic).await
+        };
+        if let Err(e) = removed.await {
+            stats.unretire();
+            return Err(e);
         }
-        self.shared.store.delete_topic(&topic).await?;
         let subscribers = self.shared.registry.write().remove_topic(name);
         for subscriber in &subscribers {
             self.shared.notifier.changed(subscriber);

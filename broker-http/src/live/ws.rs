@@ -48,7 +48,7 @@ const BATCH: usize = 64;
 /// `GET /v1/ws`: checks the handshake and the credentials, answers
 /// `101 Switching Protocols`, and runs the session on the upgraded
 /// connection in its own task.
-pub(crate) fn upgrade(
+pub(crate) async fn upgrade(
     api: &Api,
     parts: &http::request::Parts,
     on_upgrade: Option<OnUpgrade>,
@@ -57,8 +57,17 @@ pub(crate) fn upgrade(
     let key = handshake_key(&parts.headers).ok_or(ApiError::UpgradeRequired)?;
     let query = super::Query::parse(parts.uri.query())?;
     let token = super::presented_token(parts, &query)?.map(str::to_owned);
-    if token.is_none() && !hub.config().allow_anonymous {
-        return Err(ApiError::ListenerUnauthorized);
+    // Only a credential holder gets a connection: the admin token, or a
+    // token the broker issued or accepts (whatever its topic or scope,
+    // checked again per frame). A made-up one is refused before the upgrade.
+    match token.as_deref() {
+        None if hub.config().allow_anonymous => {}
+        None => return Err(ApiError::ListenerUnauthorized),
+        Some(t) if api.is_admin(t) => {}
+        Some(t) => match api.broker().recognize(t).await {
+            Err(broker_core::Error::Unauthorized) => return Err(ApiError::ListenerUnauthorized),
+            other => other?,
+        },
     }
     // HTTP/2 has no upgrade; hyper gives the hook for HTTP/1.1 only.
     let on_upgrade = on_upgrade.ok_or(ApiError::UpgradeRequired)?;
@@ -421,8 +430,6 @@ impl Session {
             metrics.publish(&outcome);
         }
         let receipt = outcome?;
-        // Answered once the deliveries keep up, as over HTTP and TCP.
-        self.api.broker().pace().await;
         Ok(vec![reply(&Ack {
             kind: "ack",
             request_id: frame.request_id,

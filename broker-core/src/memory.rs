@@ -46,7 +46,7 @@ impl Default for Retention {
 /// fixed 160 bytes for its bookkeeping.
 ///
 /// Registrations are not kept (the broker's own index is the only copy):
-/// [`Store::load`] finds nothing and [`Store::save`] does nothing but
+/// [`Registrations::load`] finds nothing and [`Registrations::save`] does nothing but
 /// forget a removed subscriber's dead letters, which it keeps, bounded.
 ///
 /// # Examples

@@ -229,7 +229,7 @@ pub struct SubscriberRecord {
     /// Registration order.
     pub order: u64,
     /// Its cursor: the offset up to which its deliveries are done. Stored
-    /// with the registration, and moved by [`Store::save_cursor`].
+    /// with the registration, and moved by [`Progress::save_cursor`].
     pub cursor: u64,
 }
 

@@ -1,6 +1,6 @@
 //! The write-behind buffer of delivery progress, shared by the durable
 //! stores: cursor moves and pending-retry changes are taken in memory at
-//! once ([`Store::save_cursor`](crate::Store::save_cursor) and friends
+//! once ([`Progress::save_cursor`](crate::Progress::save_cursor) and friends
 //! never wait for a disk or a network) and written by the store every
 //! flush period, a batch at a time.
 //!

@@ -24,7 +24,7 @@ impl Broker {
     }
 
     /// Keeps `subscriber`'s pending retry in the store, so that a restart
-    /// goes on with its schedule ([`Store::save_retry`](crate::Store::save_retry)).
+    /// goes on with its schedule ([`Progress::save_retry`](crate::Progress::save_retry)).
     ///
     /// # Errors
     ///

@@ -257,7 +257,7 @@ impl Broker {
     }
 
     /// Up to `max_messages` messages of `topic` from offset `from` on,
-    /// straight from its log (see [`Store::read`](crate::Store::read)).
+    /// straight from its log (see [`Logs::read`](crate::Logs::read)).
     ///
     /// # Errors
     ///

@@ -21,7 +21,7 @@
 //!
 //! ```
 //! use std::time::SystemTime;
-//! use broker_core::{NewMessage, Store, TopicName};
+//! use broker_core::{Logs, NewMessage, TopicName};
 //! use broker_store::{DiskStore, Options};
 //!
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {

@@ -288,8 +288,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
     async fn execute(&mut self, command: Command) -> Result<(), Error> {
         match command {
             Command::Auth(token) => {
-                self.token = Some(token);
-                self.output.extend_from_slice(b"OK\r\n");
+                // Checked now, so that a made-up token holds nothing: until
+                // a valid AUTH, payloads are dropped as they arrive.
+                let known = if self.is_admin(&token) {
+                    Ok(())
+                } else {
+                    self.broker.recognize(&token).await
+                };
+                match known {
+                    Ok(()) => {
+                        self.token = Some(token);
+                        self.output.extend_from_slice(b"OK\r\n");
+                    }
+                    Err(e) => {
+                        self.token = None;
+                        self.refuse(&Error::Broker(e));
+                    }
+                }
             }
             Command::Pub { topic, payload } => {
                 self.queue(topic, payload).await;

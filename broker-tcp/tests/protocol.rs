@@ -381,10 +381,11 @@ async fn refusals_carry_the_broker_codes() {
         c.err("unauthorized").await;
         c.err("unauthorized").await;
 
-        // An unknown token: AUTH takes it; every command refuses it.
+        // An unknown token: AUTH refuses it, and the connection stays
+        // unauthenticated (the payload is dropped unread).
         c.send("AUTH pub_nobody.secret\r\nPUB t 1\r\nx\r\nFETCH t 0\r\n")
             .await;
-        assert_eq!(c.line().await, "OK");
+        c.err("unauthorized").await;
         c.err("unauthorized").await;
         c.err("unauthorized").await;
 
@@ -686,7 +687,8 @@ async fn jwts_pub_and_fetch_as_their_scope_says() {
             assert_eq!(c.msg().await, (0, b"hi".to_vec()));
             c.err("forbidden").await;
         }
-        // Checked on each command: a refused JWT says why, never itself.
+        // Checked at AUTH: a refused JWT says why, never itself, and the
+        // connection stays unauthenticated.
         let expired = jwt(
             secret,
             serde_json::json!({ "exp": exp - 7200, "scope": "publish:t listen:t" }),
@@ -698,13 +700,14 @@ async fn jwts_pub_and_fetch_as_their_scope_says() {
         for (token, why) in [(&expired, "expired"), (&forged, "bad signature")] {
             c.send(format!("AUTH {token}\r\nPUB t 1\r\nx\r\nFETCH t 0\r\n"))
                 .await;
-            assert_eq!(c.line().await, "OK");
+            let line = c.err("unauthorized").await;
+            assert!(
+                line.contains(why) && !line.contains(token.as_str()),
+                "{line}"
+            );
             for _ in 0..2 {
                 let line = c.err("unauthorized").await;
-                assert!(
-                    line.contains(why) && !line.contains(token.as_str()),
-                    "{line}"
-                );
+                assert!(!line.contains(token.as_str()), "{line}");
             }
         }
         // Registered tokens keep working beside them.

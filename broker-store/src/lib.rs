@@ -570,6 +570,27 @@ impl Progress for DiskStore {
 
 #[async_trait]
 impl Store for DiskStore {
+    /// Whether the data directory takes writes now: a small file written,
+    /// synced and removed (a full disk or a read-only mount fails it), so
+    /// `/readyz` says `store_unavailable` while publishes would fail.
+    async fn ready(&self) -> Result<(), broker_core::Error> {
+        let probe = self.shared.dir.join(".ready");
+        blocking(move || {
+            let written = (|| {
+                use std::io::Write as _;
+                let mut file = std::fs::File::create(&probe)?;
+                file.write_all(&[0u8; 4096])?;
+                file.sync_data()
+            })();
+            let _ = std::fs::remove_file(&probe);
+            written.map_err(|e| StoreError::Io {
+                path: probe.clone(),
+                source: e,
+            })
+        })
+        .await
+    }
+
     fn memory(&self) -> MemoryBudget {
         self.shared.cache.memory.clone()
     }

@@ -841,3 +841,85 @@ async fn group_progress_is_kept_with_the_group_and_not_announced() {
     let again = open(&server, Options::default()).await;
     assert_eq!(loaded(&again).await, [Record::Group(group)]);
 }
+
+struct Nobody;
+
+#[async_trait::async_trait]
+impl broker_core::Notifier for Nobody {
+    async fn notify(&self, _: broker_core::Publish) {}
+}
+
+/// Deleting a topic while three publishers publish on it (issue 26), 50
+/// times: once the deletion returns no publish is accepted afterwards,
+/// none fails with a storage error, no key of the topic is left, and the
+/// topic made again reads none of the old messages. Single-threaded, so
+/// the order of the ticks is the order in which the calls returned.
+#[tokio::test(flavor = "current_thread")]
+async fn a_deleted_topic_stays_deleted_while_publishers_race_it() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let server = RedisServer::start();
+    for run in 0..50 {
+        let store = open(
+            &server,
+            Options {
+                namespace: format!("race{run}"),
+                ..Options::default()
+            },
+        )
+        .await;
+        let broker = broker_core::Broker::open(Nobody, broker_core::Limits::default(), store)
+            .await
+            .unwrap();
+        broker.create_topic("t").await.unwrap();
+        let p = broker.register_publisher("t", "p").await.unwrap().item;
+        let token = p.token().expose().to_owned();
+        let clock = Arc::new(AtomicU64::new(0));
+        let accepted = Arc::new(AtomicU64::new(0));
+        let publishers: Vec<_> = (0..3)
+            .map(|p| {
+                let (broker, token, clock, accepted) = (
+                    broker.clone(),
+                    token.clone(),
+                    clock.clone(),
+                    accepted.clone(),
+                );
+                tokio::spawn(async move {
+                    let mut last = 0;
+                    for n in 0.. {
+                        let body = format!("old {run}/{p}/{n}");
+                        match broker.publish("t", &token, None, body.into()).await {
+                            Ok(_) => {
+                                last = clock.fetch_add(1, Ordering::SeqCst);
+                                accepted.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Err(broker_core::Error::TopicNotFound)
+                            | Err(broker_core::Error::Unauthorized) => break,
+                            Err(e) => panic!("run {run}: publish failed with {e:?}"),
+                        }
+                    }
+                    last
+                })
+            })
+            .collect();
+        while accepted.load(Ordering::SeqCst) < 30 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        broker.delete_topic("t").await.unwrap();
+        let deleted = clock.fetch_add(1, Ordering::SeqCst);
+        for p in publishers {
+            assert!(
+                p.await.unwrap() < deleted,
+                "run {run}: accepted after the deletion"
+            );
+        }
+        let left: Vec<String> = redis_keys(&server)
+            .await
+            .into_iter()
+            .filter(|k| k.starts_with(&format!("race{run}:{{t:t}}")))
+            .collect();
+        assert!(left.is_empty(), "run {run}: {left:?} left");
+        broker.create_topic("t").await.unwrap();
+        let read = broker.read("t", 0, 1_000, usize::MAX).await.unwrap();
+        assert!(read.messages.is_empty(), "run {run}: old messages read");
+    }
+}

@@ -1,10 +1,19 @@
-//! Webhook delivery: the [`WebhookNotifier`] and its settings.
+//! Webhook delivery for broker-core: the [`WebhookNotifier`] (a
+//! [`broker_core::Notifier`]) and its settings. It depends on broker-core
+//! only; the HTTP API (broker-http) asks the broker, not this crate, about
+//! deliveries, and the server (broker-server) wires the two together.
 //!
 //! Each subscriber is a cursor over its topic's log, served by a worker
 //! task that exists only while it has work, with at most
-//! [`DeliveryConfig::max_in_flight`] requests at a time (see `worker.rs`).
-//! So a slow, hanging or dead endpoint only lags behind, and an idle
-//! subscriber costs no task.
+//! [`DeliveryConfig::max_in_flight`] requests at a time. So a slow,
+//! hanging or dead endpoint only lags behind, and an idle subscriber costs
+//! no task.
+//!
+//! Where things are: the worker `worker.rs`; one attempt's request and its
+//! Standard Webhooks signature `request.rs`, [`signature`]; the circuit
+//! breaker `health.rs`; retry schedules and `Retry-After` `retry.rs`; which
+//! replica delivers whom `lease.rs`, `assign.rs`; publisher pacing
+//! `pace.rs`; where deliveries may go `policy.rs`; Prometheus `metrics.rs`.
 
 mod assign;
 mod health;

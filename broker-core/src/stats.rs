@@ -74,23 +74,46 @@ pub(crate) struct TopicStats {
 impl TopicStats {
     /// Refuses every publish from now on and waits until those appending
     /// have finished (answered), so that nothing is appended to the log
-    /// once its deletion starts.
-    pub(crate) async fn retire(&self) {
+    /// once its deletion starts. Until [`Retired::finish`], dropping the
+    /// result (the deletion failed, or its caller went away, even while
+    /// this waits) takes publishes again.
+    pub(crate) async fn retire(&self) -> Retired<'_> {
+        let retired = Retired {
+            stats: self,
+            finished: false,
+        };
         self.deleted.store(true, Ordering::SeqCst);
         loop {
             let done = self.published_all.notified();
             tokio::pin!(done);
             done.as_mut().enable();
             if self.publishing.load(Ordering::SeqCst) == 0 {
-                return;
+                return retired;
             }
             done.await;
         }
     }
+}
 
-    /// Takes publishes again: the deletion failed, the topic stays.
-    pub(crate) fn unretire(&self) {
-        self.deleted.store(false, Ordering::SeqCst);
+/// A topic whose publishes are refused while it is deleted
+/// ([`TopicStats::retire`]).
+pub(crate) struct Retired<'a> {
+    stats: &'a TopicStats,
+    finished: bool,
+}
+
+impl Retired<'_> {
+    /// The topic is gone: its publishes stay refused.
+    pub(crate) fn finish(mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for Retired<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.stats.deleted.store(false, Ordering::SeqCst);
+        }
     }
 }
 

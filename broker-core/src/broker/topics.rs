@@ -113,18 +113,15 @@ impl Broker {
         // first: once this answers, no earlier publish is still to be
         // answered as accepted, and nothing of the old topic is written
         // to a log that deleting would remove (or make again).
-        stats.retire().await;
-        let removed = async {
-            for id in &ids {
-                self.shared.store.save(Change::Remove { id }).await?;
-            }
-            self.shared.store.delete_topic(&topic).await
-        };
-        if let Err(e) = removed.await {
-            stats.unretire();
-            return Err(e);
+        // A failure (or a caller gone) before the end takes publishes
+        // again: the topic stays, and deleting again finishes it.
+        let retired = stats.retire().await;
+        for id in &ids {
+            self.shared.store.save(Change::Remove { id }).await?;
         }
+        self.shared.store.delete_topic(&topic).await?;
         let subscribers = self.shared.registry.write().remove_topic(name);
+        retired.finish();
         for subscriber in &subscribers {
             self.shared.notifier.changed(subscriber);
         }
@@ -234,5 +231,69 @@ impl Broker {
     /// [`Error::Storage`] saying why not.
     pub async fn store_ready(&self) -> Result<(), Error> {
         self.shared.store.ready().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::Arc, time::Duration};
+
+    use async_trait::async_trait;
+
+    use crate::{Broker, Error, Notifier, Publish};
+
+    /// Holds every publish in its pace until told to let it go.
+    struct Holding(tokio::sync::Semaphore);
+
+    #[async_trait]
+    impl Notifier for Holding {
+        async fn notify(&self, _: Publish) {}
+        async fn pace(&self) -> bool {
+            let _ = self.0.acquire().await.map(|p| p.forget());
+            true
+        }
+    }
+
+    #[tokio::test]
+    async fn a_deletion_waits_for_the_publishes_under_way_and_a_dropped_one_undoes_itself() {
+        let hold = Arc::new(Holding(tokio::sync::Semaphore::new(0)));
+        let broker = Broker::new(hold.clone());
+        broker.create_topic("t").await.unwrap();
+        let p = broker.register_publisher("t", "p").await.unwrap().item;
+        let token = p.token().expose().to_owned();
+        let publish = |b: &Broker| {
+            let (b, token) = (b.clone(), token.clone());
+            tokio::spawn(async move { b.publish("t", &token, None, "x".into()).await })
+        };
+
+        // A publish held in its pace: a deletion waits for it; given up
+        // on, the topic takes publishes again.
+        let first = publish(&broker);
+        tokio::task::yield_now().await;
+        let gave_up = tokio::time::timeout(Duration::from_millis(50), broker.delete_topic("t"));
+        assert!(gave_up.await.is_err(), "the deletion did not wait");
+        hold.0.add_permits(1);
+        first.await.unwrap().unwrap();
+        hold.0.add_permits(1);
+        publish(&broker).await.unwrap().unwrap();
+
+        // Held again, and this time the deletion goes through: the held
+        // publish is answered first, later ones find no topic.
+        let held = publish(&broker);
+        tokio::task::yield_now().await;
+        let deleting = tokio::spawn({
+            let broker = broker.clone();
+            async move { broker.delete_topic("t").await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!deleting.is_finished());
+        hold.0.add_permits(1);
+        held.await.unwrap().unwrap();
+        deleting.await.unwrap().unwrap();
+        let late = publish(&broker).await.unwrap();
+        assert!(
+            matches!(late, Err(Error::Unauthorized | Error::TopicNotFound)),
+            "{late:?}"
+        );
     }
 }

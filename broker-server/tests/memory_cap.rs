@@ -17,7 +17,7 @@ use std::{
     time::Duration,
 };
 
-use support::{http, json_field, start, PATIENCE};
+use support::{http, json_field, resident, start, PATIENCE};
 
 const TOPICS: usize = 20;
 const PUBLISHES: usize = 1_100;
@@ -43,15 +43,6 @@ fn hanging_endpoint() -> String {
         }
     });
     addr
-}
-
-fn resident(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
 }
 
 /// One keep-alive connection publishing `body` to a topic again and again.

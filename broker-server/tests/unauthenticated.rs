@@ -10,17 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{json_field, publish, register, start};
-
-/// The resident memory of process `pid`, in bytes.
-fn resident(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
+use support::{json_field, publish, register, resident, start};
 
 /// Sends `head` on a new connection and reads the response's status
 /// line and headers; returns the status line and the open connection.

@@ -260,3 +260,13 @@ pub(crate) fn number(body: &str, field: &str) -> u64 {
         .as_u64()
         .unwrap_or_else(|| panic!("no {field} in {body}"))
 }
+
+/// The resident memory of process `pid`, in bytes (0 when unknown).
+pub(crate) fn resident(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}

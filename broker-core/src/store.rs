@@ -116,6 +116,16 @@ impl Record {
         }
     }
 
+    /// The topic it is registered on.
+    pub fn topic(&self) -> &str {
+        match self {
+            Record::Credential(c) => &c.topic,
+            Record::Subscriber(s) => &s.topic,
+            Record::Topic(t) => &t.name,
+            Record::Group(g) => &g.topic,
+        }
+    }
+
     /// Its place in registration order, across all topics.
     pub fn order(&self) -> u64 {
         match self {

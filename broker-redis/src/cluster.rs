@@ -221,12 +221,15 @@ impl Shared {
                 topic,
             } => {
                 feed.seen.fetch_max(version, Ordering::AcqRel);
-                if replica == self.replica {
-                    return;
-                }
                 let Ok(topic) = TopicName::new(topic) else {
                     return;
                 };
+                // At once, before the registry takes it: a publish this
+                // replica still authorises meanwhile is refused.
+                self.incarnations.gone(&topic);
+                if replica == self.replica {
+                    return;
+                }
                 feed.push(|p| {
                     p.appended.remove(&topic);
                     if p.deleted.len() < MAX_PENDING {
@@ -410,6 +413,23 @@ impl Cluster for RedisCluster {
                     format!("registration {id}: {reason}"),
                 )
             })?;
+        // The log's incarnation, made before the registration was saved.
+        // None: its topic was just deleted (the feed brings the deletion)
+        // or a replica of an older version registered it (its first
+        // append makes one).
+        if let Ok(topic) = TopicName::new(record.topic()) {
+            let prefix: Option<String> = s
+                .call(
+                    "read incarnation",
+                    redis::cmd("GET")
+                        .arg(s.keys.topic(&topic, crate::keys::Part::Prefix))
+                        .query_async(&mut con),
+                )
+                .await?;
+            if let Some(prefix) = prefix {
+                s.incarnations.learn(&topic, &prefix);
+            }
+        }
         Ok(Some(match record {
             Record::Subscriber(mut sub) => {
                 sub.cursor = sub.cursor.max(cursor.unwrap_or(0));

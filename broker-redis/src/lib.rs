@@ -10,10 +10,20 @@
 //!   the topic's counter by the batch's size and `XADD`s its messages, so
 //!   offsets are one dense sequence per topic even with several processes
 //!   appending at once. Message ids are [`message_id`] of a random
-//!   per-log prefix, set once by the first append (set-if-absent, in the
-//!   same script) and handed back by every append and read: no process
-//!   keeps one, so a log deleted and made again by another process never
-//!   goes on with the old one.
+//!   per-log prefix, the log's *incarnation*: made when its topic is first
+//!   registered (or by the first append, for a log used without
+//!   registrations), deleted with the topic, and never used again, so a
+//!   topic made again gets new ids.
+//! - **Deletion is atomic with publishing across replicas.** Each process
+//!   remembers the incarnation of each topic it learned (from the
+//!   registrations it loads, saves or reads), and every append names it:
+//!   the script refuses a log whose prefix is gone or another, and the
+//!   publish is [`broker_core::Error::TopicNotFound`]. So a publish on
+//!   replica B that replica A's deletion overtook (B's registry not yet
+//!   told) neither makes the log again nor lands in a topic A made again
+//!   under the same name. Redis orders the two: a publish whose append ran
+//!   before the deletion was accepted and went with the topic (its answer
+//!   may reach its client after A's); one after it is refused.
 //! - **Reads** are one script too: the log's bounds, its prefix and up to
 //!   a page of messages (`XRANGE … COUNT`), within the byte limit.
 //! - **Retention** ([`Retention`]): a background task (of one replica per
@@ -31,7 +41,8 @@
 //!   [`broker_core::codec`]); subscribers' cursors another, written every
 //!   [`CURSOR_FLUSH`] in one script call with the pending retries (a hash
 //!   per subscriber); dead letters a sorted set per owner, by offset.
-//! - **Nothing is cached in memory**: every read goes to Redis, and
+//! - **Nothing is cached in memory** but the incarnations (a topic name
+//!   and 12 hex digits per topic, bounded): every read goes to Redis, and
 //!   [`Store::memory`] is a budget of [`Options::memory_bytes`] that only
 //!   deliveries charge.
 //!
@@ -91,6 +102,7 @@
 
 mod cluster;
 mod error;
+mod incarnations;
 mod keys;
 mod scripts;
 
@@ -103,6 +115,8 @@ use std::{
 
 use async_trait::async_trait;
 pub use broker_core::Retention;
+use incarnations::Known;
+
 use broker_core::{
     message_id, new_id_prefix, Change, DeadLetter, Logs, MemoryBudget, Message, NewMessage,
     PendingRetry, Progress, Read, Record, Registrations, RetryChange, Store, TopicName,
@@ -231,6 +245,8 @@ struct Shared {
     /// flush (broker-core's shared buffer: capped, kept when a write
     /// fails, one flush at a time).
     progress: WriteBehind,
+    /// The incarnation of each topic's log this process writes to.
+    incarnations: incarnations::Incarnations,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -381,6 +397,7 @@ impl RedisStore {
             secrets,
             scripts: Scripts::new(),
             progress: WriteBehind::default(),
+            incarnations: Default::default(),
         });
         let (stop, stopped) = tokio::sync::watch::channel(false);
         tokio::spawn(flusher(shared.clone(), stopped.clone()));
@@ -495,6 +512,47 @@ impl Shared {
             .arg(&self.replica)
             .arg(subject)
             .ignore();
+    }
+
+    /// Gives `topic`'s log an incarnation unless it has one, and learns it.
+    async fn open_log(&self, topic: &str) -> Result<(), RedisStoreError> {
+        let Ok(topic) = TopicName::new(topic) else {
+            return Ok(());
+        };
+        let mut call = self.scripts.open.prepare_invoke();
+        call.key(self.keys.topic(&topic, Part::Prefix))
+            .arg(new_id_prefix());
+        let mut con = self.con();
+        let prefix: String = self.call("open log", call.invoke_async(&mut con)).await?;
+        self.incarnations.learn(&topic, &prefix);
+        Ok(())
+    }
+
+    /// Learns the incarnation of each topic of `records`, as loaded: the
+    /// prefixes read, a page at a time; none made.
+    async fn learn_incarnations(&self, records: &[Record]) -> Result<(), RedisStoreError> {
+        let mut topics: Vec<TopicName> = records
+            .iter()
+            .filter_map(|r| TopicName::new(r.topic()).ok())
+            .collect();
+        topics.sort_unstable();
+        topics.dedup();
+        let mut loaded = Vec::with_capacity(topics.len());
+        let mut con = self.con();
+        for page in topics.chunks(512) {
+            // One GET per key (a pipeline, not MGET): each in its own
+            // topic's hash slot.
+            let mut pipe = redis::pipe();
+            for topic in page {
+                pipe.get(self.keys.topic(topic, Part::Prefix));
+            }
+            let prefixes: Vec<Option<String>> = self
+                .call("load incarnations", pipe.query_async(&mut con))
+                .await?;
+            loaded.extend(page.iter().cloned().zip(prefixes));
+        }
+        self.incarnations.reload(loaded);
+        Ok(())
     }
 
     /// Runs one Redis exchange within the timeout.
@@ -776,12 +834,18 @@ impl Registrations for RedisStore {
                 other => other,
             });
         }
+        s.learn_incarnations(&records).await?;
         Ok(records)
     }
 
     async fn save(&self, change: Change<'_>) -> Result<(), broker_core::Error> {
         let s = &self.shared;
         let mut con = s.con();
+        if let Change::Put(record) = change {
+            // Before the registration: a replica that reads it finds the
+            // log's incarnation there.
+            s.open_log(record.topic()).await?;
+        }
         match change {
             Change::Put(record) if name_of(record).is_some() => {
                 let name = name_of(record).unwrap_or_default();
@@ -849,14 +913,20 @@ impl Logs for RedisStore {
             return Ok(Vec::new());
         }
         let s = &self.shared;
+        let incarnation = match s.incarnations.get(topic) {
+            Some(Known::Live(prefix)) => format!("={prefix}"),
+            // Deleted since learned: its registry has yet to take it.
+            Some(Known::Gone) => return Err(broker_core::Error::TopicNotFound),
+            // Taken only by a log that has no prefix yet: never one used
+            // before, so a log made again after a delete gets new ids.
+            None => format!("+{}", new_id_prefix()),
+        };
         let mut call = s.scripts.append.prepare_invoke();
         call.key(s.keys.topic(topic, Part::Log))
             .key(s.keys.topic(topic, Part::Next))
             .key(s.keys.topic(topic, Part::Prefix))
             .key(s.keys.topic(topic, Part::Bytes))
-            // Taken only by a log that has no prefix yet: never one used
-            // before, so a log made again after a delete gets new ids.
-            .arg(new_id_prefix())
+            .arg(incarnation)
             .arg(messages.len());
         let mut content_type = Vec::new();
         for m in &messages {
@@ -879,8 +949,14 @@ impl Logs for RedisStore {
         let mut con = s.con();
         let reply: Value = s.call("append", call.invoke_async(&mut con)).await?;
         let key = || s.keys.topic(topic, Part::Log);
-        let Value::Array(reply) = reply else {
-            return Err(s.corrupt(key(), "append answered no array").into());
+        let reply = match reply {
+            Value::Array(reply) => reply,
+            // Deleted (and maybe made again) since this process learned it.
+            Value::Nil => {
+                s.incarnations.gone(topic);
+                return Err(broker_core::Error::TopicNotFound);
+            }
+            _ => return Err(s.corrupt(key(), "append answered no array").into()),
         };
         let (Some(first), Some(Value::BulkString(prefix))) =
             (reply.first().and_then(unsigned), reply.get(1))
@@ -890,6 +966,7 @@ impl Logs for RedisStore {
                 .into());
         };
         let prefix = String::from_utf8_lossy(prefix);
+        s.incarnations.learn(topic, &prefix);
         Ok(messages
             .into_iter()
             .zip(first..)
@@ -1027,6 +1104,7 @@ impl Logs for RedisStore {
         pipe.atomic().del(s.keys.topic_all(topic)).ignore();
         s.announce(&mut pipe, "d", topic.as_str());
         s.call("delete topic", pipe.exec_async(&mut con)).await?;
+        s.incarnations.gone(topic);
         Ok(())
     }
 }

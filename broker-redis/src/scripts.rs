@@ -11,9 +11,12 @@ use redis::Script;
 
 /// Appends a batch to a topic's log.
 ///
-/// KEYS: log, next, prefix, bytes. ARGV: a never-used id prefix (taken
-/// when the log has none yet), the count n, then n times: published ms,
-/// content type (`''` for none, else `'='` and the value), payload.
+/// KEYS: log, next, prefix, bytes. ARGV: the log's incarnation (its id
+/// prefix) as `=<prefix>` (the one this process learned: the append is
+/// refused unless the log has it) or `+<prefix>` (none learned: a
+/// never-used prefix, taken when the log has none yet), the count n, then
+/// n times: published ms, content type (`''` for none, else `'='` and the
+/// value), payload.
 ///
 /// Each entry also carries `s`, the payload bytes ever appended to the
 /// log up to and including it (the `bytes` key holds the running total),
@@ -24,22 +27,25 @@ use redis::Script;
 /// messages: the channel, this process's replica id, the topic):
 /// `a <replica> <first> <next> <topic>`.
 ///
-/// Returns `{first offset, the log's prefix, 1 if the candidate prefix
-/// was taken}`. One INCRBY numbers the whole batch, so that offsets are
-/// one dense sequence per topic whoever appends. Refuses (before writing
-/// anything) a log whose counter is gone while its stream is not: its
-/// offsets would go back.
+/// Returns `{first offset, the log's prefix}`, or `false` (nil), writing
+/// nothing, when the log's prefix is gone or not the one named: its topic
+/// was deleted (and maybe made again) since this process learned it. One
+/// INCRBY numbers the whole batch, so that offsets are one dense sequence
+/// per topic whoever appends. Refuses (before writing anything) a log
+/// whose counter is gone while its stream is not: its offsets would go
+/// back.
 const APPEND: &str = r"
 local n = tonumber(ARGV[2])
 if redis.call('EXISTS', KEYS[2]) == 0 and redis.call('EXISTS', KEYS[1]) == 1 then
   return redis.error_reply('BROKER the log has entries but no counter (evicted?): refusing to number messages again')
 end
 local prefix = redis.call('GET', KEYS[3])
-local created = 0
-if not prefix then
-  prefix = ARGV[1]
+local mode, named = string.sub(ARGV[1], 1, 1), string.sub(ARGV[1], 2)
+if mode == '=' then
+  if prefix ~= named then return false end
+elseif not prefix then
+  prefix = named
   redis.call('SET', KEYS[3], prefix)
-  created = 1
 end
 local first = redis.call('INCRBY', KEYS[2], n) - n
 local size = 0
@@ -62,7 +68,7 @@ for i = 0, n - 1 do
 end
 local tail = 3 + 3 * n
 redis.call('PUBLISH', ARGV[tail], string.format('a %s %d %d %s', ARGV[tail + 1], first, first + n, ARGV[tail + 2]))
-return {first, prefix, created}
+return {first, prefix}
 ";
 
 /// Reads from a topic's log.
@@ -218,7 +224,19 @@ end
 return 0
 ";
 
-/// The scripts, hashed once.
+/// Gives a topic's log its incarnation (id prefix) unless it has one,
+/// and returns the one it has: called as a topic is registered.
+///
+/// KEYS: prefix. ARGV: a never-used prefix.
+const OPEN: &str = r"
+local prefix = redis.call('GET', KEYS[1])
+if not prefix then
+  prefix = ARGV[1]
+  redis.call('SET', KEYS[1], prefix)
+end
+return prefix
+";
+
 /// Announces a registration change or a topic deletion: numbers it
 /// (`INCR` of the version key) and publishes `<kind> <replica> <version>
 /// <subject>` on the changes channel.
@@ -307,8 +325,10 @@ end
 return 0
 ";
 
+/// The scripts, hashed once.
 pub(crate) struct Scripts {
     pub(crate) append: Script,
+    pub(crate) open: Script,
     pub(crate) read: Script,
     pub(crate) trim: Script,
     pub(crate) flush: Script,
@@ -323,6 +343,7 @@ impl Scripts {
     pub(crate) fn new() -> Self {
         Scripts {
             append: Script::new(APPEND),
+            open: Script::new(OPEN),
             read: Script::new(READ),
             trim: Script::new(TRIM),
             flush: Script::new(FLUSH),

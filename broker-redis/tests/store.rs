@@ -11,7 +11,7 @@ use std::{
 
 use broker_core::{
     Change, CredentialRecord, DeadLetter, Logs, NewMessage, PendingRetry, Progress, Record,
-    Registrations, Retention, Role, SubscriberRecord, TopicName,
+    Registrations, Retention, Role, Store, SubscriberRecord, TopicName,
 };
 use broker_redis::{Options, RedisStore, RedisStoreError};
 use http::HeaderValue;
@@ -587,6 +587,25 @@ async fn a_deleted_topic_starts_a_new_log_with_new_ids() {
         .unwrap()
         .messages
         .is_empty());
+    // This process learned the old log: its appends do not make it again.
+    assert!(matches!(
+        store.append(&t, vec![new("late")]).await,
+        Err(broker_core::Error::TopicNotFound)
+    ));
+    assert!(redis_keys(&server)
+        .await
+        .iter()
+        .all(|k| !k.contains("{t:t}")));
+    // Registered again (by the other process): a new log.
+    let record = Record::Topic(broker_core::TopicRecord {
+        id: broker_core::TopicRecord::id_of("t"),
+        name: "t".to_owned(),
+        order: 1,
+    });
+    other.save(Change::Put(&record)).await.unwrap();
+    // Learned as a replica learns a registration announced.
+    let cluster = store.cluster().expect("a Redis store is a cluster");
+    assert!(cluster.record(record.id()).await.unwrap().is_some());
     let after = store.append(&t, vec![new("new")]).await.unwrap();
     assert_eq!(after[0].offset(), 0);
     assert_ne!(after[0].id(), before[0].id(), "a new log, a new id prefix");
@@ -921,5 +940,152 @@ async fn a_deleted_topic_stays_deleted_while_publishers_race_it() {
         broker.create_topic("t").await.unwrap();
         let read = broker.read("t", 0, 1_000, usize::MAX).await.unwrap();
         assert!(read.messages.is_empty(), "run {run}: old messages read");
+    }
+}
+
+/// The delete race across replicas (issue 26), 20 times: replica B's
+/// three publishers publish on a topic while replica A deletes it and
+/// makes it again. B's feed of changes is held off meanwhile (its Redis
+/// user may not `SUBSCRIBE`, its Pub/Sub connection killed), so B's
+/// registry is stale and authorises the old publisher for as long as the
+/// test likes: each such publish must be refused, neither making the old
+/// log again nor landing in the new topic. Checked: no publish accepted
+/// after the deletion, none failed with a storage error, no key of the
+/// topic left after the deletion, the new topic reads none of the old
+/// messages on either replica, and B follows again once it may.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_deleted_on_one_replica_stays_deleted_for_publishers_on_another() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let server = RedisServer::start();
+    let admin = redis::Client::open(server.url()).unwrap();
+    let mut admin = admin.get_multiplexed_async_connection().await.unwrap();
+    let acl = |rule: &'static str| redis::cmd("ACL").arg("SETUSER").arg("b").arg(rule).clone();
+    for rule in ["on", ">secret", "~*", "&*", "+@all"] {
+        let () = acl(rule).query_async(&mut admin).await.unwrap();
+    }
+    let b_url = server.url().replace("redis://", "redis://b:secret@");
+    for run in 0..20 {
+        let namespace = format!("replicas{run}");
+        let options = || Options {
+            namespace: namespace.clone(),
+            ..Options::default()
+        };
+        let a = RedisStore::open(&server.url(), options()).await.unwrap();
+        let a = broker_core::Broker::open(Nobody, broker_core::Limits::default(), a)
+            .await
+            .unwrap();
+        a.create_topic("t").await.unwrap();
+        let token = a.register_publisher("t", "p").await.unwrap().item;
+        let token = token.token().expose().to_owned();
+        let b = RedisStore::open(&b_url, options()).await.unwrap();
+        let b = broker_core::Broker::open(Nobody, broker_core::Limits::default(), b)
+            .await
+            .unwrap();
+        let deleted = Arc::new(AtomicBool::new(false));
+        let (accepted, late, refused) = (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let publishers: Vec<_> = (0..3)
+            .map(|p| {
+                let b = b.clone();
+                let token = token.clone();
+                let (deleted, accepted, late, refused) = (
+                    deleted.clone(),
+                    accepted.clone(),
+                    late.clone(),
+                    refused.clone(),
+                );
+                tokio::spawn(async move {
+                    for n in 0.. {
+                        let after = deleted.load(Ordering::SeqCst);
+                        let body = format!("old {run}/{p}/{n}");
+                        match b.publish("t", &token, None, body.into()).await {
+                            Ok(_) if after => _ = late.fetch_add(1, Ordering::SeqCst),
+                            Ok(_) => _ = accepted.fetch_add(1, Ordering::SeqCst),
+                            Err(broker_core::Error::TopicNotFound) => {
+                                refused.fetch_add(1, Ordering::SeqCst);
+                                // Refused without Redis once B knows.
+                                tokio::time::sleep(Duration::from_millis(1)).await;
+                            }
+                            // B's registry took the deletion.
+                            Err(broker_core::Error::Unauthorized) => break,
+                            Err(e) => panic!("run {run}: publish failed with {e:?}"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        let until = |what: &'static str, count: &Arc<AtomicU64>, n: u64| {
+            let (count, late) = (count.clone(), late.clone());
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while count.load(Ordering::SeqCst) < n {
+                    assert_eq!(
+                        late.load(Ordering::SeqCst),
+                        0,
+                        "run {run}: accepted after the deletion"
+                    );
+                    assert!(
+                        Instant::now() < deadline,
+                        "run {run}: not within 10 s: {what}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        };
+        until("30 publishes accepted", &accepted, 30).await;
+        // B hears no more changes.
+        let () = acl("-subscribe").query_async(&mut admin).await.unwrap();
+        let _: u64 = redis::cmd("CLIENT")
+            .arg(&["KILL", "USER", "b", "TYPE", "pubsub"][..])
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        a.delete_topic("t").await.unwrap();
+        deleted.store(true, Ordering::SeqCst);
+        until("B's publishes refused", &refused, 10).await;
+        let left: Vec<String> = redis_keys(&server)
+            .await
+            .into_iter()
+            .filter(|k| k.starts_with(&format!("{namespace}:{{t:t}}")))
+            .collect();
+        assert!(
+            left.is_empty(),
+            "run {run}: {left:?} left after the deletion"
+        );
+        // Made again: B's stale publishes must not land in it.
+        a.create_topic("t").await.unwrap();
+        let so_far = refused.load(Ordering::SeqCst);
+        until(
+            "B's publishes refused by the new topic",
+            &refused,
+            so_far + 10,
+        )
+        .await;
+        // B follows again: its registry drops the old publisher.
+        let () = acl("+subscribe").query_async(&mut admin).await.unwrap();
+        for p in publishers {
+            tokio::time::timeout(Duration::from_secs(10), p)
+                .await
+                .expect("B follows again within 10 s")
+                .unwrap();
+        }
+        assert_eq!(
+            late.load(Ordering::SeqCst),
+            0,
+            "run {run}: accepted after the deletion"
+        );
+        for (replica, broker) in [("A", &a), ("B", &b)] {
+            let read = broker.read("t", 0, 1_000, usize::MAX).await.unwrap();
+            assert!(
+                read.messages.is_empty(),
+                "run {run}: old messages read on {replica}"
+            );
+        }
+        a.delete_topic("t").await.unwrap();
+        a.close();
+        b.close();
     }
 }

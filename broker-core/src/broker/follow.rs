@@ -171,12 +171,7 @@ impl Broker {
             return Ok(None);
         };
         let mut registry = self.shared.registry.write();
-        let topic = match record {
-            Record::Credential(c) => c.topic.as_str(),
-            Record::Subscriber(s) => s.topic.as_str(),
-            Record::Topic(t) => t.name.as_str(),
-            Record::Group(g) => g.topic.as_str(),
-        };
+        let topic = record.topic();
         let new_topic = !registry.topics.contains_key(topic);
         match record {
             Record::Credential(c) if registry.has_credential(&c.id) => return Ok(None),

@@ -1270,3 +1270,103 @@ async fn deleting_a_topic_ends_its_live_connections() {
     assert_eq!(r.status, 401);
     assert_eq!(server.get("/v1/topics/gone").await.status, 404);
 }
+
+/// What a WebSocket client has sent of a message is counted in the memory
+/// budget (`--max-memory-bytes`) until the message is answered, so half-sent
+/// messages cannot hold memory outside it: at the limit the sender's
+/// connection is closed with `1013 Try Again Later`, and everyone else goes
+/// on. Frames other than publish are small; publish frames may be large.
+#[tokio::test]
+async fn websocket_reads_count_in_the_memory_budget_and_control_frames_are_small() {
+    use tokio_tungstenite::tungstenite::protocol::frame::{
+        coding::{Data, OpCode},
+        Frame,
+    };
+    let server = live_server(LiveConfig::default()).await;
+    let token = listener(&server, "a", "l").await;
+    let publisher = server.publisher("a", "p").await;
+    let memory = server.broker.memory().clone();
+    let mut ws = ws_connect(&server, Some(&token)).await;
+
+    // A subscribe frame of 100 KiB is refused, echoing its request id; the
+    // connection stays.
+    let big_id = "x".repeat(100 * 1024);
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "topic": "a", "last_event_id": big_id, "request_id": 7}),
+    )
+    .await;
+    let e = recv(&mut ws).await;
+    assert_eq!(e["code"], "BAD_REQUEST", "{e}");
+    assert_eq!(e["request_id"], 7);
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 65536 bytes"),
+        "{e}"
+    );
+    // A publish frame of 100 KiB is taken.
+    let payload = "p".repeat(100 * 1024);
+    send(
+        &mut ws,
+        json!({"type": "publish", "topic": "a", "payload": payload, "token": publisher, "request_id": 8}),
+    )
+    .await;
+    let ack = recv(&mut ws).await;
+    assert_eq!(
+        (ack["type"].as_str(), ack["request_id"].as_i64()),
+        (Some("ack"), Some(8)),
+        "{ack}"
+    );
+
+    // Half of a 1 MiB message (its first fragment, not final) is counted
+    // while the server holds it, and released when the client goes.
+    let base = memory.used();
+    let half = Frame::message(vec![b' '; 1 << 20], OpCode::Data(Data::Text), false);
+    ws.send(Message::Frame(half)).await.unwrap();
+    wait_until(|| {
+        let memory = memory.clone();
+        async move { memory.used() >= base + (1 << 20) }
+    })
+    .await;
+    drop(ws);
+    wait_until(|| {
+        let memory = memory.clone();
+        async move { memory.used() <= base }
+    })
+    .await;
+
+    // With the budget all but full (something else holds it), the same
+    // half message closes its connection with 1013; once the budget has
+    // room again a new connection works.
+    let hog = memory.charge(memory.limit() - memory.used() - (256 << 10));
+    let mut ws = ws_connect(&server, Some(&token)).await;
+    let half = Frame::message(vec![b' '; 1 << 20], OpCode::Data(Data::Text), false);
+    // The server may close before the whole fragment is written.
+    let _ = ws.send(Message::Frame(half)).await;
+    let code = timeout(PATIENCE, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(Some(frame)))) => break Some(frame.code),
+                Some(Ok(Message::Close(None))) | Some(Err(_)) | None => break None,
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await
+    .expect("the connection is closed in time");
+    assert_eq!(code, Some(CloseCode::Again));
+    drop(hog);
+    wait_until(|| {
+        let memory = memory.clone();
+        async move { memory.used() <= base }
+    })
+    .await;
+    let mut ws = ws_connect(&server, Some(&token)).await;
+    send(&mut ws, json!({"type": "subscribe", "topic": "a"})).await;
+    assert_eq!(recv(&mut ws).await["type"], "ack");
+    publish(&server, "a", &publisher, "text/plain", b"after".to_vec()).await;
+    assert_eq!(payload_of(&recv(&mut ws).await), "after");
+    server.assert_alive().await;
+}

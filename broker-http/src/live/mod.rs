@@ -9,6 +9,7 @@
 //! disconnected, or loses its oldest queued messages
 //! ([`Overflow`]); publishing and the other connections carry on.
 
+mod metered;
 mod pager;
 mod queue;
 pub(crate) mod sse;
@@ -63,8 +64,9 @@ pub struct LiveConfig {
     pub max_connections: usize,
     /// Topics one WebSocket connection may subscribe to. Default 64.
     pub max_subscriptions: usize,
-    /// The largest WebSocket message a client may send, in bytes.
-    /// Default 2 MiB.
+    /// The largest WebSocket message a client may send, in bytes (64 KiB
+    /// for any but `publish`). What a client has sent of a message counts
+    /// in the broker's memory budget until answered. Default 2 MiB.
     pub max_frame_bytes: usize,
     /// Time a live connection may take to accept a write (its last words
     /// included: the `SLOW_CONSUMER` error) before it is dropped.

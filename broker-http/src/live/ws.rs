@@ -13,6 +13,10 @@
 //! `BAD_REQUEST`, `UNAUTHORIZED`, `TOPIC_NOT_FOUND`, `SLOW_CONSUMER`,
 //! `INTERNAL`) and `pong`.
 //!
+//! A client message is at most `max_frame_bytes`, and
+//! [`MAX_CONTROL_FRAME_BYTES`] unless it is a publish; what has been read
+//! of it counts in the memory budget until answered ([`super::metered`]).
+//!
 //! One task per connection reads client frames, writes queued events and
 //! sends a ping every heartbeat. A write the client does not take within
 //! the write timeout, an overflowing queue, or two heartbeats without a
@@ -39,11 +43,19 @@ use tokio_tungstenite::{
     WebSocketStream,
 };
 
-use super::{Connection, LiveEvent, Next, Pager, Transport};
+use super::{
+    metered::{Meter, Metered},
+    Connection, LiveEvent, Next, Pager, Transport,
+};
 use crate::{Api, ApiError, ResponseBody};
 
 /// Events gathered into one flush when many are ready.
 const BATCH: usize = 64;
+
+/// The largest client frame other than `publish` (a subscribe frame with
+/// a JWT and a filter is a few KiB); larger ones are answered
+/// `BAD_REQUEST`. Publish frames may be up to `max_frame_bytes`.
+pub(crate) const MAX_CONTROL_FRAME_BYTES: usize = 64 * 1024;
 
 /// `GET /v1/ws`: checks the handshake and the credentials, answers
 /// `101 Switching Protocols`, and runs the session on the upgraded
@@ -73,11 +85,13 @@ pub(crate) async fn upgrade(
     let on_upgrade = on_upgrade.ok_or(ApiError::UpgradeRequired)?;
     let accept = derive_accept_key(key.as_bytes());
     let connection = hub.connect(Transport::WebSocket)?;
+    let meter = Meter::new(api.broker().memory().clone());
     let session = Session {
         api: api.clone(),
         connection,
         token,
         replays: Default::default(),
+        meter: meter.clone(),
     };
     let config = WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
@@ -87,9 +101,8 @@ pub(crate) async fn upgrade(
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
-        let ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                .await;
+        let io = Metered::new(TokioIo::new(upgraded), meter);
+        let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
         session.run(ws).await;
     });
 
@@ -125,7 +138,7 @@ fn handshake_key(h: &HeaderMap) -> Option<&str> {
     (decoded.len() == 16).then_some(key)
 }
 
-type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+type Ws = WebSocketStream<Metered<TokioIo<hyper::upgrade::Upgraded>>>;
 
 /// Why a session ends.
 enum Stop {
@@ -137,6 +150,8 @@ enum Stop {
     Closing,
     /// The client answered no ping for two heartbeats.
     Silent,
+    /// What clients were sending filled the memory budget.
+    Full,
 }
 
 struct Session {
@@ -148,6 +163,9 @@ struct Session {
     /// Replays still to send, one per subscription that asked for one,
     /// read from the log a page at a time; the oldest subscription's first.
     replays: std::collections::VecDeque<Pager>,
+    /// What is read of the client's message, counted in the memory budget
+    /// until answered.
+    meter: Arc<Meter>,
 }
 
 impl Session {
@@ -170,16 +188,19 @@ impl Session {
                     Some(Ok(WsMessage::Text(text))) => {
                         heard = Instant::now();
                         out.extend(self.handle(text.as_str()).await);
+                        drop(text);
+                        self.meter.settle();
                     }
-                    Some(Ok(WsMessage::Binary(_))) => out.push(error(
-                        "BAD_REQUEST",
-                        "frames are JSON text, not binary",
-                        None,
-                    )),
+                    Some(Ok(WsMessage::Binary(_))) => {
+                        self.meter.settle();
+                        out.push(error("BAD_REQUEST", "frames are JSON text, not binary", None));
+                    }
                     // Pings are answered by tungstenite on the next write.
                     Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {
+                        self.meter.settle();
                         heard = Instant::now();
                     }
+                    Some(Err(_)) if self.meter.was_full() => break Stop::Full,
                     Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => break Stop::Gone,
                 },
                 next = self.connection.queue.next() => match next {
@@ -253,6 +274,10 @@ impl Session {
             }
             Stop::Closing => vec![close(CloseCode::Away, "the broker is shutting down")],
             Stop::Silent => vec![close(CloseCode::Away, "no answer to pings")],
+            Stop::Full => vec![close(
+                CloseCode::Again,
+                "the broker's memory is full; try again later",
+            )],
         };
         // The last words get the write timeout too; then the socket goes.
         let write_timeout = self.connection.config().write_timeout;
@@ -321,6 +346,13 @@ impl Session {
             }
         };
         let id = frame.request_id;
+        if text.len() > MAX_CONTROL_FRAME_BYTES && frame.kind != "publish" {
+            return vec![error(
+                "BAD_REQUEST",
+                &format!("frames other than publish are at most {MAX_CONTROL_FRAME_BYTES} bytes"),
+                id,
+            )];
+        }
         let outcome = match frame.kind.as_str() {
             "subscribe" => self.subscribe(&frame).await,
             "unsubscribe" => self.unsubscribe(&frame),

@@ -23,7 +23,12 @@
 //!   told) neither makes the log again nor lands in a topic A made again
 //!   under the same name. Redis orders the two: a publish whose append ran
 //!   before the deletion was accepted and went with the topic (its answer
-//!   may reach its client after A's); one after it is refused.
+//!   may reach its client after A's); one after it is refused. One window
+//!   is left: when B's feed missed both the deletion and the topic's new
+//!   registration (Redis unreachable for B meanwhile), a publish B
+//!   authorised against its stale registry just before its resync may
+//!   land in the new topic (the incarnation is learned per topic, not per
+//!   registration).
 //! - **Reads** are one script too: the log's bounds, its prefix and up to
 //!   a page of messages (`XRANGE … COUNT`), within the byte limit.
 //! - **Retention** ([`Retention`]): a background task (of one replica per
@@ -84,7 +89,7 @@
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! let topic = TopicName::new("orders")?;
 //! let store = RedisStore::open("redis://127.0.0.1:6379/", Options::default()).await?;
-//! let new = NewMessage { content_type: None, payload: "hello".into(), published_at: SystemTime::now() };
+//! let new = NewMessage { content_type: None, payload: "hello".into(), published_at: SystemTime::now(), event_type: None };
 //! let numbered = store.append(&topic, vec![new]).await?;
 //! let offset = numbered[0].offset();
 //! let id = numbered[0].id().to_owned();
@@ -94,7 +99,7 @@
 //! let other = RedisStore::open("redis://127.0.0.1:6379/", Options::default()).await?;
 //! let read = other.read(&topic, offset, 10, usize::MAX).await?;
 //! assert_eq!(read.messages[0].id(), id);
-//! let new = NewMessage { content_type: None, payload: "again".into(), published_at: SystemTime::now() };
+//! let new = NewMessage { content_type: None, payload: "again".into(), published_at: SystemTime::now(), event_type: None };
 //! assert_eq!(other.append(&topic, vec![new]).await?[0].offset(), offset + 1);
 //! # Ok::<_, Box<dyn std::error::Error>>(())
 //! # }).unwrap();

@@ -68,6 +68,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     content_type: Some(ct.clone()),
                     payload: body.clone(),
                     published_at: SystemTime::now(),
+                    event_type: None,
                 })
                 .collect();
             messages += store.append(&topic, batch).await?.len() as u64;

@@ -14,6 +14,11 @@ pub enum Error {
         /// Why the name was refused.
         reason: &'static str,
     },
+    /// The event type is not 1–128 characters of `[A-Za-z0-9._:-]`.
+    InvalidEventType {
+        /// Why it was refused.
+        reason: &'static str,
+    },
     /// The publisher name is empty, too long or holds control characters.
     InvalidPublisherName {
         /// Why the name was refused.
@@ -108,6 +113,7 @@ impl Error {
     pub fn code(&self) -> &'static str {
         match self {
             Error::InvalidTopic { .. } => "invalid_topic",
+            Error::InvalidEventType { .. } => "invalid_event_type",
             Error::InvalidPublisherName { .. } => "invalid_publisher_name",
             Error::InvalidListenerName { .. } => "invalid_listener_name",
             Error::InvalidEndpoint { .. } => "invalid_endpoint",
@@ -143,6 +149,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::InvalidTopic { reason } => write!(f, "invalid topic name: {reason}"),
+            Error::InvalidEventType { reason } => write!(f, "invalid event type: {reason}"),
             Error::InvalidPublisherName { reason } => {
                 write!(f, "invalid publisher name: {reason}")
             }

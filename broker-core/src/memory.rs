@@ -58,7 +58,7 @@ impl Default for Retention {
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// let store = MemoryStore::new(Retention::default(), 1 << 20);
 /// let topic = TopicName::new("t")?;
-/// let new = |p: &'static str| NewMessage { content_type: None, payload: p.into(), published_at: SystemTime::now() };
+/// let new = |p: &'static str| NewMessage { content_type: None, payload: p.into(), published_at: SystemTime::now(), event_type: None };
 /// let numbered = store.append(&topic, vec![new("a"), new("b")]).await?;
 /// assert_eq!((numbered[0].offset(), numbered[1].offset()), (0, 1));
 /// let read = store.read(&topic, 1, 10, usize::MAX).await?;
@@ -257,14 +257,17 @@ impl Logs for MemoryStore {
             }
             for new in messages {
                 let offset = log.next;
-                let message = Arc::new(Message::new(
-                    message_id(&log.prefix, offset),
-                    offset,
-                    topic.clone(),
-                    new.content_type,
-                    new.payload,
-                    new.published_at,
-                ));
+                let message = Arc::new(
+                    Message::new(
+                        message_id(&log.prefix, offset),
+                        offset,
+                        topic.clone(),
+                        new.content_type,
+                        new.payload,
+                        new.published_at,
+                    )
+                    .with_event_type(new.event_type),
+                );
                 log.next += 1;
                 let size = cost(&message);
                 log.bytes += size as u64;
@@ -387,6 +390,7 @@ mod tests {
             content_type: None,
             payload: vec![b'x'; size].into(),
             published_at: SystemTime::now(),
+            event_type: None,
         }
     }
 
@@ -537,6 +541,7 @@ mod tests {
             let t = TopicName::new("t").unwrap();
             let old = NewMessage {
                 published_at: SystemTime::now() - Duration::from_secs(120),
+                event_type: None,
                 ..new(5)
             };
             store.append(&t, vec![old]).await.unwrap();

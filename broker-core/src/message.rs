@@ -5,7 +5,7 @@ use std::{ops::Deref, sync::Arc, time::SystemTime};
 use bytes::Bytes;
 use http::HeaderValue;
 
-use crate::{Subscriber, TopicName};
+use crate::{EventType, Subscriber, TopicName};
 
 /// One published message. Shared by every delivery of it: the payload is
 /// never copied per subscriber.
@@ -17,6 +17,7 @@ pub struct Message {
     pub(crate) content_type: Option<HeaderValue>,
     pub(crate) payload: Bytes,
     pub(crate) published_at: SystemTime,
+    pub(crate) event_type: Option<EventType>,
 }
 
 impl Message {
@@ -37,7 +38,14 @@ impl Message {
             content_type,
             payload,
             published_at,
+            event_type: None,
         }
+    }
+
+    /// The same message with the event type its publisher named.
+    pub fn with_event_type(mut self, event_type: Option<EventType>) -> Self {
+        self.event_type = event_type;
+        self
     }
 
     /// The message id (`msg_…`), the same in every delivery (`webhook-id`)
@@ -62,17 +70,63 @@ impl Message {
     pub fn payload(&self) -> &Bytes {
         &self.payload
     }
+
+    /// The event type its publisher named, if any.
+    pub fn event_type(&self) -> Option<&EventType> {
+        self.event_type.as_ref()
+    }
     /// What holding the message in memory costs, as a
     /// [`MemoryBudget`](crate::MemoryBudget) counts it: its payload and a
     /// fixed 160 bytes for the `Message`, its id and the reference to it
     /// (measured: about 150 bytes with mimalloc), so that small messages
     /// are bounded too.
     pub fn held_bytes(&self) -> usize {
-        self.payload.len() + crate::memory::MESSAGE_OVERHEAD
+        self.payload.len()
+            + self.event_type.as_ref().map_or(0, |t| t.as_str().len())
+            + crate::memory::MESSAGE_OVERHEAD
     }
     /// When the broker accepted it.
     pub fn published_at(&self) -> SystemTime {
         self.published_at
+    }
+}
+
+/// A message as its publisher hands it to [`Broker::publish_draft`]
+/// (and, several at once, to [`Broker::publish_batch`]): before the log
+/// numbers it.
+///
+/// [`Broker::publish_draft`]: crate::Broker::publish_draft
+/// [`Broker::publish_batch`]: crate::Broker::publish_batch
+#[derive(Debug, Clone, Default)]
+pub struct Draft {
+    /// The publisher's `Content-Type`.
+    pub content_type: Option<HeaderValue>,
+    /// The payload.
+    pub payload: Bytes,
+    /// What kind of event it is, for subscribers' filters.
+    pub event_type: Option<EventType>,
+}
+
+impl Draft {
+    /// A message of `payload` with its content type and no event type.
+    pub fn new(content_type: Option<HeaderValue>, payload: Bytes) -> Self {
+        Draft {
+            content_type,
+            payload,
+            event_type: None,
+        }
+    }
+
+    /// The same with an event type.
+    pub fn with_event_type(mut self, event_type: Option<EventType>) -> Self {
+        self.event_type = event_type;
+        self
+    }
+}
+
+impl From<(Option<HeaderValue>, Bytes)> for Draft {
+    fn from((content_type, payload): (Option<HeaderValue>, Bytes)) -> Self {
+        Draft::new(content_type, payload)
     }
 }
 

@@ -295,6 +295,8 @@ pub struct NewMessage {
     pub payload: Bytes,
     /// When the broker accepted it.
     pub published_at: SystemTime,
+    /// The event type its publisher named.
+    pub event_type: Option<crate::EventType>,
 }
 
 /// Messages read from a topic's log, and where the log stands.

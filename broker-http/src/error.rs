@@ -62,6 +62,7 @@ impl ApiError {
         match self {
             ApiError::Broker(e) => match e {
                 E::InvalidTopic { .. }
+                | E::InvalidEventType { .. }
                 | E::InvalidPublisherName { .. }
                 | E::InvalidListenerName { .. }
                 | E::InvalidEndpoint { .. }

@@ -547,7 +547,13 @@ where
             }
             _ => return Err(bad("give either payload (JSON) or data (base64)".into())),
         };
-        messages.push(message);
+        let event_type = item
+            .event_type
+            .as_deref()
+            .map(broker_core::EventType::new)
+            .transpose()
+            .map_err(|e| bad(e.to_string()))?;
+        messages.push(broker_core::Draft::from(message).with_event_type(event_type));
     }
     drop(request);
     let receipt = api.broker().publish_batch(topic, token, messages).await?;

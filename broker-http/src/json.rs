@@ -472,6 +472,9 @@ pub(crate) struct BatchItem<'a> {
     pub(crate) data: Option<String>,
     #[serde(default)]
     pub(crate) content_type: Option<String>,
+    /// Its event type (as the `Event-Type` header of a single publish).
+    #[serde(default)]
+    pub(crate) event_type: Option<String>,
 }
 
 #[derive(Serialize)]

@@ -658,6 +658,7 @@ mod tests {
             content_type: Some(HeaderValue::from_static("text/plain")),
             payload: Bytes::copy_from_slice(payload),
             published_at: SystemTime::now(),
+            event_type: None,
         }
     }
 

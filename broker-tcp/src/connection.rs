@@ -278,7 +278,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
             .token
             .as_deref()
             .ok_or(broker_core::Error::Unauthorized)?;
-        let messages = payloads.into_iter().map(|p| (None, p)).collect();
+        let messages = payloads
+            .into_iter()
+            .map(|p| broker_core::Draft::new(None, p))
+            .collect();
         let receipt = self.broker.publish_batch(topic, token, messages).await?;
         Ok(receipt)
     }

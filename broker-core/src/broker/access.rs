@@ -313,7 +313,10 @@ mod tests {
         let r = b.publish("t", publisher, None, "x".into()).await.unwrap();
         assert_eq!((r.offset, r.subscribers), (0, 1));
         assert_eq!(recorder.0.lock().len(), 1);
-        let batch = vec![(None, "y".into()), (None, "z".into())];
+        let batch = vec![
+            crate::Draft::new(None, "y".into()),
+            crate::Draft::new(None, "z".into()),
+        ];
         let r = b.publish_batch("t", publisher, batch).await.unwrap();
         assert_eq!(r.messages.len(), 2);
         // Scope, not registration: another topic is refused by name...

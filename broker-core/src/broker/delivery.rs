@@ -66,7 +66,14 @@ mod tests {
         broker.publish("t", token, None, "a".into()).await.unwrap();
         broker.publish_batch("t", token, Vec::new()).await.unwrap();
         broker
-            .publish_batch("t", token, vec![(None, "b".into()), (None, "c".into())])
+            .publish_batch(
+                "t",
+                token,
+                vec![
+                    crate::Draft::new(None, "b".into()),
+                    crate::Draft::new(None, "c".into()),
+                ],
+            )
             .await
             .unwrap();
         assert_eq!(pacer.0.load(Ordering::Relaxed), 2);

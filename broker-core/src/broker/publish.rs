@@ -13,7 +13,7 @@ use super::Broker;
 use crate::{
     stats::{Publishing, TopicStats, Waiting},
     store::{NewMessage, Read},
-    BatchReceipt, Error, Publish, Receipt, Replay, ReplayFrom, Role, TopicName,
+    BatchReceipt, Draft, Error, Publish, Receipt, Replay, ReplayFrom, Role, TopicName,
 };
 
 impl Broker {
@@ -47,9 +47,22 @@ impl Broker {
         content_type: Option<HeaderValue>,
         payload: Bytes,
     ) -> Result<Receipt, Error> {
-        let batch = self
-            .publish_batch(topic, token, vec![(content_type, payload)])
-            .await?;
+        self.publish_draft(topic, token, Draft::new(content_type, payload))
+            .await
+    }
+
+    /// Publishes one [`Draft`]: [`Broker::publish`] with an event type.
+    ///
+    /// # Errors
+    ///
+    /// As [`Broker::publish`].
+    pub async fn publish_draft(
+        &self,
+        topic: &str,
+        token: &str,
+        draft: Draft,
+    ) -> Result<Receipt, Error> {
+        let batch = self.publish_batch(topic, token, vec![draft]).await?;
         let (id, offset) = batch
             .messages
             .into_iter()
@@ -74,7 +87,7 @@ impl Broker {
         &self,
         topic: &str,
         token: &str,
-        messages: Vec<(Option<HeaderValue>, Bytes)>,
+        messages: Vec<Draft>,
     ) -> Result<BatchReceipt, Error> {
         crate::topic::validate(topic)?;
         if self.shared.closed.load(Ordering::Acquire) {
@@ -99,10 +112,11 @@ impl Broker {
         let now = SystemTime::now();
         let new = messages
             .into_iter()
-            .map(|(content_type, payload)| NewMessage {
-                content_type,
-                payload,
+            .map(|draft| NewMessage {
+                content_type: draft.content_type,
+                payload: draft.payload,
                 published_at: now,
+                event_type: draft.event_type,
             })
             .collect();
         let appended = self.shared.store.append(&topic, new).await?;

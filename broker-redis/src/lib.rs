@@ -5,7 +5,9 @@
 //! - **Topic logs**: one Redis stream per topic, entry id `<offset + 1>-0`
 //!   (0-0 is not a valid id), fields `t` (published, ms since the epoch),
 //!   `s` (payload bytes appended to the log so far, this one included),
-//!   `c` (content type, when given) and `p` (payload). An append is one
+//!   `c` (content type, when given), `e` (event type, when given; entries
+//!   written before event types have none and read as none) and `p`
+//!   (payload). An append is one
 //!   round trip for the whole batch: a Lua script (by `EVALSHA`) `INCRBY`s
 //!   the topic's counter by the batch's size and `XADD`s its messages, so
 //!   offsets are one dense sequence per topic even with several processes
@@ -945,6 +947,7 @@ impl Logs for RedisStore {
                     call.arg(content_type.as_slice())
                 }
             };
+            call.arg(m.event_type.as_ref().map_or("", |t| t.as_str()));
             call.arg(m.payload.as_ref());
         }
         // Announced to the other replicas by the same script.
@@ -976,15 +979,18 @@ impl Logs for RedisStore {
             .into_iter()
             .zip(first..)
             .map(|(m, offset)| {
-                Arc::new(Message::new(
-                    message_id(&prefix, offset),
-                    offset,
-                    topic.clone(),
-                    m.content_type,
-                    m.payload,
-                    // As a read gives it back: to the millisecond.
-                    at_millis(millis(m.published_at)),
-                ))
+                Arc::new(
+                    Message::new(
+                        message_id(&prefix, offset),
+                        offset,
+                        topic.clone(),
+                        m.content_type,
+                        m.payload,
+                        // As a read gives it back: to the millisecond.
+                        at_millis(millis(m.published_at)),
+                    )
+                    .with_event_type(m.event_type),
+                )
             })
             .collect())
     }
@@ -1035,9 +1041,10 @@ impl Logs for RedisStore {
             return Err(s.corrupt(key(), "messages but no id prefix").into());
         };
         let mut expected = from.max(first);
-        read.messages.reserve(entries.len() / 4);
+        read.messages.reserve(entries.len() / 5);
         let mut entries = entries.into_iter();
-        while let (Some(id), Some(t), Some(c), Some(p)) = (
+        while let (Some(id), Some(t), Some(c), Some(e), Some(p)) = (
+            entries.next(),
             entries.next(),
             entries.next(),
             entries.next(),
@@ -1068,19 +1075,34 @@ impl Logs for RedisStore {
                 }
                 _ => None,
             };
+            // Entries written before event types have none.
+            let event_type = match e {
+                Value::BulkString(e) => Some(
+                    std::str::from_utf8(&e)
+                        .ok()
+                        .and_then(|e| broker_core::EventType::new(e).ok())
+                        .ok_or_else(|| {
+                            s.corrupt(key(), format!("offset {expected}: bad event type"))
+                        })?,
+                ),
+                _ => None,
+            };
             let Value::BulkString(payload) = p else {
                 return Err(s
                     .corrupt(key(), format!("offset {expected} has no payload"))
                     .into());
             };
-            read.messages.push(Arc::new(Message::new(
-                message_id(&prefix, expected),
-                expected,
-                topic.clone(),
-                content_type,
-                Bytes::from(payload),
-                at_millis(published),
-            )));
+            read.messages.push(Arc::new(
+                Message::new(
+                    message_id(&prefix, expected),
+                    expected,
+                    topic.clone(),
+                    content_type,
+                    Bytes::from(payload),
+                    at_millis(published),
+                )
+                .with_event_type(event_type),
+            ));
             expected += 1;
         }
         Ok(read)

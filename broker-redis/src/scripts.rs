@@ -16,7 +16,9 @@ use redis::Script;
 /// refused unless the log has it) or `+<prefix>` (none learned: a
 /// never-used prefix, taken when the log has none yet), the count n, then
 /// n times: published ms, content type (`''` for none, else `'='` and the
-/// value), payload.
+/// value), event type (`''` for none), payload. The event type is the
+/// entry's field `e`, left out when none (entries written before event
+/// types have none either).
 ///
 /// Each entry also carries `s`, the payload bytes ever appended to the
 /// log up to and including it (the `bytes` key holds the running total),
@@ -50,23 +52,28 @@ end
 local first = redis.call('INCRBY', KEYS[2], n) - n
 local size = 0
 for i = 0, n - 1 do
-  size = size + #ARGV[5 + 3 * i]
+  size = size + #ARGV[6 + 4 * i]
 end
 local total = redis.call('INCRBY', KEYS[4], string.format('%d', size)) - size
 for i = 0, n - 1 do
-  local a = 3 + 3 * i
+  local a = 3 + 4 * i
   local id = string.format('%d-0', first + i + 1)
-  local ct = ARGV[a + 1]
-  local p = ARGV[a + 2]
+  local ct, et, p = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   total = total + #p
-  local s = string.format('%d', total)
-  if ct == '' then
-    redis.call('XADD', KEYS[1], id, 't', ARGV[a], 's', s, 'p', p)
-  else
-    redis.call('XADD', KEYS[1], id, 't', ARGV[a], 's', s, 'c', string.sub(ct, 2), 'p', p)
+  local fields = {'t', ARGV[a], 's', string.format('%d', total)}
+  if ct ~= '' then
+    fields[#fields + 1] = 'c'
+    fields[#fields + 1] = string.sub(ct, 2)
   end
+  if et ~= '' then
+    fields[#fields + 1] = 'e'
+    fields[#fields + 1] = et
+  end
+  fields[#fields + 1] = 'p'
+  fields[#fields + 1] = p
+  redis.call('XADD', KEYS[1], id, unpack(fields))
 end
-local tail = 3 + 3 * n
+local tail = 3 + 4 * n
 redis.call('PUBLISH', ARGV[tail], string.format('a %s %d %d %s', ARGV[tail + 1], first, first + n, ARGV[tail + 2]))
 return {first, prefix}
 ";
@@ -77,7 +84,8 @@ return {first, prefix}
 /// payload bytes.
 ///
 /// Returns `{first, next, prefix or nil}` followed, per message, by its
-/// entry id, published ms, content type (nil for none) and payload: at
+/// entry id, published ms, content type (nil for none), event type (nil
+/// for none) and payload: at
 /// least one message whenever one is there, none that would take the
 /// payload bytes past the limit after the first. Entries are fetched in
 /// chunks sized by the bytes left and the sizes seen, so that large
@@ -99,16 +107,17 @@ while left > 0 do
   local entries = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', count)
   for _, e in ipairs(entries) do
     local f = e[2]
-    local t, c, p = false, false, ''
+    local t, c, ev, p = false, false, false, ''
     for j = 1, #f, 2 do
       local k = f[j]
-      if k == 't' then t = f[j + 1] elseif k == 'c' then c = f[j + 1] elseif k == 'p' then p = f[j + 1] end
+      if k == 't' then t = f[j + 1] elseif k == 'c' then c = f[j + 1] elseif k == 'e' then ev = f[j + 1] elseif k == 'p' then p = f[j + 1] end
     end
     bytes = bytes + #p
     if bytes > max_bytes and got > 0 then return out end
     out[#out + 1] = e[1]
     out[#out + 1] = t
     out[#out + 1] = c
+    out[#out + 1] = ev
     out[#out + 1] = p
     got = got + 1
     left = left - 1

@@ -1102,3 +1102,63 @@ async fn a_topic_deleted_on_one_replica_stays_deleted_for_publishers_on_another(
         b.close();
     }
 }
+
+/// Event types are kept with each message (field `e`), and an entry
+/// written before event types (no `e`, as older builds wrote it) reads as
+/// having none: no migration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_types_are_kept_and_old_entries_have_none() {
+    let server = RedisServer::start();
+    let store = open(&server, Options::default()).await;
+    let t = topic("t");
+    let mut typed = new("typed");
+    typed.event_type = Some(broker_core::EventType::new("invoice.paid").unwrap());
+    store.append(&t, vec![typed, new("untyped")]).await.unwrap();
+    // As a build before event types appended it.
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let () = redis::cmd("INCR")
+        .arg("broker:{t:t}:next")
+        .query_async(&mut con)
+        .await
+        .map(|_: u64| ())
+        .unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg("broker:{t:t}:log")
+        .arg("3-0")
+        .arg(
+            &[
+                "t",
+                "1700000000000",
+                "s",
+                "20",
+                "c",
+                "text/plain",
+                "p",
+                "old",
+            ][..],
+        )
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let read = store.read(&t, 0, 10, usize::MAX).await.unwrap();
+    let got: Vec<_> = read
+        .messages
+        .iter()
+        .map(|m| {
+            (
+                String::from_utf8_lossy(m.payload()).into_owned(),
+                m.event_type().map(|e| e.to_string()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("typed".to_owned(), Some("invoice.paid".to_owned())),
+            ("untyped".to_owned(), None),
+            ("old".to_owned(), None),
+        ]
+    );
+    assert_eq!(read.messages[2].content_type().unwrap(), "text/plain");
+}

@@ -120,6 +120,17 @@ fn ms(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// An event type as a record holds it (empty: none).
+fn event_type(bytes: &[u8]) -> Option<broker_core::EventType> {
+    if bytes.is_empty() {
+        return None;
+    }
+    // Checked when published; a record that passed its CRC holds one.
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|t| broker_core::EventType::new(t).ok())
+}
+
 fn io_at(path: &Path) -> impl Fn(io::Error) -> StoreError + '_ {
     move |source| StoreError::Io {
         path: path.to_owned(),
@@ -149,6 +160,7 @@ fn create_segment(dir: &Path, header: &Header) -> Result<Segment, StoreError> {
     sync_dir(dir)?;
     Ok(Segment::new(
         header.base,
+        header.version,
         path,
         Some(file),
         segment::HEADER_LEN,
@@ -166,6 +178,7 @@ impl TopicLog {
         let header = Header {
             base: 0,
             prefix: broker_core::new_id_prefix(),
+            version: segment::VERSION,
         };
         let first = create_segment(&dir, &header)?;
         Ok(Self::assemble(
@@ -235,6 +248,7 @@ impl TopicLog {
                     let header = Header {
                         base,
                         prefix: prefix.clone().unwrap_or_else(broker_core::new_id_prefix),
+                        version: segment::VERSION,
                     };
                     tracing::warn!(path = %path.display(), "rewriting a torn segment header");
                     drop(file);
@@ -259,10 +273,17 @@ impl TopicLog {
             prefix = Some(header.prefix);
             let len = file.metadata().map_err(io_at(&path))?.len();
             if newest {
-                let seg = Segment::new(base, path.clone(), Some(file), segment::HEADER_LEN, true);
+                let seg = Segment::new(
+                    base,
+                    header.version,
+                    path.clone(),
+                    Some(file),
+                    segment::HEADER_LEN,
+                    true,
+                );
                 let file = seg.file().map_err(io_at(&path))?;
                 let mut expected = base;
-                let stop = scan(&file, segment::HEADER_LEN, len, |pos, r| {
+                let stop = scan(&file, seg.version, segment::HEADER_LEN, len, |pos, r| {
                     if r.offset != expected {
                         return false;
                     }
@@ -291,7 +312,7 @@ impl TopicLog {
                 return Ok((log, recovered));
             }
             drop(file);
-            let seg = Segment::new(base, path.clone(), None, len, false);
+            let seg = Segment::new(base, header.version, path.clone(), None, len, false);
             // Sealed: its times are those of its file (its last write).
             let modified = fs::metadata(&path).and_then(|m| m.modified()).map_or(0, ms);
             seg.newest_ms.store(modified.max(1), Ordering::Relaxed);
@@ -302,6 +323,7 @@ impl TopicLog {
         let header = Header {
             base: 0,
             prefix: broker_core::new_id_prefix(),
+            version: segment::VERSION,
         };
         let first = create_segment(&dir, &header)?;
         Ok((
@@ -329,7 +351,10 @@ impl TopicLog {
         {
             let active = state.segments.last().expect("never empty");
             let oldest = active.oldest_ms.load(Ordering::Relaxed);
+            // A segment of an older format (written before an upgrade)
+            // takes no appends in this one.
             if active.end() >= rolling.bytes
+                || active.version != segment::VERSION
                 || (oldest != 0 && now.saturating_sub(oldest) >= rolling.age.as_millis() as u64)
             {
                 self.roll(&mut state)?;
@@ -342,11 +367,13 @@ impl TopicLog {
         for (i, m) in messages.iter().enumerate() {
             positions.push(start + buf.len() as u64);
             let ct = m.content_type.as_ref().map_or(&[][..], |c| c.as_bytes());
+            let et = m.event_type.as_ref().map_or("", |t| t.as_str());
             encode_record(
                 &mut buf,
                 state.next + i as u64,
                 ms(m.published_at),
                 ct,
+                et.as_bytes(),
                 &m.payload,
             );
         }
@@ -362,14 +389,17 @@ impl TopicLog {
         for (i, (m, pos)) in messages.into_iter().zip(positions).enumerate() {
             let offset = first + i as u64;
             active.indexed(offset, pos, ms(m.published_at));
-            out.push(Arc::new(Message::new(
-                message_id(&self.prefix, offset),
-                offset,
-                self.name.clone(),
-                m.content_type,
-                m.payload,
-                m.published_at,
-            )));
+            out.push(Arc::new(
+                Message::new(
+                    message_id(&self.prefix, offset),
+                    offset,
+                    self.name.clone(),
+                    m.content_type,
+                    m.payload,
+                    m.published_at,
+                )
+                .with_event_type(m.event_type),
+            ));
         }
         active
             .end
@@ -401,9 +431,12 @@ impl TopicLog {
         Ok((out, state.next))
     }
 
-    /// Seals the newest segment (synced first) and starts the next.
+    /// Seals the newest segment (synced first) and starts the next. An
+    /// empty one (of an older format) is replaced instead: the next has
+    /// its base.
     fn roll(&self, state: &mut State) -> Result<(), StoreError> {
         let active = state.segments.last().expect("never empty");
+        let empty = active.end() == segment::HEADER_LEN;
         active
             .file()
             .and_then(|f| f.sync_data())
@@ -414,9 +447,14 @@ impl TopicLog {
             &Header {
                 base: state.next,
                 prefix: self.prefix.clone(),
+                version: segment::VERSION,
             },
         )?;
-        state.segments.push(Arc::new(next));
+        if empty {
+            *state.segments.last_mut().expect("never empty") = Arc::new(next);
+        } else {
+            state.segments.push(Arc::new(next));
+        }
         Ok(())
     }
 
@@ -548,7 +586,7 @@ impl TopicLog {
             }
             let pos = seg.position_of(offset).map_err(io_at(&seg.path))?;
             let file = seg.file().map_err(io_at(&seg.path))?;
-            let stop = scan(&file, pos, seg.end(), |_, r| {
+            let stop = scan(&file, seg.version, pos, seg.end(), |_, r| {
                 if r.offset < offset {
                     return true;
                 }
@@ -559,16 +597,19 @@ impl TopicLog {
                 if bytes > max_bytes && !read.messages.is_empty() {
                     return false;
                 }
-                read.messages.push(Arc::new(Message::new(
-                    message_id(&self.prefix, r.offset),
-                    r.offset,
-                    self.name.clone(),
-                    (!r.content_type.is_empty())
-                        .then(|| HeaderValue::from_bytes(r.content_type).ok())
-                        .flatten(),
-                    Bytes::copy_from_slice(r.payload),
-                    UNIX_EPOCH + Duration::from_millis(r.time_ms),
-                )));
+                read.messages.push(Arc::new(
+                    Message::new(
+                        message_id(&self.prefix, r.offset),
+                        r.offset,
+                        self.name.clone(),
+                        (!r.content_type.is_empty())
+                            .then(|| HeaderValue::from_bytes(r.content_type).ok())
+                            .flatten(),
+                        Bytes::copy_from_slice(r.payload),
+                        UNIX_EPOCH + Duration::from_millis(r.time_ms),
+                    )
+                    .with_event_type(event_type(r.event_type)),
+                ));
                 offset = r.offset + 1;
                 true
             })
@@ -855,6 +896,64 @@ mod tests {
             Err(StoreError::Format { found, .. }) => assert!(found.contains("99"), "{found}"),
             other => panic!("{:?}", other.map(|_| ())),
         }
+    }
+
+    /// A log whose only segment is in format 1 (an older build's): its
+    /// records read with no event type, the next append starts a segment
+    /// in this format, and both read back, also after a restart. An empty
+    /// old segment is replaced, not followed.
+    #[test]
+    fn an_old_format_segment_is_read_and_the_next_append_starts_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let header = Header {
+            base: 0,
+            prefix: "0123456789ab".into(),
+            version: 1,
+        };
+        let mut bytes = encode_header(&header).to_vec();
+        segment::encode_record_v1(&mut bytes, 0, now_ms(), b"text/plain", b"old 0");
+        segment::encode_record_v1(&mut bytes, 1, now_ms(), b"", b"old 1");
+        fs::write(dir.path().join(segment::file_name(0)), &bytes).unwrap();
+
+        let (log, recovered) = reopen(dir.path());
+        assert_eq!(recovered.truncated_bytes, 0);
+        let mut typed = new(b"new 2");
+        typed.event_type = Some(broker_core::EventType::new("invoice.paid").unwrap());
+        let (m, _) = log.append(vec![typed], ROLL, false, &NO).unwrap();
+        assert_eq!(m[0].id(), message_id("0123456789ab", 2));
+        assert_eq!(log.segments().len(), 2, "a new segment for the new format");
+        for log in [log, reopen(dir.path()).0] {
+            let read = log.read(0, 10, usize::MAX).unwrap();
+            let got: Vec<_> = read
+                .messages
+                .iter()
+                .map(|m| (m.payload().clone(), m.event_type().map(|t| t.to_string())))
+                .collect();
+            assert_eq!(
+                got,
+                vec![
+                    (Bytes::from("old 0"), None),
+                    (Bytes::from("old 1"), None),
+                    (Bytes::from("new 2"), Some("invoice.paid".to_owned())),
+                ]
+            );
+            assert_eq!(read.messages[0].content_type().unwrap(), "text/plain");
+            assert_eq!(read.messages[1].content_type(), None);
+        }
+
+        // An empty segment of the old format: replaced in place.
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(
+            dir.path().join(segment::file_name(0)),
+            encode_header(&header),
+        )
+        .unwrap();
+        let (log, _) = reopen(dir.path());
+        log.append(vec![new(b"first")], ROLL, false, &NO).unwrap();
+        assert_eq!(log.segments().len(), 1);
+        let read = reopen(dir.path()).0.read(0, 10, usize::MAX).unwrap();
+        assert_eq!(read.messages.len(), 1);
+        assert_eq!(read.messages[0].id(), message_id("0123456789ab", 0));
     }
 
     #[test]

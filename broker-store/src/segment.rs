@@ -3,9 +3,14 @@
 //!
 //! ```text
 //! header (32 bytes): "WHBLOG" | version u16 | base offset u64 | id prefix (12 ASCII hex) | crc32 of the 28 bytes before
-//! record:            length u32 | crc32 u32 | offset u64 | publish time (ms since the epoch) u64 |
-//!                    content-type length u16 | content type | payload
+//! record, version 2: length u32 | crc32 u32 | offset u64 | publish time (ms since the epoch) u64 |
+//!                    content-type length u16 | event-type length u8 | content type | event type | payload
+//! record, version 1: the same without the event type and its length
 //! ```
+//!
+//! This build writes version 2 and reads both: a segment written by an
+//! older build is read as it is and never appended to (the log starts a
+//! new segment for its next append), so no data dir needs a migration.
 //!
 //! All integers little-endian; `length` counts the bytes after the crc;
 //! the crc covers those bytes. A segment is named by its base offset,
@@ -24,14 +29,18 @@ use std::{
 
 use parking_lot::Mutex;
 
-/// The format version this build writes and reads.
-pub(crate) const VERSION: u16 = 1;
+/// The format version this build writes.
+pub(crate) const VERSION: u16 = 2;
+/// The oldest version this build reads.
+pub(crate) const OLDEST: u16 = 1;
 const MAGIC: &[u8; 6] = b"WHBLOG";
 pub(crate) const HEADER_LEN: u64 = 32;
 /// Length and crc before each record's body.
 pub(crate) const RECORD_HEAD: usize = 8;
-/// Offset, time and content-type length.
-const BODY_FIXED: usize = 8 + 8 + 2;
+/// Offset, time and content-type length (version 1).
+const BODY_FIXED_V1: usize = 8 + 8 + 2;
+/// Offset, time, content-type and event-type lengths.
+const BODY_FIXED: usize = BODY_FIXED_V1 + 1;
 /// No record is longer: a length past it is garbage, not a record.
 pub(crate) const MAX_RECORD: usize = 1 << 30;
 /// A sparse index entry every this many bytes of log.
@@ -44,6 +53,8 @@ const CHUNK: usize = 256 * 1024;
 pub(crate) struct Header {
     pub(crate) base: u64,
     pub(crate) prefix: String,
+    /// The format its records are in (a new segment: [`VERSION`]).
+    pub(crate) version: u16,
 }
 
 /// Why a header was refused.
@@ -58,7 +69,7 @@ pub(crate) enum HeaderError {
 pub(crate) fn encode_header(h: &Header) -> [u8; HEADER_LEN as usize] {
     let mut out = [0u8; HEADER_LEN as usize];
     out[..6].copy_from_slice(MAGIC);
-    out[6..8].copy_from_slice(&VERSION.to_le_bytes());
+    out[6..8].copy_from_slice(&h.version.to_le_bytes());
     out[8..16].copy_from_slice(&h.base.to_le_bytes());
     out[16..28].copy_from_slice(h.prefix.as_bytes());
     let crc = crc32fast::hash(&out[..28]);
@@ -71,7 +82,7 @@ pub(crate) fn decode_header(buf: &[u8]) -> Result<Header, HeaderError> {
         return Err(HeaderError::Corrupt);
     }
     let version = u16::from_le_bytes([buf[6], buf[7]]);
-    if version != VERSION {
+    if !(OLDEST..=VERSION).contains(&version) {
         return Err(HeaderError::Version(version));
     }
     let crc = u32::from_le_bytes(buf[28..32].try_into().expect("4 bytes"));
@@ -85,19 +96,22 @@ pub(crate) fn decode_header(buf: &[u8]) -> Result<Header, HeaderError> {
     Ok(Header {
         base: u64::from_le_bytes(buf[8..16].try_into().expect("8 bytes")),
         prefix: prefix.to_owned(),
+        version,
     })
 }
 
-/// Appends one record to `out`.
+/// Appends one record to `out`, in [`VERSION`].
 pub(crate) fn encode_record(
     out: &mut Vec<u8>,
     offset: u64,
     time_ms: u64,
     content_type: &[u8],
+    event_type: &[u8],
     payload: &[u8],
 ) {
     let ct = &content_type[..content_type.len().min(u16::MAX as usize)];
-    let len = BODY_FIXED + ct.len() + payload.len();
+    let et = &event_type[..event_type.len().min(u8::MAX as usize)];
+    let len = BODY_FIXED + ct.len() + et.len() + payload.len();
     out.reserve(RECORD_HEAD + len);
     out.extend_from_slice(&(len as u32).to_le_bytes());
     let crc_at = out.len();
@@ -106,7 +120,9 @@ pub(crate) fn encode_record(
     out.extend_from_slice(&offset.to_le_bytes());
     out.extend_from_slice(&time_ms.to_le_bytes());
     out.extend_from_slice(&(ct.len() as u16).to_le_bytes());
+    out.push(et.len() as u8);
     out.extend_from_slice(ct);
+    out.extend_from_slice(et);
     out.extend_from_slice(payload);
     let crc = crc32fast::hash(&out[body_at..]);
     out[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
@@ -118,6 +134,8 @@ pub(crate) struct RecordRef<'a> {
     pub(crate) offset: u64,
     pub(crate) time_ms: u64,
     pub(crate) content_type: &'a [u8],
+    /// Empty: none (and always in a version 1 segment).
+    pub(crate) event_type: &'a [u8],
     pub(crate) payload: &'a [u8],
     /// Bytes it takes in the file.
     pub(crate) size: usize,
@@ -132,12 +150,17 @@ enum Decoded<'a> {
     Corrupt(&'static str),
 }
 
-fn decode(buf: &[u8]) -> Decoded<'_> {
+fn decode(buf: &[u8], version: u16) -> Decoded<'_> {
     if buf.len() < RECORD_HEAD {
         return Decoded::Incomplete(RECORD_HEAD);
     }
+    let fixed = if version == 1 {
+        BODY_FIXED_V1
+    } else {
+        BODY_FIXED
+    };
     let len = u32::from_le_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
-    if !(BODY_FIXED..=MAX_RECORD).contains(&len) {
+    if !(fixed..=MAX_RECORD).contains(&len) {
         return Decoded::Corrupt("impossible record length");
     }
     let size = RECORD_HEAD + len;
@@ -150,14 +173,17 @@ fn decode(buf: &[u8]) -> Decoded<'_> {
         return Decoded::Corrupt("checksum mismatch");
     }
     let ct_len = u16::from_le_bytes([body[16], body[17]]) as usize;
-    if BODY_FIXED + ct_len > len {
-        return Decoded::Corrupt("content type past the record");
+    let et_len = if version == 1 { 0 } else { body[18] as usize };
+    if fixed + ct_len + et_len > len {
+        return Decoded::Corrupt("content or event type past the record");
     }
+    let et_at = fixed + ct_len;
     Decoded::Record(RecordRef {
         offset: u64::from_le_bytes(body[..8].try_into().expect("8 bytes")),
         time_ms: u64::from_le_bytes(body[8..16].try_into().expect("8 bytes")),
-        content_type: &body[BODY_FIXED..BODY_FIXED + ct_len],
-        payload: &body[BODY_FIXED + ct_len..],
+        content_type: &body[fixed..et_at],
+        event_type: &body[et_at..et_at + et_len],
+        payload: &body[et_at + et_len..],
         size,
     })
 }
@@ -174,10 +200,11 @@ pub(crate) enum Stop {
 }
 
 /// Calls `f` with each record between `start` and `end` (file
-/// positions), in order, until it returns `false`, a record is bad, or
-/// `end` is reached.
+/// positions) of a segment in format `version`, in order, until it
+/// returns `false`, a record is bad, or `end` is reached.
 pub(crate) fn scan(
     file: &File,
+    version: u16,
     start: u64,
     end: u64,
     mut f: impl FnMut(u64, &RecordRef<'_>) -> bool,
@@ -191,7 +218,7 @@ pub(crate) fn scan(
         file.read_exact_at(&mut buf, pos)?;
         let mut at = 0;
         while at < want {
-            match decode(&buf[at..]) {
+            match decode(&buf[at..], version) {
                 Decoded::Record(r) => {
                     if !f(pos + at as u64, &r) {
                         return Ok(Stop::Asked(pos + at as u64));
@@ -230,6 +257,8 @@ pub(crate) fn parse_name(name: &str) -> Option<u64> {
 #[derive(Debug)]
 pub(crate) struct Segment {
     pub(crate) base: u64,
+    /// The format of its records.
+    pub(crate) version: u16,
     pub(crate) path: PathBuf,
     /// Open while the segment takes appends; a sealed segment holds no
     /// file descriptor (a read opens it), so open files grow with topics,
@@ -250,6 +279,7 @@ pub(crate) struct Segment {
 impl Segment {
     pub(crate) fn new(
         base: u64,
+        version: u16,
         path: PathBuf,
         file: Option<File>,
         end: u64,
@@ -257,6 +287,7 @@ impl Segment {
     ) -> Self {
         Segment {
             base,
+            version,
             path,
             open: Mutex::new(file.map(Arc::new)),
             end: AtomicU64::new(end),
@@ -323,13 +354,19 @@ impl Segment {
         if index.is_none() {
             let mut built = Vec::new();
             let mut last = 0;
-            scan(&*self.file()?, HEADER_LEN, self.end(), |pos, r| {
-                if built.is_empty() || pos >= last + INDEX_EVERY {
-                    built.push((r.offset, pos));
-                    last = pos;
-                }
-                true
-            })?;
+            scan(
+                &*self.file()?,
+                self.version,
+                HEADER_LEN,
+                self.end(),
+                |pos, r| {
+                    if built.is_empty() || pos >= last + INDEX_EVERY {
+                        built.push((r.offset, pos));
+                        last = pos;
+                    }
+                    true
+                },
+            )?;
             *index = Some(built);
         }
         let index = index.as_ref().expect("built above");
@@ -351,6 +388,27 @@ pub(crate) fn read_header(file: &File, path: &Path) -> io::Result<Result<Header,
     }
 }
 
+/// Appends one record to `out` as builds before event types wrote it
+/// (format version 1), for tests of reading old data dirs.
+#[cfg(test)]
+pub(crate) fn encode_record_v1(
+    out: &mut Vec<u8>,
+    offset: u64,
+    time_ms: u64,
+    content_type: &[u8],
+    payload: &[u8],
+) {
+    let mut body = Vec::new();
+    body.extend_from_slice(&offset.to_le_bytes());
+    body.extend_from_slice(&time_ms.to_le_bytes());
+    body.extend_from_slice(&(content_type.len() as u16).to_le_bytes());
+    body.extend_from_slice(content_type);
+    body.extend_from_slice(payload);
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    out.extend_from_slice(&body);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,6 +418,7 @@ mod tests {
         let h = Header {
             base: 42,
             prefix: "0123456789ab".into(),
+            version: VERSION,
         };
         let mut bytes = encode_header(&h);
         assert_eq!(decode_header(&bytes), Ok(h));
@@ -368,6 +427,7 @@ mod tests {
         let mut bytes = encode_header(&Header {
             base: 1,
             prefix: "0123456789ab".into(),
+            version: VERSION,
         });
         bytes[9] ^= 1;
         assert_eq!(decode_header(&bytes), Err(HeaderError::Corrupt));
@@ -377,28 +437,63 @@ mod tests {
     #[test]
     fn records_decode_as_written() {
         let mut buf = Vec::new();
-        encode_record(&mut buf, 7, 1234, b"text/plain", b"hello");
-        encode_record(&mut buf, 8, 1235, b"", b"");
-        let Decoded::Record(r) = decode(&buf) else {
+        encode_record(&mut buf, 7, 1234, b"text/plain", b"invoice.paid", b"hello");
+        encode_record(&mut buf, 8, 1235, b"", b"", b"");
+        let Decoded::Record(r) = decode(&buf, VERSION) else {
             panic!()
         };
         assert_eq!(
-            (r.offset, r.time_ms, r.content_type, r.payload),
-            (7, 1234, &b"text/plain"[..], &b"hello"[..])
+            (r.offset, r.time_ms, r.content_type, r.event_type, r.payload),
+            (
+                7,
+                1234,
+                &b"text/plain"[..],
+                &b"invoice.paid"[..],
+                &b"hello"[..]
+            )
         );
-        let Decoded::Record(r2) = decode(&buf[r.size..]) else {
+        let Decoded::Record(r2) = decode(&buf[r.size..], VERSION) else {
             panic!()
         };
-        assert_eq!((r2.offset, r2.payload.len()), (8, 0));
-        assert!(matches!(decode(&buf[..5]), Decoded::Incomplete(8)));
-        assert!(matches!(decode(&buf[..10]), Decoded::Incomplete(_)));
+        assert_eq!(
+            (r2.offset, r2.event_type, r2.payload.len()),
+            (8, &b""[..], 0)
+        );
+        assert!(matches!(decode(&buf[..5], VERSION), Decoded::Incomplete(8)));
+        assert!(matches!(
+            decode(&buf[..10], VERSION),
+            Decoded::Incomplete(_)
+        ));
         let mut bad = buf.clone();
         bad[20] ^= 0x40;
-        assert!(matches!(decode(&bad), Decoded::Corrupt(_)));
+        assert!(matches!(decode(&bad, VERSION), Decoded::Corrupt(_)));
         assert!(matches!(
-            decode(&[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]),
+            decode(&[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0], VERSION),
             Decoded::Corrupt(_)
         ));
+    }
+
+    /// A version 1 record (as written by builds before event types),
+    /// byte for byte: read with no event type.
+    #[test]
+    fn version_1_records_are_read_without_an_event_type() {
+        let mut buf = Vec::new();
+        encode_record_v1(&mut buf, 5, 99, b"text/plain", b"old");
+        let Decoded::Record(r) = decode(&buf, 1) else {
+            panic!()
+        };
+        assert_eq!(
+            (r.offset, r.time_ms, r.content_type, r.event_type, r.payload),
+            (5, 99, &b"text/plain"[..], &b""[..], &b"old"[..])
+        );
+        let mut header = encode_header(&Header {
+            base: 0,
+            prefix: "0123456789ab".into(),
+            version: 1,
+        });
+        assert_eq!(decode_header(&header).map(|h| h.version), Ok(1));
+        header[6] = 3;
+        assert_eq!(decode_header(&header), Err(HeaderError::Version(3)));
     }
 
     #[test]

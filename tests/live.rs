@@ -94,6 +94,8 @@ async fn publish_texts(
 struct Event {
     id: Option<String>,
     kind: Option<String>,
+    /// The `event_type:` field (which `EventSource` ignores).
+    event_type: Option<String>,
     data: String,
 }
 
@@ -138,6 +140,7 @@ impl SseReader {
                 let mut event = Event {
                     id: None,
                     kind: None,
+                    event_type: None,
                     data: String::new(),
                 };
                 let mut lines = 0;
@@ -146,6 +149,7 @@ impl SseReader {
                     match field {
                         "id" => event.id = Some(value.to_owned()),
                         "event" => event.kind = Some(value.to_owned()),
+                        "event_type" => event.event_type = Some(value.to_owned()),
                         "data" => {
                             if lines > 0 {
                                 event.data.push('\n');
@@ -1369,4 +1373,90 @@ async fn websocket_reads_count_in_the_memory_budget_and_control_frames_are_small
     publish(&server, "a", &publisher, "text/plain", b"after".to_vec()).await;
     assert_eq!(payload_of(&recv(&mut ws).await), "after");
     server.assert_alive().await;
+}
+
+/// A message's event type is on its live events: `event_type` in the
+/// WebSocket event frame (null when none, also on a replay), and an
+/// `event_type:` field on Server-Sent Events (none when none; the event
+/// itself stays a `message` event for `EventSource`). A WebSocket publish
+/// frame names one with `event_type`.
+#[tokio::test]
+async fn event_types_are_shown_on_live_events() {
+    let server = live_server(LiveConfig::default()).await;
+    let publisher = server.publisher("t", "p").await;
+    let token = listener(&server, "t", "l").await;
+    let auth = format!("Bearer {publisher}");
+    let r = server
+        .call(
+            "POST",
+            "/v1/topics/t/messages",
+            &[
+                ("authorization", &auth),
+                ("content-type", "text/plain"),
+                ("event-type", "invoice.paid"),
+            ],
+            "typed",
+        )
+        .await;
+    assert_eq!(r.status, 202);
+
+    let url = format!("/v1/topics/t/events?access_token={token}&last_n=5");
+    let mut sse = SseReader::open(&server, &url, &[]).await.unwrap();
+    let e = sse.next().await.unwrap();
+    assert_eq!(
+        (e.kind, e.event_type.as_deref(), e.data.as_str()),
+        (None, Some("invoice.paid"), "typed")
+    );
+
+    let mut ws = ws_connect(&server, Some(&token)).await;
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "topic": "t", "last_n": 5}),
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await["type"], "ack");
+    let replayed = recv(&mut ws).await;
+    assert_eq!(
+        replayed["message"]["event_type"], "invoice.paid",
+        "{replayed}"
+    );
+
+    // Published over the WebSocket: with a type, then without; a bad one
+    // is refused with the frame's request id.
+    send(
+        &mut ws,
+        json!({"type": "publish", "topic": "t", "payload": {"n": 1}, "event_type": "order.created", "token": publisher}),
+    )
+    .await;
+    send(
+        &mut ws,
+        json!({"type": "publish", "topic": "t", "payload": {"n": 2}, "token": publisher}),
+    )
+    .await;
+    send(
+        &mut ws,
+        json!({"type": "publish", "topic": "t", "payload": 3, "event_type": "no way", "token": publisher, "request_id": "r3"}),
+    )
+    .await;
+    let mut events = Vec::new();
+    let mut refused = None;
+    while events.len() < 2 || refused.is_none() {
+        let frame = recv(&mut ws).await;
+        match frame["type"].as_str() {
+            Some("event") => events.push(frame["message"]["event_type"].clone()),
+            Some("error") => refused = Some(frame),
+            _ => {}
+        }
+    }
+    assert_eq!(events, [json!("order.created"), Value::Null]);
+    let refused = refused.unwrap();
+    assert_eq!(
+        (refused["code"].as_str(), refused["request_id"].as_str()),
+        (Some("BAD_REQUEST"), Some("r3")),
+        "{refused}"
+    );
+    for expected in [Some("order.created"), None] {
+        let e = sse.next().await.unwrap();
+        assert_eq!(e.event_type.as_deref(), expected);
+    }
 }

@@ -1,7 +1,9 @@
 //! The request of one attempt: the subscriber's URL, method and headers,
 //! and the Standard Webhooks headers (`webhook-id`, `webhook-timestamp`,
 //! `webhook-signature`), signed with the current secret and, while a
-//! rotation's overlap lasts, the previous one.
+//! rotation's overlap lasts, the previous one; and `webhook-event-type`
+//! when the message has one (not signed: the signature covers id,
+//! timestamp and payload, as Standard Webhooks defines it).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -14,6 +16,8 @@ use crate::signature::Signer;
 static WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
 static WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
 static WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
+/// The message's event type, when it has one.
+pub(crate) static WEBHOOK_EVENT_TYPE: HeaderName = HeaderName::from_static("webhook-event-type");
 const USER_AGENT: HeaderValue =
     HeaderValue::from_static(concat!("webhook-broker/", env!("CARGO_PKG_VERSION")));
 
@@ -120,5 +124,12 @@ pub(crate) fn build_request(
     headers.insert(WEBHOOK_ID.clone(), id);
     headers.insert(WEBHOOK_TIMESTAMP.clone(), timestamp);
     headers.insert(WEBHOOK_SIGNATURE.clone(), signature);
+    if let Some(event_type) = message.event_type() {
+        // Checked at publish: a valid header value.
+        headers.insert(
+            WEBHOOK_EVENT_TYPE.clone(),
+            HeaderValue::from_str(event_type.as_str())?,
+        );
+    }
     Ok(request)
 }

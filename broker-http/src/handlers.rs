@@ -192,6 +192,22 @@ pub(crate) async fn deregister_subscriber(api: &Api, topic: &str, id: &str) -> R
     Ok(no_content())
 }
 
+/// The `Event-Type` header of a publish, checked.
+fn event_type(h: &HeaderMap) -> Result<Option<broker_core::EventType>, ApiError> {
+    let Some(value) = h.get(EVENT_TYPE) else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| broker_core::Error::InvalidEventType {
+            reason: "it may only hold the characters A-Z, a-z, 0-9, '.', '_', ':' and '-'",
+        })?;
+    Ok(Some(broker_core::EventType::new(value)?))
+}
+
+/// The request header naming a published message's event type.
+pub(crate) const EVENT_TYPE: &str = "event-type";
+
 /// `POST /v1/topics/{topic}/messages`
 pub(crate) async fn publish<B>(api: &Api, topic: &str, h: &HeaderMap, body: B) -> Reply
 where
@@ -202,6 +218,7 @@ where
     // Refuse a bad topic or token before reading a byte of the body: a
     // client without a credential holds no buffer.
     api.broker().authorize_publisher(topic, token).await?;
+    let event_type = event_type(h)?;
     let payload = json::read_body(
         h,
         body,
@@ -214,10 +231,8 @@ where
     let content_type = h
         .get(header::CONTENT_TYPE)
         .and_then(|v| http::HeaderValue::from_bytes(v.as_bytes()).ok());
-    let receipt = api
-        .broker()
-        .publish(topic, token, content_type, payload)
-        .await?;
+    let draft = broker_core::Draft::new(content_type, payload).with_event_type(event_type);
+    let receipt = api.broker().publish_draft(topic, token, draft).await?;
     Ok(reply(
         StatusCode::ACCEPTED,
         &json::Published {

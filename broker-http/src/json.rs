@@ -432,6 +432,8 @@ pub(crate) struct Fetched<'a> {
 pub(crate) struct FetchedMessage<'a> {
     pub(crate) offset: u64,
     pub(crate) id: &'a str,
+    /// Its event type; `null` when the publisher named none.
+    pub(crate) event_type: Option<&'a str>,
     pub(crate) timestamp: u64,
     pub(crate) content_type: Option<&'a str>,
     pub(crate) payload: Payload<'a>,
@@ -444,6 +446,7 @@ impl<'a> FetchedMessage<'a> {
         FetchedMessage {
             offset: message.offset(),
             id: message.id(),
+            event_type: message.event_type().map(|t| t.as_str()),
             timestamp: timestamp_ms(message),
             content_type,
             payload,

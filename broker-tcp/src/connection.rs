@@ -2,8 +2,8 @@
 
 use std::{fmt::Write as _, future::Future, io, sync::Arc, time::Duration};
 
-use broker_core::{Broker, Message, TopicName};
-use bytes::{BufMut, Bytes, BytesMut};
+use broker_core::{Broker, Draft, Message, TopicName};
+use bytes::{BufMut, BytesMut};
 use subtle::ConstantTimeEq;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
@@ -110,7 +110,7 @@ struct Session<'a, S> {
     /// Pipelined `PUB`s to one topic, received whole and not yet
     /// published: published together, in one append to the log, before
     /// anything else is answered. Only what one read buffer held.
-    batch: Option<(String, Vec<Bytes>)>,
+    batch: Option<(String, Vec<Draft>)>,
 }
 
 /// What the connection is waiting for, which decides its deadline.
@@ -146,8 +146,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
             while let Some(decoded) = self.decoder.decode(&mut self.input, self.token.is_some()) {
                 answered = true;
                 match decoded {
-                    Decoded::Command(Command::Pub { topic, payload }) => {
-                        self.queue(topic, payload).await;
+                    Decoded::Command(Command::Pub {
+                        topic,
+                        payload,
+                        event_type,
+                    }) => {
+                        let draft = Draft::new(None, payload).with_event_type(event_type);
+                        self.queue(topic, draft).await;
                     }
                     Decoded::Command(command) => {
                         self.publish_batch().await;
@@ -236,14 +241,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
 
     /// Adds a `PUB` to the batch, publishing the batch first when it is
     /// for another topic or full.
-    async fn queue(&mut self, topic: String, payload: Bytes) {
+    async fn queue(&mut self, topic: String, draft: Draft) {
         match &mut self.batch {
-            Some((batched, payloads)) if *batched == topic && payloads.len() < MAX_BATCH => {
-                payloads.push(payload);
+            Some((batched, drafts)) if *batched == topic && drafts.len() < MAX_BATCH => {
+                drafts.push(draft);
             }
             _ => {
                 self.publish_batch().await;
-                self.batch = Some((topic, vec![payload]));
+                self.batch = Some((topic, vec![draft]));
             }
         }
     }
@@ -251,11 +256,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
     /// Publishes the batch, all or nothing, and buffers one answer per
     /// `PUB`: `OK` with consecutive offsets, or the same `ERR` for each.
     async fn publish_batch(&mut self) {
-        let Some((topic, payloads)) = self.batch.take() else {
+        let Some((topic, drafts)) = self.batch.take() else {
             return;
         };
-        let count = payloads.len();
-        match self.publish(&topic, payloads).await {
+        let count = drafts.len();
+        match self.publish(&topic, drafts).await {
             Ok(receipt) => {
                 for (_, offset) in receipt.messages {
                     let _ = write!(self.output, "OK {offset}\r\n");
@@ -272,17 +277,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
     async fn publish(
         &self,
         topic: &str,
-        payloads: Vec<Bytes>,
+        drafts: Vec<Draft>,
     ) -> Result<broker_core::BatchReceipt, Error> {
         let token = self
             .token
             .as_deref()
             .ok_or(broker_core::Error::Unauthorized)?;
-        let messages = payloads
-            .into_iter()
-            .map(|p| broker_core::Draft::new(None, p))
-            .collect();
-        let receipt = self.broker.publish_batch(topic, token, messages).await?;
+        let receipt = self.broker.publish_batch(topic, token, drafts).await?;
         Ok(receipt)
     }
 
@@ -309,8 +310,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
                     }
                 }
             }
-            Command::Pub { topic, payload } => {
-                self.queue(topic, payload).await;
+            Command::Pub {
+                topic,
+                payload,
+                event_type,
+            } => {
+                let draft = Draft::new(None, payload).with_event_type(event_type);
+                self.queue(topic, draft).await;
                 self.publish_batch().await;
             }
             Command::Fetch { topic, offset } => match self.fetch(&topic, offset).await {

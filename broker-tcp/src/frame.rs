@@ -5,7 +5,9 @@
 //! typing at `nc`), of words separated by spaces, the verb in any case:
 //!
 //! - `AUTH <token>`
-//! - `PUB <topic> <size>`, then exactly `size` payload bytes and `\r\n`
+//! - `PUB <topic> <size> [<event_type>]`, then exactly `size` payload
+//!   bytes, and `\r\n` (optional: seed 002's clients send none; a command
+//!   line never starts with one, so either way is read the same)
 //! - `FETCH <topic> <offset>`
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -26,8 +28,13 @@ pub(crate) const READ_CHUNK: usize = 16 * 1024;
 pub(crate) enum Command {
     /// `AUTH <token>`
     Auth(String),
-    /// `PUB <topic> <size>` and its payload, copied out of the read buffer.
-    Pub { topic: String, payload: Bytes },
+    /// `PUB <topic> <size> [<event_type>]` and its payload, copied out of
+    /// the read buffer.
+    Pub {
+        topic: String,
+        payload: Bytes,
+        event_type: Option<broker_core::EventType>,
+    },
     /// `FETCH <topic> <offset>`
     Fetch { topic: String, offset: u64 },
 }
@@ -53,6 +60,7 @@ enum State {
     /// (`refusal`) is dropped as it comes, never held whole.
     Payload {
         topic: String,
+        event_type: Option<broker_core::EventType>,
         left: usize,
         refusal: Option<Error>,
     },
@@ -63,6 +71,9 @@ enum State {
 pub(crate) struct Decoder {
     max_payload: usize,
     state: State,
+    /// A payload ended with nothing after it buffered: a `\r\n` that
+    /// comes next is its trailer, not an empty command line.
+    trailer_due: bool,
 }
 
 impl Decoder {
@@ -71,6 +82,7 @@ impl Decoder {
         Decoder {
             max_payload,
             state: State::Line,
+            trailer_due: false,
         }
     }
 
@@ -102,6 +114,14 @@ impl Decoder {
         loop {
             match &mut self.state {
                 State::Line => {
+                    if self.trailer_due {
+                        match trailer(buf, 0) {
+                            None if buf.is_empty() || buf[0] == b'\r' => return None,
+                            Some(Ok(n)) => buf.advance(n),
+                            _ => {}
+                        }
+                        self.trailer_due = false;
+                    }
                     let end = match line_end(buf) {
                         Ok(Some(end)) => end,
                         Ok(None) => return None,
@@ -113,11 +133,13 @@ impl Decoder {
                         Parsed::Done(decoded) => return Some(decoded),
                         Parsed::Payload {
                             topic,
+                            event_type,
                             size,
                             refusal,
                         } => {
                             self.state = State::Payload {
                                 topic,
+                                event_type,
                                 left: size,
                                 refusal,
                             }
@@ -126,6 +148,7 @@ impl Decoder {
                 }
                 State::Payload {
                     topic,
+                    event_type,
                     left,
                     refusal,
                 } => {
@@ -139,10 +162,22 @@ impl Decoder {
                         }
                     }
                     let at = if refusal.is_some() { 0 } else { *left };
-                    let trailer = match trailer(buf, at) {
-                        None => return None,
-                        Some(Ok(n)) => n,
-                        Some(Err(e)) => return Some(Decoded::Fatal(e)),
+                    if buf.len() < at {
+                        return None;
+                    }
+                    // The `\r\n` after the payload is optional: taken when
+                    // it is there, awaited when only its `\r` is, and
+                    // skipped later if it comes after a pause.
+                    let trailer = if buf.len() == at {
+                        self.trailer_due = true;
+                        0
+                    } else {
+                        match trailer(buf, at) {
+                            None => return None,
+                            Some(Ok(n)) => n,
+                            Some(Err(_)) if buf[at] != b'\r' => 0,
+                            Some(Err(e)) => return Some(Decoded::Fatal(e)),
+                        }
                     };
                     let decoded = match refusal.take() {
                         Some(e) => Decoded::Refused(e),
@@ -154,6 +189,7 @@ impl Decoder {
                             Decoded::Command(Command::Pub {
                                 topic: std::mem::take(topic),
                                 payload,
+                                event_type: event_type.take(),
                             })
                         }
                     };
@@ -168,7 +204,8 @@ impl Decoder {
     fn parse(&self, line: &[u8], authenticated: bool) -> Parsed {
         let mut words = line.split(|&b| b == b' ').filter(|w| !w.is_empty());
         let verb = words.next();
-        let (first, second, more) = (words.next(), words.next(), words.next().is_some());
+        let (first, second, third) = (words.next(), words.next(), words.next());
+        let more = third.is_some();
         let refused = |why| Parsed::Done(Decoded::Refused(Error::BadCommand(why)));
         let Some(verb) = verb else {
             return refused("empty line: send AUTH, PUB or FETCH");
@@ -192,12 +229,14 @@ impl Decoder {
             // Without a size the payload cannot be skipped: closing is the
             // only way not to read it as commands.
             let fatal = |e| Parsed::Done(Decoded::Fatal(e));
-            let (Some(topic), Some(size), false) = (first, second, more) else {
-                return fatal(Error::BadCommand("usage: PUB <topic> <size>; closing"));
+            let (Some(topic), Some(size), false) = (first, second, words.next().is_some()) else {
+                return fatal(Error::BadCommand(
+                    "usage: PUB <topic> <size> [<event_type>]; closing",
+                ));
             };
             let Some(size) = number(size) else {
                 return fatal(Error::BadCommand(
-                    "usage: PUB <topic> <size>, the size a number; closing",
+                    "usage: PUB <topic> <size> [<event_type>], the size a number; closing",
                 ));
             };
             let limit = self.max_payload;
@@ -205,13 +244,20 @@ impl Decoder {
                 return fatal(Error::PayloadTooLarge { size, limit });
             }
             let topic = text(topic);
-            let refusal = match broker_core::TopicName::validate(&topic) {
-                Err(e) => Some(Error::Broker(e)),
-                Ok(()) if !authenticated => Some(Error::Broker(broker_core::Error::Unauthorized)),
-                Ok(()) => None,
+            let event_type = third
+                .map(|t| broker_core::EventType::new(&text(t)))
+                .transpose();
+            let refusal = match (broker_core::TopicName::validate(&topic), &event_type) {
+                (Err(e), _) => Some(Error::Broker(e)),
+                (Ok(()), Err(e)) => Some(Error::Broker(e.clone())),
+                (Ok(()), Ok(_)) if !authenticated => {
+                    Some(Error::Broker(broker_core::Error::Unauthorized))
+                }
+                (Ok(()), Ok(_)) => None,
             };
             Parsed::Payload {
                 topic,
+                event_type: event_type.ok().flatten(),
                 size: size as usize,
                 refusal,
             }
@@ -225,6 +271,7 @@ enum Parsed {
     Done(Decoded),
     Payload {
         topic: String,
+        event_type: Option<broker_core::EventType>,
         size: usize,
         refusal: Option<Error>,
     },
@@ -316,7 +363,7 @@ mod tests {
     #[test]
     fn decodes_each_command_and_keeps_a_partial_one() {
         let (out, rest) = decode_all(
-            b"AUTH tok\r\nfetch t 7\r\nPUB t 4\r\na\r\nb\r\nPUB t 3\nxyz\nPUB t 2\r\nh",
+            b"AUTH tok\r\nfetch t 7\r\nPUB t 4\r\na\r\nb\r\nPUB t 3\nxyz\nPUB t 2 invoice.paid\r\nh",
             true,
         );
         assert_eq!(
@@ -324,8 +371,8 @@ mod tests {
             [
                 r#"Auth("tok")"#,
                 r#"Fetch { topic: "t", offset: 7 }"#,
-                r#"Pub { topic: "t", payload: b"a\r\nb" }"#,
-                r#"Pub { topic: "t", payload: b"xyz" }"#,
+                r#"Pub { topic: "t", payload: b"a\r\nb", event_type: None }"#,
+                r#"Pub { topic: "t", payload: b"xyz", event_type: None }"#,
             ]
         );
         assert_eq!(&rest[..], b"h");
@@ -347,9 +394,8 @@ mod tests {
         for input in [
             &b"PUB t\r\nxx\r\n"[..],
             b"PUB t x\r\n",
-            b"PUB t 1 2\r\n",
+            b"PUB t 1 2 3\r\n",
             b"PUB t 17\r\n",
-            b"PUB t 2\r\nabc\r\n",
             b"PUB t 2\r\nab\rX",
         ] {
             let (out, _) = decode_all(input, true);
@@ -382,6 +428,60 @@ mod tests {
             "{d:?}"
         );
         assert!(buf.is_empty());
+    }
+
+    /// Seed 002's framing: no `\r\n` after the payload, whether the next
+    /// command follows at once or after a pause; and an event type as
+    /// the `PUB` line's last word.
+    #[test]
+    fn the_crlf_after_a_payload_is_optional() {
+        let (out, rest) = decode_all(
+            b"PUB t 3\r\nabcPUB t 2 order.created\r\nxyFETCH t 0\r\n",
+            true,
+        );
+        assert_eq!(
+            out,
+            [
+                r#"Pub { topic: "t", payload: b"abc", event_type: None }"#,
+                r#"Pub { topic: "t", payload: b"xy", event_type: Some("order.created") }"#,
+                r#"Fetch { topic: "t", offset: 0 }"#,
+            ]
+        );
+        assert!(rest.is_empty());
+        // The payload ends the buffer: answered at once, and a `\r\n`
+        // that comes later is its trailer, not an empty command.
+        let mut decoder = Decoder::new(16);
+        let mut buf = BytesMut::from(&b"PUB t 2\r\nab"[..]);
+        assert!(matches!(
+            decoder.decode(&mut buf, true),
+            Some(Decoded::Command(Command::Pub { .. }))
+        ));
+        assert!(decoder.decode(&mut buf, true).is_none());
+        buf.extend_from_slice(b"\r");
+        assert!(decoder.decode(&mut buf, true).is_none());
+        buf.extend_from_slice(b"\nFETCH t 1\r\n");
+        assert!(matches!(
+            decoder.decode(&mut buf, true),
+            Some(Decoded::Command(Command::Fetch { offset: 1, .. }))
+        ));
+        // A wrong size: the rest is read as a command, and refused.
+        let (out, _) = decode_all(b"PUB t 2\r\nabc\r\n", true);
+        assert_eq!(
+            out,
+            [
+                r#"Pub { topic: "t", payload: b"ab", event_type: None }"#,
+                "refused bad_command",
+            ]
+        );
+        // A bad event type: the payload is dropped, the framing kept.
+        let (out, _) = decode_all(b"PUB t 2 bad/type\r\nab\r\nFETCH t 0\r\n", true);
+        assert_eq!(
+            out,
+            [
+                "refused invalid_event_type",
+                r#"Fetch { topic: "t", offset: 0 }"#,
+            ]
+        );
     }
 
     #[test]

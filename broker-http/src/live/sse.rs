@@ -1,7 +1,9 @@
 //! `GET /v1/topics/{topic}/events`: a topic's messages as Server-Sent
 //! Events, on a hyper streaming body.
 //!
-//! Each message is an event with `id:` the message id. A UTF-8 payload
+//! Each message is an event with `id:` the message id, and
+//! `event_type:` its event type when it has one (a field `EventSource`
+//! ignores). A UTF-8 payload
 //! without a carriage return is sent as `data:` lines (one per payload
 //! line) of the default event type `message`; any other payload is sent
 //! base64-encoded as event type `binary`. A comment goes out every
@@ -229,6 +231,13 @@ pub(crate) fn encode(message: &Message) -> Bytes {
     out.extend_from_slice(b"id: ");
     out.extend_from_slice(message.id().as_bytes());
     out.extend_from_slice(b"\n");
+    // A field `EventSource` ignores (the spec skips unknown fields), for
+    // readers that parse the stream themselves.
+    if let Some(event_type) = message.event_type() {
+        out.extend_from_slice(b"event_type: ");
+        out.extend_from_slice(event_type.as_str().as_bytes());
+        out.extend_from_slice(b"\n");
+    }
     match std::str::from_utf8(payload) {
         Ok(text) if !text.contains('\r') => {
             for line in text.split('\n') {

@@ -4,11 +4,11 @@
 //! echoed in the answer):
 //! - `{"type":"subscribe","topic":…,"last_n":N?,"last_event_id":…?,"token":…?}`
 //! - `{"type":"unsubscribe","topic":…}`
-//! - `{"type":"publish","topic":…,"payload":<any JSON>,"token":…?}`
+//! - `{"type":"publish","topic":…,"payload":<any JSON>,"event_type":…?,"token":…?}`
 //! - `{"type":"ping"}`
 //!
 //! Server → client: `ack`, `event`
-//! (`{"type":"event","topic":…,"message":{"id":…,"payload":…,"encoding":…},"timestamp":…}`),
+//! (`{"type":"event","topic":…,"message":{"id":…,"event_type":…,"payload":…,"encoding":…},"timestamp":…}`),
 //! `error` (`{"type":"error","code":…,"message":…,"request_id":…}`, codes
 //! `BAD_REQUEST`, `UNAUTHORIZED`, `TOPIC_NOT_FOUND`, `SLOW_CONSUMER`,
 //! `INTERNAL`) and `pong`.
@@ -447,15 +447,21 @@ impl Session {
             .as_deref()
             .or(self.token.as_deref())
             .ok_or(ApiError::Broker(broker_core::Error::Unauthorized))?;
+        let event_type = frame
+            .event_type
+            .as_deref()
+            .map(broker_core::EventType::new)
+            .transpose()
+            .map_err(ApiError::from)?;
+        let draft = broker_core::Draft::new(
+            Some(HeaderValue::from_static("application/json")),
+            Bytes::copy_from_slice(payload.get().as_bytes()),
+        )
+        .with_event_type(event_type);
         let outcome = self
             .api
             .broker()
-            .publish(
-                topic,
-                token,
-                Some(HeaderValue::from_static("application/json")),
-                Bytes::copy_from_slice(payload.get().as_bytes()),
-            )
+            .publish_draft(topic, token, draft)
             .await
             .map_err(ApiError::from);
         if let Some(metrics) = &self.api.config().metrics {
@@ -490,6 +496,8 @@ struct ClientFrame<'a> {
     token: Option<String>,
     #[serde(default, borrow)]
     payload: Option<&'a RawValue>,
+    #[serde(default)]
+    event_type: Option<String>,
     #[serde(default, borrow)]
     request_id: Option<&'a RawValue>,
 }
@@ -581,6 +589,8 @@ struct EventFrame<'a> {
 #[derive(Serialize)]
 struct EventMessage<'a> {
     id: &'a str,
+    /// `null` when the publisher named none.
+    event_type: Option<&'a str>,
     payload: crate::json::Payload<'a>,
     /// `json` (the payload is the JSON value published), `text` (a string)
     /// or `base64` (a string of the base64 of the bytes).
@@ -625,6 +635,7 @@ pub(crate) fn encode(message: &Message) -> Utf8Bytes {
         topic: message.topic().as_str(),
         message: EventMessage {
             id: message.id(),
+            event_type: message.event_type().map(|t| t.as_str()),
             payload,
             encoding,
             content_type,

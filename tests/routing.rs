@@ -157,3 +157,166 @@ async fn a_bad_event_type_is_refused_and_nothing_is_published() {
     );
     assert_eq!(server.broker.topic("t").unwrap().published, 1);
 }
+
+/// Publishes `body` with `content_type` and, if given, an event type.
+async fn publish_as(
+    server: &TestServer,
+    token: &str,
+    event_type: Option<&str>,
+    content_type: &str,
+    body: &str,
+) {
+    let auth = format!("Bearer {token}");
+    let mut headers = vec![
+        ("authorization", auth.as_str()),
+        ("content-type", content_type),
+    ];
+    if let Some(t) = event_type {
+        headers.push(("event-type", t));
+    }
+    let r = server
+        .call("POST", "/v1/topics/t/messages", &headers, body.to_owned())
+        .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+}
+
+/// The counters of subscriber `id` in the topic detail.
+async fn counters(server: &TestServer, id: &str) -> Value {
+    let detail = server.get("/v1/topics/t").await.json();
+    detail["subscribers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id)
+        .unwrap_or_else(|| panic!("{id} in {detail}"))["counters"]
+        .clone()
+}
+
+/// The filter matrix over real subscribers: by event type (exact and
+/// prefix), by a CEL expression on JSON fields, both at once; non-JSON
+/// payloads, a missing field and a string where a number was expected
+/// are no match, never a failed delivery; skipped messages are counted
+/// `filtered` and the cursor passes them.
+#[tokio::test]
+async fn subscribers_get_what_their_filters_match() {
+    let server = TestServer::start().await;
+    let publisher = server.publisher("t", "p").await;
+    let cases = [
+        (
+            "types",
+            json!({"event_types": ["invoice.*", "customer.created"]}),
+        ),
+        ("cel", json!({"expression": "payload.amount > 100"})),
+        (
+            "both",
+            json!({"event_types": ["invoice.paid"], "expression": "payload.currency == 'EUR'"}),
+        ),
+        (
+            "text",
+            json!({"expression": "payload == null && content_type == 'text/plain'"}),
+        ),
+        ("all", Value::Null),
+    ];
+    let mut sinks = Vec::new();
+    for (name, filter) in &cases {
+        let sink = Sink::ok().await;
+        let mut body = json!({ "url": sink.url(&format!("/{name}")) });
+        if !filter.is_null() {
+            body["filter"] = filter.clone();
+        }
+        let created = server.subscriber("t", body).await;
+        if filter.is_null() {
+            assert!(created["filter"].is_null(), "{created}");
+        } else {
+            assert_eq!(
+                &created["filter"]["event_types"],
+                filter.get("event_types").unwrap_or(&Value::Null)
+            );
+            assert_eq!(
+                &created["filter"]["expression"],
+                filter.get("expression").unwrap_or(&Value::Null)
+            );
+        }
+        sinks.push((name, created["id"].as_str().unwrap().to_owned(), sink));
+    }
+    let json = "application/json";
+    let published = [
+        (
+            Some("invoice.paid"),
+            json,
+            r#"{"n":0,"amount":150,"currency":"EUR"}"#,
+        ),
+        (
+            Some("invoice.paid"),
+            json,
+            r#"{"n":1,"amount":50,"currency":"USD"}"#,
+        ),
+        (Some("customer.created"), json, r#"{"n":2}"#),
+        (Some("order.created"), json, r#"{"n":3,"amount":"150"}"#),
+        (None, json, r#"{"n":4,"amount":101}"#),
+        (Some("invoice.void"), "text/plain", "n5 plain text"),
+        (None, json, "n6 not json"),
+    ];
+    for (t, ct, body) in published {
+        publish_as(&server, &publisher, t, ct, body).await;
+    }
+    // Which of the above each subscriber gets.
+    let wanted: [(&str, &[usize]); 5] = [
+        ("types", &[0, 1, 2, 5]),
+        ("cel", &[0, 4]),
+        ("both", &[0]),
+        ("text", &[5]),
+        ("all", &[0, 1, 2, 3, 4, 5, 6]),
+    ];
+    server.settle().await;
+    for ((name, id, sink), (wanted_name, wanted)) in sinks.iter_mut().zip(wanted) {
+        assert_eq!(**name, wanted_name);
+        let mut got: Vec<usize> = sink
+            .drain_now()
+            .iter()
+            .map(|d| {
+                let body = String::from_utf8_lossy(&d.body);
+                published
+                    .iter()
+                    .position(|(_, _, b)| *b == body)
+                    .unwrap_or_else(|| panic!("{name} got {body}"))
+            })
+            .collect();
+        got.sort_unstable();
+        assert_eq!(got, wanted, "{name}");
+        let c = counters(&server, id).await;
+        assert_eq!(c["delivered"], wanted.len(), "{name}: {c}");
+        assert_eq!(c["filtered"], published.len() - wanted.len(), "{name}: {c}");
+        assert_eq!(c["failed"], 0, "{name}: {c}");
+    }
+    // The cursor passed every skipped message: nothing is owed.
+    let detail = server.get("/v1/topics/t").await.json();
+    for s in detail["subscribers"].as_array().unwrap() {
+        assert_eq!(s["lag"], 0, "{s}");
+    }
+}
+
+#[tokio::test]
+async fn a_bad_filter_is_refused_saying_why() {
+    let server = TestServer::start().await;
+    for (filter, says) in [
+        (json!({"expression": "payload.amount >"}), "does not parse"),
+        (json!({"expression": "x".repeat(4097)}), "4096"),
+        (json!({"event_types": []}), "at least one"),
+        (json!({"event_types": ["a b"]}), "\"a b\""),
+        (
+            json!({"event_types": ["a", "b"], "other": 1}),
+            "unknown field",
+        ),
+    ] {
+        let r = server
+            .post_json(
+                "/v1/topics/t/subscribers",
+                json!({"url": "http://127.0.0.1:9/x", "filter": filter}),
+            )
+            .await;
+        assert_eq!(r.status, 400, "{:?}", r.body);
+        let message = r.json()["error"]["message"].as_str().unwrap().to_owned();
+        assert!(message.contains(says), "{message}");
+    }
+}

@@ -8,7 +8,7 @@ use std::time::UNIX_EPOCH;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    store::{GroupRecord, TopicRecord},
+    store::{FilterRecord, GroupRecord, TopicRecord},
     CredentialRecord, DeadLetter, Record, Role, SubscriberRecord,
 };
 
@@ -58,6 +58,32 @@ struct StoredCredential {
 }
 
 #[derive(Serialize, Deserialize)]
+struct StoredFilter {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    event_types: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expression: Option<String>,
+}
+
+impl From<&FilterRecord> for StoredFilter {
+    fn from(f: &FilterRecord) -> Self {
+        StoredFilter {
+            event_types: f.event_types.clone(),
+            expression: f.expression.clone(),
+        }
+    }
+}
+
+impl From<StoredFilter> for FilterRecord {
+    fn from(f: StoredFilter) -> Self {
+        FilterRecord {
+            event_types: f.event_types,
+            expression: f.expression,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
 struct StoredSubscriber {
     topic: String,
     url: String,
@@ -69,6 +95,9 @@ struct StoredSubscriber {
     schedule_ms: Option<Vec<u64>>,
     #[serde(default)]
     ordered: bool,
+    /// Its filter (records written before filters have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    filter: Option<StoredFilter>,
     #[serde(default = "yes")]
     enabled: bool,
     secret: String,
@@ -117,6 +146,7 @@ pub fn encode_record(record: &Record) -> Vec<u8> {
                 .as_ref()
                 .map(|waits| waits.iter().map(|w| w.as_millis() as u64).collect()),
             ordered: s.ordered,
+            filter: s.filter.as_ref().map(StoredFilter::from),
             enabled: s.enabled,
             secret: s.secret.clone(),
             previous_secret: s.previous_secret.as_ref().map(|(secret, until)| {
@@ -175,6 +205,7 @@ pub fn decode_record(id: String, bytes: &[u8]) -> Result<Record, String> {
                     .collect()
             }),
             ordered: s.ordered,
+            filter: s.filter.map(FilterRecord::from),
             enabled: s.enabled,
             secret: s.secret,
             previous_secret: s.previous_secret.map(|(secret, until)| {

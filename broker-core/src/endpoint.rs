@@ -2,7 +2,9 @@
 
 use http::{header::HeaderName, HeaderMap, HeaderValue, Method, Uri};
 
-use crate::{Error, Limits, Retry, MAX_SCHEDULE, MAX_WAIT};
+use std::sync::Arc;
+
+use crate::{Error, Filter, Limits, Retry, MAX_SCHEDULE, MAX_WAIT};
 
 /// Where and how a subscriber wants its deliveries: an absolute `http` or
 /// `https` URL, one of `POST`, `PUT` or `PATCH`, and custom headers.
@@ -34,6 +36,8 @@ pub struct Endpoint {
     headers: HeaderMap,
     retry: Retry,
     ordered: bool,
+    /// Which messages it wants (`None`: all).
+    filter: Option<Arc<Filter>>,
 }
 
 /// Header names the broker sets itself or that belong to one connection.
@@ -97,6 +101,7 @@ impl Endpoint {
             headers,
             retry: Retry::Attempts(1),
             ordered: false,
+            filter: None,
         })
     }
 
@@ -175,6 +180,24 @@ impl Endpoint {
     pub fn with_ordered(mut self, ordered: bool) -> Self {
         self.ordered = ordered;
         self
+    }
+
+    /// Delivers only the messages `filter` matches (`None`: all); the
+    /// others are done with at once, counted
+    /// [`filtered`](crate::DeliveryCounts::filtered).
+    pub fn with_filter(mut self, filter: Option<Filter>) -> Self {
+        self.filter = filter.map(Arc::new);
+        self
+    }
+
+    /// Its filter, if any.
+    pub fn filter(&self) -> Option<&Filter> {
+        self.filter.as_deref()
+    }
+
+    /// Whether it wants `message` (its filter matches, or it has none).
+    pub fn wants(&self, message: &crate::Message) -> bool {
+        self.filter.as_ref().is_none_or(|f| f.matches(message))
     }
 
     /// The canonical URL.

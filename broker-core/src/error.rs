@@ -19,6 +19,11 @@ pub enum Error {
         /// Why it was refused.
         reason: &'static str,
     },
+    /// A filter's event types or expression were refused.
+    InvalidFilter {
+        /// Why, naming the part refused (a CEL parse error says where).
+        reason: String,
+    },
     /// The publisher name is empty, too long or holds control characters.
     InvalidPublisherName {
         /// Why the name was refused.
@@ -114,6 +119,7 @@ impl Error {
         match self {
             Error::InvalidTopic { .. } => "invalid_topic",
             Error::InvalidEventType { .. } => "invalid_event_type",
+            Error::InvalidFilter { .. } => "invalid_filter",
             Error::InvalidPublisherName { .. } => "invalid_publisher_name",
             Error::InvalidListenerName { .. } => "invalid_listener_name",
             Error::InvalidEndpoint { .. } => "invalid_endpoint",
@@ -150,6 +156,7 @@ impl fmt::Display for Error {
         match self {
             Error::InvalidTopic { reason } => write!(f, "invalid topic name: {reason}"),
             Error::InvalidEventType { reason } => write!(f, "invalid event type: {reason}"),
+            Error::InvalidFilter { reason } => write!(f, "invalid filter: {reason}"),
             Error::InvalidPublisherName { reason } => {
                 write!(f, "invalid publisher name: {reason}")
             }

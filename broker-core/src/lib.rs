@@ -72,6 +72,7 @@ mod credential;
 mod endpoint;
 mod error;
 mod event_type;
+mod filter;
 mod group;
 mod limits;
 mod memory;
@@ -96,19 +97,20 @@ pub use credential::{Credential, Listener, Publisher, Role};
 pub use endpoint::Endpoint;
 pub use error::Error;
 pub use event_type::{EventType, MAX_EVENT_TYPE_LEN};
+pub use filter::{Filter, MAX_EXPRESSION_LEN, MAX_FILTER_TYPES};
 pub use group::{Group, GroupConfig, GroupStart, Pulled, MAX_WINDOW};
 pub use limits::Limits;
 pub use memory::{MemoryStore, Retention, MAX_DEAD_LETTERS};
-pub use message::{BatchReceipt, Draft, Message, Publish, Receipt, Subscribers};
+pub use message::{is_json_type, BatchReceipt, Draft, Message, Publish, Receipt, Subscribers};
 pub use notifier::Notifier;
 pub use replay::{Replay, ReplayFrom};
 pub use retry::{format_duration, parse_duration, Retry, MAX_SCHEDULE, MAX_WAIT};
 pub use secret::{SigningSecret, Token};
 pub use stats::Registration;
 pub use store::{
-    message_id, new_id_prefix, Change, CredentialRecord, DeadLetter, GroupRecord, Logs, NewMessage,
-    PendingRetry, Progress, Read, Record, RecordKind, Registrations, Store, SubscriberRecord,
-    TopicRecord,
+    message_id, new_id_prefix, Change, CredentialRecord, DeadLetter, FilterRecord, GroupRecord,
+    Logs, NewMessage, PendingRetry, Progress, Read, Record, RecordKind, Registrations, Store,
+    SubscriberRecord, TopicRecord,
 };
 pub use subscriber::{DeliveryCounts, DeliveryStats, Outcome, Subscriber};
 pub use topic::{TopicName, MAX_TOPIC_LEN};

@@ -75,6 +75,7 @@ impl Message {
     pub fn event_type(&self) -> Option<&EventType> {
         self.event_type.as_ref()
     }
+
     /// What holding the message in memory costs, as a
     /// [`MemoryBudget`](crate::MemoryBudget) counts it: its payload and a
     /// fixed 160 bytes for the `Message`, its id and the reference to it
@@ -172,4 +173,22 @@ pub struct BatchReceipt {
     pub messages: Vec<(String, u64)>,
     /// How many subscribers each goes to.
     pub subscribers: usize,
+}
+
+/// Whether a content type says JSON: `application/json` or any `+json`
+/// media type, parameters aside, in any case.
+///
+/// # Examples
+///
+/// ```
+/// assert!(broker_core::is_json_type("application/json; charset=utf-8"));
+/// assert!(broker_core::is_json_type("application/vnd.api+JSON"));
+/// assert!(!broker_core::is_json_type("text/plain"));
+/// ```
+pub fn is_json_type(content_type: &str) -> bool {
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    media.eq_ignore_ascii_case("application/json")
+        || (media.len() > 5
+            && media.is_char_boundary(media.len() - 5)
+            && media[media.len() - 5..].eq_ignore_ascii_case("+json"))
 }

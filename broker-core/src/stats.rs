@@ -157,6 +157,7 @@ impl ShardedStats {
                 sum.retried += c.retried;
                 sum.dead_lettered += c.dead_lettered;
                 sum.dead_letters_evicted += c.dead_letters_evicted;
+                sum.filtered += c.filtered;
                 sum
             })
     }

@@ -174,6 +174,35 @@ pub struct GroupRecord {
     pub redriven: Vec<u64>,
 }
 
+/// A stored [`Filter`](crate::Filter), as it was written: compiled again
+/// when loaded.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FilterRecord {
+    /// The event types it lists.
+    pub event_types: Option<Vec<String>>,
+    /// Its CEL expression.
+    pub expression: Option<String>,
+}
+
+impl FilterRecord {
+    /// The record of `filter`.
+    pub fn of(filter: &crate::Filter) -> Self {
+        FilterRecord {
+            event_types: filter.event_types().map(<[String]>::to_vec),
+            expression: filter.expression().map(str::to_owned),
+        }
+    }
+
+    /// The filter again.
+    ///
+    /// # Errors
+    ///
+    /// As [`Filter::new`](crate::Filter::new).
+    pub fn compile(&self) -> Result<crate::Filter, crate::Error> {
+        crate::Filter::new(self.event_types.clone(), self.expression.clone())
+    }
+}
+
 /// A stored explicit topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicRecord {
@@ -229,6 +258,8 @@ pub struct SubscriberRecord {
     pub schedule: Option<Vec<std::time::Duration>>,
     /// One delivery at a time, in offset order.
     pub ordered: bool,
+    /// Its filter, as written.
+    pub filter: Option<FilterRecord>,
     /// False while disabled.
     pub enabled: bool,
     /// The `whsec_…` signing secret (a secret: see SECURITY.md).

@@ -223,6 +223,7 @@ pub struct DeliveryStats {
     retried: AtomicU64,
     dead_lettered: AtomicU64,
     dead_letters_evicted: AtomicU64,
+    filtered: AtomicU64,
 }
 
 /// A point-in-time copy of [`DeliveryStats`].
@@ -247,6 +248,8 @@ pub struct DeliveryCounts {
     /// Dead letters dropped to keep a subscriber's list within its bound
     /// (10,000, the oldest first).
     pub dead_letters_evicted: u64,
+    /// Messages its filter skipped: done with, never attempted.
+    pub filtered: u64,
 }
 
 /// What became of deliveries, for [`Subscriber::record`].
@@ -266,6 +269,8 @@ pub enum Outcome {
     DeadLettered,
     /// An old dead letter dropped to keep the list within its bound.
     DeadLetterEvicted,
+    /// Skipped by the subscriber's filter (done with, never attempted).
+    Filtered,
 }
 
 impl DeliveryStats {
@@ -279,6 +284,7 @@ impl DeliveryStats {
             Outcome::Retried => &self.retried,
             Outcome::DeadLettered => &self.dead_lettered,
             Outcome::DeadLetterEvicted => &self.dead_letters_evicted,
+            Outcome::Filtered => &self.filtered,
         };
         counter.fetch_add(n, Ordering::Relaxed);
     }
@@ -293,6 +299,7 @@ impl DeliveryStats {
             retried: self.retried.load(Ordering::Relaxed),
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             dead_letters_evicted: self.dead_letters_evicted.load(Ordering::Relaxed),
+            filtered: self.filtered.load(Ordering::Relaxed),
         }
     }
 }

@@ -513,13 +513,22 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
                     match read.messages.last() {
                         Some(last) => {
                             work.next = last.offset() + 1;
-                            shared
-                                .pending
-                                .fetch_add(read.messages.len(), Ordering::AcqRel);
-                            for message in &read.messages {
+                            let mut messages = read.messages;
+                            // What its filter skips is done with here: the
+                            // cursor passes it, it is never attempted.
+                            if subscriber.endpoint().filter().is_some() {
+                                let before = messages.len();
+                                messages.retain(|m| subscriber.endpoint().wants(m));
+                                let skipped = (before - messages.len()) as u64;
+                                if skipped > 0 {
+                                    subscriber.record(Outcome::Filtered, skipped);
+                                }
+                            }
+                            shared.pending.fetch_add(messages.len(), Ordering::AcqRel);
+                            for message in &messages {
                                 work.held.add(message);
                             }
-                            work.page.extend(read.messages);
+                            work.page.extend(messages);
                         }
                         None => work.caught_up = true,
                     }

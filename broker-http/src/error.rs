@@ -63,6 +63,7 @@ impl ApiError {
             ApiError::Broker(e) => match e {
                 E::InvalidTopic { .. }
                 | E::InvalidEventType { .. }
+                | E::InvalidFilter { .. }
                 | E::InvalidPublisherName { .. }
                 | E::InvalidListenerName { .. }
                 | E::InvalidEndpoint { .. }

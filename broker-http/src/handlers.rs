@@ -164,6 +164,9 @@ where
         endpoint = endpoint.with_retry(retry, broker.limits())?;
     }
     endpoint = endpoint.with_ordered(req.ordered.unwrap_or(false));
+    if let Some(filter) = req.filter {
+        endpoint = endpoint.with_filter(Some(filter.compile()?));
+    }
     let reg = broker.register_subscriber(topic, endpoint).await?;
     let s = &reg.item;
     let e = s.endpoint();
@@ -181,6 +184,7 @@ where
                 .collect(),
             retry: e.retry().into(),
             ordered: e.ordered(),
+            filter: json::FilterShown::of(e.filter()),
             secret: s.secret().expose(),
         },
     ))

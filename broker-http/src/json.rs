@@ -151,6 +151,41 @@ pub(crate) struct SubscriberRequest {
     pub(crate) retry: Option<RetryRequest>,
     #[serde(default, deserialize_with = "present")]
     pub(crate) ordered: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
+    pub(crate) filter: Option<FilterRequest>,
+}
+
+/// `"filter": {"event_types": [...], "expression": "<CEL>"}`: both
+/// optional.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FilterRequest {
+    #[serde(default, deserialize_with = "present")]
+    pub(crate) event_types: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "present")]
+    pub(crate) expression: Option<String>,
+}
+
+impl FilterRequest {
+    pub(crate) fn compile(self) -> Result<broker_core::Filter, ApiError> {
+        Ok(broker_core::Filter::new(self.event_types, self.expression)?)
+    }
+}
+
+/// A filter as shown: what was written.
+#[derive(Serialize)]
+pub(crate) struct FilterShown<'a> {
+    pub(crate) event_types: Option<&'a [String]>,
+    pub(crate) expression: Option<&'a str>,
+}
+
+impl<'a> FilterShown<'a> {
+    pub(crate) fn of(filter: Option<&'a broker_core::Filter>) -> Option<Self> {
+        filter.map(|f| FilterShown {
+            event_types: f.event_types(),
+            expression: f.expression(),
+        })
+    }
 }
 
 /// A retry policy: `{"max_attempts": N}` (attempts in all, exponential
@@ -259,6 +294,8 @@ pub(crate) struct SubscriberCreated<'a> {
     pub(crate) headers: BTreeMap<&'a str, &'a str>,
     pub(crate) retry: RetryShown,
     pub(crate) ordered: bool,
+    /// `null` when it takes every message.
+    pub(crate) filter: Option<FilterShown<'a>>,
     pub(crate) secret: &'a str,
 }
 
@@ -338,6 +375,7 @@ pub(crate) struct DeliveryCounters {
     pub(crate) retried: u64,
     pub(crate) dead_lettered: u64,
     pub(crate) dead_letters_evicted: u64,
+    pub(crate) filtered: u64,
 }
 
 impl From<broker_core::DeliveryCounts> for DeliveryCounters {
@@ -350,6 +388,7 @@ impl From<broker_core::DeliveryCounts> for DeliveryCounters {
             retried: c.retried,
             dead_lettered: c.dead_lettered,
             dead_letters_evicted: c.dead_letters_evicted,
+            filtered: c.filtered,
         }
     }
 }
@@ -392,11 +431,7 @@ pub(crate) fn encode_payload(
     use base64::Engine as _;
     let bytes = message.payload();
     let content_type = message.content_type().and_then(|v| v.to_str().ok());
-    let is_json = content_type.is_some_and(|ct| {
-        let media = ct.split(';').next().unwrap_or("").trim();
-        media.eq_ignore_ascii_case("application/json")
-            || (media.len() > 5 && media[media.len() - 5..].eq_ignore_ascii_case("+json"))
-    });
+    let is_json = content_type.is_some_and(broker_core::is_json_type);
     let text = std::str::from_utf8(bytes).ok();
     let (payload, encoding) = match text {
         Some(t) if is_json => match serde_json::from_str::<&serde_json::value::RawValue>(t) {

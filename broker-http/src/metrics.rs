@@ -229,6 +229,7 @@ impl Collector for State {
                 ("retried", d.retried),
                 ("dead_lettered", d.dead_lettered),
                 ("dead_letter_evicted", d.dead_letters_evicted),
+                ("filtered", d.filtered),
             ] {
                 let labels = [("topic", t.name.as_str()), ("outcome", outcome)];
                 ConstCounter::new(value).encode(deliveries.encode_family(&labels)?)?;

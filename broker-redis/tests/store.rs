@@ -319,6 +319,7 @@ fn subscriber(id: &str, order: u64) -> Record {
         max_attempts: 3,
         schedule: Some(vec![Duration::from_secs(5), Duration::from_millis(1500)]),
         ordered: true,
+        filter: None,
         enabled: true,
         secret: "whsec_x".into(),
         previous_secret: Some((

@@ -703,6 +703,7 @@ mod tests {
             max_attempts: 3,
             schedule: Some(vec![Duration::from_secs(5), Duration::from_millis(1500)]),
             ordered: true,
+            filter: None,
             enabled: true,
             secret: "whsec_x".into(),
             previous_secret: Some((
@@ -760,6 +761,7 @@ mod tests {
                 max_attempts: 1,
                 schedule: None,
                 ordered: false,
+                filter: None,
                 enabled: true,
                 secret: "whsec_x".into(),
                 previous_secret: None,
@@ -866,6 +868,7 @@ mod tests {
             max_attempts: 1,
             schedule: None,
             ordered: false,
+            filter: None,
             enabled: true,
             secret: "whsec_x".into(),
             previous_secret: None,

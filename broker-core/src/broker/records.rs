@@ -36,6 +36,10 @@ impl Broker {
                 let endpoint = Endpoint::new(&s.url, Some(&s.method), s.headers.clone(), limits)
                     .and_then(|e| e.with_retry(retry, limits))
                     .map(|e| e.with_ordered(s.ordered))
+                    .and_then(|e| {
+                        let filter = s.filter.as_ref().map(|f| f.compile()).transpose()?;
+                        Ok(e.with_filter(filter))
+                    })
                     .map_err(|e| bad(&format!("is no longer valid: {e}")))?;
                 let topic = TopicName::new(&s.topic).map_err(|_| bad("has a bad topic"))?;
                 let secrets = stored_secrets(s)?;
@@ -203,6 +207,7 @@ pub(super) fn subscriber_record(s: &Subscriber) -> Record {
             crate::Retry::Attempts(_) => None,
         },
         ordered: e.ordered(),
+        filter: e.filter().map(crate::store::FilterRecord::of),
         enabled: s.is_enabled(),
         secret: secrets.current.expose().to_owned(),
         previous_secret: secrets

@@ -498,7 +498,7 @@ async fn a_group_is_created_once_and_validated() {
     assert_eq!(r.status, 201, "{:?}", r.body);
     assert_eq!(
         r.json(),
-        json!({"name": "workers", "topic": "t", "ack_timeout": "30s", "max_deliveries": 5})
+        json!({"name": "workers", "topic": "t", "ack_timeout": "30s", "max_deliveries": 5, "filter": null})
     );
     let again = s
         .post_json(
@@ -755,4 +755,71 @@ async fn a_spent_message_is_listed_as_dead_without_another_pull() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A group with a filter gets only what it matches, as a subscriber does:
+/// the others are done with for the group at once (never leased, never
+/// dead), and the filter is shown and kept.
+#[tokio::test]
+async fn a_group_pulls_only_what_its_filter_matches() {
+    let s = TestServer::start().await;
+    let publisher = s.publisher("t", "p").await;
+    let token = listener(&s, "t").await;
+    let r = s
+        .post_json(
+            "/v1/topics/t/groups",
+            json!({"name": "big", "start": "earliest", "ack_timeout": "1s", "max_deliveries": 1,
+                   "filter": {"event_types": ["order.*"], "expression": "payload.total >= 100"}}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(r.json()["filter"]["event_types"], json!(["order.*"]));
+    let auth = format!("Bearer {publisher}");
+    for (t, total) in [
+        ("order.created", 150),
+        ("order.created", 20),
+        ("invoice.paid", 500),
+        ("order.paid", 100),
+    ] {
+        let r = s
+            .call(
+                "POST",
+                "/v1/topics/t/messages",
+                &[
+                    ("authorization", auth.as_str()),
+                    ("content-type", "application/json"),
+                    ("event-type", t),
+                ],
+                json!({ "total": total }).to_string(),
+            )
+            .await;
+        assert_eq!(r.status, 202);
+    }
+    let pulled = pull(&s, "t", "big", &token, json!({"max": 10}))
+        .await
+        .json();
+    assert_eq!(offsets(&pulled), [0, 3], "{pulled}");
+    let types: Vec<&str> = pulled["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["order.created", "order.paid"]);
+    ack(&s, "t", "big", &token, &receipts(&pulled)).await;
+    // Nothing left: the skipped ones are done, not owed or dead.
+    let again = pull(&s, "t", "big", &token, json!({"max": 10}))
+        .await
+        .json();
+    assert_eq!(offsets(&again), Vec::<u64>::new());
+    let dead = s.get("/v1/topics/t/groups/big/dead-letters").await.json();
+    assert_eq!(dead["dead_letters"], json!([]), "{dead}");
+    // A bad filter is refused.
+    let r = s
+        .post_json(
+            "/v1/topics/t/groups",
+            json!({"name": "bad", "filter": {"expression": "total >"}}),
+        )
+        .await;
+    assert_eq!(r.error_code(400), "invalid_filter");
 }

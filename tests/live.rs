@@ -1460,3 +1460,85 @@ async fn event_types_are_shown_on_live_events() {
         assert_eq!(e.event_type.as_deref(), expected);
     }
 }
+
+/// Live subscriptions filter as subscribers do: a WebSocket subscribe
+/// frame's `filter` and the SSE `filter` query parameter (a filter's
+/// JSON, percent-encoded); replays are filtered too; a bad filter is
+/// refused (`BAD_REQUEST` echoing the request id, `400` on SSE).
+#[tokio::test]
+async fn live_subscriptions_take_a_filter() {
+    let server = live_server(LiveConfig::default()).await;
+    let publisher = server.publisher("t", "p").await;
+    let token = listener(&server, "t", "l").await;
+    let auth = format!("Bearer {publisher}");
+    let publish_typed = |t: &'static str, body: &'static str| {
+        let server = &server;
+        let auth = auth.clone();
+        async move {
+            let r = server
+                .call(
+                    "POST",
+                    "/v1/topics/t/messages",
+                    &[
+                        ("authorization", &auth),
+                        ("content-type", "application/json"),
+                        ("event-type", t),
+                    ],
+                    body,
+                )
+                .await;
+            assert_eq!(r.status, 202);
+        }
+    };
+    publish_typed("invoice.paid", r#"{"n":1}"#).await;
+    publish_typed("order.created", r#"{"n":2}"#).await;
+
+    let filter = r#"{"event_types":["invoice.*"],"expression":"payload.n+1>1"}"#;
+    let encoded: String = filter
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'_' | b'-' | b'+' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let url = format!("/v1/topics/t/events?access_token={token}&last_n=10&filter={encoded}");
+    let mut sse = SseReader::open(&server, &url, &[]).await.unwrap();
+    let mut ws = ws_connect(&server, Some(&token)).await;
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "topic": "t", "last_n": 10, "filter": {"event_types": ["order.*"]}}),
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await["type"], "ack");
+    // Replayed: each sees only its type.
+    assert_eq!(payload_of(&recv(&mut ws).await)["n"], 2);
+    assert_eq!(sse.next().await.unwrap().data, r#"{"n":1}"#);
+    // Live.
+    publish_typed("order.shipped", r#"{"n":3}"#).await;
+    publish_typed("invoice.void", r#"{"n":4}"#).await;
+    assert_eq!(payload_of(&recv(&mut ws).await)["n"], 3);
+    assert_eq!(sse.next().await.unwrap().data, r#"{"n":4}"#);
+
+    // Bad filters.
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "topic": "t", "filter": {"expression": "n >"}, "request_id": 9}),
+    )
+    .await;
+    let e = recv(&mut ws).await;
+    assert_eq!(
+        (e["code"].as_str(), e["request_id"].as_i64()),
+        (Some("BAD_REQUEST"), Some(9)),
+        "{e}"
+    );
+    let bad = format!("/v1/topics/t/events?access_token={token}&filter=%7Bnope");
+    match SseReader::open(&server, &bad, &[]).await {
+        Err((status, body)) => {
+            assert_eq!(status, StatusCode::BAD_REQUEST);
+            assert_eq!(body["error"]["code"], "invalid_filter", "{body}");
+        }
+        Ok(_) => panic!("a bad filter was taken"),
+    }
+}

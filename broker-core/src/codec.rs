@@ -29,6 +29,9 @@ struct StoredGroup {
     name: String,
     ack_timeout_ms: u64,
     max_deliveries: u32,
+    /// Its filter (records written before filters have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    filter: Option<StoredFilter>,
     order: u64,
     floor: u64,
     done: Vec<u64>,
@@ -167,6 +170,7 @@ pub fn encode_record(record: &Record) -> Vec<u8> {
             name: g.name.clone(),
             ack_timeout_ms: g.ack_timeout.as_millis() as u64,
             max_deliveries: g.max_deliveries,
+            filter: g.filter.as_ref().map(StoredFilter::from),
             order: g.order,
             floor: g.floor,
             done: g.done.clone(),
@@ -224,6 +228,7 @@ pub fn decode_record(id: String, bytes: &[u8]) -> Result<Record, String> {
             name: g.name,
             ack_timeout: std::time::Duration::from_millis(g.ack_timeout_ms),
             max_deliveries: g.max_deliveries,
+            filter: g.filter.map(FilterRecord::from),
             order: g.order,
             floor: g.floor,
             done: g.done,

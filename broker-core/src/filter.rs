@@ -208,10 +208,32 @@ fn cel_payload(message: &Message) -> cel::Value {
     if !json {
         return cel::Value::Null;
     }
-    serde_json::from_slice::<serde_json::Value>(message.payload())
-        .ok()
-        .and_then(|v| cel::to_value(v).ok())
-        .unwrap_or(cel::Value::Null)
+    serde_json::from_slice::<serde_json::Value>(message.payload()).map_or(cel::Value::Null, cel_of)
+}
+
+/// A JSON value as CEL sees it: whole numbers as `int` (so that
+/// `payload.n + 1` is `int + int`), or `uint` past `int`'s range; other
+/// numbers as `double`.
+fn cel_of(json: serde_json::Value) -> cel::Value {
+    use serde_json::Value as J;
+    match json {
+        J::Null => cel::Value::Null,
+        J::Bool(b) => cel::Value::Bool(b),
+        J::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => cel::Value::Int(i),
+            (None, Some(u)) => cel::Value::UInt(u),
+            _ => cel::Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        J::String(s) => cel::Value::String(Arc::new(s)),
+        J::Array(items) => cel::Value::List(Arc::new(items.into_iter().map(cel_of).collect())),
+        J::Object(fields) => {
+            let map: std::collections::HashMap<cel::objects::Key, cel::Value> = fields
+                .into_iter()
+                .map(|(k, v)| (cel::objects::Key::String(Arc::new(k)), cel_of(v)))
+                .collect();
+            cel::Value::Map(cel::objects::Map { map: Arc::new(map) })
+        }
+    }
 }
 
 #[cfg(test)]
@@ -280,6 +302,16 @@ mod tests {
             Some("payload == null && content_type == 'text/plain'"),
         );
         assert!(f.matches(&message(None, Some("text/plain"), "hi")));
+        // Whole numbers are ints, others doubles; lists and maps nest.
+        let f = filter(
+            None,
+            Some("payload.n + 1 == 2 && payload.x > 1.5 && payload.tags.exists(t, t == 'a') && payload.o.k == true"),
+        );
+        assert!(f.matches(&message(
+            None,
+            json,
+            r#"{"n":1,"x":2.5,"tags":["b","a"],"o":{"k":true}}"#
+        )));
         let f = filter(None, Some("event_type.startsWith('order.')"));
         assert!(f.matches(&message(Some("order.created"), None, "")));
         assert!(!f.matches(&message(None, None, "")));

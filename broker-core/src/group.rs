@@ -34,7 +34,7 @@ pub enum GroupStart {
 }
 
 /// A group's settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupConfig {
     /// How long a pulled message is leased to its puller: not acked by
     /// then, it is delivered again. Default 30 s.
@@ -42,6 +42,10 @@ pub struct GroupConfig {
     /// Deliveries of one message at most: after the last one's lease
     /// expires, it goes to the group's dead letters. Default 5.
     pub max_deliveries: u32,
+    /// Which messages it takes (`None`: all). A pull skips the others:
+    /// done with for the group at once, counted in
+    /// [`Group::filtered`].
+    pub filter: Option<std::sync::Arc<crate::Filter>>,
 }
 
 impl Default for GroupConfig {
@@ -49,6 +53,7 @@ impl Default for GroupConfig {
         GroupConfig {
             ack_timeout: Duration::from_secs(30),
             max_deliveries: 5,
+            filter: None,
         }
     }
 }
@@ -67,6 +72,8 @@ pub struct Group {
     pub(crate) returned: Notify,
     /// Orders the writes of its progress (an `.await` on the store).
     pub(crate) persist: tokio::sync::Mutex<()>,
+    /// Messages its filter skipped (since it was loaded here).
+    pub(crate) filtered: std::sync::atomic::AtomicU64,
 }
 
 /// A message leased by [`Broker::pull`](crate::Broker::pull).
@@ -90,6 +97,11 @@ impl Group {
     pub fn id(&self) -> &str {
         &self.id
     }
+
+    /// Messages its filter skipped, since this process loaded it.
+    pub fn filtered(&self) -> u64 {
+        self.filtered.load(std::sync::atomic::Ordering::Relaxed)
+    }
     /// Its topic.
     pub fn topic(&self) -> &TopicName {
         &self.topic
@@ -99,8 +111,8 @@ impl Group {
         &self.name
     }
     /// Its settings.
-    pub fn config(&self) -> GroupConfig {
-        self.config
+    pub fn config(&self) -> &GroupConfig {
+        &self.config
     }
 
     /// Messages leased right now, and the offsets done above the floor.

@@ -155,6 +155,8 @@ pub struct GroupRecord {
     pub ack_timeout: std::time::Duration,
     /// Deliveries of a message at most.
     pub max_deliveries: u32,
+    /// Its filter, as written.
+    pub filter: Option<FilterRecord>,
     /// Registration order.
     pub order: u64,
     /// Every offset below is done.

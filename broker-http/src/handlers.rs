@@ -388,6 +388,9 @@ where
     if let Some(max) = req.max_deliveries {
         config.max_deliveries = max;
     }
+    if let Some(filter) = &req.filter {
+        config.filter = Some(std::sync::Arc::new(filter.compile()?));
+    }
     let start = match req.start.as_deref() {
         None | Some("latest") => broker_core::GroupStart::Latest,
         Some("earliest") => broker_core::GroupStart::Earliest,
@@ -409,6 +412,7 @@ where
             topic: group.topic().as_str(),
             ack_timeout: broker_core::format_duration(group.config().ack_timeout),
             max_deliveries: group.config().max_deliveries,
+            filter: json::FilterShown::of(group.config().filter.as_deref()),
         },
     ))
 }

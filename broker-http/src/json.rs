@@ -167,8 +167,11 @@ pub(crate) struct FilterRequest {
 }
 
 impl FilterRequest {
-    pub(crate) fn compile(self) -> Result<broker_core::Filter, ApiError> {
-        Ok(broker_core::Filter::new(self.event_types, self.expression)?)
+    pub(crate) fn compile(&self) -> Result<broker_core::Filter, ApiError> {
+        Ok(broker_core::Filter::new(
+            self.event_types.clone(),
+            self.expression.clone(),
+        )?)
     }
 }
 
@@ -554,6 +557,8 @@ pub(crate) struct GroupRequest {
     pub(crate) max_deliveries: Option<u32>,
     #[serde(default, deserialize_with = "present")]
     pub(crate) start: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    pub(crate) filter: Option<FilterRequest>,
 }
 
 #[derive(Serialize)]
@@ -562,6 +567,8 @@ pub(crate) struct GroupShown<'a> {
     pub(crate) topic: &'a str,
     pub(crate) ack_timeout: String,
     pub(crate) max_deliveries: u32,
+    /// `null` when it takes every message.
+    pub(crate) filter: Option<FilterShown<'a>>,
 }
 
 /// `POST …/groups/{group}/pull`

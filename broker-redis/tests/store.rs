@@ -836,6 +836,7 @@ async fn group_progress_is_kept_with_the_group_and_not_announced() {
         name: "g".into(),
         ack_timeout: Duration::from_secs(30),
         max_deliveries: 5,
+        filter: None,
         order: 1,
         floor: 0,
         done: Vec::new(),

@@ -83,6 +83,7 @@ impl Broker {
             }),
             returned: tokio::sync::Notify::new(),
             persist: tokio::sync::Mutex::new(()),
+            filtered: Default::default(),
         });
         let record = group_record(&group, self.shared.cluster.is_some());
         self.durably(topic, Change::Put(&record)).await?;
@@ -225,6 +226,19 @@ impl Broker {
             for lease in &leased[i..j] {
                 while messages.next_if(|m| m.offset < lease.offset).is_some() {}
                 match messages.next_if(|m| m.offset == lease.offset) {
+                    // Skipped by the group's filter: done with for it.
+                    Some(message)
+                        if !group
+                            .config
+                            .filter
+                            .as_ref()
+                            .is_none_or(|f| f.matches(&message)) =>
+                    {
+                        let mut state = group.state.lock();
+                        state.leases.remove(&lease.offset);
+                        state.finish(lease.offset);
+                        group.filtered.fetch_add(1, Ordering::Relaxed);
+                    }
                     Some(message) => pulled.push(Pulled {
                         message,
                         receipt: crate::group::receipt(lease.offset, lease.nonce),

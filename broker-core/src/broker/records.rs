@@ -71,11 +71,18 @@ impl Broker {
                     config: GroupConfig {
                         ack_timeout: g.ack_timeout,
                         max_deliveries: g.max_deliveries,
+                        filter: g
+                            .filter
+                            .as_ref()
+                            .map(|f| f.compile().map(Arc::new))
+                            .transpose()
+                            .map_err(|e| bad(&format!("has a filter no longer valid: {e}")))?,
                     },
                     order: g.order,
                     state: parking_lot::Mutex::new(state),
                     returned: tokio::sync::Notify::new(),
                     persist: tokio::sync::Mutex::new(()),
+                    filtered: Default::default(),
                 };
                 registry
                     .topic_or_create(&topic)
@@ -177,6 +184,11 @@ pub(super) fn group_progress(group: &Group, shared: bool) -> GroupRecord {
         name: group.name.clone(),
         ack_timeout: group.config.ack_timeout,
         max_deliveries: group.config.max_deliveries,
+        filter: group
+            .config
+            .filter
+            .as_deref()
+            .map(crate::store::FilterRecord::of),
         order: group.order,
         floor: state.floor,
         done: state.done.iter().copied().collect(),

@@ -305,13 +305,22 @@ pub(crate) struct Connection {
     hub: LiveHub,
     id: u64,
     pub(crate) queue: Arc<LiveQueue>,
-    topics: HashMap<TopicName, Option<u64>>,
+    topics: HashMap<TopicName, Listening>,
+}
+
+/// How a connection listens to one topic.
+struct Listening {
+    /// The offset up to which the replay covered it (queued messages up
+    /// to it are skipped); `None` until the replay says.
+    covered: Option<u64>,
+    /// Which messages it wants (`None`: all).
+    filter: Option<Arc<broker_core::Filter>>,
 }
 
 impl Connection {
     /// Starts listening on `topic`: after this, every publish on it is
     /// queued. Call before taking the replay, then [`Connection::covered`].
-    pub(crate) fn attach(&mut self, topic: TopicName) {
+    pub(crate) fn attach(&mut self, topic: TopicName, filter: Option<broker_core::Filter>) {
         if self.topics.contains_key(&topic) {
             return;
         }
@@ -320,14 +329,20 @@ impl Connection {
         Arc::make_mut(list).push(self.queue.clone());
         drop(topics);
         // Until the replay says otherwise, nothing is covered.
-        self.topics.insert(topic, None);
+        self.topics.insert(
+            topic,
+            Listening {
+                covered: None,
+                filter: filter.map(Arc::new),
+            },
+        );
     }
 
     /// Sets what the replay covered on `topic`: queued messages up to
     /// `up_to` are skipped.
     pub(crate) fn covered(&mut self, topic: &str, up_to: Option<u64>) {
-        if let Some(cover) = self.topics.get_mut(topic) {
-            *cover = up_to;
+        if let Some(listening) = self.topics.get_mut(topic) {
+            listening.covered = up_to;
         }
     }
 
@@ -357,13 +372,26 @@ impl Connection {
     }
 
     /// Whether a queued `message` is still wanted: its topic is listened
-    /// to and the replay did not already cover it.
+    /// to, the replay did not already cover it, and the subscription's
+    /// filter matches.
     pub(crate) fn wants(&self, message: &Message) -> bool {
         match self.topics.get(message.topic().as_str()) {
-            Some(Some(up_to)) => message.offset() > *up_to,
-            Some(None) => true,
+            Some(listening) => {
+                listening
+                    .covered
+                    .is_none_or(|up_to| message.offset() > up_to)
+                    && listening.filter.as_ref().is_none_or(|f| f.matches(message))
+            }
             None => false,
         }
+    }
+
+    /// Whether a replayed `message` is wanted: the subscription's filter
+    /// matches.
+    pub(crate) fn wants_replayed(&self, message: &Message) -> bool {
+        self.topics
+            .get(message.topic().as_str())
+            .is_some_and(|l| l.filter.as_ref().is_none_or(|f| f.matches(message)))
     }
 
     pub(crate) fn config(&self) -> &LiveConfig {
@@ -397,6 +425,8 @@ pub(crate) struct Query<'a> {
     pub(crate) access_token: Option<&'a str>,
     /// Retained messages to replay first.
     pub(crate) last_n: Option<usize>,
+    /// `filter=<JSON>` (percent-encoded), as a subscriber's `filter`.
+    pub(crate) filter: Option<broker_core::Filter>,
 }
 
 impl<'a> Query<'a> {
@@ -414,11 +444,39 @@ impl<'a> Query<'a> {
                     })?;
                     parsed.last_n = Some(n);
                 }
+                "filter" => parsed.filter = Some(filter_param(value)?),
                 _ => {}
             }
         }
         Ok(parsed)
     }
+}
+
+/// The `filter` query parameter: the JSON of a filter, percent-encoded
+/// (`%XX` only: a `+` stays a `+`, as CEL means it).
+fn filter_param(value: &str) -> Result<broker_core::Filter, crate::ApiError> {
+    let invalid =
+        |reason: String| crate::ApiError::from(broker_core::Error::InvalidFilter { reason });
+    let bytes = value.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| invalid("the filter parameter has a bad %-escape".into()))?;
+            decoded.push(hex);
+            i += 3;
+        } else {
+            decoded.push(bytes[i]);
+            i += 1;
+        }
+    }
+    let request: crate::json::FilterRequest = serde_json::from_slice(&decoded)
+        .map_err(|e| invalid(format!("the filter parameter is not a filter's JSON: {e}")))?;
+    request.compile()
 }
 
 /// The token a live request presents: `Authorization: Bearer` or
@@ -502,7 +560,7 @@ mod tests {
         };
         publish("old");
         let mut conn = hub.connect(Transport::Sse).unwrap();
-        conn.attach(TopicName::new("t").unwrap());
+        conn.attach(TopicName::new("t").unwrap(), None);
         assert_eq!(hub.listening("t"), 1);
         publish("in between");
         let range = block_on(broker.replay_range("t", ReplayFrom::Last(10))).unwrap();

@@ -62,7 +62,7 @@ pub(crate) async fn events(
     // Attach first, then take the replay's range: nothing published in
     // between is lost, and what the range covers is skipped when it comes
     // live.
-    connection.attach(topic_name.clone());
+    connection.attach(topic_name.clone(), query.filter);
     let range = api.broker().replay_range(topic, from).await?;
     connection.covered(topic, range.up_to());
     let period = connection.config().heartbeat;
@@ -134,7 +134,12 @@ impl Body for SseBody {
             } else if let Some(pager) = &mut this.replay {
                 match pager.poll_page(cx) {
                     Poll::Ready(Ok(page)) if page.is_empty() => this.replay = None,
-                    Poll::Ready(Ok(page)) => this.page = page.into(),
+                    Poll::Ready(Ok(page)) => {
+                        this.page = page
+                            .into_iter()
+                            .filter(|m| this.connection.wants_replayed(m))
+                            .collect()
+                    }
                     Poll::Ready(Err(e)) => {
                         tracing::error!(error = %e, "reading a replay from the log failed");
                         this.done = true;

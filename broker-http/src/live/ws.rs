@@ -225,8 +225,13 @@ impl Session {
                         self.replays.pop_front();
                     }
                     Ok(page) => {
-                        events = page.len();
-                        out.extend(page.iter().map(|m| WsMessage::Text(encode(m))));
+                        let before = out.len();
+                        out.extend(
+                            page.iter()
+                                .filter(|m| self.connection.wants_replayed(m))
+                                .map(|m| WsMessage::Text(encode(m))),
+                        );
+                        events = out.len() - before;
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "reading a replay from the log failed");
@@ -373,6 +378,13 @@ impl Session {
 
     async fn subscribe(&mut self, frame: &ClientFrame<'_>) -> Result<Vec<WsMessage>, Refusal> {
         let topic = frame.topic()?;
+        // Checked first: a bad filter is refused whatever else holds.
+        let filter = frame
+            .filter
+            .as_ref()
+            .map(crate::json::FilterRequest::compile)
+            .transpose()
+            .map_err(Refusal::from)?;
         let ack = |replayed| Ack {
             kind: "ack",
             request_id: frame.request_id,
@@ -397,7 +409,7 @@ impl Session {
             (None, n) => ReplayFrom::Last(n.unwrap_or(0)),
         };
         let name = TopicName::new(topic).map_err(|e| Refusal::from(ApiError::from(e)))?;
-        self.connection.attach(name.clone());
+        self.connection.attach(name.clone(), filter);
         let range = match self.api.broker().replay_range(topic, from).await {
             Ok(range) => range,
             Err(e) => {
@@ -498,6 +510,8 @@ struct ClientFrame<'a> {
     payload: Option<&'a RawValue>,
     #[serde(default)]
     event_type: Option<String>,
+    #[serde(default)]
+    filter: Option<crate::json::FilterRequest>,
     #[serde(default, borrow)]
     request_id: Option<&'a RawValue>,
 }

@@ -595,7 +595,7 @@ async fn websocket_subscribe_replay_publish_unsubscribe_and_ping() {
     let ack = recv(&mut ws).await;
     assert_eq!(
         ack,
-        json!({"type": "ack", "request_id": "s1", "topic": "orders", "replayed": 3})
+        json!({"type": "ack", "status": "ok", "request_id": "s1", "topic": "orders", "replayed": 3})
     );
     for n in 2..5 {
         let e = recv(&mut ws).await;

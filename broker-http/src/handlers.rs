@@ -639,6 +639,29 @@ pub(crate) fn list_topics(api: &Api) -> Response<ResponseBody> {
     )
 }
 
+/// `GET /v1/stats`: messages published and subscribers per topic (seed
+/// 003's shape).
+pub(crate) fn stats(api: &Api) -> Response<ResponseBody> {
+    let topics = api.broker().topics();
+    reply(
+        StatusCode::OK,
+        &json::Stats {
+            topics: topics
+                .iter()
+                .map(|t| {
+                    (
+                        t.name.as_str(),
+                        json::TopicStats {
+                            messages: t.published,
+                            subscribers: t.subscribers,
+                        },
+                    )
+                })
+                .collect(),
+        },
+    )
+}
+
 /// `GET /v1/topics/{topic}`: never shows tokens or secrets.
 pub(crate) async fn topic_detail(api: &Api, topic: &str) -> Reply {
     let t = api.broker().topic(topic)?;

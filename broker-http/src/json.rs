@@ -309,6 +309,19 @@ pub(crate) struct Published<'a> {
     pub(crate) subscribers: usize,
 }
 
+/// `GET /v1/stats`
+#[derive(Serialize)]
+pub(crate) struct Stats<'a> {
+    pub(crate) topics: BTreeMap<&'a str, TopicStats>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct TopicStats {
+    /// Messages published on it since it was created.
+    pub(crate) messages: u64,
+    pub(crate) subscribers: usize,
+}
+
 #[derive(Serialize)]
 pub(crate) struct TopicList<'a> {
     pub(crate) topics: Vec<TopicListItem<'a>>,

@@ -13,6 +13,8 @@ use crate::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Route<'a> {
     Health,
+    /// `GET /v1/stats` (seed 003's shape).
+    Stats,
     Ready,
     Metrics,
     OpenApi,
@@ -53,7 +55,9 @@ impl<'a> Route<'a> {
             return None;
         }
         Some(match parts {
-            [Some("healthz"), None, ..] => Route::Health,
+            // `/v1/health` is seed 003's name for it.
+            [Some("healthz"), None, ..] | [Some("v1"), Some("health"), None, ..] => Route::Health,
+            [Some("v1"), Some("stats"), None, ..] => Route::Stats,
             [Some("readyz"), None, ..] => Route::Ready,
             [Some("metrics"), None, ..] => Route::Metrics,
             [Some("v1"), Some("openapi.json"), None, ..] => Route::OpenApi,
@@ -114,6 +118,7 @@ impl<'a> Route<'a> {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Route::Health => "healthz",
+            Route::Stats => "stats",
             Route::Ready => "readyz",
             Route::Metrics => "metrics",
             Route::OpenApi => "openapi",
@@ -147,6 +152,7 @@ impl<'a> Route<'a> {
     pub(crate) fn allow(self) -> &'static str {
         match self {
             Route::Health
+            | Route::Stats
             | Route::Ready
             | Route::Metrics
             | Route::OpenApi
@@ -212,6 +218,7 @@ where
             api.require_admin(h)?;
             match (method, route) {
                 (&Method::GET, Route::Topics) => Ok(handlers::list_topics(api)),
+                (&Method::GET, Route::Stats) => Ok(handlers::stats(api)),
                 (&Method::GET, Route::Metrics) => handlers::metrics(api),
                 (&Method::GET, Route::Topic(t)) => handlers::topic_detail(api, t).await,
                 (&Method::POST, Route::Topics) => handlers::create_topic(api, h, body).await,

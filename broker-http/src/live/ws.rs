@@ -343,13 +343,27 @@ impl Session {
         let frame: ClientFrame<'_> = match serde_json::from_str(text) {
             Ok(frame) => frame,
             Err(e) => {
-                return vec![error(
-                    "BAD_REQUEST",
-                    &format!("not a valid frame: {e}"),
-                    None,
-                )]
+                // The request id is echoed whenever the frame has one,
+                // even when the rest of it is refused.
+                #[derive(Deserialize)]
+                struct Id<'a> {
+                    #[serde(default, borrow)]
+                    request_id: Option<&'a RawValue>,
+                }
+                let id = serde_json::from_str::<Id<'_>>(text)
+                    .ok()
+                    .and_then(|f| f.request_id);
+                return vec![error("BAD_REQUEST", &format!("not a valid frame: {e}"), id)];
             }
         };
+        if frame.client_id.is_some() || frame.message.is_some() {
+            tracing::debug!(
+                client_id = frame.client_id.as_deref(),
+                message_id = frame.message.as_ref().and_then(|m| m.id.as_deref()),
+                kind = %frame.kind,
+                "websocket frame"
+            );
+        }
         let id = frame.request_id;
         if text.len() > MAX_CONTROL_FRAME_BYTES && frame.kind != "publish" {
             return vec![error(
@@ -387,6 +401,7 @@ impl Session {
             .map_err(Refusal::from)?;
         let ack = |replayed| Ack {
             kind: "ack",
+            status: "ok",
             request_id: frame.request_id,
             topic: Some(topic),
             replayed: Some(replayed),
@@ -437,6 +452,7 @@ impl Session {
         }
         Ok(vec![reply(&Ack {
             kind: "ack",
+            status: "ok",
             request_id: frame.request_id,
             topic: Some(topic),
             replayed: None,
@@ -447,9 +463,20 @@ impl Session {
 
     async fn publish(&self, frame: &ClientFrame<'_>) -> Result<Vec<WsMessage>, Refusal> {
         let topic = frame.topic()?;
-        let payload = frame
-            .payload
-            .ok_or_else(|| Refusal::bad("publish needs a payload (any JSON value)"))?;
+        let payload = match (frame.payload, &frame.message) {
+            (Some(payload), None) => payload,
+            (None, Some(message)) => message.payload,
+            (Some(_), Some(_)) => {
+                return Err(Refusal::bad(
+                    "give either payload or message {id, payload}, not both",
+                ))
+            }
+            (None, None) => {
+                return Err(Refusal::bad(
+                    "publish needs a payload (any JSON value), or message {id, payload}",
+                ))
+            }
+        };
         let limit = self.api.config().max_body_bytes;
         if payload.get().len() > limit {
             return Err(ApiError::PayloadTooLarge(limit).into());
@@ -482,6 +509,7 @@ impl Session {
         let receipt = outcome?;
         Ok(vec![reply(&Ack {
             kind: "ack",
+            status: "ok",
             request_id: frame.request_id,
             topic: Some(topic),
             replayed: None,
@@ -508,12 +536,30 @@ struct ClientFrame<'a> {
     token: Option<String>,
     #[serde(default, borrow)]
     payload: Option<&'a RawValue>,
+    /// Seed 003's publish: `{"id": …, "payload": …}` instead of `payload`.
+    #[serde(default, borrow)]
+    message: Option<SeedMessage<'a>>,
+    /// Seed 003's name for the client, shown in logs.
+    #[serde(default)]
+    client_id: Option<String>,
     #[serde(default)]
     event_type: Option<String>,
     #[serde(default)]
     filter: Option<crate::json::FilterRequest>,
     #[serde(default, borrow)]
     request_id: Option<&'a RawValue>,
+}
+
+/// The `message` of seed 003's publish frame.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SeedMessage<'a> {
+    /// The publisher's id for the message: logged (it becomes the
+    /// idempotency key with idempotent publishing, issue 21).
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(borrow)]
+    payload: &'a RawValue,
 }
 
 impl ClientFrame<'_> {
@@ -557,6 +603,8 @@ impl From<ApiError> for Refusal {
 struct Ack<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
+    /// Always `ok` (seed 003's clients read it).
+    status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     request_id: Option<&'a RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -588,6 +636,16 @@ struct ErrorFrame<'a> {
     message: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     request_id: Option<&'a RawValue>,
+    /// The same, as seed 003's clients read it.
+    error: ErrorBody<'a>,
+    /// When, RFC 3339 (seed 003).
+    timestamp: String,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: &'a str,
+    message: &'a str,
 }
 
 #[derive(Serialize)]
@@ -624,6 +682,8 @@ fn error(code: &str, message: &str, request_id: Option<&RawValue>) -> WsMessage 
         code,
         message,
         request_id,
+        error: ErrorBody { code, message },
+        timestamp: crate::time::format_rfc3339(std::time::SystemTime::now()),
     })
 }
 

@@ -9,6 +9,10 @@
 //!     [--max-in-flight 8 (per subscriber, as the server's flag)]
 //!     [--data-dir PATH (the broker keeps its log there, --fsync always;
 //!      default: in memory)]
+//!     [--filter CEL (every subscriber takes this filter expression, and
+//!      publishes alternate `Event-Type: even` and `odd`: with
+//!      `"event_type == 'even'"` half the messages are delivered, and the
+//!      report gives the deliveries considered too)]
 //! ```
 //!
 //! Everything runs on loopback, bounded by `--seconds` per phase plus a
@@ -53,6 +57,7 @@ struct Options {
     rate_of_ceiling: f64,
     max_in_flight: usize,
     data_dir: Option<String>,
+    filter: Option<String>,
 }
 
 fn options() -> Options {
@@ -65,6 +70,7 @@ fn options() -> Options {
         rate_of_ceiling: 0.0,
         max_in_flight: DeliveryConfig::default().max_in_flight,
         data_dir: None,
+        filter: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     fn parse<T: std::str::FromStr>(flag: &str, value: Option<&String>) -> T {
@@ -84,6 +90,7 @@ fn options() -> Options {
             "--rate-of-ceiling" => o.rate_of_ceiling = parse(flag, value),
             "--max-in-flight" => o.max_in_flight = parse(flag, value),
             "--data-dir" => o.data_dir = Some(parse(flag, value)),
+            "--filter" => o.filter = Some(parse(flag, value)),
             other => panic!("unknown option {other}"),
         }
     }
@@ -149,6 +156,7 @@ async fn drive(
     payload_len: usize,
     deadline: Instant,
     interval: Option<Duration>,
+    typed: bool,
 ) -> u64 {
     let stream = TcpStream::connect(addr).await.unwrap();
     stream.set_nodelay(true).unwrap();
@@ -168,6 +176,9 @@ async fn drive(
         let mut req = Request::post(format!("http://{addr}{path}"))
             .header("host", addr.to_string())
             .header("content-type", "application/octet-stream");
+        if typed {
+            req = req.header("event-type", if ok % 2 == 0 { "even" } else { "odd" });
+        }
         if let Some(auth) = &auth {
             req = req.header("authorization", auth);
         }
@@ -203,6 +214,7 @@ async fn ceiling(sinks: &[SocketAddr], o: &Options, run_for: Duration) -> f64 {
                 o.payload,
                 deadline,
                 None,
+                false,
             ))
         })
         .collect();
@@ -264,7 +276,12 @@ async fn main() {
     let none: [(&str, &str); 0] = [];
     for (i, sink) in sinks.iter().enumerate() {
         let url = format!("http://{sink}/s/{i}");
-        let endpoint = Endpoint::new(&url, None, none, broker.limits()).unwrap();
+        let filter = o.filter.as_ref().map(|expression| {
+            broker_core::Filter::new(None, Some(expression.clone())).expect("the filter parses")
+        });
+        let endpoint = Endpoint::new(&url, None, none, broker.limits())
+            .unwrap()
+            .with_filter(filter);
         broker.register_subscriber("load", endpoint).await.unwrap();
     }
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -307,6 +324,7 @@ async fn main() {
                 o.payload,
                 deadline,
                 interval,
+                o.filter.is_some(),
             ))
         })
         .collect();
@@ -353,12 +371,18 @@ async fn main() {
         total as f64 / expected.max(1) as f64
     );
     println!(
-        "broker counters: delivered={} failed={} dropped={}; publishes paced: {}",
+        "broker counters: delivered={} failed={} dropped={} filtered={}; publishes paced: {}",
         counts.delivered,
         counts.failed,
         counts.dropped,
+        counts.filtered,
         notifier.paced()
     );
+    if let Some(filter) = &o.filter {
+        // Every delivery the workers considered: made or filtered.
+        let considered = (counts.delivered + counts.filtered) as f64 / window;
+        println!("filter {filter:?}: deliveries considered {considered:.0}/s");
+    }
     println!(
         "publish->receive latency ms: p50={:.3} p99={:.3} max={:.3} (n={})",
         percentile(&lat, 0.50),

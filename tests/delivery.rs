@@ -33,7 +33,7 @@ async fn counters_of(s: &TestServer, topic: &str, url: &str) -> Value {
 
 fn counts(delivered: u64, failed: u64, dropped: u64, refused: u64, retried: u64) -> Value {
     // Every delivery given up on goes to the dead letters.
-    json!({"delivered": delivered, "failed": failed, "dropped": dropped, "refused": refused, "retried": retried, "dead_lettered": failed, "dead_letters_evicted": 0})
+    json!({"delivered": delivered, "failed": failed, "dropped": dropped, "refused": refused, "retried": retried, "dead_lettered": failed, "dead_letters_evicted": 0, "filtered": 0})
 }
 
 /// A topic "t" with a publisher (its token returned), an endpoint that
@@ -139,7 +139,7 @@ async fn every_kind_of_bad_endpoint_on_one_topic() {
     let topic = s.get("/v1/topics/t").await.json();
     assert_eq!(
         topic["counters"],
-        json!({"published": N, "delivered": 2 * N, "failed": 4 * N, "dropped": 0, "refused": 0, "retried": 0, "dead_lettered": 4 * N, "dead_letters_evicted": 0})
+        json!({"published": N, "delivered": 2 * N, "failed": 4 * N, "dropped": 0, "refused": 0, "retried": 0, "dead_lettered": 4 * N, "dead_letters_evicted": 0, "filtered": 0})
     );
     // Redirects are not followed.
     assert!(redirect_target.drain_now().is_empty());

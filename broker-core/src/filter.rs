@@ -60,6 +60,16 @@ enum Pattern {
 struct Expression {
     source: String,
     program: Arc<cel::Program>,
+    /// Which variables it reads: only those are bound (parsing the
+    /// payload is most of an evaluation's cost).
+    uses: Uses,
+}
+
+#[derive(Clone, Copy)]
+struct Uses {
+    event_type: bool,
+    content_type: bool,
+    payload: bool,
 }
 
 impl std::fmt::Debug for Expression {
@@ -138,9 +148,16 @@ impl Filter {
             Some(source) => {
                 let program = cel::Program::compile(&source)
                     .map_err(|e| invalid(format!("the expression does not parse: {e}")))?;
+                let references = program.references();
+                let uses = Uses {
+                    event_type: references.has_variable("event_type"),
+                    content_type: references.has_variable("content_type"),
+                    payload: references.has_variable("payload"),
+                };
                 Some(Expression {
                     source,
                     program: Arc::new(program),
+                    uses,
                 })
             }
         };
@@ -178,24 +195,36 @@ impl Filter {
         }
         match &self.expression {
             None => true,
-            Some(e) => evaluate(&e.program, message),
+            Some(e) => evaluate(e, message),
         }
     }
 }
 
-/// Runs `program` over `message`: true only for a result of `true`.
-fn evaluate(program: &cel::Program, message: &Message) -> bool {
+/// Runs `expression` over `message`: true only for a result of `true`.
+fn evaluate(expression: &Expression, message: &Message) -> bool {
     let mut context = cel::Context::with_env(STDLIB.clone());
     let text = |v: Option<&str>| v.map_or(cel::Value::Null, |s| cel::Value::from(s.to_owned()));
-    context.add_variable_from_value("event_type", text(message.event_type().map(|t| t.as_str())));
-    context.add_variable_from_value(
-        "content_type",
-        text(message.content_type().and_then(|c| c.to_str().ok())),
-    );
-    // Parsed per evaluation, not kept with the message: a parsed payload
-    // is several times its bytes, and the log holds messages long.
-    context.add_variable_from_value("payload", cel_payload(message));
-    matches!(program.execute(&context), Ok(cel::Value::Bool(true)))
+    let uses = expression.uses;
+    if uses.event_type {
+        context
+            .add_variable_from_value("event_type", text(message.event_type().map(|t| t.as_str())));
+    }
+    if uses.content_type {
+        context.add_variable_from_value(
+            "content_type",
+            text(message.content_type().and_then(|c| c.to_str().ok())),
+        );
+    }
+    if uses.payload {
+        // Parsed per evaluation, not kept with the message: a parsed
+        // payload is several times its bytes, and the log holds messages
+        // long.
+        context.add_variable_from_value("payload", cel_payload(message));
+    }
+    matches!(
+        expression.program.execute(&context),
+        Ok(cel::Value::Bool(true))
+    )
 }
 
 /// The payload as CEL sees it: the JSON value when the content type says

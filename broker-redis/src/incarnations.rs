@@ -15,8 +15,8 @@
 //! the log. Tombstones only matter until the registry has taken the
 //! deletion (milliseconds), so the oldest go first past [`MAX_GONE`].
 //!
-//! One `parking_lot` lock, held for a map operation and never across an
-//! await.
+//! One `parking_lot` read-write lock (every append reads it), held for a
+//! map operation and never across an await.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -24,7 +24,7 @@ use std::{
 };
 
 use broker_core::TopicName;
-use parking_lot::Mutex;
+use parking_lot::RwLock;
 
 /// Topics whose incarnation is kept at most; the broker keeps far fewer
 /// topics (`Limits::max_topics`, 10,000 by default). Past it a topic is
@@ -45,7 +45,7 @@ pub(crate) enum Known {
 
 #[derive(Default)]
 pub(crate) struct Incarnations {
-    inner: Mutex<Inner>,
+    inner: RwLock<Inner>,
 }
 
 #[derive(Default)]
@@ -58,12 +58,12 @@ struct Inner {
 impl Incarnations {
     /// What is known of `topic`; `None`: nothing (never learned).
     pub(crate) fn get(&self, topic: &TopicName) -> Option<Known> {
-        self.inner.lock().topics.get(topic).cloned()
+        self.inner.read().topics.get(topic).cloned()
     }
 
     /// `topic`'s log is `prefix`.
     pub(crate) fn learn(&self, topic: &TopicName, prefix: &str) {
-        let mut inner = self.inner.lock();
+        let mut inner = self.inner.write();
         if inner.topics.len() >= MAX_TOPICS && !inner.topics.contains_key(topic) {
             return;
         }
@@ -74,7 +74,7 @@ impl Incarnations {
 
     /// `topic` was deleted.
     pub(crate) fn gone(&self, topic: &TopicName) {
-        let mut inner = self.inner.lock();
+        let mut inner = self.inner.write();
         inner.bury(topic.clone());
     }
 
@@ -154,7 +154,7 @@ mod tests {
         assert_eq!(known.get(&t("t0")), None);
         assert_eq!(known.get(&t("t9")), None);
         assert_eq!(known.get(&t("t10")), Some(Known::Gone));
-        let inner = known.inner.lock();
+        let inner = known.inner.read();
         assert_eq!(inner.topics.len(), MAX_GONE);
         assert_eq!(inner.gone.len(), MAX_GONE);
     }

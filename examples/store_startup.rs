@@ -69,6 +69,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     payload: body.clone(),
                     published_at: SystemTime::now(),
                     event_type: None,
+                    idempotency: None,
                 })
                 .collect();
             messages += store.append(&topic, batch).await?.len() as u64;

@@ -19,6 +19,14 @@ pub enum Error {
         /// Why it was refused.
         reason: &'static str,
     },
+    /// The idempotency key is not 1–255 printable ASCII characters.
+    InvalidIdempotencyKey {
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// The idempotency key was used on this topic within the window for
+    /// a message with another payload or event type.
+    IdempotencyKeyReused,
     /// A filter's event types or expression were refused.
     InvalidFilter {
         /// Why, naming the part refused (a CEL parse error says where).
@@ -119,6 +127,8 @@ impl Error {
         match self {
             Error::InvalidTopic { .. } => "invalid_topic",
             Error::InvalidEventType { .. } => "invalid_event_type",
+            Error::InvalidIdempotencyKey { .. } => "invalid_idempotency_key",
+            Error::IdempotencyKeyReused => "idempotency_key_reused",
             Error::InvalidFilter { .. } => "invalid_filter",
             Error::InvalidPublisherName { .. } => "invalid_publisher_name",
             Error::InvalidListenerName { .. } => "invalid_listener_name",
@@ -156,6 +166,12 @@ impl fmt::Display for Error {
         match self {
             Error::InvalidTopic { reason } => write!(f, "invalid topic name: {reason}"),
             Error::InvalidEventType { reason } => write!(f, "invalid event type: {reason}"),
+            Error::InvalidIdempotencyKey { reason } => {
+                write!(f, "invalid idempotency key: {reason}")
+            }
+            Error::IdempotencyKeyReused => f.write_str(
+                "this idempotency key was used on this topic for a message with another payload or event type",
+            ),
             Error::InvalidFilter { reason } => write!(f, "invalid filter: {reason}"),
             Error::InvalidPublisherName { reason } => {
                 write!(f, "invalid publisher name: {reason}")

@@ -74,6 +74,7 @@ mod error;
 mod event_type;
 mod filter;
 mod group;
+mod idempotency;
 mod limits;
 mod memory;
 mod message;
@@ -99,6 +100,10 @@ pub use error::Error;
 pub use event_type::{EventType, MAX_EVENT_TYPE_LEN};
 pub use filter::{Filter, MAX_EXPRESSION_LEN, MAX_FILTER_TYPES};
 pub use group::{Group, GroupConfig, GroupStart, Pulled, MAX_WINDOW};
+pub use idempotency::{
+    fingerprint, Appended, IdempotencyKey, IdempotencyLimits, KeyTable, Keyed, Original,
+    MAX_IDEMPOTENCY_KEY_LEN,
+};
 pub use limits::Limits;
 pub use memory::{MemoryStore, Retention, MAX_DEAD_LETTERS};
 pub use message::{is_json_type, BatchReceipt, Draft, Message, Publish, Receipt, Subscribers};

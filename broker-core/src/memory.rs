@@ -19,7 +19,7 @@ use crate::{
         message_id, new_id_prefix, Change, DeadLetter, Logs, NewMessage, Progress, Read, Record,
         Registrations,
     },
-    Error, MemoryBudget, Message, Store, TopicName,
+    Appended, Error, IdempotencyLimits, KeyTable, MemoryBudget, Message, Store, TopicName,
 };
 
 /// How long and how much of each topic's log is kept.
@@ -77,6 +77,9 @@ pub struct MemoryStore {
     /// Held for look-ups and inserts only; a log's own lock is taken after
     /// this one is dropped.
     logs: RwLock<HashMap<TopicName, Arc<Mutex<Log>>>>,
+    /// The idempotency keys of the logs' messages, checked under each
+    /// log's lock.
+    keys: KeyTable,
     /// Dead letters by subscriber, by offset: at most the broker's cap a
     /// subscriber, the oldest evicted first.
     dead: Mutex<HashMap<String, BTreeMap<u64, DeadLetter>>>,
@@ -135,11 +138,19 @@ impl MemoryStore {
     pub fn with_budget(retention: Retention, budget: MemoryBudget) -> Self {
         MemoryStore {
             retention,
+            keys: KeyTable::new(IdempotencyLimits::default(), budget.clone()),
             budget,
             held: AtomicUsize::new(0),
             logs: RwLock::default(),
             dead: Mutex::default(),
         }
+    }
+
+    /// The same, remembering idempotency keys within `limits` (default:
+    /// [`IdempotencyLimits::default`]).
+    pub fn with_idempotency(mut self, limits: IdempotencyLimits) -> Self {
+        self.keys = KeyTable::new(limits, self.budget.clone());
+        self
     }
 
     /// Bytes held by all logs (payloads and bookkeeping).
@@ -232,6 +243,7 @@ impl Logs for MemoryStore {
         if let Some(log) = removed {
             let mut log = log.lock();
             while log.pop(&self.held, &self.budget) {}
+            self.keys.forget_topic(topic);
         }
         Ok(())
     }
@@ -240,10 +252,9 @@ impl Logs for MemoryStore {
         &self,
         topic: &TopicName,
         messages: Vec<NewMessage>,
-    ) -> Result<Vec<Arc<Message>>, Error> {
+    ) -> Result<Vec<Appended>, Error> {
         let log = self.log_or_create(topic);
-        let mut out = Vec::with_capacity(messages.len());
-        {
+        let out = {
             let mut log = log.lock();
             let expired = SystemTime::now()
                 .checked_sub(self.retention.age)
@@ -255,36 +266,42 @@ impl Logs for MemoryStore {
             {
                 log.pop(&self.held, &self.budget);
             }
-            for new in messages {
-                let offset = log.next;
-                let message = Arc::new(
-                    Message::new(
-                        message_id(&log.prefix, offset),
-                        offset,
-                        topic.clone(),
-                        new.content_type,
-                        new.payload,
-                        new.published_at,
-                    )
-                    .with_event_type(new.event_type),
-                );
-                log.next += 1;
-                let size = cost(&message);
-                log.bytes += size as u64;
-                self.held.fetch_add(size, Ordering::Relaxed);
-                self.budget.add_cached(size);
-                log.messages.push_back(message.clone());
-                out.push(message);
-            }
-            // Keep what was just appended: a message larger than the
-            // budgets is still handed out, and goes at the next append.
-            let keep = out.len();
-            while log.messages.len() > keep
-                && (log.bytes > self.retention.bytes_per_topic || self.budget.is_over())
-            {
-                log.pop(&self.held, &self.budget);
-            }
-        }
+            // Keys are checked and remembered under the log's lock: two
+            // appends with one key are ordered by it.
+            self.keys.append_with(topic, messages, |messages| {
+                let mut out = Vec::with_capacity(messages.len());
+                for new in messages {
+                    let offset = log.next;
+                    let message = Arc::new(
+                        Message::new(
+                            message_id(&log.prefix, offset),
+                            offset,
+                            topic.clone(),
+                            new.content_type,
+                            new.payload,
+                            new.published_at,
+                        )
+                        .with_event_type(new.event_type),
+                    );
+                    log.next += 1;
+                    let size = cost(&message);
+                    log.bytes += size as u64;
+                    self.held.fetch_add(size, Ordering::Relaxed);
+                    self.budget.add_cached(size);
+                    log.messages.push_back(message.clone());
+                    out.push(message);
+                }
+                // Keep what was just appended: a message larger than the
+                // budgets is still handed out, and goes at the next append.
+                let keep = out.len();
+                while log.messages.len() > keep
+                    && (log.bytes > self.retention.bytes_per_topic || self.budget.is_over())
+                {
+                    log.pop(&self.held, &self.budget);
+                }
+                Ok::<_, Error>(out)
+            })?
+        };
         if self.budget.is_over() {
             self.evict_elsewhere(topic);
         }
@@ -391,6 +408,7 @@ mod tests {
             payload: vec![b'x'; size].into(),
             published_at: SystemTime::now(),
             event_type: None,
+            idempotency: None,
         }
     }
 

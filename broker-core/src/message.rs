@@ -106,6 +106,9 @@ pub struct Draft {
     pub payload: Bytes,
     /// What kind of event it is, for subscribers' filters.
     pub event_type: Option<EventType>,
+    /// The publisher's idempotency key: a publish with a key the topic's
+    /// log remembers appends nothing and is answered as the first was.
+    pub idempotency_key: Option<crate::IdempotencyKey>,
 }
 
 impl Draft {
@@ -115,12 +118,19 @@ impl Draft {
             content_type,
             payload,
             event_type: None,
+            idempotency_key: None,
         }
     }
 
     /// The same with an event type.
     pub fn with_event_type(mut self, event_type: Option<EventType>) -> Self {
         self.event_type = event_type;
+        self
+    }
+
+    /// The same with an idempotency key.
+    pub fn with_idempotency_key(mut self, key: Option<crate::IdempotencyKey>) -> Self {
+        self.idempotency_key = key;
         self
     }
 }
@@ -163,15 +173,19 @@ pub struct Receipt {
     pub offset: u64,
     /// How many subscribers it goes to.
     pub subscribers: usize,
+    /// Whether its idempotency key was seen: nothing was appended, and
+    /// this is the first publish's answer.
+    pub replayed: bool,
 }
 
 /// What a batch publish answers: each message's id and offset, in order,
 /// and how many subscribers each goes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchReceipt {
-    /// `(id, offset)` of each message, offsets consecutive.
-    pub messages: Vec<(String, u64)>,
-    /// How many subscribers each goes to.
+    /// Each message's receipt, in order: offsets consecutive but for
+    /// replays (whose receipts are their first publish's).
+    pub messages: Vec<Receipt>,
+    /// How many subscribers the topic has now.
     pub subscribers: usize,
 }
 

@@ -330,6 +330,9 @@ pub struct NewMessage {
     pub published_at: SystemTime,
     /// The event type its publisher named.
     pub event_type: Option<crate::EventType>,
+    /// Its idempotency key, if its publisher gave one: an append of a key
+    /// the store remembers appends nothing ([`crate::KeyTable`]).
+    pub idempotency: Option<crate::Keyed>,
 }
 
 /// Messages read from a topic's log, and where the log stands.
@@ -375,12 +378,24 @@ pub trait Registrations: Send + Sync + 'static {
 #[async_trait]
 pub trait Logs: Send + Sync + 'static {
     /// Appends `messages` to `topic`'s log, creating the log if needed,
-    /// and returns them numbered with consecutive offsets and their ids.
+    /// and returns them numbered with consecutive offsets and their ids,
+    /// in order. A message whose [`idempotency`](NewMessage::idempotency)
+    /// key the store remembers for `topic` is not appended: it is
+    /// [`Appended::Replayed`](crate::Appended::Replayed) with the answer
+    /// its key got first, and the answer is given only once that message
+    /// is as durable as the store promises. Deduplicated with the
+    /// numbering, atomically: two appends with one key make one message.
+    ///
+    /// # Errors
+    ///
+    /// As [`Registrations`]; [`Error::IdempotencyKeyReused`] (nothing
+    /// appended) when a remembered key comes with another payload or event
+    /// type.
     async fn append(
         &self,
         topic: &TopicName,
         messages: Vec<NewMessage>,
-    ) -> Result<Vec<Arc<Message>>, Error>;
+    ) -> Result<Vec<crate::Appended>, Error>;
 
     /// Up to `max_messages` messages from offset `from` on (from the
     /// oldest retained one when `from` is older), fewer when the next one
@@ -532,7 +547,7 @@ impl<S: Logs + ?Sized> Logs for Arc<S> {
         &self,
         topic: &TopicName,
         messages: Vec<NewMessage>,
-    ) -> Result<Vec<Arc<Message>>, Error> {
+    ) -> Result<Vec<crate::Appended>, Error> {
         (**self).append(topic, messages).await
     }
     async fn read(
@@ -614,7 +629,7 @@ impl<S: Logs + ?Sized> Logs for Box<S> {
         &self,
         topic: &TopicName,
         messages: Vec<NewMessage>,
-    ) -> Result<Vec<Arc<Message>>, Error> {
+    ) -> Result<Vec<crate::Appended>, Error> {
         (**self).append(topic, messages).await
     }
     async fn read(

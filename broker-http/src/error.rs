@@ -64,6 +64,7 @@ impl ApiError {
                 E::InvalidTopic { .. }
                 | E::InvalidEventType { .. }
                 | E::InvalidFilter { .. }
+                | E::InvalidIdempotencyKey { .. }
                 | E::InvalidPublisherName { .. }
                 | E::InvalidListenerName { .. }
                 | E::InvalidEndpoint { .. }
@@ -79,6 +80,7 @@ impl ApiError {
                 | E::AlreadyRegistered { .. }
                 | E::LimitExceeded { .. }
                 | E::TopicExists => StatusCode::CONFLICT,
+                E::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
                 E::Closed | E::Storage { .. } | E::Overloaded { .. } => {
                     StatusCode::SERVICE_UNAVAILABLE
                 }

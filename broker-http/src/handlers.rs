@@ -212,6 +212,41 @@ fn event_type(h: &HeaderMap) -> Result<Option<broker_core::EventType>, ApiError>
 /// The request header naming a published message's event type.
 pub(crate) const EVENT_TYPE: &str = "event-type";
 
+/// The request header carrying a publish's idempotency key (the IETF
+/// draft "The Idempotency-Key HTTP Header Field").
+pub(crate) const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The response header saying a publish was answered from its key:
+/// nothing was appended (as Stripe names it).
+pub(crate) const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
+/// The `Idempotency-Key` header of a publish, checked.
+fn idempotency_key(h: &HeaderMap) -> Result<Option<broker_core::IdempotencyKey>, ApiError> {
+    let Some(value) = h.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| broker_core::Error::InvalidIdempotencyKey {
+            reason: "it holds characters other than printable ASCII",
+        })?;
+    Ok(Some(broker_core::IdempotencyKey::new(value)?))
+}
+
+/// A publish's answer: `202`, or `200` with [`IDEMPOTENT_REPLAYED`] when
+/// nothing new was appended.
+fn published<T: serde::Serialize>(replayed: bool, body: &T) -> Response<ResponseBody> {
+    if !replayed {
+        return reply(StatusCode::ACCEPTED, body);
+    }
+    let mut response = reply(StatusCode::OK, body);
+    response.headers_mut().insert(
+        http::HeaderName::from_static(IDEMPOTENT_REPLAYED),
+        http::HeaderValue::from_static("true"),
+    );
+    response
+}
+
 /// `POST /v1/topics/{topic}/messages`
 pub(crate) async fn publish<B>(api: &Api, topic: &str, h: &HeaderMap, body: B) -> Reply
 where
@@ -223,6 +258,7 @@ where
     // client without a credential holds no buffer.
     api.broker().authorize_publisher(topic, token).await?;
     let event_type = event_type(h)?;
+    let key = idempotency_key(h)?;
     let payload = json::read_body(
         h,
         body,
@@ -235,10 +271,12 @@ where
     let content_type = h
         .get(header::CONTENT_TYPE)
         .and_then(|v| http::HeaderValue::from_bytes(v.as_bytes()).ok());
-    let draft = broker_core::Draft::new(content_type, payload).with_event_type(event_type);
+    let draft = broker_core::Draft::new(content_type, payload)
+        .with_event_type(event_type)
+        .with_idempotency_key(key);
     let receipt = api.broker().publish_draft(topic, token, draft).await?;
-    Ok(reply(
-        StatusCode::ACCEPTED,
+    Ok(published(
+        receipt.replayed,
         &json::Published {
             id: &receipt.id,
             offset: receipt.offset,
@@ -576,19 +614,30 @@ where
             .map(broker_core::EventType::new)
             .transpose()
             .map_err(|e| bad(e.to_string()))?;
-        messages.push(broker_core::Draft::from(message).with_event_type(event_type));
+        let key = item
+            .idempotency_key
+            .as_deref()
+            .map(broker_core::IdempotencyKey::new)
+            .transpose()
+            .map_err(|e| bad(e.to_string()))?;
+        messages.push(
+            broker_core::Draft::from(message)
+                .with_event_type(event_type)
+                .with_idempotency_key(key),
+        );
     }
     drop(request);
     let receipt = api.broker().publish_batch(topic, token, messages).await?;
-    Ok(reply(
-        StatusCode::ACCEPTED,
+    Ok(published(
+        receipt.messages.iter().all(|r| r.replayed),
         &json::BatchPublished {
             messages: receipt
                 .messages
                 .iter()
-                .map(|(id, offset)| json::BatchPublishedItem {
-                    id,
-                    offset: *offset,
+                .map(|r| json::BatchPublishedItem {
+                    id: &r.id,
+                    offset: r.offset,
+                    replayed: r.replayed,
                 })
                 .collect(),
             subscribers: receipt.subscribers,

@@ -529,6 +529,9 @@ pub(crate) struct BatchItem<'a> {
     /// Its event type (as the `Event-Type` header of a single publish).
     #[serde(default)]
     pub(crate) event_type: Option<String>,
+    /// Its idempotency key (as the `Idempotency-Key` header).
+    #[serde(default)]
+    pub(crate) idempotency_key: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -541,6 +544,8 @@ pub(crate) struct BatchPublished<'a> {
 pub(crate) struct BatchPublishedItem<'a> {
     pub(crate) id: &'a str,
     pub(crate) offset: u64,
+    /// Answered from its idempotency key: nothing appended.
+    pub(crate) replayed: bool,
 }
 
 /// `GET …/dead-letters`

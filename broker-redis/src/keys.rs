@@ -18,15 +18,21 @@ pub(crate) enum Part {
     /// The payload bytes ever appended (a running total; each entry's `s`
     /// is the total up to it, for retention by bytes).
     Bytes,
+    /// Idempotency keys: a hash of key → `<fingerprint hex>:<offset>:<subscribers>:<published ms>`.
+    Keys,
+    /// The same keys by published ms (a sorted set), to forget the oldest.
+    KeyOrder,
 }
 
 impl Part {
-    const ALL: [Part; 5] = [
+    const ALL: [Part; 7] = [
         Part::Log,
         Part::Next,
         Part::First,
         Part::Prefix,
         Part::Bytes,
+        Part::Keys,
+        Part::KeyOrder,
     ];
 
     fn suffix(self) -> &'static str {
@@ -36,6 +42,8 @@ impl Part {
             Part::First => "first",
             Part::Prefix => "prefix",
             Part::Bytes => "bytes",
+            Part::Keys => "idem",
+            Part::KeyOrder => "idem-order",
         }
     }
 }

@@ -91,7 +91,7 @@
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! let topic = TopicName::new("orders")?;
 //! let store = RedisStore::open("redis://127.0.0.1:6379/", Options::default()).await?;
-//! let new = NewMessage { content_type: None, payload: "hello".into(), published_at: SystemTime::now(), event_type: None };
+//! let new = NewMessage { content_type: None, payload: "hello".into(), published_at: SystemTime::now(), event_type: None, idempotency: None };
 //! let numbered = store.append(&topic, vec![new]).await?;
 //! let offset = numbered[0].offset();
 //! let id = numbered[0].id().to_owned();
@@ -101,7 +101,7 @@
 //! let other = RedisStore::open("redis://127.0.0.1:6379/", Options::default()).await?;
 //! let read = other.read(&topic, offset, 10, usize::MAX).await?;
 //! assert_eq!(read.messages[0].id(), id);
-//! let new = NewMessage { content_type: None, payload: "again".into(), published_at: SystemTime::now(), event_type: None };
+//! let new = NewMessage { content_type: None, payload: "again".into(), published_at: SystemTime::now(), event_type: None, idempotency: None };
 //! assert_eq!(other.append(&topic, vec![new]).await?[0].offset(), offset + 1);
 //! # Ok::<_, Box<dyn std::error::Error>>(())
 //! # }).unwrap();
@@ -125,8 +125,8 @@ pub use broker_core::Retention;
 use incarnations::Known;
 
 use broker_core::{
-    message_id, new_id_prefix, Change, DeadLetter, Logs, MemoryBudget, Message, NewMessage,
-    PendingRetry, Progress, Read, Record, Registrations, RetryChange, Store, TopicName,
+    message_id, new_id_prefix, Appended, Change, DeadLetter, Logs, MemoryBudget, Message, NewMessage,
+    Original, PendingRetry, Progress, Read, Record, Registrations, RetryChange, Store, TopicName,
     WriteBehind,
 };
 use bytes::Bytes;
@@ -176,6 +176,9 @@ pub struct Options {
     /// How often retention runs (at most a quarter of the retention age
     /// apart). Default 5 s.
     pub sweep_every: Duration,
+    /// How long and how many idempotency keys are remembered, in Redis
+    /// (shared by every replica), with the count a cap per topic.
+    pub idempotency: broker_core::IdempotencyLimits,
 }
 
 impl Default for Options {
@@ -186,6 +189,7 @@ impl Default for Options {
             namespace: "broker".to_owned(),
             timeout: Duration::from_secs(5),
             sweep_every: Duration::from_secs(5),
+            idempotency: broker_core::IdempotencyLimits::default(),
         }
     }
 }
@@ -915,7 +919,7 @@ impl Logs for RedisStore {
         &self,
         topic: &TopicName,
         messages: Vec<NewMessage>,
-    ) -> Result<Vec<Arc<Message>>, broker_core::Error> {
+    ) -> Result<Vec<Appended>, broker_core::Error> {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
@@ -928,13 +932,19 @@ impl Logs for RedisStore {
             // before, so a log made again after a delete gets new ids.
             None => format!("+{}", new_id_prefix()),
         };
+        let limits = s.options.idempotency;
         let mut call = s.scripts.append.prepare_invoke();
         call.key(s.keys.topic(topic, Part::Log))
             .key(s.keys.topic(topic, Part::Next))
             .key(s.keys.topic(topic, Part::Prefix))
             .key(s.keys.topic(topic, Part::Bytes))
+            .key(s.keys.topic(topic, Part::Keys))
+            .key(s.keys.topic(topic, Part::KeyOrder))
             .arg(incarnation)
-            .arg(messages.len());
+            .arg(messages.len())
+            .arg(millis(SystemTime::now()))
+            .arg(limits.window.as_millis() as u64)
+            .arg(limits.max_keys);
         let mut content_type = Vec::new();
         for m in &messages {
             call.arg(millis(m.published_at));
@@ -948,6 +958,12 @@ impl Logs for RedisStore {
                 }
             };
             call.arg(m.event_type.as_ref().map_or("", |t| t.as_str()));
+            match &m.idempotency {
+                None => call.arg("").arg(":"),
+                Some(k) => call
+                    .arg(k.key.as_str())
+                    .arg(format!("{:016x}:{}", k.fingerprint, k.subscribers)),
+            };
             call.arg(m.payload.as_ref());
         }
         // Announced to the other replicas by the same script.
@@ -966,6 +982,9 @@ impl Logs for RedisStore {
             }
             _ => return Err(s.corrupt(key(), "append answered no array").into()),
         };
+        if matches!(reply.as_slice(), [Value::Int(-1)]) {
+            return Err(broker_core::Error::IdempotencyKeyReused);
+        }
         let (Some(first), Some(Value::BulkString(prefix))) =
             (reply.first().and_then(unsigned), reply.get(1))
         else {
@@ -973,26 +992,49 @@ impl Logs for RedisStore {
                 .corrupt(key(), "append answered no offset and prefix")
                 .into());
         };
-        let prefix = String::from_utf8_lossy(prefix);
+        if reply.len() != 2 + messages.len() {
+            return Err(s.corrupt(key(), "append answered too few verdicts").into());
+        }
+        let prefix = String::from_utf8_lossy(prefix).into_owned();
         s.incarnations.learn(topic, &prefix);
-        Ok(messages
-            .into_iter()
-            .zip(first..)
-            .map(|(m, offset)| {
-                Arc::new(
-                    Message::new(
-                        message_id(&prefix, offset),
+        let mut next = first;
+        let mut out = Vec::with_capacity(messages.len());
+        for (m, verdict) in messages.into_iter().zip(&reply[2..]) {
+            out.push(match verdict {
+                Value::Int(0) => {
+                    let offset = next;
+                    next += 1;
+                    Appended::New(Arc::new(
+                        Message::new(
+                            message_id(&prefix, offset),
+                            offset,
+                            topic.clone(),
+                            m.content_type,
+                            m.payload,
+                            // As a read gives it back: to the millisecond.
+                            at_millis(millis(m.published_at)),
+                        )
+                        .with_event_type(m.event_type),
+                    ))
+                }
+                Value::BulkString(replay) => {
+                    let replay = String::from_utf8_lossy(replay);
+                    let parsed = replay.split_once(':').and_then(|(o, n)| {
+                        Some((o.parse::<u64>().ok()?, n.parse::<u32>().ok()?))
+                    });
+                    let Some((offset, subscribers)) = parsed else {
+                        return Err(s.corrupt(key(), "append answered a bad replay").into());
+                    };
+                    Appended::Replayed(Original {
+                        id: message_id(&prefix, offset),
                         offset,
-                        topic.clone(),
-                        m.content_type,
-                        m.payload,
-                        // As a read gives it back: to the millisecond.
-                        at_millis(millis(m.published_at)),
-                    )
-                    .with_event_type(m.event_type),
-                )
-            })
-            .collect())
+                        subscribers,
+                    })
+                }
+                _ => return Err(s.corrupt(key(), "append answered a bad verdict").into()),
+            });
+        }
+        Ok(out)
     }
 
     async fn read(

@@ -9,16 +9,25 @@
 
 use redis::Script;
 
-/// Appends a batch to a topic's log.
+/// Appends a batch to a topic's log, deduplicated by idempotency key.
 ///
-/// KEYS: log, next, prefix, bytes. ARGV: the log's incarnation (its id
-/// prefix) as `=<prefix>` (the one this process learned: the append is
-/// refused unless the log has it) or `+<prefix>` (none learned: a
-/// never-used prefix, taken when the log has none yet), the count n, then
-/// n times: published ms, content type (`''` for none, else `'='` and the
-/// value), event type (`''` for none), payload. The event type is the
-/// entry's field `e`, left out when none (entries written before event
-/// types have none either).
+/// KEYS: log, next, prefix, bytes, keys, key order. ARGV: the log's
+/// incarnation (its id prefix) as `=<prefix>` (the one this process
+/// learned: the append is refused unless the log has it) or `+<prefix>`
+/// (none learned: a never-used prefix, taken when the log has none yet),
+/// the count n, now (ms), the keys' window (ms), the most keys a topic
+/// keeps, then n times: published ms, content type (`''` for none, else
+/// `'='` and the value), event type (`''` for none), idempotency key
+/// (`''` for none), `<fingerprint hex>:<subscribers>`, payload. The event
+/// type is the entry's field `e`, left out when none (entries written
+/// before event types have none either).
+///
+/// A keyed message whose key the topic remembers within the window (or
+/// that an earlier message of the batch has) is not appended: its answer
+/// is its first message's. A key remembered with another fingerprint
+/// refuses the whole batch, writing nothing. Keys are kept in the `keys`
+/// hash and the `key order` sorted set (by published ms), forgotten past
+/// the window (at most 1,000 a call) and past the count, oldest first.
 ///
 /// Each entry also carries `s`, the payload bytes ever appended to the
 /// log up to and including it (the `bytes` key holds the running total),
@@ -27,15 +36,16 @@ use redis::Script;
 ///
 /// Then announces the append on the changes channel (ARGV after the
 /// messages: the channel, this process's replica id, the topic):
-/// `a <replica> <first> <next> <topic>`.
+/// `a <replica> <first> <next> <topic>`, when anything was appended.
 ///
-/// Returns `{first offset, the log's prefix}`, or `false` (nil), writing
-/// nothing, when the log's prefix is gone or not the one named: its topic
-/// was deleted (and maybe made again) since this process learned it. One
-/// INCRBY numbers the whole batch, so that offsets are one dense sequence
-/// per topic whoever appends. Refuses (before writing anything) a log
-/// whose counter is gone while its stream is not: its offsets would go
-/// back.
+/// Returns `{first offset, the log's prefix, then per message 0 (appended:
+/// the next offset from first) or '<offset>:<subscribers>' (a replay)}`;
+/// `{-1}` for a reused key; or `false` (nil), writing nothing, when the
+/// log's prefix is gone or not the one named: its topic was deleted (and
+/// maybe made again) since this process learned it. One INCRBY numbers
+/// the whole batch, so that offsets are one dense sequence per topic
+/// whoever appends. Refuses (before writing anything) a log whose counter
+/// is gone while its stream is not: its offsets would go back.
 const APPEND: &str = r"
 local n = tonumber(ARGV[2])
 if redis.call('EXISTS', KEYS[2]) == 0 and redis.call('EXISTS', KEYS[1]) == 1 then
@@ -45,37 +55,95 @@ local prefix = redis.call('GET', KEYS[3])
 local mode, named = string.sub(ARGV[1], 1, 1), string.sub(ARGV[1], 2)
 if mode == '=' then
   if prefix ~= named then return false end
-elseif not prefix then
+end
+local now, window, max_keys = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local oldest = now - window
+local W = 6
+local verdicts, batch, fresh = {}, {}, 0
+for i = 0, n - 1 do
+  local a = W + 6 * i
+  local key = ARGV[a + 3]
+  local fp, subs = string.match(ARGV[a + 4], '^([^:]*):(.*)$')
+  local verdict = 0
+  if key ~= '' then
+    local first = batch[key]
+    if first then
+      if first[2] ~= fp then return {-1} end
+      verdict = {first[1], subs}
+    else
+      local kept = redis.call('HGET', KEYS[5], key)
+      if kept then
+        local kfp, koff, ksubs, kat = string.match(kept, '^([^:]*):([^:]*):([^:]*):(.*)$')
+        if tonumber(kat) >= oldest then
+          if kfp ~= fp then return {-1} end
+          verdict = koff .. ':' .. ksubs
+        end
+      end
+      if verdict == 0 then batch[key] = {i, fp} end
+    end
+  end
+  if verdict == 0 then fresh = fresh + 1 end
+  verdicts[i + 1] = verdict
+end
+if mode == '+' and not prefix then
   prefix = named
   redis.call('SET', KEYS[3], prefix)
 end
-local first = redis.call('INCRBY', KEYS[2], n) - n
+local first = redis.call('INCRBY', KEYS[2], fresh) - fresh
 local size = 0
 for i = 0, n - 1 do
-  size = size + #ARGV[6 + 4 * i]
+  if verdicts[i + 1] == 0 then size = size + #ARGV[W + 6 * i + 5] end
 end
 local total = redis.call('INCRBY', KEYS[4], string.format('%d', size)) - size
+local offsets, at = {}, first
 for i = 0, n - 1 do
-  local a = 3 + 4 * i
-  local id = string.format('%d-0', first + i + 1)
-  local ct, et, p = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-  total = total + #p
-  local fields = {'t', ARGV[a], 's', string.format('%d', total)}
-  if ct ~= '' then
-    fields[#fields + 1] = 'c'
-    fields[#fields + 1] = string.sub(ct, 2)
+  if verdicts[i + 1] == 0 then
+    local a = W + 6 * i
+    local ct, et, key, p = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 5]
+    local id = string.format('%d-0', at + 1)
+    total = total + #p
+    local fields = {'t', ARGV[a], 's', string.format('%d', total)}
+    if ct ~= '' then
+      fields[#fields + 1] = 'c'
+      fields[#fields + 1] = string.sub(ct, 2)
+    end
+    if et ~= '' then
+      fields[#fields + 1] = 'e'
+      fields[#fields + 1] = et
+    end
+    fields[#fields + 1] = 'p'
+    fields[#fields + 1] = p
+    redis.call('XADD', KEYS[1], id, unpack(fields))
+    if key ~= '' and max_keys > 0 then
+      local fp, subs = string.match(ARGV[a + 4], '^([^:]*):(.*)$')
+      redis.call('HSET', KEYS[5], key, string.format('%s:%d:%s:%s', fp, at, subs, ARGV[a]))
+      redis.call('ZADD', KEYS[6], ARGV[a], key)
+    end
+    offsets[i] = at
+    at = at + 1
   end
-  if et ~= '' then
-    fields[#fields + 1] = 'e'
-    fields[#fields + 1] = et
-  end
-  fields[#fields + 1] = 'p'
-  fields[#fields + 1] = p
-  redis.call('XADD', KEYS[1], id, unpack(fields))
 end
-local tail = 3 + 4 * n
-redis.call('PUBLISH', ARGV[tail], string.format('a %s %d %d %s', ARGV[tail + 1], first, first + n, ARGV[tail + 2]))
-return {first, prefix}
+local expired = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', '(' .. string.format('%d', oldest), 'LIMIT', 0, 1000)
+if #expired > 0 then
+  redis.call('HDEL', KEYS[5], unpack(expired))
+  redis.call('ZREM', KEYS[6], unpack(expired))
+end
+local over = redis.call('ZCARD', KEYS[6]) - max_keys
+if over > 0 then
+  local gone = redis.call('ZPOPMIN', KEYS[6], math.min(over, 1000))
+  for j = 1, #gone, 2 do redis.call('HDEL', KEYS[5], gone[j]) end
+end
+local out = {first, prefix}
+for i = 0, n - 1 do
+  local v = verdicts[i + 1]
+  if type(v) == 'table' then v = string.format('%d', offsets[v[1]]) .. ':' .. v[2] end
+  out[#out + 1] = v
+end
+local tail = W + 6 * n
+if fresh > 0 then
+  redis.call('PUBLISH', ARGV[tail], string.format('a %s %d %d %s', ARGV[tail + 1], first, first + fresh, ARGV[tail + 2]))
+end
+return out
 ";
 
 /// Reads from a topic's log.

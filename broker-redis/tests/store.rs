@@ -21,12 +21,21 @@ fn topic(name: &str) -> TopicName {
     TopicName::new(name).unwrap()
 }
 
+/// The messages an append made (none of these tests' are replays).
+fn fresh(appended: Vec<broker_core::Appended>) -> Vec<std::sync::Arc<broker_core::Message>> {
+    appended
+        .into_iter()
+        .map(|a| a.into_new().expect("no replay"))
+        .collect()
+}
+
 fn new(payload: impl Into<bytes::Bytes>) -> NewMessage {
     NewMessage {
         content_type: None,
         payload: payload.into(),
         published_at: SystemTime::now(),
         event_type: None,
+        idempotency: None,
     }
 }
 
@@ -73,7 +82,7 @@ async fn appends_from_many_tasks_and_two_stores_get_dense_unique_offsets() {
                     } else {
                         vec![new(format!("{i}.{n}"))]
                     };
-                    let numbered = store.append(&t, batch).await.unwrap();
+                    let numbered = fresh(store.append(&t, batch).await.unwrap());
                     // A batch is consecutive.
                     for pair in numbered.windows(2) {
                         assert_eq!(pair[1].offset(), pair[0].offset() + 1);
@@ -132,9 +141,10 @@ async fn reads_page_by_count_and_by_bytes_and_keep_everything_but_nanoseconds() 
             payload: vec![b'0' + n as u8; 100].into(),
             published_at: at,
             event_type: None,
+            idempotency: None,
         })
         .collect();
-    let appended = store.append(&t, batch).await.unwrap();
+    let appended = fresh(store.append(&t, batch).await.unwrap());
     assert_eq!(appended[9].offset(), 9);
 
     let read = store.read(&t, 0, 3, usize::MAX).await.unwrap();
@@ -635,7 +645,9 @@ async fn redis_down_fails_in_bounded_time_and_nothing_acknowledged_is_lost() {
     let t = topic("t");
     let mut acked = Vec::new();
     for n in 0..50 {
-        acked.extend(store.append(&t, vec![new(format!("m{n}"))]).await.unwrap());
+        acked.extend(fresh(
+            store.append(&t, vec![new(format!("m{n}"))]).await.unwrap(),
+        ));
     }
     store.save(Change::Put(&publisher())).await.unwrap();
     let sub = subscriber("sub_1", 1);

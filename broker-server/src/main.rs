@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use broker_core::{Broker, Limits, MemoryStore, Retention, Retry};
+use broker_core::{Broker, IdempotencyLimits, Limits, MemoryStore, Retention, Retry};
 use broker_delivery::{DeliveryConfig, DestinationPolicy, WebhookNotifier};
 use broker_http::{serve, Api, ApiConfig, LiveConfig, LiveHub, Metrics, Overflow, ServerConfig};
 use broker_jwt::{JwtConfig, JwtVerifier};
@@ -223,6 +223,17 @@ struct Args {
     /// oldest go first, a whole segment at a time with a data dir.
     #[arg(long, env = "BROKER_RETENTION_BYTES", default_value = "1GiB", value_parser = bytes)]
     retention_bytes: u64,
+
+    /// How long a publish's `Idempotency-Key` is remembered on its topic:
+    /// the same key again within it appends nothing and is answered as
+    /// the first was (`24h`, `1h`; `0s` turns keys off).
+    #[arg(long, env = "BROKER_IDEMPOTENCY_WINDOW", default_value = "24h", value_parser = duration)]
+    idempotency_window: Duration,
+
+    /// Most idempotency keys remembered (in memory or with `--data-dir`:
+    /// over all topics; on Redis: per topic); past it the oldest go first.
+    #[arg(long, env = "BROKER_IDEMPOTENCY_KEYS", default_value_t = IdempotencyLimits::default().max_keys)]
+    idempotency_keys: usize,
 
     /// Most message bytes held in memory (payloads and 160 bytes a
     /// message): the topic logs (with `--data-dir`, their tail caches),
@@ -537,6 +548,14 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         age: args.retention,
         bytes_per_topic: args.retention_bytes,
     };
+    let idempotency = IdempotencyLimits {
+        window: args.idempotency_window,
+        max_keys: if args.idempotency_window.is_zero() {
+            0
+        } else {
+            args.idempotency_keys
+        },
+    };
     // Every publish goes to the webhook subscribers, then to live listeners.
     let notifiers = (notifier.clone(), live.clone());
     let memory_bytes = usize::try_from(args.max_memory_bytes).unwrap_or(usize::MAX);
@@ -546,6 +565,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             let options = broker_redis::Options {
                 retention,
                 memory_bytes,
+                idempotency,
                 ..broker_redis::Options::default()
             };
             // Unreachable at start: the error names the URL (password
@@ -561,7 +581,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             (broker, Storage::Redis(store))
         }
         (None, None) => {
-            let store = MemoryStore::new(retention, memory_bytes);
+            let store = MemoryStore::new(retention, memory_bytes).with_idempotency(idempotency);
             (
                 Broker::open(notifiers, limits, store).await?,
                 Storage::Memory,
@@ -574,6 +594,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 retention,
                 segment_bytes: args.segment_bytes,
                 memory_bytes,
+                idempotency,
             };
             let dir = dir.clone();
             let store =

@@ -28,7 +28,7 @@
 //! let dir = tempfile::tempdir()?;
 //! let topic = TopicName::new("orders")?;
 //! let store = DiskStore::open(dir.path(), Options::default())?;
-//! let new = NewMessage { content_type: None, payload: "hello".into(), published_at: SystemTime::now(), event_type: None };
+//! let new = NewMessage { content_type: None, payload: "hello".into(), published_at: SystemTime::now(), event_type: None, idempotency: None };
 //! let numbered = store.append(&topic, vec![new]).await?;
 //! assert_eq!(numbered[0].offset(), 0);
 //! let id = numbered[0].id().to_owned();
@@ -62,9 +62,10 @@ use std::{
 
 use async_trait::async_trait;
 pub use broker_core::Retention;
+pub use broker_core::IdempotencyLimits;
 use broker_core::{
-    Change, Logs, MemoryBudget, Message, NewMessage, Progress, Read, Record, Registrations, Store,
-    TopicName, WriteBehind,
+    Appended, Change, KeyTable, Logs, MemoryBudget, NewMessage, Progress, Read, Record,
+    Registrations, Store, TopicName, WriteBehind,
 };
 use parking_lot::RwLock;
 
@@ -101,6 +102,10 @@ pub struct Options {
     /// from there, not the files) and those deliveries hold (see
     /// [`broker_core::MemoryBudget`]) share it. Default 512 MiB.
     pub memory_bytes: usize,
+    /// How long and how many idempotency keys are remembered. They are
+    /// kept in the log with their messages, and read back at open from
+    /// the logs that hold any, for the window.
+    pub idempotency: IdempotencyLimits,
 }
 
 impl Default for Options {
@@ -110,6 +115,7 @@ impl Default for Options {
             retention: Retention::default(),
             segment_bytes: 64 << 20,
             memory_bytes: 512 << 20,
+            idempotency: IdempotencyLimits::default(),
         }
     }
 }
@@ -150,6 +156,8 @@ pub(crate) struct Shared {
     logs: RwLock<HashMap<TopicName, Arc<TopicLog>>>,
     /// The tail caches' shared budget.
     cache: log::Cache,
+    /// The idempotency keys of every log, checked under each log's lock.
+    keys: KeyTable,
     /// Cursors moved and pending retries kept or forgotten since the last
     /// flush: written together, in one transaction, every
     /// [`CURSOR_FLUSH`] by the retention thread (broker-core's shared
@@ -206,6 +214,8 @@ impl DiskStore {
                 .map_err(io(&registry_path))?;
         }
         let registry = registry::Registry::open(&registry_path)?;
+        let memory = MemoryBudget::new(options.memory_bytes);
+        let keys = KeyTable::new(options.idempotency, memory.clone());
         let mut logs = HashMap::new();
         for entry in fs::read_dir(&topics_dir).map_err(io(&topics_dir))? {
             let entry = entry.map_err(io(&topics_dir))?;
@@ -216,7 +226,7 @@ impl DiskStore {
             else {
                 continue;
             };
-            let (log, recovered) = TopicLog::open(name.clone(), entry.path())?;
+            let (log, recovered) = TopicLog::open(name.clone(), entry.path(), Some(&keys))?;
             if recovered.truncated_bytes > 0 {
                 tracing::warn!(
                     topic = %name,
@@ -236,9 +246,10 @@ impl DiskStore {
             registry,
             logs: RwLock::new(logs),
             cache: log::Cache {
-                memory: MemoryBudget::new(options.memory_bytes),
+                memory,
                 held: Default::default(),
             },
+            keys,
             progress: WriteBehind::default(),
             syncer: sync::Syncer::default(),
             _lock: lock,
@@ -421,15 +432,18 @@ impl Logs for DiskStore {
         &self,
         topic: &TopicName,
         messages: Vec<NewMessage>,
-    ) -> Result<Vec<Arc<Message>>, broker_core::Error> {
+    ) -> Result<Vec<Appended>, broker_core::Error> {
         let log = self.log_or_create(topic)?;
         let always = self.shared.options.fsync == Fsync::Always;
-        let (messages, next) = log.append(
+        let (messages, next) = log.append_keyed(
             messages,
             self.shared.options.rolling(),
             always,
             &self.shared.cache,
+            &self.shared.keys,
         )?;
+        // Waiting for `next` covers replays too: a key is answered once
+        // its first message is as durable as a new one would be.
         match self.shared.options.fsync {
             Fsync::Always => {
                 self.shared.syncer.request(&log, true);
@@ -461,6 +475,7 @@ impl Logs for DiskStore {
         let removed = self.shared.logs.write().remove(topic);
         if let Some(log) = &removed {
             log.drop_cache(&self.shared.cache);
+            self.shared.keys.forget_topic(topic);
         }
         let dir = self.shared.topics_dir.join(topic.as_str());
         blocking(move || match fs::remove_dir_all(&dir) {
@@ -620,7 +635,75 @@ mod tests {
             payload: payload.into(),
             published_at: SystemTime::now(),
             event_type: None,
+            idempotency: None,
         }
+    }
+
+    fn keyed(key: &str, payload: &str) -> NewMessage {
+        NewMessage {
+            idempotency: Some(broker_core::Keyed {
+                key: broker_core::IdempotencyKey::new(key).unwrap(),
+                fingerprint: broker_core::fingerprint(None, payload.as_bytes()),
+                subscribers: 2,
+            }),
+            ..new(payload.to_owned())
+        }
+    }
+
+    /// Sixteen appends with one key make one message; the key is read
+    /// back from the log when the store opens again, and still refuses
+    /// another payload; a key past the window is not.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_key_makes_one_message_and_is_remembered_across_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(DiskStore::open(dir.path(), Options::default()).unwrap());
+        let topic = TopicName::new("t").unwrap();
+        store.append(&topic, vec![new("before".into())]).await.unwrap();
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let (store, topic) = (store.clone(), topic.clone());
+                tokio::spawn(async move { store.append(&topic, vec![keyed("k", "once")]).await })
+            })
+            .collect();
+        let mut new_ones = 0;
+        for t in tasks {
+            let appended = t.await.unwrap().unwrap();
+            assert_eq!(appended[0].offset(), 1);
+            new_ones += usize::from(appended[0].new_message().is_some());
+        }
+        assert_eq!(new_ones, 1);
+        assert_eq!(store.bounds(&topic).await.unwrap(), (0, 2));
+        let id = store.read(&topic, 1, 1, usize::MAX).await.unwrap().messages[0]
+            .id()
+            .to_owned();
+        drop(Arc::into_inner(store).unwrap());
+
+        let store = DiskStore::open(dir.path(), Options::default()).unwrap();
+        let again = store.append(&topic, vec![keyed("k", "once")]).await.unwrap();
+        match &again[0] {
+            Appended::Replayed(o) => {
+                assert_eq!((o.id.as_str(), o.offset, o.subscribers), (id.as_str(), 1, 2));
+            }
+            Appended::New(_) => panic!("the key was forgotten"),
+        }
+        let reused = store.append(&topic, vec![keyed("k", "other")]).await;
+        assert_eq!(reused.unwrap_err(), broker_core::Error::IdempotencyKeyReused);
+        assert_eq!(store.bounds(&topic).await.unwrap(), (0, 2));
+        drop(store);
+
+        // With a window that ended before the message: forgotten.
+        let options = Options {
+            idempotency: IdempotencyLimits {
+                window: Duration::from_millis(1),
+                ..IdempotencyLimits::default()
+            },
+            ..Options::default()
+        };
+        std::thread::sleep(Duration::from_millis(5));
+        let store = DiskStore::open(dir.path(), options).unwrap();
+        let later = store.append(&topic, vec![keyed("k", "other")]).await.unwrap();
+        assert_eq!(later[0].offset(), 2);
+        assert!(later[0].new_message().is_some());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

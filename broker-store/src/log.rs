@@ -18,7 +18,10 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use broker_core::{message_id, MemoryBudget, Message, NewMessage, Read, TopicName};
+use broker_core::{
+    message_id, Appended, IdempotencyKey, KeyTable, Keyed, MemoryBudget, Message, NewMessage, Read,
+    TopicName,
+};
 use bytes::Bytes;
 use http::HeaderValue;
 use parking_lot::Mutex;
@@ -54,6 +57,9 @@ pub(crate) struct TopicLog {
     pub(crate) failed: AtomicBool,
     /// Queued for the syncer.
     pub(crate) dirty: AtomicBool,
+    /// Whether [`KEYED_MARKER`] is written: the log holds (or held) keyed
+    /// messages, whose keys are read back when it opens.
+    keyed: AtomicBool,
     /// The newest messages, kept in memory so that subscribers and
     /// listeners keeping up read them without touching the file; bounded
     /// per topic and by the store's cache budget.
@@ -65,6 +71,27 @@ pub(crate) struct TopicLog {
 struct Recent {
     messages: std::collections::VecDeque<Arc<Message>>,
     bytes: usize,
+}
+
+/// The file in a topic's directory that says its log holds keyed
+/// messages: only such logs are read for their keys at open.
+const KEYED_MARKER: &str = "keyed";
+
+/// Remembers the key of a record read back at open, if it has one.
+fn remember(keys: &KeyTable, topic: &TopicName, prefix: &str, r: &segment::RecordRef<'_>) {
+    let Some(k) = &r.key else { return };
+    let Some(key) = std::str::from_utf8(k.key)
+        .ok()
+        .and_then(|k| IdempotencyKey::new(k).ok())
+    else {
+        return;
+    };
+    let keyed = Keyed {
+        key,
+        fingerprint: k.fingerprint,
+        subscribers: k.subscribers,
+    };
+    keys.remember(topic, &keyed, &message_id(prefix, r.offset), r.offset, r.time_ms);
 }
 
 /// Bytes of messages a topic's tail cache holds at most.
@@ -206,13 +233,25 @@ impl TopicLog {
             synced: watch::Sender::new(next),
             failed: AtomicBool::new(false),
             dirty: AtomicBool::new(false),
+            keyed: AtomicBool::new(false),
             recent: Mutex::default(),
         }
     }
 
     /// Opens the log in `dir`: reads every segment's header, and scans the
-    /// newest segment only, cutting off a torn or corrupt tail.
-    pub(crate) fn open(name: TopicName, dir: PathBuf) -> Result<(Self, Recovered), StoreError> {
+    /// newest segment only, cutting off a torn or corrupt tail. With
+    /// `keys`, a log marked keyed is also read for the keys of its
+    /// messages within the keys' window (the sealed segments written to
+    /// within it, and the newest), which `keys` remembers.
+    pub(crate) fn open(
+        name: TopicName,
+        dir: PathBuf,
+        keys: Option<&KeyTable>,
+    ) -> Result<(Self, Recovered), StoreError> {
+        let keys = keys.filter(|_| dir.join(KEYED_MARKER).exists());
+        let since = keys.map_or(u64::MAX, |k| {
+            now_ms().saturating_sub(k.limits().window.as_millis() as u64)
+        });
         let mut bases = Vec::new();
         for entry in fs::read_dir(&dir).map_err(io_at(&dir))? {
             let entry = entry.map_err(io_at(&dir))?;
@@ -283,11 +322,15 @@ impl TopicLog {
                 );
                 let file = seg.file().map_err(io_at(&path))?;
                 let mut expected = base;
+                let log_prefix = prefix.clone().expect("set above");
                 let stop = scan(&file, seg.version, segment::HEADER_LEN, len, |pos, r| {
                     if r.offset != expected {
                         return false;
                     }
                     seg.indexed(r.offset, pos, r.time_ms);
+                    if let Some(keys) = keys {
+                        remember(keys, &name, &log_prefix, r);
+                    }
                     expected += 1;
                     true
                 })
@@ -309,6 +352,7 @@ impl TopicLog {
                 seg.end.store(good, Ordering::Release);
                 segments.push(Arc::new(seg));
                 let log = Self::assemble(name, dir, prefix.expect("set above"), segments, expected);
+                log.keyed.store(keys.is_some(), Ordering::Relaxed);
                 return Ok((log, recovered));
             }
             drop(file);
@@ -317,6 +361,19 @@ impl TopicLog {
             let modified = fs::metadata(&path).and_then(|m| m.modified()).map_or(0, ms);
             seg.newest_ms.store(modified.max(1), Ordering::Relaxed);
             seg.oldest_ms.store(modified.max(1), Ordering::Relaxed);
+            // Written to within the window: it may hold keys to remember.
+            if let Some(keys) = keys.filter(|_| modified >= since && header.version >= 3) {
+                let file = seg.file().map_err(io_at(&path))?;
+                let log_prefix = prefix.clone().expect("set above");
+                let stop = scan(&file, seg.version, segment::HEADER_LEN, len, |_, r| {
+                    remember(keys, &name, &log_prefix, r);
+                    true
+                })
+                .map_err(io_at(&path))?;
+                if let segment::Stop::Bad(pos, why) = stop {
+                    tracing::error!(path = %path.display(), pos, why, "unreadable record in a sealed segment");
+                }
+            }
             segments.push(Arc::new(seg));
         }
         // No segment at all: an empty log.
@@ -334,6 +391,7 @@ impl TopicLog {
 
     /// Numbers and writes `messages` (not yet synced). Returns them and
     /// the offset after the last.
+    #[cfg(test)]
     pub(crate) fn append(
         &self,
         messages: Vec<NewMessage>,
@@ -341,12 +399,67 @@ impl TopicLog {
         wait_for_sync: bool,
         cache: &Cache,
     ) -> Result<(Vec<Arc<Message>>, u64), StoreError> {
+        self.check_failed()?;
+        let mut state = self.state.lock();
+        let out = self.write(&mut state, messages, rolling, wait_for_sync, cache)?;
+        Ok((out, state.next))
+    }
+
+    /// [`append`](Self::append), deduplicated by `keys` under the log's
+    /// lock: the messages whose key `keys` remembers are not written.
+    pub(crate) fn append_keyed(
+        &self,
+        messages: Vec<NewMessage>,
+        rolling: Rolling,
+        wait_for_sync: bool,
+        cache: &Cache,
+        keys: &KeyTable,
+    ) -> Result<(Vec<Appended>, u64), broker_core::Error> {
+        self.check_failed()?;
+        if messages.iter().any(|m| m.idempotency.is_some()) {
+            self.mark_keyed()?;
+        }
+        let mut state = self.state.lock();
+        let out = keys.append_with(&self.name, messages, |messages| {
+            self.write(&mut state, messages, rolling, wait_for_sync, cache)
+                .map_err(broker_core::Error::from)
+        })?;
+        Ok((out, state.next))
+    }
+
+    fn check_failed(&self) -> Result<(), StoreError> {
         if self.failed.load(Ordering::Acquire) {
             return Err(StoreError::Failed {
                 path: self.dir.clone(),
             });
         }
-        let mut state = self.state.lock();
+        Ok(())
+    }
+
+    /// Writes the marker that says this log holds keyed messages (read
+    /// back at open), once, durably, before the first keyed append.
+    fn mark_keyed(&self) -> Result<(), StoreError> {
+        if self.keyed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let path = self.dir.join(KEYED_MARKER);
+        File::create(&path)
+            .and_then(|f| f.sync_all())
+            .map_err(io_at(&path))?;
+        sync_dir(&self.dir)?;
+        self.keyed.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Numbers and writes `messages` under the state lock.
+    fn write(
+        &self,
+        state: &mut State,
+        messages: Vec<NewMessage>,
+        rolling: Rolling,
+        wait_for_sync: bool,
+        cache: &Cache,
+    ) -> Result<Vec<Arc<Message>>, StoreError> {
         let now = now_ms();
         {
             let active = state.segments.last().expect("never empty");
@@ -357,7 +470,7 @@ impl TopicLog {
                 || active.version != segment::VERSION
                 || (oldest != 0 && now.saturating_sub(oldest) >= rolling.age.as_millis() as u64)
             {
-                self.roll(&mut state)?;
+                self.roll(state)?;
             }
         }
         let active = state.segments.last().expect("never empty").clone();
@@ -368,12 +481,18 @@ impl TopicLog {
             positions.push(start + buf.len() as u64);
             let ct = m.content_type.as_ref().map_or(&[][..], |c| c.as_bytes());
             let et = m.event_type.as_ref().map_or("", |t| t.as_str());
+            let key = m.idempotency.as_ref().map(|k| segment::RecordKey {
+                key: k.key.as_str().as_bytes(),
+                fingerprint: k.fingerprint,
+                subscribers: k.subscribers,
+            });
             encode_record(
                 &mut buf,
                 state.next + i as u64,
                 ms(m.published_at),
                 ct,
                 et.as_bytes(),
+                key,
                 &m.payload,
             );
         }
@@ -428,7 +547,7 @@ impl TopicLog {
         if !wait_for_sync {
             self.committed.store(state.next, Ordering::Release);
         }
-        Ok((out, state.next))
+        Ok(out)
     }
 
     /// Seals the newest segment (synced first) and starts the next. An
@@ -700,6 +819,7 @@ mod tests {
             payload: Bytes::copy_from_slice(payload),
             published_at: SystemTime::now(),
             event_type: None,
+            idempotency: None,
         }
     }
 
@@ -736,7 +856,7 @@ mod tests {
     }
 
     fn reopen(dir: &Path) -> (TopicLog, Recovered) {
-        TopicLog::open(topic(), dir.to_owned()).unwrap()
+        TopicLog::open(topic(), dir.to_owned(), None).unwrap()
     }
 
     fn all(log: &TopicLog) -> Vec<Bytes> {
@@ -892,7 +1012,7 @@ mod tests {
         let mut bytes = fs::read(&path).unwrap();
         bytes[6] = 99;
         fs::write(&path, &bytes).unwrap();
-        match TopicLog::open(topic(), dir.path().to_owned()) {
+        match TopicLog::open(topic(), dir.path().to_owned(), None) {
             Err(StoreError::Format { found, .. }) => assert!(found.contains("99"), "{found}"),
             other => panic!("{:?}", other.map(|_| ())),
         }

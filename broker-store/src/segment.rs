@@ -3,14 +3,18 @@
 //!
 //! ```text
 //! header (32 bytes): "WHBLOG" | version u16 | base offset u64 | id prefix (12 ASCII hex) | crc32 of the 28 bytes before
-//! record, version 2: length u32 | crc32 u32 | offset u64 | publish time (ms since the epoch) u64 |
-//!                    content-type length u16 | event-type length u8 | content type | event type | payload
-//! record, version 1: the same without the event type and its length
+//! record, version 3: length u32 | crc32 u32 | offset u64 | publish time (ms since the epoch) u64 |
+//!                    content-type length u16 | event-type length u8 | key length u8 |
+//!                    content type | event type | idempotency key |
+//!                    (when the key length is not 0) fingerprint u64 | subscribers u32 |
+//!                    payload
+//! record, version 2: the same without the key, its length and what follows the key
+//! record, version 1: version 2 without the event type and its length
 //! ```
 //!
-//! This build writes version 2 and reads both: a segment written by an
-//! older build is read as it is and never appended to (the log starts a
-//! new segment for its next append), so no data dir needs a migration.
+//! This build writes version 3 and reads all three: a segment written by
+//! an older build is read as it is and never appended to (the log starts
+//! a new segment for its next append), so no data dir needs a migration.
 //!
 //! All integers little-endian; `length` counts the bytes after the crc;
 //! the crc covers those bytes. A segment is named by its base offset,
@@ -30,7 +34,7 @@ use std::{
 use parking_lot::Mutex;
 
 /// The format version this build writes.
-pub(crate) const VERSION: u16 = 2;
+pub(crate) const VERSION: u16 = 3;
 /// The oldest version this build reads.
 pub(crate) const OLDEST: u16 = 1;
 const MAGIC: &[u8; 6] = b"WHBLOG";
@@ -39,8 +43,12 @@ pub(crate) const HEADER_LEN: u64 = 32;
 pub(crate) const RECORD_HEAD: usize = 8;
 /// Offset, time and content-type length (version 1).
 const BODY_FIXED_V1: usize = 8 + 8 + 2;
-/// Offset, time, content-type and event-type lengths.
-const BODY_FIXED: usize = BODY_FIXED_V1 + 1;
+/// Offset, time, content-type and event-type lengths (version 2).
+const BODY_FIXED_V2: usize = BODY_FIXED_V1 + 1;
+/// Offset, time, content-type, event-type and key lengths.
+const BODY_FIXED: usize = BODY_FIXED_V2 + 1;
+/// The fingerprint and subscriber count after a key.
+const KEYED_FIXED: usize = 8 + 4;
 /// No record is longer: a length past it is garbage, not a record.
 pub(crate) const MAX_RECORD: usize = 1 << 30;
 /// A sparse index entry every this many bytes of log.
@@ -100,6 +108,14 @@ pub(crate) fn decode_header(buf: &[u8]) -> Result<Header, HeaderError> {
     })
 }
 
+/// A record's idempotency key, with what it was first used for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RecordKey<'a> {
+    pub(crate) key: &'a [u8],
+    pub(crate) fingerprint: u64,
+    pub(crate) subscribers: u32,
+}
+
 /// Appends one record to `out`, in [`VERSION`].
 pub(crate) fn encode_record(
     out: &mut Vec<u8>,
@@ -107,11 +123,45 @@ pub(crate) fn encode_record(
     time_ms: u64,
     content_type: &[u8],
     event_type: &[u8],
+    key: Option<RecordKey<'_>>,
+    payload: &[u8],
+) {
+    encode_versioned(
+        out,
+        VERSION,
+        offset,
+        time_ms,
+        content_type,
+        event_type,
+        key,
+        payload,
+    );
+}
+
+/// Appends one record to `out` in format `version` (2 or 3; 2 drops the
+/// key).
+#[allow(clippy::too_many_arguments)]
+fn encode_versioned(
+    out: &mut Vec<u8>,
+    version: u16,
+    offset: u64,
+    time_ms: u64,
+    content_type: &[u8],
+    event_type: &[u8],
+    key: Option<RecordKey<'_>>,
     payload: &[u8],
 ) {
     let ct = &content_type[..content_type.len().min(u16::MAX as usize)];
     let et = &event_type[..event_type.len().min(u8::MAX as usize)];
-    let len = BODY_FIXED + ct.len() + et.len() + payload.len();
+    let key = key.filter(|k| version >= 3 && !k.key.is_empty());
+    let k = key.map_or(&[][..], |k| &k.key[..k.key.len().min(u8::MAX as usize)]);
+    let fixed = if version >= 3 {
+        BODY_FIXED
+    } else {
+        BODY_FIXED_V2
+    };
+    let keyed = if key.is_some() { KEYED_FIXED } else { 0 };
+    let len = fixed + ct.len() + et.len() + k.len() + keyed + payload.len();
     out.reserve(RECORD_HEAD + len);
     out.extend_from_slice(&(len as u32).to_le_bytes());
     let crc_at = out.len();
@@ -121,11 +171,42 @@ pub(crate) fn encode_record(
     out.extend_from_slice(&time_ms.to_le_bytes());
     out.extend_from_slice(&(ct.len() as u16).to_le_bytes());
     out.push(et.len() as u8);
+    if version >= 3 {
+        out.push(k.len() as u8);
+    }
     out.extend_from_slice(ct);
     out.extend_from_slice(et);
+    if let Some(key) = key {
+        out.extend_from_slice(k);
+        out.extend_from_slice(&key.fingerprint.to_le_bytes());
+        out.extend_from_slice(&key.subscribers.to_le_bytes());
+    }
     out.extend_from_slice(payload);
     let crc = crc32fast::hash(&out[body_at..]);
     out[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Appends one record to `out` as builds before idempotency keys wrote
+/// it (format version 2), for tests of reading old data dirs.
+#[cfg(test)]
+pub(crate) fn encode_record_v2(
+    out: &mut Vec<u8>,
+    offset: u64,
+    time_ms: u64,
+    content_type: &[u8],
+    event_type: &[u8],
+    payload: &[u8],
+) {
+    encode_versioned(
+        out,
+        2,
+        offset,
+        time_ms,
+        content_type,
+        event_type,
+        None,
+        payload,
+    );
 }
 
 /// One record, borrowed from a read buffer.
@@ -136,6 +217,8 @@ pub(crate) struct RecordRef<'a> {
     pub(crate) content_type: &'a [u8],
     /// Empty: none (and always in a version 1 segment).
     pub(crate) event_type: &'a [u8],
+    /// Its idempotency key (never in a segment older than version 3).
+    pub(crate) key: Option<RecordKey<'a>>,
     pub(crate) payload: &'a [u8],
     /// Bytes it takes in the file.
     pub(crate) size: usize,
@@ -154,10 +237,10 @@ fn decode(buf: &[u8], version: u16) -> Decoded<'_> {
     if buf.len() < RECORD_HEAD {
         return Decoded::Incomplete(RECORD_HEAD);
     }
-    let fixed = if version == 1 {
-        BODY_FIXED_V1
-    } else {
-        BODY_FIXED
+    let fixed = match version {
+        1 => BODY_FIXED_V1,
+        2 => BODY_FIXED_V2,
+        _ => BODY_FIXED,
     };
     let len = u32::from_le_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
     if !(fixed..=MAX_RECORD).contains(&len) {
@@ -174,16 +257,29 @@ fn decode(buf: &[u8], version: u16) -> Decoded<'_> {
     }
     let ct_len = u16::from_le_bytes([body[16], body[17]]) as usize;
     let et_len = if version == 1 { 0 } else { body[18] as usize };
-    if fixed + ct_len + et_len > len {
-        return Decoded::Corrupt("content or event type past the record");
+    let key_len = if version >= 3 { body[19] as usize } else { 0 };
+    let keyed = if key_len > 0 { KEYED_FIXED } else { 0 };
+    if fixed + ct_len + et_len + key_len + keyed > len {
+        return Decoded::Corrupt("content type, event type or key past the record");
     }
     let et_at = fixed + ct_len;
+    let key_at = et_at + et_len;
+    let payload_at = key_at + key_len + keyed;
+    let key = (key_len > 0).then(|| {
+        let at = key_at + key_len;
+        RecordKey {
+            key: &body[key_at..at],
+            fingerprint: u64::from_le_bytes(body[at..at + 8].try_into().expect("8 bytes")),
+            subscribers: u32::from_le_bytes(body[at + 8..at + 12].try_into().expect("4 bytes")),
+        }
+    });
     Decoded::Record(RecordRef {
         offset: u64::from_le_bytes(body[..8].try_into().expect("8 bytes")),
         time_ms: u64::from_le_bytes(body[8..16].try_into().expect("8 bytes")),
         content_type: &body[fixed..et_at],
-        event_type: &body[et_at..et_at + et_len],
-        payload: &body[et_at + et_len..],
+        event_type: &body[et_at..key_at],
+        key,
+        payload: &body[payload_at..],
         size,
     })
 }
@@ -437,11 +533,26 @@ mod tests {
     #[test]
     fn records_decode_as_written() {
         let mut buf = Vec::new();
-        encode_record(&mut buf, 7, 1234, b"text/plain", b"invoice.paid", b"hello");
-        encode_record(&mut buf, 8, 1235, b"", b"", b"");
+        encode_record(
+            &mut buf,
+            7,
+            1234,
+            b"text/plain",
+            b"invoice.paid",
+            None,
+            b"hello",
+        );
+        encode_record(&mut buf, 8, 1235, b"", b"", None, b"");
+        let key = RecordKey {
+            key: b"order-42",
+            fingerprint: 0xdead_beef_0123_4567,
+            subscribers: 9,
+        };
+        encode_record(&mut buf, 9, 1236, b"", b"a.b", Some(key), b"keyed");
         let Decoded::Record(r) = decode(&buf, VERSION) else {
             panic!()
         };
+        assert_eq!(r.key, None);
         assert_eq!(
             (r.offset, r.time_ms, r.content_type, r.event_type, r.payload),
             (
@@ -458,6 +569,13 @@ mod tests {
         assert_eq!(
             (r2.offset, r2.event_type, r2.payload.len()),
             (8, &b""[..], 0)
+        );
+        let Decoded::Record(r3) = decode(&buf[r.size + r2.size..], VERSION) else {
+            panic!()
+        };
+        assert_eq!(
+            (r3.offset, r3.event_type, r3.key, r3.payload),
+            (9, &b"a.b"[..], Some(key), &b"keyed"[..])
         );
         assert!(matches!(decode(&buf[..5], VERSION), Decoded::Incomplete(8)));
         assert!(matches!(
@@ -492,8 +610,23 @@ mod tests {
             version: 1,
         });
         assert_eq!(decode_header(&header).map(|h| h.version), Ok(1));
-        header[6] = 3;
-        assert_eq!(decode_header(&header), Err(HeaderError::Version(3)));
+        header[6] = 4;
+        assert_eq!(decode_header(&header), Err(HeaderError::Version(4)));
+    }
+
+    /// A version 2 record (as written by builds before idempotency keys):
+    /// read with its event type and no key.
+    #[test]
+    fn version_2_records_are_read_without_a_key() {
+        let mut buf = Vec::new();
+        encode_record_v2(&mut buf, 5, 99, b"", b"invoice.paid", b"old");
+        let Decoded::Record(r) = decode(&buf, 2) else {
+            panic!()
+        };
+        assert_eq!(
+            (r.offset, r.event_type, r.key, r.payload),
+            (5, &b"invoice.paid"[..], None, &b"old"[..])
+        );
     }
 
     #[test]

@@ -262,8 +262,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
         let count = drafts.len();
         match self.publish(&topic, drafts).await {
             Ok(receipt) => {
-                for (_, offset) in receipt.messages {
-                    let _ = write!(self.output, "OK {offset}\r\n");
+                for r in receipt.messages {
+                    let _ = write!(self.output, "OK {}\r\n", r.offset);
                 }
             }
             Err(e) => {

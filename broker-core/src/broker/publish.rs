@@ -11,9 +11,11 @@ use http::HeaderValue;
 
 use super::Broker;
 use crate::{
+    fingerprint,
     stats::{Publishing, TopicStats, Waiting},
     store::{NewMessage, Read},
-    BatchReceipt, Draft, Error, Publish, Receipt, Replay, ReplayFrom, Role, TopicName,
+    Appended, BatchReceipt, Draft, Error, Keyed, Message, Publish, Receipt, Replay, ReplayFrom,
+    Role, TopicName,
 };
 
 impl Broker {
@@ -63,26 +65,26 @@ impl Broker {
         draft: Draft,
     ) -> Result<Receipt, Error> {
         let batch = self.publish_batch(topic, token, vec![draft]).await?;
-        let (id, offset) = batch
+        batch
             .messages
             .into_iter()
             .next()
-            .ok_or_else(|| Error::storage("the store numbered no message"))?;
-        Ok(Receipt {
-            id,
-            offset,
-            subscribers: batch.subscribers,
-        })
+            .ok_or_else(|| Error::storage("the store numbered no message"))
     }
 
     /// Publishes several messages on `topic` at once, all or nothing: they
     /// get consecutive offsets, in order, in one append to the log; then
-    /// each is handed to the notifier like a single publish.
+    /// each is handed to the notifier like a single publish. A message
+    /// with an idempotency key the log remembers for `topic` is not
+    /// appended again: its receipt is the first one's, marked
+    /// [`replayed`](Receipt::replayed).
     ///
     /// # Errors
     ///
-    /// As [`Broker::publish`]. An empty batch publishes nothing and is not
-    /// an error.
+    /// As [`Broker::publish`]; [`Error::IdempotencyKeyReused`] (nothing
+    /// published) when a key the log remembers, or an earlier message of
+    /// the batch, came with another payload or event type. An empty batch
+    /// publishes nothing and is not an error.
     pub async fn publish_batch(
         &self,
         topic: &str,
@@ -110,9 +112,15 @@ impl Broker {
             });
         }
         let now = SystemTime::now();
+        let count = subscribers.len();
         let new = messages
             .into_iter()
             .map(|draft| NewMessage {
+                idempotency: draft.idempotency_key.map(|key| Keyed {
+                    key,
+                    fingerprint: fingerprint(draft.event_type.as_ref(), &draft.payload),
+                    subscribers: u32::try_from(count).unwrap_or(u32::MAX),
+                }),
                 content_type: draft.content_type,
                 payload: draft.payload,
                 published_at: now,
@@ -120,8 +128,36 @@ impl Broker {
             })
             .collect();
         let appended = self.shared.store.append(&topic, new).await?;
+        let receipt = BatchReceipt {
+            messages: appended
+                .iter()
+                .map(|a| match a {
+                    Appended::New(m) => Receipt {
+                        id: m.id.clone(),
+                        offset: m.offset,
+                        subscribers: count,
+                        replayed: false,
+                    },
+                    Appended::Replayed(o) => Receipt {
+                        id: o.id.clone(),
+                        offset: o.offset,
+                        subscribers: o.subscribers as usize,
+                        replayed: true,
+                    },
+                })
+                .collect(),
+            subscribers: count,
+        };
+        let appended: Vec<Arc<Message>> = appended
+            .into_iter()
+            .filter_map(|a| match a {
+                Appended::New(m) => Some(m),
+                Appended::Replayed(_) => None,
+            })
+            .collect();
         let Some(last) = appended.last() else {
-            return Err(Error::storage("the store numbered no message"));
+            // Every message a replay: nothing new to hand out.
+            return Ok(receipt);
         };
         stats
             .published
@@ -132,10 +168,6 @@ impl Broker {
         if stats.waiting.load(Ordering::SeqCst) > 0 {
             stats.appended.notify_waiters();
         }
-        let receipt = BatchReceipt {
-            messages: appended.iter().map(|m| (m.id.clone(), m.offset)).collect(),
-            subscribers: subscribers.len(),
-        };
         for message in appended {
             self.shared
                 .notifier

@@ -255,7 +255,7 @@ mod tests {
     use super::*;
     use crate::broker::test_support::{endpoint, Recorder};
     use crate::{
-        DeadLetter, GroupRecord, Limits, Logs, MemoryStore, Message, NewMessage, Progress, Read,
+        DeadLetter, GroupRecord, Limits, Logs, MemoryStore, NewMessage, Progress, Read,
         Registrations, Store,
     };
 
@@ -292,7 +292,7 @@ mod tests {
             &self,
             topic: &TopicName,
             messages: Vec<NewMessage>,
-        ) -> Result<Vec<Arc<Message>>, Error> {
+        ) -> Result<Vec<crate::Appended>, Error> {
             self.log.append(topic, messages).await
         }
 
@@ -418,7 +418,7 @@ mod tests {
             &self,
             _: &TopicName,
             _: Vec<NewMessage>,
-        ) -> Result<Vec<Arc<Message>>, Error> {
+        ) -> Result<Vec<crate::Appended>, Error> {
             Err(Error::storage("disk full"))
         }
 

@@ -407,6 +407,7 @@ impl Session {
             replayed: Some(replayed),
             id: None,
             subscribers: None,
+            idempotent_replayed: false,
         };
         if self.connection.wants_topic(topic) {
             return Ok(vec![reply(&ack(0))]);
@@ -458,6 +459,7 @@ impl Session {
             replayed: None,
             id: None,
             subscribers: None,
+            idempotent_replayed: false,
         })])
     }
 
@@ -492,11 +494,28 @@ impl Session {
             .map(broker_core::EventType::new)
             .transpose()
             .map_err(ApiError::from)?;
+        // Ours, or seed 003's `message.id`.
+        let key = match (
+            frame.idempotency_key.as_deref(),
+            frame.message.as_ref().and_then(|m| m.id.as_deref()),
+        ) {
+            (Some(_), Some(_)) => {
+                return Err(Refusal::bad(
+                    "give either idempotency_key or message.id, not both",
+                ))
+            }
+            (key, id) => key
+                .or(id)
+                .map(broker_core::IdempotencyKey::new)
+                .transpose()
+                .map_err(ApiError::from)?,
+        };
         let draft = broker_core::Draft::new(
             Some(HeaderValue::from_static("application/json")),
             Bytes::copy_from_slice(payload.get().as_bytes()),
         )
-        .with_event_type(event_type);
+        .with_event_type(event_type)
+        .with_idempotency_key(key);
         let outcome = self
             .api
             .broker()
@@ -515,6 +534,7 @@ impl Session {
             replayed: None,
             id: Some(&receipt.id),
             subscribers: Some(receipt.subscribers),
+            idempotent_replayed: receipt.replayed,
         })])
     }
 }
@@ -544,6 +564,9 @@ struct ClientFrame<'a> {
     client_id: Option<String>,
     #[serde(default)]
     event_type: Option<String>,
+    /// Publish: the idempotency key (as the `Idempotency-Key` header).
+    #[serde(default)]
+    idempotency_key: Option<String>,
     #[serde(default)]
     filter: Option<crate::json::FilterRequest>,
     #[serde(default, borrow)]
@@ -554,8 +577,7 @@ struct ClientFrame<'a> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SeedMessage<'a> {
-    /// The publisher's id for the message: logged (it becomes the
-    /// idempotency key with idempotent publishing, issue 21).
+    /// The publisher's id for the message: its idempotency key.
     #[serde(default)]
     id: Option<String>,
     #[serde(borrow)]
@@ -618,6 +640,10 @@ struct Ack<'a> {
     /// Publish: how many webhook subscribers it goes to.
     #[serde(skip_serializing_if = "Option::is_none")]
     subscribers: Option<usize>,
+    /// Publish: `true` when answered from its idempotency key (nothing
+    /// appended; the first publish's id).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    idempotent_replayed: bool,
 }
 
 #[derive(Serialize)]

@@ -164,6 +164,10 @@ mod tests {
         );
         assert_eq!(keys.topic_of_log("other:{t:orders}:log"), None);
         assert_eq!(keys.topic_of_log("broker:{t:orders}:next"), None);
-        assert_eq!(keys.topic_all(&t).len(), 5);
+        assert_eq!(keys.topic_all(&t).len(), 7);
+        assert!(keys
+            .topic_all(&t)
+            .iter()
+            .all(|k| k.starts_with("broker:{t:orders.eu-1}:")));
     }
 }

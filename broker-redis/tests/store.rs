@@ -1176,3 +1176,89 @@ async fn event_types_are_kept_and_old_entries_have_none() {
     );
     assert_eq!(read.messages[2].content_type().unwrap(), "text/plain");
 }
+
+fn keyed(key: &str, payload: &str) -> NewMessage {
+    NewMessage {
+        idempotency: Some(broker_core::Keyed {
+            key: broker_core::IdempotencyKey::new(key).unwrap(),
+            fingerprint: broker_core::fingerprint(None, payload.as_bytes()),
+            subscribers: 4,
+        }),
+        ..new(payload.to_owned())
+    }
+}
+
+/// Sixteen tasks on two stores (two replicas) append one key at once:
+/// one message, every answer its id. The key refuses another payload on
+/// either store, is forgotten past the count cap (per topic) and with
+/// its topic, and a batch repeating a key inside itself makes one message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_key_appended_by_two_stores_at_once_makes_one_message() {
+    let server = RedisServer::start();
+    let limits = broker_core::IdempotencyLimits {
+        max_keys: 3,
+        ..broker_core::IdempotencyLimits::default()
+    };
+    let options = || Options {
+        idempotency: limits,
+        ..Options::default()
+    };
+    let stores = [
+        Arc::new(open(&server, options()).await),
+        Arc::new(open(&server, options()).await),
+    ];
+    let t = topic("t");
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let (store, t) = (stores[i % 2].clone(), t.clone());
+            // Published first: the oldest key, whatever the clock does.
+            let mut first = keyed("k", "once");
+            first.published_at -= Duration::from_secs(10);
+            tokio::spawn(async move { store.append(&t, vec![first]).await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.unwrap().unwrap().remove(0));
+    }
+    let new_ones = answers.iter().filter(|a| a.new_message().is_some()).count();
+    assert_eq!(new_ones, 1);
+    assert!(answers.iter().all(|a| a.id() == answers[0].id() && a.offset() == 0));
+    assert!(answers.iter().all(|a| match a {
+        broker_core::Appended::Replayed(o) => o.subscribers == 4,
+        broker_core::Appended::New(_) => true,
+    }));
+    assert_eq!(stores[1].bounds(&t).await.unwrap(), (0, 1));
+    for store in &stores {
+        let reused = store.append(&t, vec![keyed("k", "other")]).await;
+        assert_eq!(reused.unwrap_err(), broker_core::Error::IdempotencyKeyReused);
+    }
+    // One key twice in a batch; a clash inside a batch appends nothing.
+    let twice = stores[0]
+        .append(&t, vec![keyed("b", "x"), new("plain"), keyed("b", "x")])
+        .await
+        .unwrap();
+    let shape: Vec<(bool, u64)> = twice
+        .iter()
+        .map(|a| (a.new_message().is_some(), a.offset()))
+        .collect();
+    assert_eq!(shape, [(true, 1), (true, 2), (false, 1)]);
+    let clash = stores[1]
+        .append(&t, vec![keyed("c", "x"), keyed("c", "y")])
+        .await;
+    assert_eq!(clash.unwrap_err(), broker_core::Error::IdempotencyKeyReused);
+    assert_eq!(stores[0].bounds(&t).await.unwrap(), (0, 3));
+    // Past the cap of three keys, the oldest ("k") goes.
+    for key in ["d", "e"] {
+        stores[0].append(&t, vec![keyed(key, key)]).await.unwrap();
+    }
+    let again = stores[1].append(&t, vec![keyed("k", "other")]).await.unwrap();
+    assert_eq!(again[0].offset(), 5);
+    assert!(again[0].new_message().is_some());
+    // Deleted with its topic.
+    stores[0].delete_topic(&t).await.unwrap();
+    assert!(redis_keys(&server)
+        .await
+        .iter()
+        .all(|k| !k.contains("{t:t}")));
+}

@@ -100,7 +100,11 @@ async fn a_repeated_key_is_answered_as_the_first_publish_and_delivered_once() {
     let again = publish_keyed(&server, "t", &token, "order-42", None, r#"{"n":1}"#).await;
     assert_eq!(again.status, 200, "{:?}", again.body);
     assert_eq!(again.headers["idempotent-replayed"], "true");
-    assert_eq!(again.json(), first.json(), "the original id, offset, subscribers");
+    assert_eq!(
+        again.json(),
+        first.json(),
+        "the original id, offset, subscribers"
+    );
     assert_eq!(first.json()["subscribers"], 1);
 
     // Another key, and no key, make messages; so does the same key on
@@ -157,7 +161,12 @@ async fn a_bad_key_is_400_before_anything_is_published() {
     assert_eq!(r.status, 202, "{:?}", r.body);
     let spaced = publish_keyed(&server, "t", &token, "with space ~!", None, "{}").await;
     assert_eq!(spaced.status, 202, "{:?}", spaced.body);
-    let r = batch(&server, &token, json!([{"payload": 1, "idempotency_key": ""}])).await;
+    let r = batch(
+        &server,
+        &token,
+        json!([{"payload": 1, "idempotency_key": ""}]),
+    )
+    .await;
     assert_eq!(r.error_code(400), "invalid_request");
     assert_eq!(log_ids(&server, &reader).await.len(), 2);
 }
@@ -178,7 +187,10 @@ async fn sixteen_concurrent_publishes_with_one_key_make_one_message() {
                 let (server, token, key) = (server.clone(), token.clone(), key.clone());
                 tokio::spawn(async move {
                     let r = publish_keyed(&server, "t", &token, &key, None, r#"{"race":1}"#).await;
-                    (r.status.as_u16(), r.json()["id"].as_str().unwrap().to_owned())
+                    (
+                        r.status.as_u16(),
+                        r.json()["id"].as_str().unwrap().to_owned(),
+                    )
                 })
             })
             .collect();
@@ -221,7 +233,12 @@ async fn batch_items_take_keys_and_a_repeated_batch_is_answered_whole() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|m| (m["offset"].as_u64().unwrap(), m["replayed"].as_bool().unwrap()))
+            .map(|m| {
+                (
+                    m["offset"].as_u64().unwrap(),
+                    m["replayed"].as_bool().unwrap(),
+                )
+            })
             .collect()
     };
     assert_eq!(shape(&first), [(0, false), (1, false), (2, false)]);

@@ -1542,3 +1542,51 @@ async fn live_subscriptions_take_a_filter() {
         Ok(_) => panic!("a bad filter was taken"),
     }
 }
+
+/// Seed 003's publish frame carries `message.id`: the idempotency key.
+/// Sent twice, it makes one message and the second ack says it was a
+/// replay; another payload under the id is refused, echoing the
+/// `request_id`; our own `idempotency_key` works the same way.
+#[tokio::test]
+async fn a_websocket_publish_with_a_message_id_is_published_once() {
+    let server = live_server(LiveConfig::default()).await;
+    let publisher = server.publisher("orders", "p").await;
+    let reader = listener(&server, "orders", "l").await;
+    let mut ws = ws_connect(&server, Some(&publisher)).await;
+    let frame = |request_id: &str, payload: Value| {
+        json!({"type": "publish", "topic": "orders", "request_id": request_id,
+               "message": {"id": "550e8400-e29b-41d4-a716-446655440000", "payload": payload}})
+    };
+    send(&mut ws, frame("r1", json!({"n": 1}))).await;
+    let first = recv(&mut ws).await;
+    assert_eq!(first["type"], "ack", "{first}");
+    assert!(first.get("idempotent_replayed").is_none(), "{first}");
+    send(&mut ws, frame("r2", json!({"n": 1}))).await;
+    let second = recv(&mut ws).await;
+    assert_eq!(second["request_id"], "r2");
+    assert_eq!(second["id"], first["id"]);
+    assert_eq!(second["idempotent_replayed"], true, "{second}");
+    send(&mut ws, frame("r3", json!({"n": 2}))).await;
+    let refused = recv(&mut ws).await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["request_id"], "r3");
+    assert_eq!(refused["code"], "IDEMPOTENCY_KEY_REUSED", "{refused}");
+    let ours = json!({"type": "publish", "topic": "orders", "payload": 7, "idempotency_key": "k"});
+    send(&mut ws, ours.clone()).await;
+    let a = recv(&mut ws).await;
+    send(&mut ws, ours).await;
+    let b = recv(&mut ws).await;
+    assert_eq!(
+        (a["id"].clone(), b["idempotent_replayed"].clone()),
+        (b["id"].clone(), json!(true))
+    );
+    let r = server
+        .call(
+            "GET",
+            "/v1/topics/orders/messages?offset=0",
+            &[("authorization", &format!("Bearer {reader}"))],
+            "",
+        )
+        .await;
+    assert_eq!(r.json()["messages"].as_array().unwrap().len(), 2);
+}

@@ -132,6 +132,7 @@ impl ApiError {
         use broker_core::Error as E;
         match self {
             ApiError::Broker(E::TopicNotFound) => "TOPIC_NOT_FOUND",
+            ApiError::Broker(E::IdempotencyKeyReused) => "IDEMPOTENCY_KEY_REUSED",
             ApiError::Broker(
                 E::Unauthorized
                 | E::Forbidden

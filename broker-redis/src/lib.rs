@@ -125,9 +125,9 @@ pub use broker_core::Retention;
 use incarnations::Known;
 
 use broker_core::{
-    message_id, new_id_prefix, Appended, Change, DeadLetter, Logs, MemoryBudget, Message, NewMessage,
-    Original, PendingRetry, Progress, Read, Record, Registrations, RetryChange, Store, TopicName,
-    WriteBehind,
+    message_id, new_id_prefix, Appended, Change, DeadLetter, Logs, MemoryBudget, Message,
+    NewMessage, Original, PendingRetry, Progress, Read, Record, Registrations, RetryChange, Store,
+    TopicName, WriteBehind,
 };
 use bytes::Bytes;
 use http::HeaderValue;
@@ -1019,9 +1019,9 @@ impl Logs for RedisStore {
                 }
                 Value::BulkString(replay) => {
                     let replay = String::from_utf8_lossy(replay);
-                    let parsed = replay.split_once(':').and_then(|(o, n)| {
-                        Some((o.parse::<u64>().ok()?, n.parse::<u32>().ok()?))
-                    });
+                    let parsed = replay
+                        .split_once(':')
+                        .and_then(|(o, n)| Some((o.parse::<u64>().ok()?, n.parse::<u32>().ok()?)));
                     let Some((offset, subscribers)) = parsed else {
                         return Err(s.corrupt(key(), "append answered a bad replay").into());
                     };

@@ -1223,7 +1223,9 @@ async fn one_key_appended_by_two_stores_at_once_makes_one_message() {
     }
     let new_ones = answers.iter().filter(|a| a.new_message().is_some()).count();
     assert_eq!(new_ones, 1);
-    assert!(answers.iter().all(|a| a.id() == answers[0].id() && a.offset() == 0));
+    assert!(answers
+        .iter()
+        .all(|a| a.id() == answers[0].id() && a.offset() == 0));
     assert!(answers.iter().all(|a| match a {
         broker_core::Appended::Replayed(o) => o.subscribers == 4,
         broker_core::Appended::New(_) => true,
@@ -1231,7 +1233,10 @@ async fn one_key_appended_by_two_stores_at_once_makes_one_message() {
     assert_eq!(stores[1].bounds(&t).await.unwrap(), (0, 1));
     for store in &stores {
         let reused = store.append(&t, vec![keyed("k", "other")]).await;
-        assert_eq!(reused.unwrap_err(), broker_core::Error::IdempotencyKeyReused);
+        assert_eq!(
+            reused.unwrap_err(),
+            broker_core::Error::IdempotencyKeyReused
+        );
     }
     // One key twice in a batch; a clash inside a batch appends nothing.
     let twice = stores[0]
@@ -1252,7 +1257,10 @@ async fn one_key_appended_by_two_stores_at_once_makes_one_message() {
     for key in ["d", "e"] {
         stores[0].append(&t, vec![keyed(key, key)]).await.unwrap();
     }
-    let again = stores[1].append(&t, vec![keyed("k", "other")]).await.unwrap();
+    let again = stores[1]
+        .append(&t, vec![keyed("k", "other")])
+        .await
+        .unwrap();
     assert_eq!(again[0].offset(), 5);
     assert!(again[0].new_message().is_some());
     // Deleted with its topic.

@@ -83,7 +83,9 @@ fn keys_survive_sigkill_with_a_data_dir_and_nothing_is_published_twice() {
                     }
                     let key = format!("p{i}-{n}");
                     let payload = format!("publisher {i} message {n}");
-                    sent.lock().unwrap().insert(key.clone(), (payload.clone(), None));
+                    sent.lock()
+                        .unwrap()
+                        .insert(key.clone(), (payload.clone(), None));
                     let attempt =
                         std::panic::catch_unwind(|| publish_keyed(&addr, &token, &key, &payload));
                     if let Ok((status, body)) = attempt {
@@ -96,7 +98,13 @@ fn keys_survive_sigkill_with_a_data_dir_and_nothing_is_published_twice() {
             })
         })
         .collect();
-    let acked = |sent: &Mutex<Sent>| sent.lock().unwrap().values().filter(|v| v.1.is_some()).count();
+    let acked = |sent: &Mutex<Sent>| {
+        sent.lock()
+            .unwrap()
+            .values()
+            .filter(|v| v.1.is_some())
+            .count()
+    };
     let deadline = Instant::now() + PATIENCE;
     while acked(&sent) < 1_000 && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(10));
@@ -112,7 +120,13 @@ fn keys_survive_sigkill_with_a_data_dir_and_nothing_is_published_twice() {
     assert!(acknowledged >= 1_000, "only {acknowledged} acknowledged");
     let segments = std::fs::read_dir(dir.path().join("topics/t"))
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".log"))
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".log")
+        })
         .count();
     assert!(segments > 2, "only {segments} segments");
 
@@ -122,7 +136,10 @@ fn keys_survive_sigkill_with_a_data_dir_and_nothing_is_published_twice() {
         let (status, body) = publish_keyed(&addr, &token, key, payload);
         match id {
             Some(id) => {
-                assert!(status.contains("200"), "acknowledged {key}: {status} {body}");
+                assert!(
+                    status.contains("200"),
+                    "acknowledged {key}: {status} {body}"
+                );
                 assert_eq!(&json_field(&body, "id"), id, "{key}");
                 replayed += 1;
             }

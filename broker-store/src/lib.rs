@@ -61,8 +61,8 @@ use std::{
 };
 
 use async_trait::async_trait;
-pub use broker_core::Retention;
 pub use broker_core::IdempotencyLimits;
+pub use broker_core::Retention;
 use broker_core::{
     Appended, Change, KeyTable, Logs, MemoryBudget, NewMessage, Progress, Read, Record,
     Registrations, Store, TopicName, WriteBehind,
@@ -658,7 +658,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(DiskStore::open(dir.path(), Options::default()).unwrap());
         let topic = TopicName::new("t").unwrap();
-        store.append(&topic, vec![new("before".into())]).await.unwrap();
+        store
+            .append(&topic, vec![new("before".into())])
+            .await
+            .unwrap();
         let tasks: Vec<_> = (0..16)
             .map(|_| {
                 let (store, topic) = (store.clone(), topic.clone());
@@ -679,15 +682,24 @@ mod tests {
         drop(Arc::into_inner(store).unwrap());
 
         let store = DiskStore::open(dir.path(), Options::default()).unwrap();
-        let again = store.append(&topic, vec![keyed("k", "once")]).await.unwrap();
+        let again = store
+            .append(&topic, vec![keyed("k", "once")])
+            .await
+            .unwrap();
         match &again[0] {
             Appended::Replayed(o) => {
-                assert_eq!((o.id.as_str(), o.offset, o.subscribers), (id.as_str(), 1, 2));
+                assert_eq!(
+                    (o.id.as_str(), o.offset, o.subscribers),
+                    (id.as_str(), 1, 2)
+                );
             }
             Appended::New(_) => panic!("the key was forgotten"),
         }
         let reused = store.append(&topic, vec![keyed("k", "other")]).await;
-        assert_eq!(reused.unwrap_err(), broker_core::Error::IdempotencyKeyReused);
+        assert_eq!(
+            reused.unwrap_err(),
+            broker_core::Error::IdempotencyKeyReused
+        );
         assert_eq!(store.bounds(&topic).await.unwrap(), (0, 2));
         drop(store);
 
@@ -701,7 +713,10 @@ mod tests {
         };
         std::thread::sleep(Duration::from_millis(5));
         let store = DiskStore::open(dir.path(), options).unwrap();
-        let later = store.append(&topic, vec![keyed("k", "other")]).await.unwrap();
+        let later = store
+            .append(&topic, vec![keyed("k", "other")])
+            .await
+            .unwrap();
         assert_eq!(later[0].offset(), 2);
         assert!(later[0].new_message().is_some());
     }

@@ -91,7 +91,13 @@ fn remember(keys: &KeyTable, topic: &TopicName, prefix: &str, r: &segment::Recor
         fingerprint: k.fingerprint,
         subscribers: k.subscribers,
     };
-    keys.remember(topic, &keyed, &message_id(prefix, r.offset), r.offset, r.time_ms);
+    keys.remember(
+        topic,
+        &keyed,
+        &message_id(prefix, r.offset),
+        r.offset,
+        r.time_ms,
+    );
 }
 
 /// Bytes of messages a topic's tail cache holds at most.

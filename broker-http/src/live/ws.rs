@@ -4,14 +4,16 @@
 //! echoed in the answer):
 //! - `{"type":"subscribe","topic":…,"last_n":N?,"last_event_id":…?,"token":…?}`
 //! - `{"type":"unsubscribe","topic":…}`
-//! - `{"type":"publish","topic":…,"payload":<any JSON>,"event_type":…?,"token":…?}`
+//! - `{"type":"publish","topic":…,"payload":<any JSON>,"event_type":…?,"idempotency_key":…?,"token":…?}`
+//!   (or seed 003's `"message":{"id":…,"payload":…}`, whose `id` is the
+//!   idempotency key)
 //! - `{"type":"ping"}`
 //!
 //! Server → client: `ack`, `event`
 //! (`{"type":"event","topic":…,"message":{"id":…,"event_type":…,"payload":…,"encoding":…},"timestamp":…}`),
 //! `error` (`{"type":"error","code":…,"message":…,"request_id":…}`, codes
-//! `BAD_REQUEST`, `UNAUTHORIZED`, `TOPIC_NOT_FOUND`, `SLOW_CONSUMER`,
-//! `INTERNAL`) and `pong`.
+//! `BAD_REQUEST`, `UNAUTHORIZED`, `TOPIC_NOT_FOUND`,
+//! `IDEMPOTENCY_KEY_REUSED`, `SLOW_CONSUMER`, `INTERNAL`) and `pong`.
 //!
 //! A client message is at most `max_frame_bytes`, and
 //! [`MAX_CONTROL_FRAME_BYTES`] unless it is a publish; what has been read

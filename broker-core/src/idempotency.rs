@@ -12,6 +12,7 @@
 
 use std::{
     collections::{HashMap, VecDeque},
+    hash::{BuildHasherDefault, Hasher},
     sync::Arc,
     time::{Duration, SystemTime},
 };
@@ -164,13 +165,16 @@ impl Default for IdempotencyLimits {
     }
 }
 
-/// The bytes one remembered key is charged besides its key and id: the
-/// map's and the queue's entries.
-const ENTRY_OVERHEAD: usize = 128;
+/// The bytes one remembered key is charged (its map and queue entries),
+/// and the length of a long id besides.
+const ENTRY_OVERHEAD: usize = 112;
 
 /// The keys a store remembers, over all its topics: a map for lookups,
 /// and a queue in remembering order for forgetting the oldest. Every key
 /// is charged to the [`MemoryBudget`] (not evictable) while remembered.
+///
+/// The map is keyed by a hash of (topic, key), hashed once per lookup;
+/// the entry keeps a second hash of both, not the strings ([`Place`]).
 ///
 /// Its lock is short and never held across an await: a store takes it
 /// under its own per-topic lock, which orders the appends of a topic.
@@ -183,22 +187,113 @@ pub struct KeyTable {
 
 #[derive(Debug, Default)]
 struct Table {
-    keys: HashMap<(TopicName, IdempotencyKey), Entry>,
-    order: VecDeque<(u64, TopicName, IdempotencyKey)>,
+    keys: HashMap<u64, Entry, BuildHasherDefault<Slot>>,
+    /// (sequence, slot), in remembering order.
+    order: VecDeque<(u64, u64)>,
     seq: u64,
+}
+
+/// The hasher of the map: its keys are hashes already.
+#[derive(Debug, Default)]
+struct Slot(u64);
+
+impl Hasher for Slot {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used; anything else is folded in.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// Where `key` on `topic` is kept: a 128-bit hash of both, split into
+/// the map's key and a check compared on every hit, so that the table
+/// holds no strings of its own (two keys are mistaken for one with a
+/// chance of about 2^-64 per pair).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Place {
+    slot: u64,
+    check: u64,
+    topic: u64,
+}
+
+fn place(topic: &TopicName, key: &IdempotencyKey) -> Place {
+    let t = xxhash_rust::xxh3::xxh3_64(topic.as_str().as_bytes());
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(&t.to_le_bytes());
+    h.update(key.as_str().as_bytes());
+    let both = h.digest128();
+    Place {
+        slot: both as u64,
+        check: (both >> 64) as u64,
+        topic: t,
+    }
+}
+
+/// A message id as the table keeps it: inline when short (every id this
+/// project's stores make is 28 bytes), so remembering one allocates
+/// nothing.
+#[derive(Debug)]
+enum StoredId {
+    Inline([u8; 32], u8),
+    Heap(Box<str>),
+}
+
+impl StoredId {
+    fn new(id: &str) -> Self {
+        if id.len() <= 32 {
+            let mut bytes = [0; 32];
+            bytes[..id.len()].copy_from_slice(id.as_bytes());
+            StoredId::Inline(bytes, id.len() as u8)
+        } else {
+            StoredId::Heap(id.into())
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // Copied from a `&str` whole: valid UTF-8.
+            StoredId::Inline(bytes, len) => {
+                std::str::from_utf8(&bytes[..*len as usize]).unwrap_or_default()
+            }
+            StoredId::Heap(id) => id,
+        }
+    }
 }
 
 #[derive(Debug)]
 struct Entry {
     seq: u64,
+    check: u64,
+    topic: u64,
     fingerprint: u64,
     at_ms: u64,
-    original: Original,
+    offset: u64,
+    subscribers: u32,
+    id: StoredId,
 }
 
 impl Entry {
-    fn size(key: &IdempotencyKey, original: &Original) -> usize {
-        ENTRY_OVERHEAD + key.as_str().len() + original.id.len()
+    fn size(&self) -> usize {
+        ENTRY_OVERHEAD
+            + match &self.id {
+                StoredId::Inline(..) => 0,
+                StoredId::Heap(id) => id.len(),
+            }
+    }
+
+    fn original(&self) -> Original {
+        Original {
+            id: self.id.as_str().to_owned(),
+            offset: self.offset,
+            subscribers: self.subscribers,
+        }
     }
 }
 
@@ -241,6 +336,12 @@ impl KeyTable {
         self.len() == 0
     }
 
+    /// The oldest publish time (ms) a key is remembered for, `now_ms` being
+    /// now.
+    fn oldest_kept(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.limits.window.as_millis() as u64)
+    }
+
     /// One append to `topic`, deduplicated: the keyed messages whose key
     /// is remembered (or came earlier in `messages`) are answered from the
     /// table; the rest go to `append`, which numbers and writes them and
@@ -255,14 +356,37 @@ impl KeyTable {
     pub fn append_with<E: From<Error>>(
         &self,
         topic: &TopicName,
-        messages: Vec<NewMessage>,
+        mut messages: Vec<NewMessage>,
         append: impl FnOnce(Vec<NewMessage>) -> Result<Vec<Arc<Message>>, E>,
     ) -> Result<Vec<Appended>, E> {
+        // One message, the common case: no bookkeeping beyond its key.
+        if messages.len() == 1 {
+            let Some(keyed) = messages[0].idempotency.take() else {
+                return Ok(append(messages)?.into_iter().map(Appended::New).collect());
+            };
+            // The broker stamps a message with the time it took it: now,
+            // without asking the clock again.
+            let now = ms(messages[0].published_at);
+            let at = place(topic, &keyed.key);
+            if let Some(original) = self.seen(&keyed, at, now)? {
+                return Ok(vec![Appended::Replayed(original)]);
+            }
+            let appended = append(messages)?;
+            if let Some(m) = appended.first() {
+                let time = ms(m.published_at());
+                self.remember_at(at, &keyed, m.id(), m.offset(), time, now.max(time));
+            }
+            return Ok(appended.into_iter().map(Appended::New).collect());
+        }
         if messages.iter().all(|m| m.idempotency.is_none()) {
             return Ok(append(messages)?.into_iter().map(Appended::New).collect());
         }
-        let verdicts = self.plan(topic, &messages)?;
-        let keyed: Vec<Option<Keyed>> = messages.iter().map(|m| m.idempotency.clone()).collect();
+        let now = messages.iter().map(|m| ms(m.published_at)).max().unwrap_or(0);
+        let keyed: Vec<Option<(Place, Keyed)>> = messages
+            .iter_mut()
+            .map(|m| m.idempotency.take().map(|k| (place(topic, &k.key), k)))
+            .collect();
+        let verdicts = self.plan(&keyed, now)?;
         let fresh: Vec<NewMessage> = messages
             .into_iter()
             .zip(&verdicts)
@@ -282,10 +406,10 @@ impl KeyTable {
                     let Some(message) = appended.next() else {
                         return Err(Error::storage("the store numbered too few messages").into());
                     };
-                    if let Some(keyed) = keyed {
-                        self.remember(topic, &keyed, message.id(), message.offset(), {
-                            ms(message.published_at())
-                        });
+                    if let Some((at, keyed)) = keyed {
+                        let time = ms(message.published_at());
+                        let (id, offset) = (message.id(), message.offset());
+                        self.remember_at(at, &keyed, id, offset, time, now.max(time));
                     }
                     Appended::New(message)
                 }
@@ -297,7 +421,7 @@ impl KeyTable {
                     Appended::Replayed(Original {
                         id: first.id().to_owned(),
                         offset: first.offset(),
-                        subscribers: keyed.map_or(0, |k| k.subscribers),
+                        subscribers: keyed.map_or(0, |(_, k)| k.subscribers),
                     })
                 }
             });
@@ -305,13 +429,26 @@ impl KeyTable {
         Ok(out)
     }
 
-    fn plan(&self, topic: &TopicName, messages: &[NewMessage]) -> Result<Vec<Verdict>, Error> {
+    /// The first answer of `keyed`'s key at `at`, if remembered.
+    fn seen(&self, keyed: &Keyed, at: Place, now_ms: u64) -> Result<Option<Original>, Error> {
+        let oldest = self.oldest_kept(now_ms);
         let table = self.table.lock();
-        let oldest = ms(SystemTime::now()).saturating_sub(self.limits.window.as_millis() as u64);
-        let mut verdicts = Vec::with_capacity(messages.len());
+        match table.keys.get(&at.slot) {
+            Some(e) if e.at_ms >= oldest && e.check == at.check && e.topic == at.topic => {
+                if e.fingerprint != keyed.fingerprint {
+                    return Err(Error::IdempotencyKeyReused);
+                }
+                Ok(Some(e.original()))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn plan(&self, keyed: &[Option<(Place, Keyed)>], now_ms: u64) -> Result<Vec<Verdict>, Error> {
+        let mut verdicts = Vec::with_capacity(keyed.len());
         let mut firsts: HashMap<&IdempotencyKey, (usize, u64)> = HashMap::new();
-        for (i, m) in messages.iter().enumerate() {
-            let Some(keyed) = &m.idempotency else {
+        for (i, k) in keyed.iter().enumerate() {
+            let Some((at, keyed)) = k else {
                 verdicts.push(Verdict::New);
                 continue;
             };
@@ -322,14 +459,9 @@ impl KeyTable {
                 verdicts.push(Verdict::SameAs(first));
                 continue;
             }
-            match table.keys.get(&(topic.clone(), keyed.key.clone())) {
-                Some(e) if e.at_ms >= oldest => {
-                    if e.fingerprint != keyed.fingerprint {
-                        return Err(Error::IdempotencyKeyReused);
-                    }
-                    verdicts.push(Verdict::Replay(e.original.clone()));
-                }
-                _ => {
+            match self.seen(keyed, *at, now_ms)? {
+                Some(original) => verdicts.push(Verdict::Replay(original)),
+                None => {
                     firsts.insert(&keyed.key, (i, keyed.fingerprint));
                     verdicts.push(Verdict::New);
                 }
@@ -343,64 +475,76 @@ impl KeyTable {
     /// and what a store does for each keyed message it reads back when it
     /// opens. A key older than the window is not kept.
     pub fn remember(&self, topic: &TopicName, keyed: &Keyed, id: &str, offset: u64, at_ms: u64) {
-        let now = ms(SystemTime::now());
-        if at_ms < now.saturating_sub(self.limits.window.as_millis() as u64)
-            || self.limits.max_keys == 0
-        {
+        let now = ms(SystemTime::now()).max(at_ms);
+        self.remember_at(place(topic, &keyed.key), keyed, id, offset, at_ms, now);
+    }
+
+    fn remember_at(
+        &self,
+        at: Place,
+        keyed: &Keyed,
+        id: &str,
+        offset: u64,
+        at_ms: u64,
+        now_ms: u64,
+    ) {
+        let oldest = self.oldest_kept(now_ms);
+        if at_ms < oldest || self.limits.max_keys == 0 {
             return;
         }
-        let original = Original {
-            id: id.to_owned(),
-            offset,
-            subscribers: keyed.subscribers,
-        };
         let mut table = self.table.lock();
         table.seq += 1;
-        let seq = table.seq;
-        let size = Entry::size(&keyed.key, &original);
         let entry = Entry {
-            seq,
+            seq: table.seq,
+            check: at.check,
+            topic: at.topic,
             fingerprint: keyed.fingerprint,
             at_ms,
-            original,
+            offset,
+            subscribers: keyed.subscribers,
+            id: StoredId::new(id),
         };
-        let map_key = (topic.clone(), keyed.key.clone());
-        if let Some(old) = table.keys.insert(map_key.clone(), entry) {
-            self.budget.release(Entry::size(&keyed.key, &old.original));
+        self.budget.add(entry.size());
+        let seq = entry.seq;
+        if let Some(old) = table.keys.insert(at.slot, entry) {
+            self.budget.release(old.size());
         }
-        self.budget.add(size);
-        table.order.push_back((seq, map_key.0, map_key.1));
-        self.expire(&mut table, now);
+        table.order.push_back((seq, at.slot));
+        self.expire(&mut table, oldest);
     }
 
     /// Forgets `topic`'s keys (the topic is deleted).
     pub fn forget_topic(&self, topic: &TopicName) {
+        let t = xxhash_rust::xxh3::xxh3_64(topic.as_str().as_bytes());
         let mut table = self.table.lock();
         let budget = &self.budget;
-        table.keys.retain(|(t, key), e| {
-            let keep = t != topic;
+        table.keys.retain(|_, e| {
+            let keep = e.topic != t;
             if !keep {
-                budget.release(Entry::size(key, &e.original));
+                budget.release(e.size());
             }
             keep
         });
-        table.order.retain(|(_, t, _)| t != topic);
+        // The queue's entries of the topic go when they reach its front.
     }
 
-    /// Forgets keys past the window or the count, oldest first.
-    fn expire(&self, table: &mut Table, now: u64) {
-        let oldest = now.saturating_sub(self.limits.window.as_millis() as u64);
-        while let Some((seq, topic, key)) = table.order.front().cloned() {
-            let map_key = (topic, key);
-            let current = table.keys.get(&map_key).filter(|e| e.seq == seq);
-            let stale = current.is_some_and(|e| e.at_ms < oldest);
-            if !stale && table.order.len() <= self.limits.max_keys && current.is_some() {
+    /// Forgets keys past the window or the count, oldest first; and queue
+    /// entries whose key went otherwise.
+    fn expire(&self, table: &mut Table, oldest: u64) {
+        while let Some(&(seq, at)) = table.order.front() {
+            let current = table.keys.get(&at).filter(|e| e.seq == seq);
+            let keep = current.is_some_and(|e| e.at_ms >= oldest);
+            // The queue may hold entries of keys gone with their topic, up
+            // to as many again as the keys.
+            let within = table.keys.len() <= self.limits.max_keys
+                && table.order.len() <= self.limits.max_keys.saturating_mul(2);
+            if keep && within {
                 break;
             }
             table.order.pop_front();
             if current.is_some() {
-                if let Some(e) = table.keys.remove(&map_key) {
-                    self.budget.release(Entry::size(&map_key.1, &e.original));
+                if let Some(e) = table.keys.remove(&at) {
+                    self.budget.release(e.size());
                 }
             }
         }
@@ -410,9 +554,8 @@ impl KeyTable {
 impl Drop for KeyTable {
     fn drop(&mut self) {
         // The budget outlives the table (shared with the whole broker).
-        let table = self.table.get_mut();
-        for ((_, key), e) in table.keys.drain() {
-            self.budget.release(Entry::size(&key, &e.original));
+        for (_, e) in self.table.get_mut().keys.drain() {
+            self.budget.release(e.size());
         }
     }
 }

@@ -9,6 +9,7 @@
 //!     [--max-in-flight 8 (per subscriber, as the server's flag)]
 //!     [--data-dir PATH (the broker keeps its log there, --fsync always;
 //!      default: in memory)]
+//!     [--keyed true (every publish carries a new `Idempotency-Key`)]
 //!     [--filter CEL (every subscriber takes this filter expression, and
 //!      publishes alternate `Event-Type: even` and `odd`: with
 //!      `"event_type == 'even'"` half the messages are delivered, and the
@@ -58,6 +59,7 @@ struct Options {
     max_in_flight: usize,
     data_dir: Option<String>,
     filter: Option<String>,
+    keyed: bool,
 }
 
 fn options() -> Options {
@@ -71,6 +73,7 @@ fn options() -> Options {
         max_in_flight: DeliveryConfig::default().max_in_flight,
         data_dir: None,
         filter: None,
+        keyed: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     fn parse<T: std::str::FromStr>(flag: &str, value: Option<&String>) -> T {
@@ -91,6 +94,7 @@ fn options() -> Options {
             "--max-in-flight" => o.max_in_flight = parse(flag, value),
             "--data-dir" => o.data_dir = Some(parse(flag, value)),
             "--filter" => o.filter = Some(parse(flag, value)),
+            "--keyed" => o.keyed = parse(flag, value),
             other => panic!("unknown option {other}"),
         }
     }
@@ -157,6 +161,7 @@ async fn drive(
     deadline: Instant,
     interval: Option<Duration>,
     typed: bool,
+    keyed: Option<usize>,
 ) -> u64 {
     let stream = TcpStream::connect(addr).await.unwrap();
     stream.set_nodelay(true).unwrap();
@@ -165,6 +170,7 @@ async fn drive(
         .unwrap();
     tokio::spawn(conn);
     let mut ok = 0;
+    let mut sent = 0u64;
     // Paced connections start spread over one interval, not in step.
     let mut next = tokio::time::Instant::now()
         + interval.map_or(Duration::ZERO, |i| i.mul_f64(fastrand::f64()));
@@ -179,6 +185,10 @@ async fn drive(
         if typed {
             req = req.header("event-type", if ok % 2 == 0 { "even" } else { "odd" });
         }
+        if let Some(connection) = keyed {
+            req = req.header("idempotency-key", format!("c{connection}-{sent}"));
+        }
+        sent += 1;
         if let Some(auth) = &auth {
             req = req.header("authorization", auth);
         }
@@ -215,6 +225,7 @@ async fn ceiling(sinks: &[SocketAddr], o: &Options, run_for: Duration) -> f64 {
                 deadline,
                 None,
                 false,
+                None,
             ))
         })
         .collect();
@@ -316,7 +327,7 @@ async fn main() {
     let started = Instant::now();
     let auth = format!("Bearer {token}");
     let tasks: Vec<_> = (0..o.connections)
-        .map(|_| {
+        .map(|c| {
             tokio::spawn(drive(
                 broker_addr,
                 "/v1/topics/load/messages".into(),
@@ -325,6 +336,7 @@ async fn main() {
                 deadline,
                 interval,
                 o.filter.is_some(),
+                o.keyed.then_some(c),
             ))
         })
         .collect();

@@ -167,7 +167,7 @@ impl Default for IdempotencyLimits {
 
 /// The bytes one remembered key is charged (its map and queue entries),
 /// and the length of a long id besides.
-const ENTRY_OVERHEAD: usize = 112;
+const ENTRY_OVERHEAD: usize = 160;
 
 /// The keys a store remembers, over all its topics: a map for lookups,
 /// and a queue in remembering order for forgetting the oldest. Every key

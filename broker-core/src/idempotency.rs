@@ -356,12 +356,14 @@ impl KeyTable {
     pub fn append_with<E: From<Error>>(
         &self,
         topic: &TopicName,
-        mut messages: Vec<NewMessage>,
+        messages: Vec<NewMessage>,
         append: impl FnOnce(Vec<NewMessage>) -> Result<Vec<Arc<Message>>, E>,
     ) -> Result<Vec<Appended>, E> {
         // One message, the common case: no bookkeeping beyond its key.
         if messages.len() == 1 {
-            let Some(keyed) = messages[0].idempotency.take() else {
+            // Cloned, not taken: a durable store writes the key with the
+            // message.
+            let Some(keyed) = messages[0].idempotency.clone() else {
                 return Ok(append(messages)?.into_iter().map(Appended::New).collect());
             };
             // The broker stamps a message with the time it took it: now,
@@ -381,10 +383,14 @@ impl KeyTable {
         if messages.iter().all(|m| m.idempotency.is_none()) {
             return Ok(append(messages)?.into_iter().map(Appended::New).collect());
         }
-        let now = messages.iter().map(|m| ms(m.published_at)).max().unwrap_or(0);
+        let now = messages
+            .iter()
+            .map(|m| ms(m.published_at))
+            .max()
+            .unwrap_or(0);
         let keyed: Vec<Option<(Place, Keyed)>> = messages
-            .iter_mut()
-            .map(|m| m.idempotency.take().map(|k| (place(topic, &k.key), k)))
+            .iter()
+            .map(|m| m.idempotency.clone().map(|k| (place(topic, &k.key), k)))
             .collect();
         let verdicts = self.plan(&keyed, now)?;
         let fresh: Vec<NewMessage> = messages
@@ -656,6 +662,27 @@ mod tests {
         assert_eq!(table.len(), 2);
         drop(table);
         assert_eq!(budget.used(), 0);
+    }
+
+    /// A durable store writes each key with its message: the append is
+    /// handed the messages with their keys.
+    #[test]
+    fn the_store_is_handed_the_keys_with_the_messages() {
+        let table = KeyTable::new(IdempotencyLimits::default(), MemoryBudget::new(1 << 20));
+        let t = TopicName::new("t").unwrap();
+        for batch in [
+            vec![keyed("a", "x")],
+            vec![keyed("b", "y"), keyed("c", "z")],
+        ] {
+            let mut next = 0;
+            let mut number = numbering(&t, &mut next);
+            table
+                .append_with(&t, batch, |messages| {
+                    assert!(messages.iter().all(|m| m.idempotency.is_some()));
+                    number(messages)
+                })
+                .unwrap();
+        }
     }
 
     #[test]

@@ -54,7 +54,12 @@ fn broker_keeping(max_keys: usize) -> (Broker, String) {
         ..broker_core::Retention::default()
     };
     let store = broker_core::MemoryStore::new(retention, 512 << 20).with_idempotency(limits);
-    let broker = ready(Broker::open(Counting, broker_core::Limits::default(), store)).unwrap();
+    let broker = ready(Broker::open(
+        Counting,
+        broker_core::Limits::default(),
+        store,
+    ))
+    .unwrap();
     let token = ready(broker.register_publisher("bench", "p"))
         .unwrap()
         .item

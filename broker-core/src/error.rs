@@ -211,7 +211,7 @@ impl fmt::Display for Error {
             Error::SubscriberConflict { existing } => write!(
                 f,
                 "subscriber {existing} already has this method and URL with other settings; \
-                 deregister it first to change them"
+                 change them with PATCH on the subscriber"
             ),
             Error::LimitExceeded { what, limit } => {
                 write!(f, "limit reached: at most {limit} {what}")

@@ -246,7 +246,7 @@ impl Registry {
             .get(topic)
             .and_then(|t| t.subscriber_keys.get(&key))
         {
-            return if existing.endpoint == endpoint {
+            return if *existing.endpoint() == endpoint {
                 Ok(Registration::existing(existing.clone()))
             } else {
                 Err(Error::SubscriberConflict {
@@ -298,13 +298,45 @@ impl Registry {
     /// Adds a subscriber, creating its topic if needed.
     pub(crate) fn insert_subscriber(&mut self, subscriber: Arc<Subscriber>) {
         let key: SubscriberKey = (
-            subscriber.endpoint.method().clone(),
-            subscriber.endpoint.url().to_string(),
+            subscriber.endpoint().method().clone(),
+            subscriber.endpoint().url().to_string(),
         );
         let t = self.topic_or_create(&subscriber.topic);
         Arc::make_mut(&mut t.subscribers.0).push(subscriber.clone());
         t.subscriber_keys.insert(key, subscriber.clone());
         self.subscribers.insert(subscriber.id.clone(), subscriber);
+    }
+
+    /// Gives `subscriber` a new endpoint, keyed again by its (method,
+    /// URL); returns the one it replaced.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SubscriberConflict`] when another subscriber of the topic
+    /// has the new (method, URL); [`Error::SubscriberNotFound`] when it is
+    /// not registered (any more).
+    pub(crate) fn change_endpoint(
+        &mut self,
+        subscriber: &Arc<Subscriber>,
+        endpoint: Arc<Endpoint>,
+    ) -> Result<Arc<Endpoint>, Error> {
+        let t = self
+            .topics
+            .get_mut(subscriber.topic.as_str())
+            .filter(|t| t.subscribers.iter().any(|s| s.id == subscriber.id))
+            .ok_or(Error::SubscriberNotFound)?;
+        let key_of = |e: &Endpoint| -> SubscriberKey { (e.method().clone(), e.url().to_string()) };
+        let (old_key, new_key) = (key_of(&subscriber.endpoint()), key_of(&endpoint));
+        if let Some(other) = t.subscriber_keys.get(&new_key) {
+            if other.id != subscriber.id {
+                return Err(Error::SubscriberConflict {
+                    existing: other.id.clone(),
+                });
+            }
+        }
+        t.subscriber_keys.remove(&old_key);
+        t.subscriber_keys.insert(new_key, subscriber.clone());
+        Ok(subscriber.set_endpoint(endpoint))
     }
 
     /// The subscriber with `id` on `topic`.
@@ -328,8 +360,8 @@ impl Registry {
         let subscriber = Arc::make_mut(&mut t.subscribers.0).remove(pos);
         self.subscribers.remove(&subscriber.id);
         t.subscriber_keys.remove(&(
-            subscriber.endpoint.method().clone(),
-            subscriber.endpoint.url().to_string(),
+            subscriber.endpoint().method().clone(),
+            subscriber.endpoint().url().to_string(),
         ));
         subscriber.active.store(false, Ordering::Release);
         self.prune(topic);

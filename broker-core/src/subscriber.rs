@@ -35,7 +35,13 @@ pub(crate) struct Secrets {
 pub struct Subscriber {
     pub(crate) id: String,
     pub(crate) topic: TopicName,
-    pub(crate) endpoint: Endpoint,
+    /// Where and how deliveries go: replaced whole by a change
+    /// ([`Broker::update_subscriber`](crate::Broker::update_subscriber)).
+    /// Read per attempt (a short read lock, one reference count).
+    endpoint: parking_lot::RwLock<Arc<Endpoint>>,
+    /// Counts endpoint changes, so a notifier can tell what it built from
+    /// the endpoint is stale without taking the lock.
+    endpoint_version: AtomicU64,
     /// The signing secret, and the one it replaced while its overlap
     /// lasts. Read per delivery by a notifier that signs (a short read
     /// lock); written on rotation.
@@ -74,7 +80,8 @@ impl Subscriber {
         Subscriber {
             id,
             topic,
-            endpoint,
+            endpoint: parking_lot::RwLock::new(Arc::new(endpoint)),
+            endpoint_version: AtomicU64::new(0),
             secrets: parking_lot::RwLock::new(Secrets {
                 current: secret,
                 previous: standing.previous_secret,
@@ -104,9 +111,22 @@ impl Subscriber {
         &self.topic
     }
 
-    /// Where and how deliveries go.
-    pub fn endpoint(&self) -> &Endpoint {
-        &self.endpoint
+    /// Where and how deliveries go, now: an attempt takes it once and
+    /// keeps it (a change applies from the next attempt).
+    pub fn endpoint(&self) -> Arc<Endpoint> {
+        self.endpoint.read().clone()
+    }
+
+    /// Changes each time the endpoint is changed.
+    pub fn endpoint_version(&self) -> u64 {
+        self.endpoint_version.load(Ordering::Acquire)
+    }
+
+    /// Replaces the endpoint; returns the one it replaced.
+    pub(crate) fn set_endpoint(&self, endpoint: Arc<Endpoint>) -> Arc<Endpoint> {
+        let old = std::mem::replace(&mut *self.endpoint.write(), endpoint);
+        self.endpoint_version.fetch_add(1, Ordering::AcqRel);
+        old
     }
 
     /// The secret deliveries are signed with.

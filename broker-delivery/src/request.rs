@@ -43,8 +43,7 @@ impl Signers {
 
 /// The subscriber's headers, `Host` and `User-Agent`: every request of
 /// its starts from a clone of these.
-pub(crate) fn base_headers(subscriber: &Subscriber) -> HeaderMap {
-    let endpoint = subscriber.endpoint();
+pub(crate) fn base_headers(endpoint: &broker_core::Endpoint) -> HeaderMap {
     let mut headers = HeaderMap::with_capacity(endpoint.headers().len() + 6);
     if let Some(host) = endpoint
         .url()

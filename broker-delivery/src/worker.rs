@@ -64,14 +64,51 @@ pub(crate) struct Cursor {
     /// Signers of the subscriber's secrets, rebuilt when a rotation
     /// changes its `secrets_version`. Held only to clone them out.
     signers: Mutex<Arc<Signers>>,
+    /// What attempts take from the subscriber's endpoint, rebuilt when a
+    /// change moves its `endpoint_version`. Held only to clone it out.
+    prepared: Mutex<Arc<Prepared>>,
+    /// Whether a worker took up the retries the store kept from before a
+    /// restart (once per process: later runs start with none pending).
+    retries_loaded: std::sync::atomic::AtomicBool,
+}
+
+/// What every attempt takes from the subscriber's endpoint, built once
+/// per endpoint (an endpoint is replaced whole when the subscriber is
+/// changed).
+struct Prepared {
+    /// The subscriber's `endpoint_version` it was built at.
+    version: u64,
+    endpoint: Arc<broker_core::Endpoint>,
     /// The subscriber's headers, `Host` and `User-Agent`: every request
     /// starts from a clone of these.
     base_headers: HeaderMap,
     /// Attempt slots shared with every subscriber on the same host.
     host_slots: Arc<Semaphore>,
-    /// Whether a worker took up the retries the store kept from before a
-    /// restart (once per process: later runs start with none pending).
-    retries_loaded: std::sync::atomic::AtomicBool,
+}
+
+impl Prepared {
+    fn of(subscriber: &Subscriber, shared: &Shared) -> Self {
+        // The version first: read with an endpoint at least as new, so a
+        // change racing this makes the next attempt build again.
+        let version = subscriber.endpoint_version();
+        let endpoint = subscriber.endpoint();
+        Prepared {
+            version,
+            base_headers: base_headers(&endpoint),
+            host_slots: shared.host_slots(endpoint.url()),
+            endpoint,
+        }
+    }
+
+    /// The current one of `subscriber`'s: one reference count; rebuilt
+    /// only after a change.
+    fn current(subscriber: &Subscriber, cursor: &Cursor, shared: &Shared) -> Arc<Prepared> {
+        let mut prepared = cursor.prepared.lock();
+        if prepared.version != subscriber.endpoint_version() {
+            *prepared = Arc::new(Prepared::of(subscriber, shared));
+        }
+        prepared.clone()
+    }
 }
 
 #[derive(Default)]
@@ -96,8 +133,7 @@ fn cursor_of<'s>(subscriber: &'s Subscriber, shared: &Shared) -> Option<&'s Curs
         circuit: CircuitCell::default(),
         health: Mutex::new(None),
         signers: Mutex::new(Arc::new(Signers::of(subscriber))),
-        base_headers: base_headers(subscriber),
-        host_slots: shared.host_slots(subscriber.endpoint().url()),
+        prepared: Mutex::new(Arc::new(Prepared::of(subscriber, shared))),
         retries_loaded: std::sync::atomic::AtomicBool::new(false),
     })
 }
@@ -356,14 +392,7 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
         delivered_at: None,
         paced: 0,
     };
-    // An ordered subscriber gets one message at a time, and a failing one
-    // holds back the rest until it is delivered or given up on.
-    let ordered = subscriber.endpoint().ordered();
-    let max_in_flight = if ordered {
-        1
-    } else {
-        shared.config.max_in_flight
-    };
+
     if !cursor.retries_loaded.swap(true, Ordering::AcqRel) {
         // Retries pending before a restart go on with their schedule.
         match broker.pending_retries(&subscriber).await {
@@ -388,6 +417,15 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
     }
     let mut in_flight = FuturesUnordered::new();
     loop {
+        // An ordered subscriber gets one message at a time, and a failing
+        // one holds back the rest until it is delivered or given up on.
+        // Read each turn: a change of the subscriber applies at once.
+        let ordered = subscriber.endpoint().ordered();
+        let max_in_flight = if ordered {
+            1
+        } else {
+            shared.config.max_in_flight
+        };
         if !subscriber.is_active() {
             // Deregistered: what is read, open or waiting, and what it had
             // not read yet, is dropped.
@@ -516,9 +554,10 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
                             let mut messages = read.messages;
                             // What its filter skips is done with here: the
                             // cursor passes it, it is never attempted.
-                            if subscriber.endpoint().filter().is_some() {
+                            let endpoint = subscriber.endpoint();
+                            if endpoint.filter().is_some() {
                                 let before = messages.len();
-                                messages.retain(|m| subscriber.endpoint().wants(m));
+                                messages.retain(|m| endpoint.wants(m));
                                 let skipped = (before - messages.len()) as u64;
                                 if skipped > 0 {
                                     subscriber.record(Outcome::Filtered, skipped);
@@ -849,8 +888,9 @@ async fn attempt_once(
     message: &Message,
     shared: &Shared,
 ) -> Attempt {
+    let prepared = Prepared::current(subscriber, cursor, shared);
     // The semaphore is never closed; `ok()` only avoids a panic path.
-    let _slot = cursor.host_slots.acquire().await.ok();
+    let _slot = prepared.host_slots.acquire().await.ok();
     let send = async {
         // One reference count per attempt; rebuilt only after a rotation.
         let signers = {
@@ -861,9 +901,9 @@ async fn attempt_once(
             signers.clone()
         };
         let request = build_request(
-            &cursor.base_headers,
+            &prepared.base_headers,
             &signers,
-            subscriber.endpoint(),
+            &prepared.endpoint,
             message,
         )?;
         let response = shared.client.request(request).await?;

@@ -190,6 +190,86 @@ where
     ))
 }
 
+/// `GET /v1/topics/{topic}/subscribers/{id}`: never its secret.
+pub(crate) async fn subscriber_detail(api: &Api, topic: &str, id: &str) -> Reply {
+    let subscriber = api.broker().subscriber(topic, id)?;
+    show_subscriber(api, &subscriber).await
+}
+
+/// `200` with [`json::SubscriberDetail`].
+async fn show_subscriber(api: &Api, s: &broker_core::Subscriber) -> Reply {
+    let (_, end) = api.broker().log_bounds(s.topic().as_str()).await?;
+    let e = s.endpoint();
+    Ok(reply(
+        StatusCode::OK,
+        &json::SubscriberDetail {
+            id: s.id(),
+            topic: s.topic().as_str(),
+            url: e.url().to_string(),
+            method: e.method().as_str(),
+            header_names: e.headers().keys().map(|k| k.as_str()).collect(),
+            retry: e.retry().into(),
+            ordered: e.ordered(),
+            filter: json::FilterShown::of(e.filter()),
+            status: json::status(s),
+            circuit: api.broker().circuit(s),
+            offset: s.cursor(),
+            lag: end.saturating_sub(s.cursor()),
+            counters: s.stats().snapshot().into(),
+        },
+    ))
+}
+
+/// `PATCH /v1/topics/{topic}/subscribers/{id}`: any of `url`, `method`,
+/// `headers`, `retry`, `ordered`, `filter`, checked as at registration;
+/// the rest as it was. Keeps the id, secret, cursor, dead letters and
+/// counters.
+pub(crate) async fn update_subscriber<B>(
+    api: &Api,
+    topic: &str,
+    id: &str,
+    h: &HeaderMap,
+    body: B,
+) -> Reply
+where
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    broker_core::TopicName::validate(topic)?;
+    let patch: json::SubscriberPatch = management_json(api, h, body).await?;
+    let broker = api.broker();
+    let subscriber = broker.subscriber(topic, id)?;
+    let now = subscriber.endpoint();
+    let url = patch.url.unwrap_or_else(|| now.url().to_string());
+    let method = patch.method.unwrap_or_else(|| now.method().to_string());
+    let headers = match patch.headers {
+        Some(headers) => headers.0,
+        None => now
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                let value = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                (k.as_str().to_owned(), value)
+            })
+            .collect(),
+    };
+    let retry = match &patch.retry {
+        Some(retry) => retry.policy()?,
+        None => now.retry().clone(),
+    };
+    let filter = match patch.filter {
+        Some(Some(filter)) => Some(filter.compile()?),
+        Some(None) => None,
+        None => now.filter().cloned(),
+    };
+    let endpoint = Endpoint::new(&url, Some(&method), headers, broker.limits())?
+        .with_retry(retry, broker.limits())?
+        .with_ordered(patch.ordered.unwrap_or(now.ordered()))
+        .with_filter(filter);
+    let subscriber = broker.update_subscriber(topic, id, endpoint).await?;
+    show_subscriber(api, &subscriber).await
+}
+
 /// `DELETE /v1/topics/{topic}/subscribers/{id}`
 pub(crate) async fn deregister_subscriber(api: &Api, topic: &str, id: &str) -> Reply {
     api.broker().deregister_subscriber(topic, id).await?;
@@ -721,7 +801,7 @@ pub(crate) async fn topic_detail(api: &Api, topic: &str) -> Reply {
         .map(|s| json::SubscriberItem {
             id: s.id(),
             url: s.endpoint().url().to_string(),
-            method: s.endpoint().method().as_str(),
+            method: s.endpoint().method().to_string(),
             retry: s.endpoint().retry().into(),
             ordered: s.endpoint().ordered(),
             status: json::status(s),

@@ -155,6 +155,49 @@ pub(crate) struct SubscriberRequest {
     pub(crate) filter: Option<FilterRequest>,
 }
 
+/// `PATCH /v1/topics/{topic}/subscribers/{id}`: what to change, each
+/// with the rules of registration. `headers` replaces them all; `filter:
+/// null` removes the filter.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SubscriberPatch {
+    #[serde(default, deserialize_with = "present")]
+    pub(crate) url: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    pub(crate) method: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    pub(crate) headers: Option<HeaderList>,
+    #[serde(default, deserialize_with = "present")]
+    pub(crate) retry: Option<RetryRequest>,
+    #[serde(default, deserialize_with = "present")]
+    pub(crate) ordered: Option<bool>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub(crate) filter: Option<Option<FilterRequest>>,
+}
+
+/// A subscriber as `GET` and `PATCH` on it show it: what the topic
+/// detail shows, its topic, the names of its headers (not their values,
+/// which may be credentials) and its filter; never its secret.
+#[derive(Serialize)]
+pub(crate) struct SubscriberDetail<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) topic: &'a str,
+    pub(crate) url: String,
+    pub(crate) method: &'a str,
+    pub(crate) header_names: Vec<&'a str>,
+    pub(crate) retry: RetryShown,
+    pub(crate) ordered: bool,
+    /// `null` when it takes every message.
+    pub(crate) filter: Option<FilterShown<'a>>,
+    /// `active` or `disabled`.
+    pub(crate) status: &'static str,
+    /// `closed`, `open` or `half_open`.
+    pub(crate) circuit: broker_core::Circuit,
+    pub(crate) offset: u64,
+    pub(crate) lag: u64,
+    pub(crate) counters: DeliveryCounters,
+}
+
 /// `"filter": {"event_types": [...], "expression": "<CEL>"}`: both
 /// optional.
 #[derive(Deserialize)]
@@ -361,7 +404,7 @@ pub(crate) struct Live {
 pub(crate) struct SubscriberItem<'a> {
     pub(crate) id: &'a str,
     pub(crate) url: String,
-    pub(crate) method: &'a str,
+    pub(crate) method: String,
     pub(crate) retry: RetryShown,
     pub(crate) ordered: bool,
     /// `active` or `disabled`.
@@ -675,6 +718,16 @@ pub(crate) fn status(subscriber: &broker_core::Subscriber) -> &'static str {
 #[derive(Serialize)]
 pub(crate) struct Rotated<'a> {
     pub(crate) secret: &'a str,
+}
+
+/// An optional field that may be `null`: absent is `None` (through
+/// `#[serde(default)]`), `null` is `Some(None)`.
+fn nullable<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// An optional field that, when present, must hold a value: `null` is

@@ -174,10 +174,8 @@ impl<'a> Route<'a> {
             | Route::Enable(..)
             | Route::RotateSecret(..)
             | Route::Listeners(_) => "POST",
-            Route::Publisher(..)
-            | Route::Subscriber(..)
-            | Route::Listener(..)
-            | Route::Group(..) => "DELETE",
+            Route::Subscriber(..) => "GET, PATCH, DELETE",
+            Route::Publisher(..) | Route::Listener(..) | Route::Group(..) => "DELETE",
         }
     }
 }
@@ -234,6 +232,12 @@ where
                 }
                 (&Method::DELETE, Route::Subscriber(t, id)) => {
                     handlers::deregister_subscriber(api, t, id).await
+                }
+                (&Method::GET, Route::Subscriber(t, id)) => {
+                    handlers::subscriber_detail(api, t, id).await
+                }
+                (&Method::PATCH, Route::Subscriber(t, id)) => {
+                    handlers::update_subscriber(api, t, id, h, body).await
                 }
                 (&Method::GET, Route::DeadLetters(t, id)) => {
                     handlers::dead_letters(api, t, Owner::Subscriber(id), parts.uri.query()).await

@@ -723,3 +723,101 @@ fn owed_deliveries_go_out_within_a_circuit_period_after_a_sigterm() {
 fn owed_deliveries_go_out_within_a_circuit_period_after_a_sigkill() {
     owed_deliveries_go_out_within_a_circuit_period_after_a_restart(Restart::Sigkill);
 }
+
+/// A subscriber changed with `PATCH` stays changed across `kill -9`, and
+/// typed messages with their event types come back from the log: after
+/// the restart the new URL, headers and filter apply, the secret and
+/// cursor are the same, and what the filter skips is not delivered.
+#[test]
+fn a_patched_subscriber_and_typed_messages_survive_sigkill() {
+    let dir = data_dir();
+    let (mut child, addr, _, _logs) = start_on(dir.path(), &[]);
+    let (old_hook, old) = receiver();
+    let (new_hook, new) = receiver();
+    let (_, p) = register(&addr, "/v1/topics/t/publishers", r#"{"name":"p"}"#);
+    let token = json_field(&p, "token");
+    let (status, s) = register(
+        &addr,
+        "/v1/topics/t/subscribers",
+        &format!(r#"{{"url":"http://{old_hook}/old"}}"#),
+    );
+    assert!(status.contains("201"), "{status} {s}");
+    let path = format!("/v1/topics/t/subscribers/{}", json_field(&s, "id"));
+    let typed = |addr: &str, event_type: &str, body: &str| {
+        let headers = format!("Authorization: Bearer {token}\r\nEvent-Type: {event_type}\r\n");
+        let (status, reply) = http(addr, "POST", "/v1/topics/t/messages", &headers, body);
+        assert!(status.contains("202"), "{status} {reply}");
+    };
+    typed(&addr, "invoice.paid", "one");
+    let (headers, payload) = old.recv_timeout(PATIENCE).expect("a delivery");
+    assert_eq!(
+        (
+            headers["webhook-event-type"].to_str().unwrap(),
+            &payload[..]
+        ),
+        ("invoice.paid", &b"one"[..])
+    );
+    let body = format!(
+        r#"{{"url":"http://{new_hook}/new","headers":{{"x-moved":"yes"}},"filter":{{"event_types":["invoice.*"]}}}}"#
+    );
+    let (status, reply) = http(
+        &addr,
+        "PATCH",
+        &path,
+        "Content-Type: application/json\r\n",
+        &body,
+    );
+    assert!(status.contains("200"), "{status} {reply}");
+    kill9(&mut child);
+
+    let (_child, addr, _, _logs) = start_on(dir.path(), &[]);
+    let (status, detail) = http(&addr, "GET", &path, "", "");
+    assert!(status.contains("200"), "{status} {detail}");
+    let detail: serde_json::Value = serde_json::from_str(&detail).unwrap();
+    assert_eq!(detail["url"], format!("http://{new_hook}/new"));
+    assert_eq!(
+        detail["filter"]["event_types"],
+        serde_json::json!(["invoice.*"])
+    );
+    assert_eq!(detail["offset"], 1, "the cursor kept");
+    typed(&addr, "customer.created", "skipped");
+    typed(&addr, "invoice.void", "two");
+    let (headers, payload) = new.recv_timeout(PATIENCE).expect("a delivery");
+    assert_eq!(payload, b"two");
+    assert_eq!(headers["x-moved"], "yes");
+    assert_eq!(headers["webhook-event-type"], "invoice.void");
+    standardwebhooks::Webhook::new(&json_field(&s, "secret"))
+        .unwrap()
+        .verify(&payload, &headers)
+        .expect("the same secret");
+    assert!(old.try_recv().is_err(), "the old URL got nothing more");
+    // The log kept the event types.
+    let (_, l) = register(&addr, "/v1/topics/t/listeners", r#"{"name":"l"}"#);
+    let listener = json_field(&l, "token");
+    let (_, fetched) = http(
+        &addr,
+        "GET",
+        "/v1/topics/t/messages?offset=0",
+        &format!("Authorization: Bearer {listener}\r\n"),
+        "",
+    );
+    let fetched: serde_json::Value = serde_json::from_str(&fetched).unwrap();
+    let types: Vec<&str> = fetched["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["invoice.paid", "customer.created", "invoice.void"]);
+    // Skipped by its filter: counted, and lag 0 once it is done.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (_, detail) = http(&addr, "GET", &path, "", "");
+        let detail: serde_json::Value = serde_json::from_str(&detail).unwrap();
+        if detail["counters"]["filtered"] == 1 && detail["lag"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{detail}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}

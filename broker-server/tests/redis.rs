@@ -343,3 +343,69 @@ fn sigkill_of_a_replica_under_load_loses_no_acknowledged_publish() {
         assert_eq!(ids.get(id), Some(offset), "acknowledged {id} is lost");
     }
 }
+
+/// Polls `addr`'s view of subscriber `path` until `ok` holds (bounded).
+fn await_subscriber(addr: &str, path: &str, ok: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (status, body) = http(addr, "GET", path, "", "");
+        if status.contains("200") && ok(&serde_json::from_str(&body).unwrap()) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{addr}: {status} {body}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A subscriber changed with `PATCH` on one replica is changed on the
+/// other: it shows the new URL and, whichever replica delivers, the
+/// messages published on either go there, signed with the same secret.
+#[test]
+fn a_subscriber_patched_on_one_replica_is_changed_on_the_other() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let (_a, a, _, _) = start(&["--redis-url", &url]);
+    let (_b, b, _, _) = start(&["--redis-url", &url]);
+    let (old_hook, old) = receiver();
+    let (new_hook, new) = receiver();
+    let (_, p) = register(&a, "/v1/topics/t/publishers", r#"{"name":"p"}"#);
+    let token = json_field(&p, "token");
+    let (status, s) = register(
+        &a,
+        "/v1/topics/t/subscribers",
+        &format!(r#"{{"url":"http://{old_hook}/old"}}"#),
+    );
+    assert!(status.contains("201"), "{status} {s}");
+    let path = format!("/v1/topics/t/subscribers/{}", json_field(&s, "id"));
+    await_subscriber(&b, &path, |_| true);
+
+    let (status, body) = http(
+        &a,
+        "PATCH",
+        &path,
+        "Content-Type: application/json\r\n",
+        &format!(r#"{{"url":"http://{new_hook}/new","headers":{{"x-moved":"yes"}}}}"#),
+    );
+    assert!(status.contains("200"), "{status} {body}");
+    let moved = format!("http://{new_hook}/new");
+    await_subscriber(&b, &path, |d| d["url"] == moved.as_str());
+
+    for n in 0..6 {
+        let addr = if n % 2 == 0 { &a } else { &b };
+        let (status, body) = publish(addr, &token, &format!("m{n}"));
+        assert!(status.contains("202"), "{status} {body}");
+    }
+    let verifier = standardwebhooks::Webhook::new(&json_field(&s, "secret")).unwrap();
+    let mut got = Vec::new();
+    for _ in 0..6 {
+        let (headers, payload) = new.recv_timeout(PATIENCE).expect("a delivery");
+        assert_eq!(headers["x-moved"], "yes");
+        verifier
+            .verify(&payload, &headers)
+            .expect("the same secret");
+        got.push(String::from_utf8(payload).unwrap());
+    }
+    got.sort();
+    assert_eq!(got, ["m0", "m1", "m2", "m3", "m4", "m5"]);
+    assert!(old.try_recv().is_err(), "the old URL got nothing");
+}

@@ -190,7 +190,16 @@ impl Broker {
             }
             Record::Subscriber(s) => {
                 if let Some(subscriber) = registry.subscriber_by_id(&s.id).cloned() {
+                    // Changed (`PATCH`): the new endpoint, keyed again.
+                    let endpoint = self.stored_endpoint(s)?;
+                    let changed = *subscriber.endpoint() != endpoint;
+                    if changed {
+                        registry.change_endpoint(&subscriber, Arc::new(endpoint))?;
+                    }
                     drop(registry);
+                    if changed {
+                        notifier.changed(&subscriber);
+                    }
                     // Enabled or disabled, a rotated secret, a cursor moved.
                     subscriber.cursor.fetch_max(s.cursor, Ordering::AcqRel);
                     let current = subscriber.secrets.read().current.expose() != s.secret;

@@ -14,6 +14,23 @@ use crate::{
 };
 
 impl Broker {
+    /// The endpoint a stored subscriber describes.
+    pub(super) fn stored_endpoint(&self, s: &SubscriberRecord) -> Result<Endpoint, Error> {
+        let limits = &self.shared.limits;
+        let retry = match &s.schedule {
+            Some(waits) => crate::Retry::Schedule(waits.as_slice().into()),
+            None => crate::Retry::Attempts(s.max_attempts),
+        };
+        Endpoint::new(&s.url, Some(&s.method), s.headers.clone(), limits)
+            .and_then(|e| e.with_retry(retry, limits))
+            .map(|e| e.with_ordered(s.ordered))
+            .and_then(|e| {
+                let filter = s.filter.as_ref().map(|f| f.compile()).transpose()?;
+                Ok(e.with_filter(filter))
+            })
+            .map_err(|e| Error::storage(format!("stored {} is no longer valid: {e}", s.id)))
+    }
+
     pub(super) fn restore(&self, registry: &mut Registry, record: &Record) -> Result<(), Error> {
         let bad = |what: &str| Error::storage(format!("stored {} {what}", record.id()));
         match record {
@@ -28,19 +45,7 @@ impl Broker {
                 registry.insert_credential(Arc::new(credential));
             }
             Record::Subscriber(s) => {
-                let limits = &self.shared.limits;
-                let retry = match &s.schedule {
-                    Some(waits) => crate::Retry::Schedule(waits.as_slice().into()),
-                    None => crate::Retry::Attempts(s.max_attempts),
-                };
-                let endpoint = Endpoint::new(&s.url, Some(&s.method), s.headers.clone(), limits)
-                    .and_then(|e| e.with_retry(retry, limits))
-                    .map(|e| e.with_ordered(s.ordered))
-                    .and_then(|e| {
-                        let filter = s.filter.as_ref().map(|f| f.compile()).transpose()?;
-                        Ok(e.with_filter(filter))
-                    })
-                    .map_err(|e| bad(&format!("is no longer valid: {e}")))?;
+                let endpoint = self.stored_endpoint(s)?;
                 let topic = TopicName::new(&s.topic).map_err(|_| bad("has a bad topic"))?;
                 let secrets = stored_secrets(s)?;
                 let subscriber = registry.restore_subscriber(
@@ -198,7 +203,7 @@ pub(super) fn group_progress(group: &Group, shared: bool) -> GroupRecord {
 
 /// The record a store keeps of `s`.
 pub(super) fn subscriber_record(s: &Subscriber) -> Record {
-    let e = &s.endpoint;
+    let e = s.endpoint();
     let secrets = s.secrets.read().clone();
     Record::Subscriber(SubscriberRecord {
         id: s.id.clone(),

@@ -50,7 +50,7 @@ impl Broker {
             .save_or_adopt(topic, &record, |registry| {
                 registry.plan_subscriber(
                     topic,
-                    plan.item.endpoint().clone(),
+                    (*plan.item.endpoint()).clone(),
                     &self.shared.limits,
                     end,
                     self.shared.order.load(Ordering::Relaxed),
@@ -69,6 +69,48 @@ impl Broker {
             .log_end
             .fetch_max(end, Ordering::AcqRel);
         Ok(plan)
+    }
+
+    /// Changes where and how subscriber `id` on `topic` is delivered to:
+    /// `endpoint` replaces its URL, method, headers, retry policy, order
+    /// and filter, durably (and, with replicas, everywhere). It keeps its
+    /// id, secret, cursor, retries, dead letters and counters. Attempts
+    /// from the next on use the new endpoint; an attempt in flight
+    /// finishes with the old one. Messages a worker has already read are
+    /// not filtered again. Enabled, its circuit closes (a person's doing).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidTopic`], [`Error::SubscriberNotFound`],
+    /// [`Error::SubscriberConflict`] when another subscriber of the topic
+    /// has the new (method, URL), or [`Error::Storage`] (nothing changed).
+    pub async fn update_subscriber(
+        &self,
+        topic: &str,
+        id: &str,
+        endpoint: Endpoint,
+    ) -> Result<Arc<Subscriber>, Error> {
+        let _order = self.shared.changes.lock().await;
+        let subscriber = self.subscriber(topic, id)?;
+        if *subscriber.endpoint() == endpoint {
+            return Ok(subscriber);
+        }
+        let old = self
+            .shared
+            .registry
+            .write()
+            .change_endpoint(&subscriber, Arc::new(endpoint))?;
+        let record = subscriber_record(&subscriber);
+        if let Err(e) = self.shared.store.save(Change::Put(&record)).await {
+            let _ = self
+                .shared
+                .registry
+                .write()
+                .change_endpoint(&subscriber, old);
+            return Err(e);
+        }
+        self.shared.notifier.changed(&subscriber);
+        Ok(subscriber)
     }
 
     /// Gives subscriber `id` a new signing secret, durably, and returns it.
@@ -156,7 +198,12 @@ impl Broker {
         Ok(())
     }
 
-    fn subscriber(&self, topic: &str, id: &str) -> Result<Arc<Subscriber>, Error> {
+    /// Subscriber `id` on `topic`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidTopic`], or [`Error::SubscriberNotFound`].
+    pub fn subscriber(&self, topic: &str, id: &str) -> Result<Arc<Subscriber>, Error> {
         Ok(self
             .shared
             .registry

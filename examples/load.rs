@@ -153,6 +153,7 @@ fn payload(len: usize) -> Bytes {
 
 /// One HTTP/1.1 connection sending requests back to back until `deadline`
 /// (or paced to `interval`); returns how many were answered with a 2xx.
+#[allow(clippy::too_many_arguments)] // A load tool's knobs, each plain.
 async fn drive(
     addr: SocketAddr,
     path: String,

@@ -681,8 +681,14 @@ async fn admin_token_guards_management_only() {
     ];
     let anon = [("content-type", "application/json")];
 
-    let calls: [(&str, &str, &str); 6] = [
+    let calls: [(&str, &str, &str); 8] = [
         ("GET", "/v1/topics", ""),
+        ("GET", "/v1/topics/t/subscribers/sub_x", ""),
+        (
+            "PATCH",
+            "/v1/topics/t/subscribers/sub_x",
+            r#"{"url":"http://127.0.0.1:9/"}"#,
+        ),
         ("GET", "/v1/topics/t", ""),
         ("POST", "/v1/topics/t/publishers", r#"{"name":"p"}"#),
         (

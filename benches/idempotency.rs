@@ -91,32 +91,26 @@ fn publish(c: &mut Criterion) {
         })
     });
     drop(b);
-    let (b, token) = broker();
-    let mut n = 0u64;
-    group.bench_function("new_key", |bench| {
-        bench.iter_batched(
-            || new_key(&mut n),
-            |key| {
-                let draft = Draft::new(None, payload.clone()).with_idempotency_key(Some(key));
-                ready(b.publish_draft("bench", &token, draft)).unwrap()
-            },
-            BatchSize::SmallInput,
-        )
-    });
-    drop(b);
-    let (b, token) = broker_keeping(1_000);
-    let mut n = 0u64;
-    group.bench_function("new_key_1k_table", |bench| {
-        bench.iter_batched(
-            || new_key(&mut n),
-            |key| {
-                let draft = Draft::new(None, payload.clone()).with_idempotency_key(Some(key));
-                ready(b.publish_draft("bench", &token, draft)).unwrap()
-            },
-            BatchSize::SmallInput,
-        )
-    });
-    drop(b);
+    for (name, max_keys) in [
+        (
+            "new_key",
+            broker_core::IdempotencyLimits::default().max_keys,
+        ),
+        ("new_key_1k_table", 1_000),
+    ] {
+        let (b, token) = broker_keeping(max_keys);
+        let mut n = 0u64;
+        group.bench_function(name, |bench| {
+            bench.iter_batched(
+                || new_key(&mut n),
+                |key| {
+                    let draft = Draft::new(None, payload.clone()).with_idempotency_key(Some(key));
+                    ready(b.publish_draft("bench", &token, draft)).unwrap()
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
     let (b, token) = broker();
     let key = IdempotencyKey::new("order-0000000000000001").unwrap();
     let first = Draft::new(None, payload.clone()).with_idempotency_key(Some(key.clone()));

@@ -215,6 +215,18 @@ impl Endpoint {
         &self.headers
     }
 
+    /// The same as (name, value) strings, as a registration gives them
+    /// (and a store keeps them).
+    pub fn header_pairs(&self) -> Vec<(String, String)> {
+        self.headers
+            .iter()
+            .map(|(k, v)| {
+                let value = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                (k.as_str().to_owned(), value)
+            })
+            .collect()
+    }
+
     /// How many attempts each delivery gets in all (1: no retry).
     pub fn max_attempts(&self) -> u32 {
         self.retry.max_attempts()

@@ -244,14 +244,7 @@ where
     let method = patch.method.unwrap_or_else(|| now.method().to_string());
     let headers = match patch.headers {
         Some(headers) => headers.0,
-        None => now
-            .headers()
-            .iter()
-            .map(|(k, v)| {
-                let value = String::from_utf8_lossy(v.as_bytes()).into_owned();
-                (k.as_str().to_owned(), value)
-            })
-            .collect(),
+        None => now.header_pairs(),
     };
     let retry = match &patch.retry {
         Some(retry) => retry.policy()?,

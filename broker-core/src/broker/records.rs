@@ -210,14 +210,7 @@ pub(super) fn subscriber_record(s: &Subscriber) -> Record {
         topic: s.topic.to_string(),
         url: e.url().to_string(),
         method: e.method().to_string(),
-        headers: e
-            .headers()
-            .iter()
-            .map(|(k, v)| {
-                let value = String::from_utf8_lossy(v.as_bytes()).into_owned();
-                (k.as_str().to_owned(), value)
-            })
-            .collect(),
+        headers: e.header_pairs(),
         max_attempts: e.max_attempts(),
         schedule: match e.retry() {
             crate::Retry::Schedule(waits) => Some(waits.to_vec()),

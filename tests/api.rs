@@ -455,7 +455,7 @@ async fn routing_errors() {
         ("PUT", "/v1/topics/t/messages", "GET, POST"),
         ("GET", "/v1/topics/t/messages/batch", "POST"),
         ("POST", "/v1/topics/t/publishers/p", "DELETE"),
-        ("PATCH", "/v1/topics/t/subscribers/s", "DELETE"),
+        ("PUT", "/v1/topics/t/subscribers/s", "GET, PATCH, DELETE"),
     ] {
         let r = s.call(method, path, &[], "").await;
         assert_eq!(r.error_code(405), "method_not_allowed", "{method} {path}");

@@ -757,6 +757,17 @@ fn a_patched_subscriber_and_typed_messages_survive_sigkill() {
         ),
         ("invoice.paid", &b"one"[..])
     );
+    // Its cursor moves past it (in memory; written behind): the change
+    // below writes the record, cursor and all, before it answers.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (_, detail) = http(&addr, "GET", &path, "", "");
+        if serde_json::from_str::<serde_json::Value>(&detail).unwrap()["offset"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{detail}");
+        thread::sleep(Duration::from_millis(20));
+    }
     let body = format!(
         r#"{{"url":"http://{new_hook}/new","headers":{{"x-moved":"yes"}},"filter":{{"event_types":["invoice.*"]}}}}"#
     );

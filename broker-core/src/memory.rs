@@ -58,7 +58,7 @@ impl Default for Retention {
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// let store = MemoryStore::new(Retention::default(), 1 << 20);
 /// let topic = TopicName::new("t")?;
-/// let new = |p: &'static str| NewMessage { content_type: None, payload: p.into(), published_at: SystemTime::now(), event_type: None };
+/// let new = |p: &'static str| NewMessage { content_type: None, payload: p.into(), published_at: SystemTime::now(), event_type: None, idempotency: None };
 /// let numbered = store.append(&topic, vec![new("a"), new("b")]).await?;
 /// assert_eq!((numbered[0].offset(), numbered[1].offset()), (0, 1));
 /// let read = store.read(&topic, 1, 10, usize::MAX).await?;

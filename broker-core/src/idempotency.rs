@@ -174,7 +174,7 @@ const ENTRY_OVERHEAD: usize = 160;
 /// is charged to the [`MemoryBudget`] (not evictable) while remembered.
 ///
 /// The map is keyed by a hash of (topic, key), hashed once per lookup;
-/// the entry keeps a second hash of both, not the strings ([`Place`]).
+/// the entry keeps a second hash of both, not the strings.
 ///
 /// Its lock is short and never held across an await: a store takes it
 /// under its own per-topic lock, which orders the appends of a topic.

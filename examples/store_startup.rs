@@ -2,7 +2,7 @@
 //! disk per message.
 //!
 //! ```text
-//! cargo run --release -p broker-store --example store_startup -- [--gib 1] [--payload 100] [--dir PATH] [--cold true]
+//! cargo run --release -p broker-store --example store_startup -- [--gib 1] [--payload 100] [--dir PATH] [--cold true] [--keyed true]
 //! ```
 //!
 //! Fills one topic's log with `--gib` GiB of `--payload`-byte messages
@@ -11,8 +11,10 @@
 //! `Broker::open`) five times and prints each time, with the bytes on
 //! disk per message. With `--cold true` (root only) the page cache is
 //! dropped before each open, so the newest segment is read from the
-//! device. The directory is a temporary one unless `--dir` is given; it is
-//! removed at the end.
+//! device. With `--keyed true` every message carries its own idempotency
+//! key, so that an open also reads the keys back (the whole log is within
+//! the default 24 h window; the newest 100,000 are kept). The directory is
+//! a temporary one unless `--dir` is given; it is removed at the end.
 
 use std::{
     path::PathBuf,
@@ -37,6 +39,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut payload = 100usize;
     let mut dir: Option<PathBuf> = None;
     let mut cold = false;
+    let mut keyed = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let value = args.next().ok_or("missing value")?;
@@ -45,6 +48,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--payload" => payload = value.parse()?,
             "--dir" => dir = Some(value.into()),
             "--cold" => cold = value.parse()?,
+            "--keyed" => keyed = value.parse()?,
             other => return Err(format!("unknown option {other}").into()),
         }
     }
@@ -63,13 +67,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let body = Bytes::from(vec![b'x'; payload]);
         let ct = HeaderValue::from_static("application/json");
         while on_disk(&dir)? < target {
-            let batch: Vec<NewMessage> = (0..1000)
-                .map(|_| NewMessage {
+            let batch: Vec<NewMessage> = (0..1000u64)
+                .map(|i| NewMessage {
                     content_type: Some(ct.clone()),
                     payload: body.clone(),
                     published_at: SystemTime::now(),
                     event_type: None,
-                    idempotency: None,
+                    idempotency: keyed.then(|| broker_core::Keyed {
+                        key: broker_core::IdempotencyKey::new(&format!("key-{}", messages + i))
+                            .expect("a valid key"),
+                        fingerprint: broker_core::fingerprint(None, &body),
+                        subscribers: 0,
+                    }),
                 })
                 .collect();
             messages += store.append(&topic, batch).await?.len() as u64;

@@ -77,27 +77,69 @@ struct Recent {
 /// messages: only such logs are read for their keys at open.
 const KEYED_MARKER: &str = "keyed";
 
-/// Remembers the key of a record read back at open, if it has one.
-fn remember(keys: &KeyTable, topic: &TopicName, prefix: &str, r: &segment::RecordRef<'_>) {
-    let Some(k) = &r.key else { return };
-    let Some(key) = std::str::from_utf8(k.key)
-        .ok()
-        .and_then(|k| IdempotencyKey::new(k).ok())
-    else {
-        return;
-    };
-    let keyed = Keyed {
-        key,
-        fingerprint: k.fingerprint,
-        subscribers: k.subscribers,
-    };
-    keys.remember(
-        topic,
-        &keyed,
-        &message_id(prefix, r.offset),
-        r.offset,
-        r.time_ms,
-    );
+/// A key read back from a record at open.
+struct ReadKey {
+    keyed: Keyed,
+    offset: u64,
+    time_ms: u64,
+}
+
+impl ReadKey {
+    /// The key of `r`, if it has a valid one.
+    fn of(r: &segment::RecordRef<'_>) -> Option<Self> {
+        let k = r.key.as_ref()?;
+        let key = std::str::from_utf8(k.key)
+            .ok()
+            .and_then(|k| IdempotencyKey::new(k).ok())?;
+        Some(ReadKey {
+            keyed: Keyed {
+                key,
+                fingerprint: k.fingerprint,
+                subscribers: k.subscribers,
+            },
+            offset: r.offset,
+            time_ms: r.time_ms,
+        })
+    }
+}
+
+/// Reads the keys of a keyed log back into `keys` at open: those of the
+/// newest segment (`newest`, read by its recovery scan), then of the
+/// sealed segments written to within the window (`sealed`, oldest first),
+/// newest first, until as many as `keys` keeps at most are read (older
+/// ones would be forgotten at once). Remembered oldest first.
+fn restore_keys(
+    keys: &KeyTable,
+    topic: &TopicName,
+    prefix: &str,
+    sealed: &[Arc<Segment>],
+    newest: Vec<ReadKey>,
+) -> Result<(), StoreError> {
+    let max = keys.limits().max_keys;
+    let mut found = vec![newest];
+    let mut count = found[0].len();
+    for seg in sealed.iter().rev() {
+        if count >= max {
+            break;
+        }
+        let file = seg.file().map_err(io_at(&seg.path))?;
+        let mut read = Vec::new();
+        let stop = scan(&file, seg.version, segment::HEADER_LEN, seg.end(), |_, r| {
+            read.extend(ReadKey::of(r));
+            true
+        })
+        .map_err(io_at(&seg.path))?;
+        if let segment::Stop::Bad(pos, why) = stop {
+            tracing::error!(path = %seg.path.display(), pos, why, "unreadable record in a sealed segment");
+        }
+        count += read.len();
+        found.push(read);
+    }
+    for k in found.iter().rev().flatten() {
+        let id = message_id(prefix, k.offset);
+        keys.remember(topic, &k.keyed, &id, k.offset, k.time_ms);
+    }
+    Ok(())
 }
 
 /// Bytes of messages a topic's tail cache holds at most.
@@ -270,6 +312,7 @@ impl TopicLog {
         let mut prefix: Option<String> = None;
         let count = bases.len();
         let mut recovered = Recovered::default();
+        let mut keyed_sealed = Vec::new();
         for (i, base) in bases.into_iter().enumerate() {
             let path = dir.join(segment::file_name(base));
             let newest = i + 1 == count;
@@ -298,9 +341,15 @@ impl TopicLog {
                     tracing::warn!(path = %path.display(), "rewriting a torn segment header");
                     drop(file);
                     let seg = create_segment(&dir, &header)?;
-                    prefix = Some(header.prefix);
                     segments.push(Arc::new(seg));
-                    continue;
+                    // The log goes on from this segment's base: what the
+                    // segments before it hold stays, ids and all.
+                    if let Some(keys) = keys {
+                        restore_keys(keys, &name, &header.prefix, &keyed_sealed, Vec::new())?;
+                    }
+                    let log = Self::assemble(name, dir, header.prefix, segments, base);
+                    log.keyed.store(keys.is_some(), Ordering::Relaxed);
+                    return Ok((log, recovered));
                 }
                 _ => {
                     return Err(StoreError::Corrupt {
@@ -328,14 +377,14 @@ impl TopicLog {
                 );
                 let file = seg.file().map_err(io_at(&path))?;
                 let mut expected = base;
-                let log_prefix = prefix.clone().expect("set above");
+                let mut newest_keys = Vec::new();
                 let stop = scan(&file, seg.version, segment::HEADER_LEN, len, |pos, r| {
                     if r.offset != expected {
                         return false;
                     }
                     seg.indexed(r.offset, pos, r.time_ms);
-                    if let Some(keys) = keys {
-                        remember(keys, &name, &log_prefix, r);
+                    if keys.is_some() {
+                        newest_keys.extend(ReadKey::of(r));
                     }
                     expected += 1;
                     true
@@ -356,8 +405,14 @@ impl TopicLog {
                     };
                 }
                 seg.end.store(good, Ordering::Release);
+                // Cut off with the torn tail: not acknowledged, not kept.
+                newest_keys.retain(|k| k.offset < expected);
+                let prefix = prefix.expect("set above");
+                if let Some(keys) = keys {
+                    restore_keys(keys, &name, &prefix, &keyed_sealed, newest_keys)?;
+                }
                 segments.push(Arc::new(seg));
-                let log = Self::assemble(name, dir, prefix.expect("set above"), segments, expected);
+                let log = Self::assemble(name, dir, prefix, segments, expected);
                 log.keyed.store(keys.is_some(), Ordering::Relaxed);
                 return Ok((log, recovered));
             }
@@ -367,20 +422,12 @@ impl TopicLog {
             let modified = fs::metadata(&path).and_then(|m| m.modified()).map_or(0, ms);
             seg.newest_ms.store(modified.max(1), Ordering::Relaxed);
             seg.oldest_ms.store(modified.max(1), Ordering::Relaxed);
+            let seg = Arc::new(seg);
             // Written to within the window: it may hold keys to remember.
-            if let Some(keys) = keys.filter(|_| modified >= since && header.version >= 3) {
-                let file = seg.file().map_err(io_at(&path))?;
-                let log_prefix = prefix.clone().expect("set above");
-                let stop = scan(&file, seg.version, segment::HEADER_LEN, len, |_, r| {
-                    remember(keys, &name, &log_prefix, r);
-                    true
-                })
-                .map_err(io_at(&path))?;
-                if let segment::Stop::Bad(pos, why) = stop {
-                    tracing::error!(path = %path.display(), pos, why, "unreadable record in a sealed segment");
-                }
+            if keys.is_some() && modified >= since && header.version >= 3 {
+                keyed_sealed.push(seg.clone());
             }
-            segments.push(Arc::new(seg));
+            segments.push(seg);
         }
         // No segment at all: an empty log.
         let header = Header {
@@ -1080,6 +1127,46 @@ mod tests {
         let read = reopen(dir.path()).0.read(0, 10, usize::MAX).unwrap();
         assert_eq!(read.messages.len(), 1);
         assert_eq!(read.messages[0].id(), message_id("0123456789ab", 0));
+    }
+
+    /// A crash right after a roll created the newest segment, before its
+    /// header reached the disk: the header is written again and the log
+    /// goes on from its base, the older segments kept, ids and all.
+    #[test]
+    fn a_torn_header_of_the_newest_segment_keeps_the_segments_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = TopicLog::create(topic(), dir.path().to_owned()).unwrap();
+        let tiny = Rolling {
+            bytes: 64,
+            age: Duration::from_secs(3600),
+        };
+        let mut ids = Vec::new();
+        for n in 0..4 {
+            let (m, _) = log
+                .append(vec![new(format!("m{n}").as_bytes())], tiny, false, &NO)
+                .unwrap();
+            ids.push(m[0].id().to_owned());
+        }
+        // The next append rolls first: a fifth segment, empty.
+        log.append(vec![new(b"m4")], tiny, false, &NO).unwrap();
+        let newest = *log.segments().last().unwrap();
+        assert_eq!(newest.0, 4, "{:?}", log.segments());
+        drop(log);
+        let path = dir.path().join(segment::file_name(newest.0));
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(10)
+            .unwrap();
+
+        let (log, _) = reopen(dir.path());
+        let read = log.read(0, 10, usize::MAX).unwrap();
+        let got: Vec<&str> = read.messages.iter().map(|m| m.id()).collect();
+        assert_eq!(got, ids, "the older segments are all there");
+        let (m, _) = log.append(vec![new(b"again")], ROLL, false, &NO).unwrap();
+        assert_eq!(m[0].offset(), 4);
+        assert_eq!(m[0].id()[..16], ids[0][..16], "the same log, the same prefix");
     }
 
     #[test]

@@ -124,10 +124,16 @@ fn restore_keys(
         }
         let file = seg.file().map_err(io_at(&seg.path))?;
         let mut read = Vec::new();
-        let stop = scan(&file, seg.version, segment::HEADER_LEN, seg.end(), |_, r| {
-            read.extend(ReadKey::of(r));
-            true
-        })
+        let stop = scan(
+            &file,
+            seg.version,
+            segment::HEADER_LEN,
+            seg.end(),
+            |_, r| {
+                read.extend(ReadKey::of(r));
+                true
+            },
+        )
         .map_err(io_at(&seg.path))?;
         if let segment::Stop::Bad(pos, why) = stop {
             tracing::error!(path = %seg.path.display(), pos, why, "unreadable record in a sealed segment");
@@ -135,7 +141,9 @@ fn restore_keys(
         count += read.len();
         found.push(read);
     }
-    for k in found.iter().rev().flatten() {
+    // Only the newest `max` would stay: the older ones are not inserted.
+    let skip = count.saturating_sub(max);
+    for k in found.iter().rev().flatten().skip(skip) {
         let id = message_id(prefix, k.offset);
         keys.remember(topic, &k.keyed, &id, k.offset, k.time_ms);
     }
@@ -1166,7 +1174,52 @@ mod tests {
         assert_eq!(got, ids, "the older segments are all there");
         let (m, _) = log.append(vec![new(b"again")], ROLL, false, &NO).unwrap();
         assert_eq!(m[0].offset(), 4);
-        assert_eq!(m[0].id()[..16], ids[0][..16], "the same log, the same prefix");
+        assert_eq!(
+            m[0].id()[..16],
+            ids[0][..16],
+            "the same log, the same prefix"
+        );
+    }
+
+    /// At open, a keyed log's keys are read back newest segment first,
+    /// and no further than the table keeps: the newest keys are answered,
+    /// the older ones are not remembered.
+    #[test]
+    fn keys_are_read_back_newest_first_up_to_the_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = broker_core::IdempotencyLimits {
+            max_keys: 2,
+            ..broker_core::IdempotencyLimits::default()
+        };
+        let keys = KeyTable::new(limits, MemoryBudget::new(1 << 20));
+        let log = TopicLog::create(topic(), dir.path().to_owned()).unwrap();
+        let tiny = Rolling {
+            bytes: 64,
+            age: Duration::from_secs(3600),
+        };
+        let keyed = |n: u64| NewMessage {
+            idempotency: Some(Keyed {
+                key: IdempotencyKey::new(&format!("k{n}")).unwrap(),
+                fingerprint: n,
+                subscribers: 1,
+            }),
+            ..new(b"x")
+        };
+        for n in 0..5 {
+            log.append_keyed(vec![keyed(n)], tiny, false, &NO, &keys)
+                .unwrap();
+        }
+        assert_eq!(log.segments().len(), 5);
+        drop(log);
+        let keys = KeyTable::new(limits, MemoryBudget::new(1 << 20));
+        let (log, _) = TopicLog::open(topic(), dir.path().to_owned(), Some(&keys)).unwrap();
+        assert_eq!(keys.len(), 2);
+        for (n, replayed) in [(4, true), (3, true), (2, false)] {
+            let (got, _) = log
+                .append_keyed(vec![keyed(n)], ROLL, false, &NO, &keys)
+                .unwrap();
+            assert_eq!(got[0].new_message().is_none(), replayed, "k{n}");
+        }
     }
 
     #[test]

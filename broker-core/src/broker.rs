@@ -13,6 +13,7 @@ use parking_lot::RwLock;
 
 mod access;
 mod delivery;
+mod events;
 mod follow;
 mod groups;
 mod progress;

@@ -24,6 +24,9 @@ pub enum Error {
         /// Why it was refused.
         reason: &'static str,
     },
+    /// Only the broker publishes on this topic (`broker.events`): no
+    /// publisher is registered there and no publish taken.
+    ReservedTopic,
     /// The idempotency key was used on this topic within the window for
     /// a message with another payload or event type.
     IdempotencyKeyReused,
@@ -129,6 +132,7 @@ impl Error {
             Error::InvalidEventType { .. } => "invalid_event_type",
             Error::InvalidIdempotencyKey { .. } => "invalid_idempotency_key",
             Error::IdempotencyKeyReused => "idempotency_key_reused",
+            Error::ReservedTopic => "reserved_topic",
             Error::InvalidFilter { .. } => "invalid_filter",
             Error::InvalidPublisherName { .. } => "invalid_publisher_name",
             Error::InvalidListenerName { .. } => "invalid_listener_name",
@@ -169,6 +173,9 @@ impl fmt::Display for Error {
             Error::InvalidIdempotencyKey { reason } => {
                 write!(f, "invalid idempotency key: {reason}")
             }
+            Error::ReservedTopic => f.write_str(
+                "only the broker publishes on broker.events: no publisher may register or publish there",
+            ),
             Error::IdempotencyKeyReused => f.write_str(
                 "this idempotency key was used on this topic for a message with another payload or event type",
             ),

@@ -118,6 +118,11 @@ impl Health {
         false
     }
 
+    /// Whether the circuit is closed (not open, nor half open).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.open_until.is_none()
+    }
+
     /// Failed attempts in a row.
     pub(crate) fn failures(&self) -> u32 {
         self.failures

@@ -23,7 +23,8 @@ use std::{
 };
 
 use broker_core::{
-    Broker, Circuit, DeadLetter, MemoryBudget, Message, Outcome, PendingRetry, Subscriber,
+    Broker, Circuit, DeadLetter, DisableReason, MemoryBudget, Message, OpEvent, Outcome,
+    PendingRetry, Subscriber,
 };
 use futures_util::{stream::FuturesUnordered, StreamExt};
 use http::HeaderMap;
@@ -452,7 +453,9 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
             commit(&broker, &subscriber, &mut work, true).await;
             break;
         }
-        take_requests(cursor, &shared, &mut work);
+        if take_requests(cursor, &shared, &mut work) {
+            settle(&broker, &subscriber, vec![circuit_closed(&subscriber)]).await;
+        }
         // Fill the in-flight slots: due retries first, then new messages.
         // The circuit: open, nothing is attempted (a paused attempt is not
         // a failed one); half open, one probe at a time.
@@ -662,7 +665,8 @@ async fn commit(broker: &Broker, subscriber: &Subscriber, work: &mut Work, now: 
 }
 
 /// Takes what `redrive` and `rewind` asked for.
-fn take_requests(cursor: &Cursor, shared: &Shared, work: &mut Work) {
+/// Returns whether this closed an open circuit.
+fn take_requests(cursor: &Cursor, shared: &Shared, work: &mut Work) -> bool {
     let (redrive, rewind, close_circuit) = {
         let mut flags = cursor.flags.lock();
         (
@@ -671,6 +675,7 @@ fn take_requests(cursor: &Cursor, shared: &Shared, work: &mut Work) {
             std::mem::take(&mut flags.close_circuit),
         )
     };
+    let closed = close_circuit && !work.health.is_closed();
     if close_circuit {
         work.health.close();
     }
@@ -694,6 +699,15 @@ fn take_requests(cursor: &Cursor, shared: &Shared, work: &mut Work) {
         }
         work.caught_up = false;
     }
+    closed
+}
+
+/// The event of `subscriber`'s circuit closing.
+fn circuit_closed(subscriber: &Subscriber) -> Settled {
+    Settled::Event(OpEvent::CircuitClosed {
+        topic: subscriber.topic().to_string(),
+        subscriber_id: subscriber.id().to_owned(),
+    })
 }
 
 /// Counts what an attempt came to, and puts a retry aside. Returns the
@@ -706,6 +720,9 @@ fn finish(subscriber: &Subscriber, shared: &Shared, work: &mut Work, tried: Trie
     match tried.result {
         Attempt::Delivered => {
             work.delivered_at = Some(Instant::now());
+            if !work.health.is_closed() {
+                settled.push(circuit_closed(subscriber));
+            }
             work.health.delivered();
         }
         Attempt::Failed { status, .. } => {
@@ -719,6 +736,11 @@ fn finish(subscriber: &Subscriber, shared: &Shared, work: &mut Work, tried: Trie
                     failures = work.health.failures(),
                     "circuit open"
                 );
+                settled.push(Settled::Event(OpEvent::CircuitOpened {
+                    topic: subscriber.topic().to_string(),
+                    subscriber_id: subscriber.id().to_owned(),
+                    failures: work.health.failures(),
+                }));
             }
             let since = work.health.failing_since.unwrap_or(now);
             if status == Some(410) {
@@ -726,14 +748,15 @@ fn finish(subscriber: &Subscriber, shared: &Shared, work: &mut Work, tried: Trie
                     subscriber = subscriber.id(),
                     "the endpoint answered 410 Gone: disabling it"
                 );
-                settled.push(Settled::Disable);
+                settled.push(Settled::Disable(DisableReason::Gone));
             } else if since.elapsed() >= shared.config.disable_after {
                 tracing::warn!(
                     subscriber = subscriber.id(),
                     failing_for = ?since.elapsed(),
                     "every attempt failed for the disable-after time: disabling it"
                 );
-                settled.push(Settled::Disable);
+                let since = SystemTime::now() - since.elapsed();
+                settled.push(Settled::Disable(DisableReason::FailingSince(since)));
             }
         }
         Attempt::Refused => {}
@@ -830,7 +853,9 @@ enum Settled {
     /// The delivery at this offset, which had a retry kept, is done with.
     Forget(u64),
     /// Disable the subscriber (`410 Gone`, or failing for too long).
-    Disable,
+    Disable(DisableReason),
+    /// Say this on `broker.events`.
+    Event(OpEvent),
 }
 
 /// Writes what `finish` settled.
@@ -841,10 +866,11 @@ async fn settle(broker: &Broker, subscriber: &Subscriber, settled: Vec<Settled>)
             Settled::Undead(offset) => broker.forget_dead_letter(subscriber, offset).await,
             Settled::Retry(retry) => broker.keep_retry(subscriber, retry).await,
             Settled::Forget(offset) => broker.forget_retry(subscriber, offset).await,
-            Settled::Disable => broker
-                .set_enabled(subscriber.topic().as_str(), subscriber.id(), false)
-                .await
-                .map(|_| ()),
+            Settled::Disable(reason) => broker.disable_subscriber(subscriber, reason).await,
+            Settled::Event(event) => {
+                broker.emit(event).await;
+                Ok(())
+            }
         };
         if let Err(e) = written {
             tracing::error!(subscriber = subscriber.id(), error = %e, "settling a delivery failed");

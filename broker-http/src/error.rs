@@ -75,7 +75,9 @@ impl ApiError {
                 | E::ListenerNotFound
                 | E::GroupNotFound => StatusCode::NOT_FOUND,
                 E::Unauthorized | E::InvalidToken { .. } => StatusCode::UNAUTHORIZED,
-                E::Forbidden | E::InsufficientScope { .. } => StatusCode::FORBIDDEN,
+                E::Forbidden | E::InsufficientScope { .. } | E::ReservedTopic => {
+                    StatusCode::FORBIDDEN
+                }
                 E::SubscriberConflict { .. }
                 | E::AlreadyRegistered { .. }
                 | E::LimitExceeded { .. }
@@ -136,6 +138,7 @@ impl ApiError {
             ApiError::Broker(
                 E::Unauthorized
                 | E::Forbidden
+                | E::ReservedTopic
                 | E::InvalidToken { .. }
                 | E::InsufficientScope { .. },
             )

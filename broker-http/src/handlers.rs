@@ -893,7 +893,7 @@ fn dead_letters_reply(dead: Vec<broker_core::DeadLetter>) -> Response<ResponseBo
                     attempts: d.attempts,
                     last_status: d.last_status,
                     last_error: d.last_error,
-                    failed_at: crate::time::format_rfc3339(d.failed_at),
+                    failed_at: broker_core::time::format_rfc3339(d.failed_at),
                 })
                 .collect(),
         },
@@ -941,7 +941,7 @@ where
     let from = match (req.from_offset, req.since.as_deref()) {
         (Some(offset), None) => offset,
         (None, Some(since)) => {
-            let since = crate::time::parse_rfc3339(since).ok_or(ApiError::InvalidRequest(
+            let since = broker_core::time::parse_rfc3339(since).ok_or(ApiError::InvalidRequest(
                 "since must be an RFC 3339 time, like 2026-11-23T12:00:00Z".into(),
             ))?;
             broker.offset_at(topic, since).await?

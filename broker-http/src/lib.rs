@@ -53,7 +53,6 @@ mod live;
 mod metrics;
 mod routes;
 mod server;
-mod time;
 
 use std::{convert::Infallible, future::Future, pin::Pin, sync::Arc};
 

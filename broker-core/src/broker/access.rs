@@ -50,6 +50,9 @@ impl Broker {
         topic: &str,
         name: &str,
     ) -> Result<Registration<Arc<Credential>>, Error> {
+        if role == Role::Publish && topic == crate::EVENTS_TOPIC {
+            return Err(Error::ReservedTopic);
+        }
         let _order = self.shared.changes.lock().await;
         let plan =
             self.shared

@@ -89,6 +89,14 @@ impl Broker {
         if evicted > 0 {
             subscriber.record(crate::Outcome::DeadLetterEvicted, evicted);
         }
+        self.emit(crate::OpEvent::MessageDeadLettered {
+            topic: subscriber.topic().to_string(),
+            subscriber_id: subscriber.id().to_owned(),
+            message_id: dead.message_id.clone(),
+            attempts: dead.attempts,
+            last_status: dead.last_status,
+        })
+        .await;
         Ok(())
     }
 

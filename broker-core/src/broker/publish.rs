@@ -105,6 +105,28 @@ impl Broker {
         // Held until the publish is answered, pacing included: a deletion
         // of the topic waits for it, and one under way refuses it.
         let _publishing = Publishing::on(&stats).ok_or(Error::TopicNotFound)?;
+        let receipt = self
+            .publish_to(topic, subscribers, &stats, messages)
+            .await?;
+        // Answered once the deliveries keep up (the message is in the log);
+        // an empty batch published nothing to keep up with.
+        if !receipt.messages.is_empty() {
+            self.shared.notifier.pace().await;
+        }
+        Ok(receipt)
+    }
+
+    /// Appends `messages` to `topic`'s log and hands each new one to the
+    /// notifier with `subscribers`: the publish once its target is known
+    /// (and authorised), under the caller's [`Publishing`] guard. Not
+    /// paced.
+    pub(super) async fn publish_to(
+        &self,
+        topic: TopicName,
+        subscribers: crate::Subscribers,
+        stats: &Arc<TopicStats>,
+        messages: Vec<Draft>,
+    ) -> Result<BatchReceipt, Error> {
         if messages.is_empty() {
             return Ok(BatchReceipt {
                 messages: Vec::new(),
@@ -177,8 +199,6 @@ impl Broker {
                 })
                 .await;
         }
-        // Answered once the deliveries keep up (the message is in the log).
-        self.shared.notifier.pace().await;
         Ok(receipt)
     }
 
@@ -201,6 +221,10 @@ impl Broker {
         topic: &str,
         token: &str,
     ) -> Result<(TopicName, crate::Subscribers, Arc<TopicStats>), Error> {
+        if topic == crate::EVENTS_TOPIC {
+            // Only the broker publishes there.
+            return Err(Error::ReservedTopic);
+        }
         // Verified before the lock is taken: a signature check may be slow.
         let grants = self.verify_token(token)?;
         match self.publishing_on(topic, token, grants.as_ref()) {

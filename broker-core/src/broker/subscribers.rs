@@ -162,10 +162,53 @@ impl Broker {
         id: &str,
         enabled: bool,
     ) -> Result<Arc<Subscriber>, Error> {
+        let (subscriber, changed) = self.switch(topic, id, enabled).await?;
+        if changed && enabled {
+            self.emit(crate::OpEvent::SubscriberEnabled {
+                topic: topic.to_owned(),
+                subscriber_id: id.to_owned(),
+            })
+            .await;
+        }
+        Ok(subscriber)
+    }
+
+    /// Disables `subscriber` for `reason` (what the delivery side does on
+    /// `410 Gone`, or after failing for too long), durably, and says so on
+    /// `broker.events`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SubscriberNotFound`], or [`Error::Storage`].
+    pub async fn disable_subscriber(
+        &self,
+        subscriber: &Subscriber,
+        reason: crate::DisableReason,
+    ) -> Result<(), Error> {
+        let (topic, id) = (subscriber.topic().as_str(), subscriber.id());
+        let (_, changed) = self.switch(topic, id, false).await?;
+        if changed {
+            self.emit(crate::OpEvent::SubscriberDisabled {
+                topic: topic.to_owned(),
+                subscriber_id: id.to_owned(),
+                reason,
+            })
+            .await;
+        }
+        Ok(())
+    }
+
+    /// [`Broker::set_enabled`], and whether it changed anything.
+    async fn switch(
+        &self,
+        topic: &str,
+        id: &str,
+        enabled: bool,
+    ) -> Result<(Arc<Subscriber>, bool), Error> {
         let _order = self.shared.changes.lock().await;
         let subscriber = self.subscriber(topic, id)?;
         if subscriber.is_enabled() == enabled {
-            return Ok(subscriber);
+            return Ok((subscriber, false));
         }
         subscriber.enabled.store(enabled, Ordering::Release);
         let record = subscriber_record(&subscriber);
@@ -174,7 +217,7 @@ impl Broker {
             return Err(e);
         }
         self.shared.notifier.changed(&subscriber);
-        Ok(subscriber)
+        Ok((subscriber, true))
     }
 
     /// Deregisters a subscriber. Deliveries still queued for it are dropped

@@ -78,6 +78,11 @@ impl Broker {
         let record = topic_record(name, self.next_order());
         self.shared.store.save(Change::Put(&record)).await?;
         self.shared.registry.write().make_explicit(&topic);
+        drop(_order);
+        self.emit(crate::OpEvent::TopicCreated {
+            topic: name.to_owned(),
+        })
+        .await;
         Ok(())
     }
 
@@ -126,6 +131,11 @@ impl Broker {
             self.shared.notifier.changed(subscriber);
         }
         self.shared.notifier.topic_deleted(&topic);
+        drop(_order);
+        self.emit(crate::OpEvent::TopicDeleted {
+            topic: name.to_owned(),
+        })
+        .await;
         Ok(())
     }
 

@@ -711,7 +711,7 @@ fn error(code: &str, message: &str, request_id: Option<&RawValue>) -> WsMessage 
         message,
         request_id,
         error: ErrorBody { code, message },
-        timestamp: crate::time::format_rfc3339(std::time::SystemTime::now()),
+        timestamp: broker_core::time::format_rfc3339(std::time::SystemTime::now()),
     })
 }
 

@@ -62,6 +62,7 @@
 //! # }).unwrap();
 //! ```
 
+mod attempts;
 mod auth;
 mod broker;
 mod budget;
@@ -91,6 +92,9 @@ pub mod time;
 mod topic;
 mod write_behind;
 
+pub use attempts::{
+    next_seq, not_before, AttemptQuery, AttemptRecord, AttemptRings, RESPONSE_KEPT,
+};
 pub use auth::{is_jwt_shaped, Grants, TokenRejection, TokenVerifier, MAX_JWT_LEN};
 pub use broker::{Broker, TopicDetail, TopicSummary, WeakBroker};
 pub use budget::{Charge, MemoryBudget};

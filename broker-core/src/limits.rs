@@ -48,6 +48,10 @@ pub struct Limits {
     /// dropped first (counted as `dead_letter_evicted`): the one cap every
     /// store keeps to. Default [`MAX_DEAD_LETTERS`](crate::MAX_DEAD_LETTERS), 10,000.
     pub max_dead_letters: usize,
+    /// Delivery attempts kept per subscriber in its attempt log, the
+    /// oldest dropped first (`--attempt-log`); 0 keeps none. Default
+    /// 1,000.
+    pub attempt_log: usize,
 }
 
 impl Default for Limits {
@@ -65,6 +69,7 @@ impl Default for Limits {
             max_publisher_name_len: 128,
             max_delivery_attempts: 10,
             max_dead_letters: crate::MAX_DEAD_LETTERS,
+            attempt_log: 1_000,
         }
     }
 }

@@ -19,7 +19,8 @@ use crate::{
         message_id, new_id_prefix, Change, DeadLetter, Logs, NewMessage, Progress, Read, Record,
         Registrations,
     },
-    Appended, Error, IdempotencyLimits, KeyTable, MemoryBudget, Message, Store, TopicName,
+    Appended, AttemptQuery, AttemptRecord, AttemptRings, Error, IdempotencyLimits, KeyTable,
+    MemoryBudget, Message, Store, TopicName,
 };
 
 /// How long and how much of each topic's log is kept.
@@ -83,6 +84,8 @@ pub struct MemoryStore {
     /// Dead letters by subscriber, by offset: at most the broker's cap a
     /// subscriber, the oldest evicted first.
     dead: Mutex<HashMap<String, BTreeMap<u64, DeadLetter>>>,
+    /// The attempt logs.
+    attempts: AttemptRings,
 }
 
 /// Dead letters kept per subscriber (or consumer group) by default, in
@@ -139,6 +142,7 @@ impl MemoryStore {
         MemoryStore {
             retention,
             keys: KeyTable::new(IdempotencyLimits::default(), budget.clone()),
+            attempts: AttemptRings::new(budget.clone()),
             budget,
             held: AtomicUsize::new(0),
             logs: RwLock::default(),
@@ -231,6 +235,7 @@ impl Registrations for MemoryStore {
     async fn save(&self, change: Change<'_>) -> Result<(), Error> {
         if let Change::Remove { id } = change {
             self.dead.lock().remove(id);
+            self.attempts.forget(id);
         }
         Ok(())
     }
@@ -370,6 +375,28 @@ impl Progress for MemoryStore {
             mine.remove(&offset);
         }
         Ok(())
+    }
+
+    async fn record_attempts(
+        &self,
+        _topic: &TopicName,
+        subscriber: &str,
+        attempts: Vec<AttemptRecord>,
+        keep: usize,
+    ) -> Result<(), Error> {
+        let not_before = crate::not_before(self.retention.age, SystemTime::now());
+        self.attempts.record(subscriber, attempts, keep, not_before);
+        Ok(())
+    }
+
+    async fn attempts(
+        &self,
+        _topic: &TopicName,
+        subscriber: &str,
+        query: &AttemptQuery,
+    ) -> Result<Vec<AttemptRecord>, Error> {
+        let not_before = crate::not_before(self.retention.age, SystemTime::now());
+        Ok(self.attempts.list(subscriber, query, not_before))
     }
 
     async fn dead_letters(&self, subscriber: &str, limit: usize) -> Result<Vec<DeadLetter>, Error> {

@@ -11,8 +11,8 @@
 //!   offset: per topic, dense, from 0, never reused. Retention removes old
 //!   messages from the front; offsets keep counting.
 //! - [`Progress`]: what readers did: subscribers' cursors, retries and
-//!   dead letters, groups' progress (NATS's consumer store, apart from the
-//!   stream store).
+//!   dead letters, groups' progress, and the attempt log (NATS's consumer
+//!   store, apart from the stream store).
 //!
 //! The default, [`MemoryStore`](crate::MemoryStore), keeps the log in
 //! memory and registrations nowhere but the broker's index. `broker-store`
@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::HeaderValue;
 
-use crate::{Error, MemoryBudget, Message, Role, TopicName};
+use crate::{AttemptQuery, AttemptRecord, Error, MemoryBudget, Message, Role, TopicName};
 
 /// A registration as a store keeps it: plain strings, so any backend can
 /// write it its own way.
@@ -492,6 +492,34 @@ pub trait Progress: Send + Sync + 'static {
         let _ = group;
         Ok(())
     }
+    /// Keeps `attempts` (of `subscriber` on `topic`, oldest first) in its
+    /// attempt log, which keeps its newest `keep` and none older than the
+    /// topic's retention. May be buffered like
+    /// [`save_cursor`](Self::save_cursor), and written in batches: never an
+    /// fsync per attempt. A listing sees what is buffered. The default
+    /// keeps nothing.
+    async fn record_attempts(
+        &self,
+        topic: &TopicName,
+        subscriber: &str,
+        attempts: Vec<AttemptRecord>,
+        keep: usize,
+    ) -> Result<(), Error> {
+        let _ = (topic, subscriber, attempts, keep);
+        Ok(())
+    }
+
+    /// `subscriber`'s attempts that `query` wants, newest first, none
+    /// older than `topic`'s retention. The default has none.
+    async fn attempts(
+        &self,
+        topic: &TopicName,
+        subscriber: &str,
+        query: &AttemptQuery,
+    ) -> Result<Vec<AttemptRecord>, Error> {
+        let _ = (topic, subscriber, query);
+        Ok(Vec::new())
+    }
 }
 
 /// A whole storage backend: [`Registrations`], [`Logs`] and [`Progress`],
@@ -598,6 +626,25 @@ impl<S: Progress + ?Sized> Progress for Arc<S> {
     async fn save_group(&self, group: GroupRecord) -> Result<(), Error> {
         (**self).save_group(group).await
     }
+    async fn record_attempts(
+        &self,
+        topic: &TopicName,
+        subscriber: &str,
+        attempts: Vec<AttemptRecord>,
+        keep: usize,
+    ) -> Result<(), Error> {
+        (**self)
+            .record_attempts(topic, subscriber, attempts, keep)
+            .await
+    }
+    async fn attempts(
+        &self,
+        topic: &TopicName,
+        subscriber: &str,
+        query: &AttemptQuery,
+    ) -> Result<Vec<AttemptRecord>, Error> {
+        (**self).attempts(topic, subscriber, query).await
+    }
 }
 
 #[async_trait]
@@ -679,6 +726,25 @@ impl<S: Progress + ?Sized> Progress for Box<S> {
     }
     async fn save_group(&self, group: GroupRecord) -> Result<(), Error> {
         (**self).save_group(group).await
+    }
+    async fn record_attempts(
+        &self,
+        topic: &TopicName,
+        subscriber: &str,
+        attempts: Vec<AttemptRecord>,
+        keep: usize,
+    ) -> Result<(), Error> {
+        (**self)
+            .record_attempts(topic, subscriber, attempts, keep)
+            .await
+    }
+    async fn attempts(
+        &self,
+        topic: &TopicName,
+        subscriber: &str,
+        query: &AttemptQuery,
+    ) -> Result<Vec<AttemptRecord>, Error> {
+        (**self).attempts(topic, subscriber, query).await
     }
 }
 

@@ -23,8 +23,8 @@ use std::{
 };
 
 use broker_core::{
-    Broker, Circuit, DeadLetter, DisableReason, MemoryBudget, Message, OpEvent, Outcome,
-    PendingRetry, Subscriber,
+    AttemptRecord, Broker, Circuit, DeadLetter, DisableReason, MemoryBudget, Message, OpEvent,
+    Outcome, PendingRetry, Subscriber, RESPONSE_KEPT,
 };
 use futures_util::{stream::FuturesUnordered, StreamExt};
 use http::HeaderMap;
@@ -71,6 +71,9 @@ pub(crate) struct Cursor {
     /// Whether a worker took up the retries the store kept from before a
     /// restart (once per process: later runs start with none pending).
     retries_loaded: std::sync::atomic::AtomicBool,
+    /// The `seq` of the subscriber's last attempt recorded here: the next
+    /// is later (held only to bump it).
+    last_attempt: Mutex<u64>,
 }
 
 /// What every attempt takes from the subscriber's endpoint, built once
@@ -136,6 +139,7 @@ fn cursor_of<'s>(subscriber: &'s Subscriber, shared: &Shared) -> Option<&'s Curs
         signers: Mutex::new(Arc::new(Signers::of(subscriber))),
         prepared: Mutex::new(Arc::new(Prepared::of(subscriber, shared))),
         retries_loaded: std::sync::atomic::AtomicBool::new(false),
+        last_attempt: Mutex::new(0),
     })
 }
 
@@ -230,6 +234,22 @@ struct Tried {
     /// Whether it went out as the half-open circuit's probe.
     probe: bool,
     result: Attempt,
+    /// What the attempt log keeps of it.
+    seen: Seen,
+}
+
+/// What an attempt showed beyond its [`Attempt`]: for the attempt log.
+#[derive(Debug, Default)]
+struct Seen {
+    /// When it started.
+    at: Option<SystemTime>,
+    duration: Duration,
+    /// The response's status.
+    status: Option<u16>,
+    /// The start of the response body.
+    response: Option<bytes::Bytes>,
+    /// Why no response came.
+    error: Option<String>,
 }
 
 /// The message bytes a worker holds, read ahead or in flight, charged to
@@ -619,6 +639,7 @@ async fn run(subscriber: Arc<Subscriber>, shared: Arc<Shared>) {
         };
         tokio::select! {
             Some(tried) = in_flight.next(), if !in_flight.is_empty() => {
+                record(&broker, &subscriber, cursor, &tried).await;
                 let settled = finish(&subscriber, &shared, &mut work, tried);
                 settle(&broker, &subscriber, settled).await;
             }
@@ -708,6 +729,29 @@ fn circuit_closed(subscriber: &Subscriber) -> Settled {
         topic: subscriber.topic().to_string(),
         subscriber_id: subscriber.id().to_owned(),
     })
+}
+
+/// Keeps `tried` in the subscriber's attempt log.
+async fn record(broker: &Broker, subscriber: &Subscriber, cursor: &Cursor, tried: &Tried) {
+    let Some(at) = tried.seen.at else { return };
+    let seq = {
+        let mut last = cursor.last_attempt.lock();
+        *last = broker_core::next_seq(*last, at);
+        *last
+    };
+    let record = AttemptRecord {
+        seq,
+        message_id: tried.message.id().to_owned(),
+        offset: tried.offset,
+        attempt: tried.attempts + 1,
+        duration_ms: u32::try_from(tried.seen.duration.as_millis()).unwrap_or(u32::MAX),
+        status: tried.seen.status,
+        error: tried.seen.error.clone(),
+        response: tried.seen.response.clone(),
+    };
+    if let Err(e) = broker.record_attempt(subscriber, record).await {
+        tracing::warn!(subscriber = subscriber.id(), error = %e, "recording an attempt failed");
+    }
 }
 
 /// Counts what an attempt came to, and puts a retry aside. Returns the
@@ -898,13 +942,14 @@ async fn attempt(
     shared: &Shared,
 ) -> Tried {
     let offset = message.offset();
-    let result = attempt_once(subscriber, cursor, &message, shared).await;
+    let (result, seen) = attempt_once(subscriber, cursor, &message, shared).await;
     Tried {
         offset,
         message,
         attempts,
         probe,
         result,
+        seen,
     }
 }
 
@@ -913,7 +958,7 @@ async fn attempt_once(
     cursor: &Cursor,
     message: &Message,
     shared: &Shared,
-) -> Attempt {
+) -> (Attempt, Seen) {
     let prepared = Prepared::current(subscriber, cursor, shared);
     // The semaphore is never closed; `ok()` only avoids a panic path.
     let _slot = prepared.host_slots.acquire().await.ok();
@@ -934,21 +979,35 @@ async fn attempt_once(
         )?;
         let response = shared.client.request(request).await?;
         let attempt = Attempt::from_response(response.status(), response.headers());
-        // Read a bounded amount so the connection can go back to the pool;
-        // a longer body is abandoned with its connection.
-        let _ = Limited::new(response.into_body(), shared.config.max_response_bytes)
-            .collect()
-            .await;
-        Ok::<_, BoxError>(attempt)
+        let status = response.status().as_u16();
+        // Read a bounded amount so the connection can go back to the pool
+        // (a longer body is abandoned with its connection), keeping its
+        // start for the attempt log.
+        let mut body = Limited::new(response.into_body(), shared.config.max_response_bytes);
+        let mut kept = Vec::new();
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Some(data) = frame.data_ref() {
+                let room = RESPONSE_KEPT.saturating_sub(kept.len());
+                kept.extend_from_slice(&data[..data.len().min(room)]);
+            }
+        }
+        Ok::<_, BoxError>((attempt, status, bytes::Bytes::from(kept)))
     };
     let metrics = &shared.metrics;
     metrics.in_flight.inc();
+    let at = SystemTime::now();
     let started = std::time::Instant::now();
     let outcome = tokio::time::timeout(shared.config.request_timeout, send).await;
-    metrics.latency.observe(started.elapsed().as_secs_f64());
+    let duration = started.elapsed();
+    metrics.latency.observe(duration.as_secs_f64());
     metrics.in_flight.dec();
-    match outcome {
-        Ok(Ok(attempt)) => {
+    let mut seen = Seen {
+        at: Some(at),
+        duration,
+        ..Seen::default()
+    };
+    let attempt = match outcome {
+        Ok(Ok((attempt, status, response))) => {
             if let Attempt::Failed { .. } = attempt {
                 tracing::debug!(
                     subscriber = subscriber.id(),
@@ -956,11 +1015,17 @@ async fn attempt_once(
                     "delivery attempt failed"
                 );
             }
+            seen.status = Some(status);
+            seen.response = Some(response);
             attempt
         }
-        Ok(Err(error)) if is_refusal(&*error) => Attempt::Refused,
+        Ok(Err(error)) if is_refusal(&*error) => {
+            seen.error = Some(format!("refused by the destination policy: {error}"));
+            Attempt::Refused
+        }
         Ok(Err(error)) => {
             tracing::debug!(subscriber = subscriber.id(), %error, "delivery attempt failed");
+            seen.error = Some(describe(&*error));
             Attempt::Failed {
                 retryable: true,
                 retry_after: None,
@@ -970,6 +1035,10 @@ async fn attempt_once(
         }
         Err(_) => {
             tracing::debug!(subscriber = subscriber.id(), "delivery attempt timed out");
+            seen.error = Some(format!(
+                "timeout: no answer within {} ms",
+                shared.config.request_timeout.as_millis()
+            ));
             Attempt::Failed {
                 retryable: true,
                 retry_after: None,
@@ -977,7 +1046,37 @@ async fn attempt_once(
                 error: "no answer within the request timeout",
             }
         }
+    };
+    (attempt, seen)
+}
+
+/// Why a request got no response, for the attempt log: the kind first
+/// (connection refused, TLS, DNS, the connection broke), then the
+/// innermost cause.
+fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut kind = None;
+    let mut innermost = error;
+    let mut next = Some(error);
+    while let Some(e) = next {
+        innermost = e;
+        if kind.is_none() {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                kind = match io.kind() {
+                    std::io::ErrorKind::ConnectionRefused => Some("connection refused"),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe => {
+                        Some("the connection broke")
+                    }
+                    std::io::ErrorKind::TimedOut => Some("connect timeout"),
+                    _ => None,
+                };
+            } else if e.downcast_ref::<rustls::Error>().is_some() {
+                kind = Some("TLS");
+            }
+        }
+        next = e.source();
     }
+    let kind = kind.unwrap_or("the connection failed");
+    format!("{kind}: {innermost}")
 }
 
 /// Stops `subscriber`'s worker at once (it was deregistered): what is in

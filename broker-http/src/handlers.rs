@@ -856,6 +856,55 @@ pub(crate) async fn dead_letters(
     Ok(dead_letters_reply(dead))
 }
 
+/// `GET /v1/topics/{topic}/subscribers/{id}/attempts?limit=&status=&message_id=&before=`:
+/// the attempt log, newest first, a page at a time.
+pub(crate) async fn attempts(api: &Api, topic: &str, id: &str, query: Option<&str>) -> Reply {
+    let mut wanted = broker_core::AttemptQuery::default();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "limit" => {
+                wanted.limit = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=1_000).contains(n))
+                    .ok_or(ApiError::InvalidQuery(
+                        "limit must be a whole number from 1 to 1000",
+                    ))?;
+            }
+            "status" => {
+                wanted.succeeded = Some(match value {
+                    "succeeded" => true,
+                    "failed" => false,
+                    _ => return Err(ApiError::InvalidQuery("status must be succeeded or failed")),
+                });
+            }
+            "message_id" if !value.is_empty() => wanted.message_id = Some(value.to_owned()),
+            "before" => {
+                wanted.before = Some(broker_core::AttemptRecord::seq_of(value).ok_or(
+                    ApiError::InvalidQuery("before must be the next of an earlier page"),
+                )?);
+            }
+            _ => {}
+        }
+    }
+    // One more than asked: whether there is a next page.
+    let limit = wanted.limit;
+    wanted.limit += 1;
+    let mut found = api.broker().attempts(topic, id, &wanted).await?;
+    let next = (found.len() > limit).then(|| {
+        found.truncate(limit);
+        found.last().map(broker_core::AttemptRecord::id)
+    });
+    Ok(reply(
+        StatusCode::OK,
+        &json::Attempts {
+            attempts: found.into_iter().map(json::AttemptItem::from).collect(),
+            next: next.flatten(),
+        },
+    ))
+}
+
 /// Whose dead letters: a subscriber's (by id) or a consumer group's (by
 /// name).
 #[derive(Debug, Clone, Copy)]

@@ -607,6 +607,61 @@ pub(crate) struct DeadLetterItem {
     pub(crate) failed_at: String,
 }
 
+/// `GET …/subscribers/{id}/attempts`
+#[derive(Serialize)]
+pub(crate) struct Attempts {
+    pub(crate) attempts: Vec<AttemptItem>,
+    /// Pass back as `before` for the next page; `null` on the last.
+    pub(crate) next: Option<String>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct AttemptItem {
+    pub(crate) id: String,
+    pub(crate) message_id: String,
+    pub(crate) offset: u64,
+    pub(crate) attempt: u32,
+    pub(crate) at: String,
+    pub(crate) duration_ms: u32,
+    pub(crate) status: Option<u16>,
+    pub(crate) error: Option<String>,
+    pub(crate) response: Option<ResponseShown>,
+}
+
+/// The start of an endpoint's response body: `text` when it is UTF-8,
+/// else `base64`.
+#[derive(Serialize)]
+pub(crate) struct ResponseShown {
+    pub(crate) body: String,
+    pub(crate) encoding: &'static str,
+}
+
+impl From<broker_core::AttemptRecord> for AttemptItem {
+    fn from(r: broker_core::AttemptRecord) -> Self {
+        use base64::Engine as _;
+        AttemptItem {
+            id: r.id(),
+            at: broker_core::time::format_rfc3339(r.at()),
+            message_id: r.message_id,
+            offset: r.offset,
+            attempt: r.attempt,
+            duration_ms: r.duration_ms,
+            status: r.status,
+            error: r.error,
+            response: r.response.map(|body| match std::str::from_utf8(&body) {
+                Ok(text) => ResponseShown {
+                    body: text.to_owned(),
+                    encoding: "text",
+                },
+                Err(_) => ResponseShown {
+                    body: base64::engine::general_purpose::STANDARD.encode(&body),
+                    encoding: "base64",
+                },
+            }),
+        }
+    }
+}
+
 /// `POST /v1/topics/{topic}/groups`
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

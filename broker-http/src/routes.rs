@@ -25,6 +25,7 @@ pub(crate) enum Route<'a> {
     Subscribers(&'a str),
     Subscriber(&'a str, &'a str),
     DeadLetters(&'a str, &'a str),
+    Attempts(&'a str, &'a str),
     Redrive(&'a str, &'a str),
     SubscriberReplay(&'a str, &'a str),
     Enable(&'a str, &'a str),
@@ -79,6 +80,7 @@ impl<'a> Route<'a> {
             [Some("v1"), Some("topics"), Some(t), Some("subscribers"), Some(id), Some(action)] => {
                 match action {
                     "dead-letters" => Route::DeadLetters(t, id),
+                    "attempts" => Route::Attempts(t, id),
                     "redrive" => Route::Redrive(t, id),
                     "replay" => Route::SubscriberReplay(t, id),
                     "enable" => Route::Enable(t, id),
@@ -129,6 +131,7 @@ impl<'a> Route<'a> {
             Route::Subscribers(_) => "subscribers",
             Route::Subscriber(..) => "subscriber",
             Route::DeadLetters(..) => "dead_letters",
+            Route::Attempts(..) => "attempts",
             Route::Redrive(..) => "redrive",
             Route::SubscriberReplay(..) => "subscriber_replay",
             Route::Enable(..) => "enable",
@@ -158,6 +161,7 @@ impl<'a> Route<'a> {
             | Route::OpenApi
             | Route::Events(_)
             | Route::DeadLetters(..)
+            | Route::Attempts(..)
             | Route::GroupDeadLetters(..)
             | Route::WebSocket => "GET",
             Route::Messages(_) | Route::Topics => "GET, POST",
@@ -238,6 +242,9 @@ where
                 }
                 (&Method::PATCH, Route::Subscriber(t, id)) => {
                     handlers::update_subscriber(api, t, id, h, body).await
+                }
+                (&Method::GET, Route::Attempts(t, id)) => {
+                    handlers::attempts(api, t, id, parts.uri.query()).await
                 }
                 (&Method::GET, Route::DeadLetters(t, id)) => {
                     handlers::dead_letters(api, t, Owner::Subscriber(id), parts.uri.query()).await

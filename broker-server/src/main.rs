@@ -235,6 +235,12 @@ struct Args {
     #[arg(long, env = "BROKER_IDEMPOTENCY_KEYS", default_value_t = IdempotencyLimits::default().max_keys)]
     idempotency_keys: usize,
 
+    /// Delivery attempts kept per subscriber in its attempt log
+    /// (`GET …/subscribers/{id}/attempts`), the oldest dropped first, none
+    /// older than the topic's retention; 0 keeps none.
+    #[arg(long, env = "BROKER_ATTEMPT_LOG", default_value_t = Limits::default().attempt_log)]
+    attempt_log: usize,
+
     /// Most message bytes held in memory (payloads and 160 bytes a
     /// message): the topic logs (with `--data-dir`, their tail caches),
     /// which evict their oldest messages past it, and what deliveries hold,
@@ -530,6 +536,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         max_listeners_per_topic: args.max_listeners_per_topic,
         replay_messages: args.replay_messages,
         replay_bytes: args.replay_bytes,
+        attempt_log: args.attempt_log,
         ..Limits::default()
     };
     let live = LiveHub::new(LiveConfig {

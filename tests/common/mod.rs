@@ -292,6 +292,8 @@ pub struct Received {
 pub enum Behaviour {
     /// Answer at once with this status.
     Status(u16),
+    /// Answer at once with this status and body.
+    Reply(u16, &'static [u8]),
     /// Hold every request until the gate gives a permit, then answer 200.
     Gated(Arc<Semaphore>),
     /// Never answer.
@@ -326,6 +328,11 @@ async fn respond(behaviour: &Behaviour) -> Response<SinkBody> {
     };
     match behaviour {
         Behaviour::Status(code) => status(*code),
+        Behaviour::Reply(code, body) => {
+            let mut res = Response::new(Full::new(Bytes::from_static(body)).boxed());
+            *res.status_mut() = StatusCode::from_u16(*code).unwrap();
+            res
+        }
         Behaviour::Gated(gate) => {
             gate.acquire().await.unwrap().forget();
             status(200)

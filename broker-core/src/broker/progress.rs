@@ -1,15 +1,56 @@
 //! The port the delivery side reports progress through: cursors, pending
-//! retries and dead letters, kept in the store.
+//! retries, dead letters and the attempt log, kept in the store.
 
 use std::sync::atomic::Ordering;
 
 use super::Broker;
 use crate::{
     store::{DeadLetter, PendingRetry},
-    Error, Subscriber,
+    AttemptQuery, AttemptRecord, Error, Subscriber,
 };
 
 impl Broker {
+    /// Keeps `record` in `subscriber`'s attempt log (buffered by a durable
+    /// store; nothing when [`Limits::attempt_log`](crate::Limits::attempt_log)
+    /// is 0).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`].
+    pub async fn record_attempt(
+        &self,
+        subscriber: &Subscriber,
+        record: AttemptRecord,
+    ) -> Result<(), Error> {
+        let keep = self.shared.limits.attempt_log;
+        if keep == 0 {
+            return Ok(());
+        }
+        self.shared
+            .store
+            .record_attempts(subscriber.topic(), &subscriber.id, vec![record], keep)
+            .await
+    }
+
+    /// Subscriber `id`'s attempts on `topic` that `query` wants, newest
+    /// first.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SubscriberNotFound`], or [`Error::Storage`].
+    pub async fn attempts(
+        &self,
+        topic: &str,
+        id: &str,
+        query: &AttemptQuery,
+    ) -> Result<Vec<AttemptRecord>, Error> {
+        let subscriber = self.subscriber(topic, id)?;
+        self.shared
+            .store
+            .attempts(subscriber.topic(), &subscriber.id, query)
+            .await
+    }
+
     /// Moves `subscriber`'s cursor forward to `cursor` (never back) and
     /// hands it to the store, which keeps it within a short time.
     ///

@@ -126,4 +126,6 @@ pub use store::{
 };
 pub use subscriber::{DeliveryCounts, DeliveryStats, Outcome, Subscriber};
 pub use topic::{TopicName, MAX_TOPIC_LEN};
-pub use write_behind::{ProgressBatch, RetryChange, WriteBehind, MAX_BUFFERED};
+pub use write_behind::{
+    ProgressBatch, RetryChange, WriteBehind, MAX_BUFFERED, MAX_BUFFERED_ATTEMPT_BYTES,
+};

@@ -1,6 +1,6 @@
 //! The write-behind buffer of delivery progress, shared by the durable
-//! stores: cursor moves and pending-retry changes are taken in memory at
-//! once ([`Progress::save_cursor`](crate::Progress::save_cursor) and friends
+//! stores: cursor moves, pending-retry changes and attempt records are
+//! taken in memory at once ([`Progress::save_cursor`](crate::Progress::save_cursor) and friends
 //! never wait for a disk or a network) and written by the store every
 //! flush period, a batch at a time.
 //!
@@ -10,6 +10,9 @@
 //!   for a new key is dropped, counted, and reported by the next flush; a
 //!   change to a key already buffered always lands. A dropped cursor move
 //!   means messages delivered again after a crash, never lost ones.
+//!   Attempt records are capped at [`MAX_BUFFERED_ATTEMPT_BYTES`]; past it
+//!   they are dropped and counted the same way (a gap in the attempt log,
+//!   nothing else).
 //! - **Kept on failure**: a flush that fails puts its batch back, under
 //!   whatever changed meanwhile (a newer change wins; a cursor only moves
 //!   forward).
@@ -26,6 +29,9 @@ use parking_lot::Mutex;
 /// Cursor moves, and retry changes, buffered between two flushes at most.
 pub const MAX_BUFFERED: usize = 1 << 20;
 
+/// Bytes of attempt records buffered between two flushes at most.
+pub const MAX_BUFFERED_ATTEMPT_BYTES: usize = 16 << 20;
+
 /// A pending retry kept (`Some((attempts, due in ms since the epoch))`) or
 /// forgotten (`None`).
 pub type RetryChange = Option<(u32, u64)>;
@@ -38,13 +44,25 @@ pub struct ProgressBatch {
     pub cursors: Vec<(String, u64)>,
     /// Subscriber id, offset, and the newest change of that retry.
     pub retries: Vec<((String, u64), RetryChange)>,
+    /// Topic, subscriber id and attempt record, oldest first.
+    pub attempts: Vec<(crate::TopicName, String, crate::AttemptRecord)>,
+    /// How many attempts each subscriber's log keeps (the newest).
+    pub attempt_keep: usize,
 }
 
 impl ProgressBatch {
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.cursors.is_empty() && self.retries.is_empty()
+        self.cursors.is_empty() && self.retries.is_empty() && self.attempts.is_empty()
     }
+}
+
+/// Attempt records waiting for a flush.
+#[derive(Debug, Default)]
+struct Attempts {
+    records: Vec<(crate::TopicName, String, crate::AttemptRecord)>,
+    bytes: usize,
+    keep: usize,
 }
 
 /// The buffer. Its locks are held only to insert or swap a map, never
@@ -53,6 +71,7 @@ impl ProgressBatch {
 pub struct WriteBehind {
     cursors: Mutex<HashMap<String, u64>>,
     retries: Mutex<HashMap<(String, u64), RetryChange>>,
+    attempts: Mutex<Attempts>,
     cap: usize,
     /// Changes dropped because the buffer was full, since the last flush.
     dropped: AtomicU64,
@@ -74,6 +93,7 @@ impl WriteBehind {
         WriteBehind {
             cursors: Mutex::default(),
             retries: Mutex::default(),
+            attempts: Mutex::default(),
             cap,
             dropped: AtomicU64::new(0),
             turn: tokio::sync::Mutex::new(()),
@@ -106,9 +126,44 @@ impl WriteBehind {
         }
     }
 
+    /// `subscriber`'s attempts on `topic` (oldest first), for a log that
+    /// keeps its newest `keep`.
+    pub fn attempts(
+        &self,
+        topic: &crate::TopicName,
+        subscriber: &str,
+        records: Vec<crate::AttemptRecord>,
+        keep: usize,
+    ) {
+        let mut buffered = self.attempts.lock();
+        buffered.keep = keep;
+        for record in records {
+            let bytes = record.held_bytes();
+            if buffered.bytes + bytes > MAX_BUFFERED_ATTEMPT_BYTES {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            buffered.bytes += bytes;
+            buffered
+                .records
+                .push((topic.clone(), subscriber.to_owned(), record));
+        }
+    }
+
     /// Drops what is buffered for `subscriber` (deregistered: its stored
     /// progress goes with it).
     pub fn forget(&self, subscriber: &str) {
+        {
+            let mut buffered = self.attempts.lock();
+            let Attempts { records, bytes, .. } = &mut *buffered;
+            records.retain(|(_, owner, record)| {
+                let keep = owner != subscriber;
+                if !keep {
+                    *bytes -= record.held_bytes();
+                }
+                keep
+            });
+        }
         self.cursors.lock().remove(subscriber);
         self.retries
             .lock()
@@ -122,7 +177,7 @@ impl WriteBehind {
 
     /// Whether nothing is buffered.
     pub fn is_empty(&self) -> bool {
-        self.len() == (0, 0)
+        self.len() == (0, 0) && self.attempts.lock().records.is_empty()
     }
 
     /// Writes what is buffered with `write`, one flush at a time; when
@@ -175,10 +230,13 @@ impl WriteBehind {
         if dropped > 0 {
             tracing::warn!(
                 dropped,
-                "cursor moves or retry changes were dropped: the store could not take them and the buffer was full"
+                "cursor moves, retry changes or attempt records were dropped: the store could not take them and the buffer was full"
             );
         }
+        let attempts = std::mem::take(&mut *self.attempts.lock());
         ProgressBatch {
+            attempts: attempts.records,
+            attempt_keep: attempts.keep,
             cursors: std::mem::take(&mut *self.cursors.lock())
                 .into_iter()
                 .collect(),
@@ -198,10 +256,22 @@ impl WriteBehind {
                 *entry = (*entry).max(cursor);
             }
         }
-        let mut retries = self.retries.lock();
-        for (key, change) in batch.retries {
-            retries.entry(key).or_insert(change);
+        {
+            let mut retries = self.retries.lock();
+            for (key, change) in batch.retries {
+                retries.entry(key).or_insert(change);
+            }
         }
+        // Before those recorded since: the log stays in order.
+        let mut buffered = self.attempts.lock();
+        let newer = std::mem::replace(&mut buffered.records, batch.attempts);
+        buffered.bytes += buffered
+            .records
+            .iter()
+            .map(|(_, _, r)| r.held_bytes())
+            .sum::<usize>();
+        buffered.records.extend(newer);
+        buffered.keep = buffered.keep.max(batch.attempt_keep);
     }
 }
 

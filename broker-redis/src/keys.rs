@@ -75,6 +75,12 @@ impl Keys {
         format!("{}:{{r}}:retries:{subscriber}", self.namespace)
     }
 
+    /// A subscriber's attempt log: a sorted set of encoded records by
+    /// `seq` (µs since the epoch).
+    pub(crate) fn attempts(&self, subscriber: &str) -> String {
+        format!("{}:{{r}}:attempts:{subscriber}", self.namespace)
+    }
+
     /// An owner's dead letters: a sorted set of JSON members by offset.
     pub(crate) fn dead_letters(&self, owner: &str) -> String {
         format!("{}:{{r}}:dead:{owner}", self.namespace)

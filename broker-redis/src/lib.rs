@@ -626,8 +626,35 @@ impl Shared {
     /// stay buffered.
     async fn flush(&self) -> Result<(), RedisStoreError> {
         self.progress
-            .flush(async |batch| self.write_progress(&batch.cursors, &batch.retries).await)
+            .flush(async |batch| {
+                self.write_progress(&batch.cursors, &batch.retries).await?;
+                self.write_attempts(batch).await
+            })
             .await
+    }
+
+    async fn write_attempts(
+        &self,
+        batch: &broker_core::ProgressBatch,
+    ) -> Result<(), RedisStoreError> {
+        let age = self.options.retention.age;
+        let not_before = broker_core::not_before(age, SystemTime::now());
+        for chunk in batch.attempts.chunks(FLUSH_BATCH) {
+            let mut call = self.scripts.attempts.prepare_invoke();
+            call.key(self.keys.registrations())
+                .arg(batch.attempt_keep)
+                .arg(not_before);
+            for (_, id, record) in chunk {
+                call.key(self.keys.attempts(id))
+                    .arg(id)
+                    .arg(record.seq)
+                    .arg(record.encode());
+            }
+            let mut con = self.con();
+            self.call("flush attempts", call.invoke_async::<Value>(&mut con))
+                .await?;
+        }
+        Ok(())
     }
 
     async fn write_progress(
@@ -896,6 +923,7 @@ impl Registrations for RedisStore {
                     .hdel(s.keys.registrations(), id)
                     .hdel(s.keys.cursors(), id)
                     .del(s.keys.retries(id))
+                    .del(s.keys.attempts(id))
                     .del(s.keys.dead_letters(id))
                     .del(s.keys.lease(id))
                     .cmd("EVAL")
@@ -1286,6 +1314,67 @@ impl Progress for RedisStore {
     async fn forget_retry(&self, subscriber: &str, offset: u64) -> Result<(), broker_core::Error> {
         self.shared.progress.retry(subscriber, offset, None);
         Ok(())
+    }
+
+    async fn record_attempts(
+        &self,
+        topic: &TopicName,
+        subscriber: &str,
+        attempts: Vec<broker_core::AttemptRecord>,
+        keep: usize,
+    ) -> Result<(), broker_core::Error> {
+        self.shared
+            .progress
+            .attempts(topic, subscriber, attempts, keep);
+        Ok(())
+    }
+
+    async fn attempts(
+        &self,
+        _topic: &TopicName,
+        subscriber: &str,
+        query: &broker_core::AttemptQuery,
+    ) -> Result<Vec<broker_core::AttemptRecord>, broker_core::Error> {
+        let s = &self.shared;
+        // What is buffered first, so that Redis holds the whole truth.
+        s.flush().await?;
+        let key = s.keys.attempts(subscriber);
+        let not_before = broker_core::not_before(s.options.retention.age, SystemTime::now());
+        let mut out = Vec::new();
+        // Newest first, a page at a time, until the query has its fill.
+        let mut below = query.before.map_or("+inf".to_owned(), |b| format!("({b}"));
+        const PAGE: usize = 200;
+        loop {
+            let mut con = s.con();
+            let members: Vec<Vec<u8>> = s
+                .call(
+                    "attempts",
+                    redis::cmd("ZREVRANGEBYSCORE")
+                        .arg(&key)
+                        .arg(&below)
+                        .arg(not_before)
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(PAGE)
+                        .query_async(&mut con),
+                )
+                .await?;
+            let full = members.len() == PAGE;
+            for m in &members {
+                let record = broker_core::AttemptRecord::decode(m)
+                    .map_err(|reason| s.corrupt(key.clone(), reason))?;
+                below = format!("({}", record.seq);
+                if query.wants(&record, not_before) {
+                    out.push(record);
+                    if out.len() >= query.limit {
+                        return Ok(out);
+                    }
+                }
+            }
+            if !full {
+                return Ok(out);
+            }
+        }
     }
 
     async fn pending_retries(

@@ -248,6 +248,29 @@ redis.call('SET', KEYS[3], string.format('%d', lo))
 return {lo - first, more}
 ";
 
+/// Writes buffered attempt records, skipping subscribers no longer
+/// registered, and trims each log it wrote to: none before `not_before`,
+/// then the newest `keep`.
+///
+/// KEYS: registrations, then one attempt log per record. ARGV: keep,
+/// not_before (µs), then per record (id, seq, encoded record).
+const ATTEMPTS: &str = r"
+local keep = tonumber(ARGV[1])
+local touched = {}
+for i = 1, #KEYS - 1 do
+  local id = ARGV[3 * i]
+  if redis.call('HEXISTS', KEYS[1], id) == 1 then
+    redis.call('ZADD', KEYS[i + 1], ARGV[3 * i + 1], ARGV[3 * i + 2])
+    touched[KEYS[i + 1]] = true
+  end
+end
+for key in pairs(touched) do
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. ARGV[2])
+  redis.call('ZREMRANGEBYRANK', key, 0, -(keep + 1))
+end
+return 0
+";
+
 /// Writes buffered cursors and pending retries, skipping subscribers no
 /// longer registered; a cursor only moves forward (several processes may
 /// write it).
@@ -409,6 +432,7 @@ pub(crate) struct Scripts {
     pub(crate) read: Script,
     pub(crate) trim: Script,
     pub(crate) flush: Script,
+    pub(crate) attempts: Script,
     pub(crate) put_dead_letter: Script,
     pub(crate) heartbeat: Script,
     pub(crate) register: Script,
@@ -424,6 +448,7 @@ impl Scripts {
             read: Script::new(READ),
             trim: Script::new(TRIM),
             flush: Script::new(FLUSH),
+            attempts: Script::new(ATTEMPTS),
             put_dead_letter: Script::new(PUT_DEAD_LETTER),
             heartbeat: Script::new(HEARTBEAT),
             register: Script::new(REGISTER),

@@ -1270,3 +1270,83 @@ async fn one_key_appended_by_two_stores_at_once_makes_one_message() {
         .iter()
         .all(|k| !k.contains("{t:t}")));
 }
+
+/// The attempt log: bounded per subscriber, read by another store (a
+/// second replica) at once, paged and filtered, gone with its subscriber.
+#[tokio::test]
+async fn the_attempt_log_is_bounded_shared_and_goes_with_its_subscriber() {
+    let server = RedisServer::start();
+    let t = topic("t");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    let attempt = |i: u64, status: Option<u16>| broker_core::AttemptRecord {
+        seq: now + i,
+        message_id: format!("msg_{i}"),
+        offset: i,
+        attempt: 1,
+        duration_ms: 5,
+        status,
+        error: status.is_none().then(|| "connection refused".to_owned()),
+        response: status.map(|_| bytes::Bytes::from_static(b"\xffbinary")),
+    };
+    let offsets =
+        |found: Vec<broker_core::AttemptRecord>| found.iter().map(|a| a.offset).collect::<Vec<_>>();
+    let all = broker_core::AttemptQuery::default();
+    let a = open(&server, Options::default()).await;
+    let b = open(&server, Options::default()).await;
+    for id in ["sub_1", "sub_2"] {
+        a.save(Change::Put(&subscriber(id, 0))).await.unwrap();
+    }
+    let records: Vec<_> = (1..=300)
+        .map(|i| attempt(i, if i % 3 == 0 { None } else { Some(200) }))
+        .collect();
+    a.record_attempts(&t, "sub_1", records.clone(), 250)
+        .await
+        .unwrap();
+    a.record_attempts(&t, "sub_2", vec![attempt(1, Some(500))], 250)
+        .await
+        .unwrap();
+    a.record_attempts(&t, "sub_gone", vec![attempt(1, Some(500))], 250)
+        .await
+        .unwrap();
+    // Listed on a, which writes what it buffered first; then b reads it.
+    let listed = a.attempts(&t, "sub_1", &all).await.unwrap();
+    assert_eq!(listed[0], records[299], "read back whole");
+    let shared = b
+        .attempts(
+            &t,
+            "sub_1",
+            &broker_core::AttemptQuery {
+                limit: 1_000,
+                ..all.clone()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(offsets(shared), (51..=300).rev().collect::<Vec<_>>());
+    let failed_page = broker_core::AttemptQuery {
+        limit: 3,
+        succeeded: Some(false),
+        before: Some(now + 297),
+        ..all.clone()
+    };
+    assert_eq!(
+        offsets(b.attempts(&t, "sub_1", &failed_page).await.unwrap()),
+        [294, 291, 288]
+    );
+    let one = broker_core::AttemptQuery {
+        message_id: Some("msg_100".into()),
+        ..all.clone()
+    };
+    assert_eq!(offsets(b.attempts(&t, "sub_1", &one).await.unwrap()), [100]);
+    assert_eq!(offsets(b.attempts(&t, "sub_2", &all).await.unwrap()), [1]);
+    assert!(b.attempts(&t, "sub_gone", &all).await.unwrap().is_empty());
+    b.save(Change::Remove { id: "sub_1" }).await.unwrap();
+    assert!(a.attempts(&t, "sub_1", &all).await.unwrap().is_empty());
+    assert!(!redis_keys(&server)
+        .await
+        .iter()
+        .any(|k| k.contains("attempts:sub_1")));
+}

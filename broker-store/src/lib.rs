@@ -304,9 +304,11 @@ impl Shared {
     /// Writes the cursors moved and the retries kept or forgotten since
     /// the last flush, in one transaction.
     fn flush_cursors(&self) -> Result<(), StoreError> {
+        let not_before =
+            broker_core::not_before(self.options.retention.age, std::time::SystemTime::now());
         self.progress.flush_blocking(|batch| {
             self.registry
-                .save_progress(&self.registry_path, &batch.cursors, &batch.retries)
+                .save_progress(&self.registry_path, batch, not_before)
         })
     }
 
@@ -565,6 +567,39 @@ impl Progress for DiskStore {
     async fn forget_retry(&self, subscriber: &str, offset: u64) -> Result<(), broker_core::Error> {
         self.shared.progress.retry(subscriber, offset, None);
         Ok(())
+    }
+
+    async fn record_attempts(
+        &self,
+        topic: &TopicName,
+        subscriber: &str,
+        attempts: Vec<broker_core::AttemptRecord>,
+        keep: usize,
+    ) -> Result<(), broker_core::Error> {
+        self.shared
+            .progress
+            .attempts(topic, subscriber, attempts, keep);
+        Ok(())
+    }
+
+    async fn attempts(
+        &self,
+        _topic: &TopicName,
+        subscriber: &str,
+        query: &broker_core::AttemptQuery,
+    ) -> Result<Vec<broker_core::AttemptRecord>, broker_core::Error> {
+        let (shared, subscriber, query) =
+            (self.shared.clone(), subscriber.to_owned(), query.clone());
+        blocking(move || {
+            // What is buffered first, so that the table is the whole truth.
+            shared.flush_cursors()?;
+            let not_before =
+                broker_core::not_before(shared.options.retention.age, std::time::SystemTime::now());
+            shared
+                .registry
+                .attempts(&shared.registry_path, &subscriber, &query, not_before)
+        })
+        .await
     }
 
     async fn pending_retries(
@@ -999,6 +1034,111 @@ mod tests {
         assert!(store.pending_retries("sub_gone").await.unwrap().is_empty());
         store.save(Change::Remove { id: "sub_1" }).await.unwrap();
         assert!(store.pending_retries("sub_1").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_attempt_log_is_bounded_survives_a_reopen_and_goes_with_its_subscriber() {
+        let dir = tempfile::tempdir().unwrap();
+        let topic = TopicName::new("t").unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as u64;
+        let attempt = |seq: u64, status: u16| broker_core::AttemptRecord {
+            seq,
+            message_id: format!("msg_{seq}"),
+            offset: seq - now,
+            attempt: 1,
+            duration_ms: 3,
+            status: Some(status),
+            error: None,
+            response: Some(bytes::Bytes::from_static(b"ok")),
+        };
+        let record = |id: &str| {
+            Record::Subscriber(SubscriberRecord {
+                id: id.into(),
+                topic: "t".into(),
+                url: "http://h/".into(),
+                method: "POST".into(),
+                headers: vec![],
+                max_attempts: 1,
+                schedule: None,
+                ordered: false,
+                filter: None,
+                enabled: true,
+                secret: "whsec_x".into(),
+                previous_secret: None,
+                order: 0,
+                cursor: 0,
+            })
+        };
+        let seqs = |found: Vec<broker_core::AttemptRecord>| {
+            found.iter().map(|a| a.seq - now).collect::<Vec<_>>()
+        };
+        let all = broker_core::AttemptQuery::default();
+        {
+            let store = DiskStore::open(dir.path(), Options::default()).unwrap();
+            store.save(Change::Put(&record("sub_1"))).await.unwrap();
+            store.save(Change::Put(&record("sub_2"))).await.unwrap();
+            let first: Vec<_> = (1..=4).map(|i| attempt(now + i, 200)).collect();
+            store
+                .record_attempts(&topic, "sub_1", first, 3)
+                .await
+                .unwrap();
+            store
+                .record_attempts(&topic, "sub_2", vec![attempt(now + 1, 500)], 3)
+                .await
+                .unwrap();
+            // Not a registration: never written.
+            store
+                .record_attempts(&topic, "sub_gone", vec![attempt(now + 1, 500)], 3)
+                .await
+                .unwrap();
+            // Buffered records are listed at once, within the count.
+            assert_eq!(
+                seqs(store.attempts(&topic, "sub_1", &all).await.unwrap()),
+                [4, 3, 2]
+            );
+            store
+                .record_attempts(&topic, "sub_1", vec![attempt(now + 5, 503)], 3)
+                .await
+                .unwrap();
+            // Dropped without a read: the background flush has it.
+        }
+        let store = DiskStore::open(dir.path(), Options::default()).unwrap();
+        assert_eq!(
+            seqs(store.attempts(&topic, "sub_1", &all).await.unwrap()),
+            [5, 4, 3]
+        );
+        let page = broker_core::AttemptQuery {
+            limit: 1,
+            before: Some(now + 5),
+            succeeded: Some(true),
+            ..broker_core::AttemptQuery::default()
+        };
+        assert_eq!(
+            seqs(store.attempts(&topic, "sub_1", &page).await.unwrap()),
+            [4]
+        );
+        assert_eq!(
+            seqs(store.attempts(&topic, "sub_2", &all).await.unwrap()),
+            [1]
+        );
+        assert!(store
+            .attempts(&topic, "sub_gone", &all)
+            .await
+            .unwrap()
+            .is_empty());
+        store.save(Change::Remove { id: "sub_1" }).await.unwrap();
+        assert!(store
+            .attempts(&topic, "sub_1", &all)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            seqs(store.attempts(&topic, "sub_2", &all).await.unwrap()),
+            [1]
+        );
     }
 
     #[tokio::test]

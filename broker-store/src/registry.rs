@@ -21,10 +21,9 @@ const DEAD_LETTERS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("dea
 /// made, when the next is due in unix ms). Written with the cursors.
 const RETRIES: TableDefinition<'_, &str, (u32, u64)> = TableDefinition::new("retries");
 
-/// A pending retry kept or forgotten: `(subscriber id, offset)` and
-/// `Some((attempts, due in unix ms))` or `None` (broker-core's
-/// [`RetryChange`](broker_core::RetryChange)).
-pub(crate) type RetryChange = ((String, u64), broker_core::RetryChange);
+/// Attempt records by `{subscriber id}/{seq, 20 digits}`: a subscriber's
+/// attempt log is one key range, oldest first. Written with the cursors.
+const ATTEMPTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("attempts");
 
 fn dead_key(subscriber: &str, offset: u64) -> String {
     format!("{subscriber}/{offset:020}")
@@ -40,6 +39,8 @@ pub(crate) struct Registry {
     /// How many dead letters each subscriber has, counted from the table
     /// on first use; kept as they come and go.
     dead_counts: parking_lot::Mutex<std::collections::HashMap<String, usize>>,
+    /// How many attempt records each subscriber has, the same way.
+    attempt_counts: parking_lot::Mutex<std::collections::HashMap<String, usize>>,
 }
 
 fn db_error(path: &Path) -> impl Fn(redb::Error) -> StoreError + '_ {
@@ -60,10 +61,12 @@ impl Registry {
         tx.open_table(CURSORS).map_err(|e| err(e.into()))?;
         tx.open_table(DEAD_LETTERS).map_err(|e| err(e.into()))?;
         tx.open_table(RETRIES).map_err(|e| err(e.into()))?;
+        tx.open_table(ATTEMPTS).map_err(|e| err(e.into()))?;
         tx.commit().map_err(|e| err(e.into()))?;
         Ok(Registry {
             db,
             dead_counts: Default::default(),
+            attempt_counts: Default::default(),
         })
     }
 
@@ -118,10 +121,14 @@ impl Registry {
     pub(crate) fn save_progress(
         &self,
         path: &Path,
-        cursors: &[(String, u64)],
-        retries: &[RetryChange],
+        batch: &broker_core::ProgressBatch,
+        not_before: u64,
     ) -> Result<(), StoreError> {
+        let (cursors, retries) = (&batch.cursors, &batch.retries);
         let err = db_error(path);
+        // Held across the transaction: the counts and the table agree.
+        let mut counts = self.attempt_counts.lock();
+        let mut counted = counts.clone();
         let tx = self.db.begin_write().map_err(|e| err(e.into()))?;
         {
             let registrations = tx.open_table(REGISTRATIONS).map_err(|e| err(e.into()))?;
@@ -153,8 +160,103 @@ impl Registry {
                     }
                 }
             }
+            let mut table = tx.open_table(ATTEMPTS).map_err(|e| err(e.into()))?;
+            let mut touched = std::collections::BTreeSet::new();
+            for (_, id, record) in &batch.attempts {
+                if !registered(id)? {
+                    continue;
+                }
+                let count = match counted.get(id.as_str()) {
+                    Some(&n) => n,
+                    None => {
+                        let (from, to) = dead_range(id);
+                        table
+                            .range(from.as_str()..to.as_str())
+                            .map_err(|e| err(e.into()))?
+                            .count()
+                    }
+                };
+                let replaced = table
+                    .insert(
+                        dead_key(id, record.seq).as_str(),
+                        record.encode().as_slice(),
+                    )
+                    .map_err(|e| err(e.into()))?
+                    .is_some();
+                counted.insert(id.clone(), count + usize::from(!replaced));
+                touched.insert(id.as_str());
+            }
+            // The oldest go: past the count, or older than retention.
+            for id in touched {
+                let (from, to) = dead_range(id);
+                let count = counted.get_mut(id).expect("counted above");
+                loop {
+                    let oldest = table
+                        .range(from.as_str()..to.as_str())
+                        .map_err(|e| err(e.into()))?
+                        .next()
+                        .transpose()
+                        .map_err(|e| err(e.into()))?
+                        .map(|(key, _)| key.value().to_owned());
+                    let Some(oldest) = oldest else { break };
+                    let seq = oldest
+                        .rsplit('/')
+                        .next()
+                        .and_then(|s| s.parse::<u64>().ok())
+                        .unwrap_or(0);
+                    if *count <= batch.attempt_keep && seq >= not_before {
+                        break;
+                    }
+                    table.remove(oldest.as_str()).map_err(|e| err(e.into()))?;
+                    *count -= 1;
+                }
+            }
         }
-        tx.commit().map_err(|e| err(e.into()))
+        tx.commit().map_err(|e| err(e.into()))?;
+        *counts = counted;
+        Ok(())
+    }
+
+    /// `subscriber`'s attempts that `query` wants, newest first.
+    pub(crate) fn attempts(
+        &self,
+        path: &Path,
+        subscriber: &str,
+        query: &broker_core::AttemptQuery,
+        not_before: u64,
+    ) -> Result<Vec<broker_core::AttemptRecord>, StoreError> {
+        let err = db_error(path);
+        let tx = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let table = tx.open_table(ATTEMPTS).map_err(|e| err(e.into()))?;
+        let from = dead_key(subscriber, not_before);
+        let to = match query.before {
+            Some(before) => dead_key(subscriber, before),
+            None => dead_range(subscriber).1,
+        };
+        let mut out = Vec::new();
+        if from >= to {
+            return Ok(out);
+        }
+        for entry in table
+            .range(from.as_str()..to.as_str())
+            .map_err(|e| err(e.into()))?
+            .rev()
+        {
+            if out.len() >= query.limit {
+                break;
+            }
+            let (key, value) = entry.map_err(|e| err(e.into()))?;
+            let record = broker_core::AttemptRecord::decode(value.value()).map_err(|reason| {
+                StoreError::Corrupt {
+                    path: path.to_owned(),
+                    reason: format!("attempt {}: {reason}", key.value()),
+                }
+            })?;
+            if query.wants(&record, not_before) {
+                out.push(record);
+            }
+        }
+        Ok(out)
     }
 
     /// A subscriber's pending retries, in offset order.
@@ -325,6 +427,10 @@ impl Registry {
                 retries
                     .retain_in(from.as_str()..to.as_str(), |_, _| false)
                     .map_err(|e| err(e.into()))?;
+                let mut attempts = tx.open_table(ATTEMPTS).map_err(|e| err(e.into()))?;
+                attempts
+                    .retain_in(from.as_str()..to.as_str(), |_, _| false)
+                    .map_err(|e| err(e.into()))?;
             }
         }
         tx.commit().map_err(|e| err(e.into()))?;
@@ -332,6 +438,7 @@ impl Registry {
         // takes this lock before it opens one.
         if let Some(id) = removed_id {
             self.dead_counts.lock().remove(id);
+            self.attempt_counts.lock().remove(id);
         }
         Ok(())
     }

@@ -832,3 +832,54 @@ fn a_patched_subscriber_and_typed_messages_survive_sigkill() {
         thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The attempt log survives `kill -9`: what was listed (a listing writes
+/// what is buffered first) is listed again after the restart.
+#[test]
+fn the_attempt_log_survives_sigkill() {
+    let dir = data_dir();
+    let (mut child, addr, _, _logs) = start_on(dir.path(), &[]);
+    let (hook, hooked) = receiver();
+    let (_, p) = register(&addr, "/v1/topics/t/publishers", r#"{"name":"p"}"#);
+    let token = json_field(&p, "token");
+    let (status, s) = register(
+        &addr,
+        "/v1/topics/t/subscribers",
+        &format!(r#"{{"url":"http://{hook}/"}}"#),
+    );
+    assert!(status.contains("201"), "{status} {s}");
+    let path = format!("/v1/topics/t/subscribers/{}/attempts", json_field(&s, "id"));
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    for n in 0..20 {
+        let (status, reply) = http(
+            &addr,
+            "POST",
+            "/v1/topics/t/messages",
+            &auth,
+            &format!("m{n}"),
+        );
+        assert!(status.contains("202"), "{status} {reply}");
+    }
+    for _ in 0..20 {
+        hooked.recv_timeout(PATIENCE).expect("a delivery");
+    }
+    let listed = |addr: &str| {
+        let (status, body) = http(addr, "GET", &path, "", "");
+        assert!(status.contains("200"), "{status} {body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["attempts"].clone()
+    };
+    // Awaited (bounded): the worker records an attempt once it is done.
+    let deadline = Instant::now() + PATIENCE;
+    let before = loop {
+        let before = listed(&addr);
+        if before.as_array().unwrap().len() == 20 {
+            break before;
+        }
+        assert!(Instant::now() < deadline, "{before}");
+        thread::sleep(Duration::from_millis(20));
+    };
+    kill9(&mut child);
+
+    let (_child, addr, _, _logs) = start_on(dir.path(), &[]);
+    assert_eq!(listed(&addr), before);
+}

@@ -409,3 +409,60 @@ fn a_subscriber_patched_on_one_replica_is_changed_on_the_other() {
     assert_eq!(got, ["m0", "m1", "m2", "m3", "m4", "m5"]);
     assert!(old.try_recv().is_err(), "the old URL got nothing");
 }
+
+/// The attempt log is shared: whichever replica delivers, both list the
+/// same attempts, newest first.
+#[test]
+fn both_replicas_list_the_same_attempt_log() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let (_a, a, _, _) = start(&["--redis-url", &url]);
+    let (_b, b, _, _) = start(&["--redis-url", &url]);
+    let (hook, hooked) = receiver();
+    let (_, p) = register(&a, "/v1/topics/t/publishers", r#"{"name":"p"}"#);
+    let token = json_field(&p, "token");
+    let (status, s) = register(
+        &a,
+        "/v1/topics/t/subscribers",
+        &format!(r#"{{"url":"http://{hook}/"}}"#),
+    );
+    assert!(status.contains("201"), "{status} {s}");
+    let path = format!("/v1/topics/t/subscribers/{}", json_field(&s, "id"));
+    await_subscriber(&b, &path, |_| true);
+    for n in 0..6 {
+        let addr = if n % 2 == 0 { &a } else { &b };
+        let (status, body) = publish(addr, &token, &format!("m{n}"));
+        assert!(status.contains("202"), "{status} {body}");
+    }
+    for _ in 0..6 {
+        hooked.recv_timeout(PATIENCE).expect("a delivery");
+    }
+    // Awaited (bounded): the delivering replica writes its attempts
+    // behind, within its flush period.
+    let listed = |addr: &str| {
+        let (status, body) = http(addr, "GET", &format!("{path}/attempts"), "", "");
+        assert!(status.contains("200"), "{status} {body}");
+        let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+        page["attempts"].as_array().unwrap().clone()
+    };
+    let deadline = Instant::now() + PATIENCE;
+    let (on_a, on_b) = loop {
+        let (on_a, on_b) = (listed(&a), listed(&b));
+        if on_a.len() == 6 && on_b.len() == 6 {
+            break (on_a, on_b);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a lists {}, b lists {}",
+            on_a.len(),
+            on_b.len()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(on_a, on_b);
+    let offsets: Vec<u64> = on_a.iter().map(|x| x["offset"].as_u64().unwrap()).collect();
+    let mut sorted = offsets.clone();
+    sorted.sort_unstable_by(|x, y| y.cmp(x));
+    assert_eq!(sorted, [5, 4, 3, 2, 1, 0]);
+    assert!(on_a.iter().all(|x| x["status"] == 200));
+}

@@ -142,6 +142,7 @@ async fn the_openapi_document_is_served_and_covers_every_route() {
         ("/v1/topics/{topic}/subscribers", &["post"]),
         ("/v1/topics/{topic}/subscribers/{id}", &["delete"]),
         ("/v1/topics/{topic}/subscribers/{id}/dead-letters", &["get"]),
+        ("/v1/topics/{topic}/subscribers/{id}/attempts", &["get"]),
         ("/v1/topics/{topic}/subscribers/{id}/redrive", &["post"]),
         ("/v1/topics/{topic}/subscribers/{id}/replay", &["post"]),
         ("/v1/topics/{topic}/subscribers/{id}/enable", &["post"]),
@@ -179,5 +180,5 @@ async fn the_openapi_document_is_served_and_covers_every_route() {
             assert_ne!(r.json()["error"]["code"], "not_found", "{path}");
         }
     }
-    assert_eq!(paths.len(), 29, "a documented path the test does not know");
+    assert_eq!(paths.len(), 30, "a documented path the test does not know");
 }

@@ -16,6 +16,7 @@ mod delivery;
 mod events;
 mod follow;
 mod groups;
+mod lookup;
 mod progress;
 mod publish;
 mod records;
@@ -24,6 +25,7 @@ mod subscribers;
 mod test_support;
 mod topics;
 
+pub use lookup::{Delivery, DeliveryState, Lookup};
 pub use topics::{TopicDetail, TopicSummary};
 
 use crate::{

@@ -67,6 +67,9 @@ pub enum Error {
     SubscriberNotFound,
     /// No listener with that id is registered on the topic.
     ListenerNotFound,
+    /// The topic's log holds no message with that id (never published,
+    /// or no longer retained).
+    MessageNotFound,
     /// The publisher token is missing, malformed or unknown.
     Unauthorized,
     /// The publisher token is valid, but for another topic.
@@ -143,6 +146,7 @@ impl Error {
             Error::InvalidGroup { .. } => "invalid_group",
             Error::PublisherNotFound => "publisher_not_found",
             Error::SubscriberNotFound => "subscriber_not_found",
+            Error::MessageNotFound => "message_not_found",
             Error::ListenerNotFound => "listener_not_found",
             Error::Unauthorized => "unauthorized",
             Error::Forbidden => "forbidden",
@@ -195,6 +199,9 @@ impl fmt::Display for Error {
             Error::SubscriberNotFound => {
                 f.write_str("no subscriber with that id is registered on this topic")
             }
+            Error::MessageNotFound => f.write_str(
+                "this topic's log holds no message with that id (never published, or no longer retained)",
+            ),
             Error::ListenerNotFound => {
                 f.write_str("no listener with that id is registered on this topic")
             }

@@ -96,7 +96,7 @@ pub use attempts::{
     next_seq, not_before, AttemptQuery, AttemptRecord, AttemptRings, RESPONSE_KEPT,
 };
 pub use auth::{is_jwt_shaped, Grants, TokenRejection, TokenVerifier, MAX_JWT_LEN};
-pub use broker::{Broker, TopicDetail, TopicSummary, WeakBroker};
+pub use broker::{Broker, Delivery, DeliveryState, Lookup, TopicDetail, TopicSummary, WeakBroker};
 pub use budget::{Charge, MemoryBudget};
 pub use circuit::Circuit;
 pub use cluster::{Changes, Cluster};

@@ -72,6 +72,7 @@ impl ApiError {
                 E::TopicNotFound
                 | E::PublisherNotFound
                 | E::SubscriberNotFound
+                | E::MessageNotFound
                 | E::ListenerNotFound
                 | E::GroupNotFound => StatusCode::NOT_FOUND,
                 E::Unauthorized | E::InvalidToken { .. } => StatusCode::UNAUTHORIZED,

@@ -422,6 +422,20 @@ pub(crate) async fn fetch(api: &Api, topic: &str, parts: &http::request::Parts) 
     ))
 }
 
+/// `GET /v1/topics/{topic}/messages/{id}`: the message, with each
+/// subscriber's delivery of it; for a listener of the topic or the admin.
+pub(crate) async fn lookup(
+    api: &Api,
+    topic: &str,
+    id: &str,
+    parts: &http::request::Parts,
+) -> Reply {
+    broker_core::TopicName::validate(topic)?;
+    authorize_reader_fresh(api, topic, token_of(parts)?).await?;
+    let found = api.broker().lookup(topic, id).await?;
+    Ok(reply(StatusCode::OK, &json::LookedUp::of(&found)))
+}
+
 /// [`authorize_reader`], and once more after learning a token another
 /// replica issued a moment ago ([`broker_core::Broker::learn_token`]).
 pub(crate) async fn authorize_reader_fresh(

@@ -607,6 +607,42 @@ pub(crate) struct DeadLetterItem {
     pub(crate) failed_at: String,
 }
 
+/// `GET /v1/topics/{topic}/messages/{id}`
+#[derive(Serialize)]
+pub(crate) struct LookedUp<'a> {
+    #[serde(flatten)]
+    pub(crate) message: FetchedMessage<'a>,
+    pub(crate) deliveries: Vec<DeliveryShown<'a>>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct DeliveryShown<'a> {
+    pub(crate) subscriber_id: &'a str,
+    pub(crate) state: &'static str,
+    pub(crate) attempts: u32,
+    pub(crate) last_status: Option<u16>,
+    pub(crate) last_attempt_at: Option<String>,
+}
+
+impl<'a> LookedUp<'a> {
+    pub(crate) fn of(found: &'a broker_core::Lookup) -> Self {
+        LookedUp {
+            message: FetchedMessage::of(&found.message),
+            deliveries: found
+                .deliveries
+                .iter()
+                .map(|d| DeliveryShown {
+                    subscriber_id: &d.subscriber_id,
+                    state: d.state.as_str(),
+                    attempts: d.attempts,
+                    last_status: d.last_status,
+                    last_attempt_at: d.last_attempt_at.map(broker_core::time::format_rfc3339),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// `GET …/subscribers/{id}/attempts`
 #[derive(Serialize)]
 pub(crate) struct Attempts {

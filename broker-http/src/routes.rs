@@ -25,6 +25,7 @@ pub(crate) enum Route<'a> {
     Subscribers(&'a str),
     Subscriber(&'a str, &'a str),
     DeadLetters(&'a str, &'a str),
+    Message(&'a str, &'a str),
     Attempts(&'a str, &'a str),
     Redrive(&'a str, &'a str),
     SubscriberReplay(&'a str, &'a str),
@@ -92,6 +93,9 @@ impl<'a> Route<'a> {
             [Some("v1"), Some("topics"), Some(t), Some("messages"), Some("batch"), None] => {
                 Route::Batch(t)
             }
+            [Some("v1"), Some("topics"), Some(t), Some("messages"), Some(id), None] => {
+                Route::Message(t, id)
+            }
             [Some("v1"), Some("topics"), Some(t), Some("groups"), None, _] => Route::Groups(t),
             [Some("v1"), Some("topics"), Some(t), Some("groups"), Some(g), None] => {
                 Route::Group(t, g)
@@ -138,6 +142,7 @@ impl<'a> Route<'a> {
             Route::RotateSecret(..) => "rotate_secret",
             Route::Messages(_) => "messages",
             Route::Batch(_) => "batch",
+            Route::Message(..) => "message",
             Route::Groups(_) => "groups",
             Route::Group(..) => "group",
             Route::Pull(..) => "pull",
@@ -162,6 +167,7 @@ impl<'a> Route<'a> {
             | Route::Events(_)
             | Route::DeadLetters(..)
             | Route::Attempts(..)
+            | Route::Message(..)
             | Route::GroupDeadLetters(..)
             | Route::WebSocket => "GET",
             Route::Messages(_) | Route::Topics => "GET, POST",
@@ -204,6 +210,9 @@ where
         (&Method::GET, Route::WebSocket) => return live::ws::upgrade(api, parts, on_upgrade).await,
         // Fetching by offset is listening too: a listener or the admin.
         (&Method::GET, Route::Messages(topic)) => return handlers::fetch(api, topic, parts).await,
+        (&Method::GET, Route::Message(topic, id)) => {
+            return handlers::lookup(api, topic, id, parts).await
+        }
         (&Method::POST, Route::Pull(t, g)) => return handlers::pull(api, t, g, parts, body).await,
         (&Method::POST, Route::Ack(t, g)) => return handlers::ack(api, t, g, parts, body).await,
         _ => {}
@@ -338,7 +347,8 @@ mod tests {
             ("", None),
             ("/", None),
             ("/v1", None),
-            ("/v1/topics/a/messages/x", None),
+            ("/v1/topics/a/messages/x", Some(Message("a", "x"))),
+            ("/v1/topics/a/messages/x/y", None),
             ("/v1/topics/a/b/c/d/e", None),
             ("/v1/topics/a/publishers/p/q", None),
             ("/v2/topics", None),

@@ -238,3 +238,46 @@ async fn bad_listings_are_refused_and_unknown_subscribers_are_404() {
     assert_eq!(r.status, 405);
     assert_eq!(r.headers["allow"], "GET");
 }
+
+/// `GET …/subscribers/{id}` counts the attempts of the last 5 minutes,
+/// hour and day, with their latency.
+#[tokio::test]
+async fn the_subscriber_detail_has_its_endpoint_stats() {
+    let s = server(1_000).await;
+    let token = s.publisher("t", "p").await;
+    let flaky = Sink::start(Behaviour::script(&[(500, None), (500, None)])).await;
+    let slow = Sink::start(Behaviour::Slow(Duration::from_millis(150))).await;
+    let a = s
+        .subscriber(
+            "t",
+            json!({"url": flaky.url("/"), "retry": {"max_attempts": 3}}),
+        )
+        .await;
+    let b = s.subscriber("t", json!({"url": slow.url("/")})).await;
+    let idle = s.subscriber("u", json!({"url": slow.url("/u")})).await;
+    for _ in 0..3 {
+        s.publish("t", &token, "text/plain", "m").await;
+    }
+    s.settle().await;
+    let got = stats(&s, "t", &a).await;
+    for window in ["last_5m", "last_1h", "last_24h"] {
+        assert_eq!(got[window]["succeeded"], 3, "{got}");
+        assert_eq!(got[window]["failed"], 2, "{got}");
+        assert!(got[window]["p50_ms"].is_u64() && got[window]["p99_ms"].is_u64());
+    }
+    let got = stats(&s, "t", &b).await;
+    let p50 = got["last_1h"]["p50_ms"].as_u64().unwrap();
+    assert!((110..=400).contains(&p50), "{got}");
+    let got = stats(&s, "u", &idle).await;
+    assert_eq!(
+        got["last_24h"],
+        json!({"succeeded": 0, "failed": 0, "p50_ms": null, "p99_ms": null})
+    );
+}
+
+async fn stats(s: &TestServer, topic: &str, sub: &Value) -> Value {
+    let id = sub["id"].as_str().unwrap();
+    let r = s.get(&format!("/v1/topics/{topic}/subscribers/{id}")).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    r.json()["stats"].clone()
+}

@@ -60,6 +60,9 @@ pub struct Subscriber {
     /// here after a restart.
     pub(crate) cursor: AtomicU64,
     pub(crate) stats: DeliveryStats,
+    /// Its attempts over the last 5 minutes, hour and day (this
+    /// process's).
+    pub(crate) endpoint_stats: crate::EndpointStats,
     /// The topic's counters, which outlive the subscriber.
     topic_stats: Arc<TopicStats>,
     /// State a notifier keeps per subscriber (a queue, a keyed MAC, ...).
@@ -92,6 +95,7 @@ impl Subscriber {
             order: standing.order,
             cursor: AtomicU64::new(standing.cursor),
             stats: DeliveryStats::default(),
+            endpoint_stats: crate::EndpointStats::default(),
             topic_stats,
             notifier_state: OnceLock::new(),
         }
@@ -153,6 +157,12 @@ impl Subscriber {
     /// still has queued for it.
     pub fn is_active(&self) -> bool {
         self.active.load(Ordering::Acquire)
+    }
+
+    /// Its attempts that succeeded and failed, and their latency, over
+    /// the last 5 minutes, hour and 24 hours: those this process made.
+    pub fn endpoint_stats(&self) -> crate::StatsWindows {
+        self.endpoint_stats.windows(std::time::SystemTime::now())
     }
 
     /// The offset up to which every message of its topic's log is done

@@ -216,6 +216,7 @@ async fn show_subscriber(api: &Api, s: &broker_core::Subscriber) -> Reply {
             offset: s.cursor(),
             lag: end.saturating_sub(s.cursor()),
             counters: s.stats().snapshot().into(),
+            stats: s.endpoint_stats().into(),
         },
     ))
 }

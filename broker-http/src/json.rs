@@ -196,6 +196,44 @@ pub(crate) struct SubscriberDetail<'a> {
     pub(crate) offset: u64,
     pub(crate) lag: u64,
     pub(crate) counters: DeliveryCounters,
+    pub(crate) stats: StatsShown,
+}
+
+/// A subscriber's endpoint stats over three windows.
+#[derive(Serialize)]
+pub(crate) struct StatsShown {
+    pub(crate) last_5m: WindowShown,
+    pub(crate) last_1h: WindowShown,
+    pub(crate) last_24h: WindowShown,
+}
+
+#[derive(Serialize)]
+pub(crate) struct WindowShown {
+    pub(crate) succeeded: u64,
+    pub(crate) failed: u64,
+    pub(crate) p50_ms: Option<u64>,
+    pub(crate) p99_ms: Option<u64>,
+}
+
+impl From<broker_core::Window> for WindowShown {
+    fn from(w: broker_core::Window) -> Self {
+        WindowShown {
+            succeeded: w.succeeded,
+            failed: w.failed,
+            p50_ms: w.p50_ms,
+            p99_ms: w.p99_ms,
+        }
+    }
+}
+
+impl From<broker_core::StatsWindows> for StatsShown {
+    fn from(w: broker_core::StatsWindows) -> Self {
+        StatsShown {
+            last_5m: w.last_5m.into(),
+            last_1h: w.last_1h.into(),
+            last_24h: w.last_24h.into(),
+        }
+    }
 }
 
 /// `"filter": {"event_types": [...], "expression": "<CEL>"}`: both

@@ -10,8 +10,8 @@ use crate::{
 };
 
 impl Broker {
-    /// Keeps `record` in `subscriber`'s attempt log (buffered by a durable
-    /// store; nothing when [`Limits::attempt_log`](crate::Limits::attempt_log)
+    /// Counts `record` in `subscriber`'s endpoint stats and keeps it in its
+    /// attempt log (buffered by a durable store; not kept when [`Limits::attempt_log`](crate::Limits::attempt_log)
     /// is 0).
     ///
     /// # Errors
@@ -22,6 +22,11 @@ impl Broker {
         subscriber: &Subscriber,
         record: AttemptRecord,
     ) -> Result<(), Error> {
+        subscriber.endpoint_stats.observe(
+            record.at(),
+            record.succeeded(),
+            u64::from(record.duration_ms),
+        );
         let keep = self.shared.limits.attempt_log;
         if keep == 0 {
             return Ok(());

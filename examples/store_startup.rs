@@ -73,6 +73,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     payload: body.clone(),
                     published_at: SystemTime::now(),
                     event_type: None,
+                    trace: None,
                     idempotency: keyed.then(|| broker_core::Keyed {
                         key: broker_core::IdempotencyKey::new(&format!("key-{}", messages + i))
                             .expect("a valid key"),

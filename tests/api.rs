@@ -441,7 +441,7 @@ async fn routing_errors() {
         "/",
         "/v2/topics",
         "/v1/topics/t/other",
-        "/v1/topics/t/messages/x",
+        "/v1/topics/t/messages/x/y",
         "/healthz/",
     ] {
         assert_eq!(s.get(path).await.error_code(404), "not_found", "{path}");
@@ -454,6 +454,8 @@ async fn routing_errors() {
         ("GET", "/v1/topics/t/subscribers", "POST"),
         ("PUT", "/v1/topics/t/messages", "GET, POST"),
         ("GET", "/v1/topics/t/messages/batch", "POST"),
+        ("POST", "/v1/topics/t/messages/msg_x", "GET"),
+        ("POST", "/v1/topics/t/subscribers/s/attempts", "GET"),
         ("POST", "/v1/topics/t/publishers/p", "DELETE"),
         ("PUT", "/v1/topics/t/subscribers/s", "GET, PATCH, DELETE"),
     ] {

@@ -577,6 +577,7 @@ mod tests {
             payload: Bytes::copy_from_slice(payload.as_bytes()),
             published_at: SystemTime::now(),
             event_type: None,
+            trace: None,
             idempotency: Some(Keyed {
                 key: IdempotencyKey::new(key).unwrap(),
                 fingerprint: fingerprint(None, payload.as_bytes()),

@@ -91,6 +91,7 @@ mod store;
 mod subscriber;
 pub mod time;
 mod topic;
+mod trace;
 mod write_behind;
 
 pub use attempts::{
@@ -128,6 +129,7 @@ pub use store::{
 };
 pub use subscriber::{DeliveryCounts, DeliveryStats, Outcome, Subscriber};
 pub use topic::{TopicName, MAX_TOPIC_LEN};
+pub use trace::{TraceContext, MAX_TRACESTATE};
 pub use write_behind::{
     ProgressBatch, RetryChange, WriteBehind, MAX_BUFFERED, MAX_BUFFERED_ATTEMPT_BYTES,
 };

@@ -59,7 +59,7 @@ impl Default for Retention {
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// let store = MemoryStore::new(Retention::default(), 1 << 20);
 /// let topic = TopicName::new("t")?;
-/// let new = |p: &'static str| NewMessage { content_type: None, payload: p.into(), published_at: SystemTime::now(), event_type: None, idempotency: None };
+/// let new = |p: &'static str| NewMessage { content_type: None, payload: p.into(), published_at: SystemTime::now(), event_type: None, idempotency: None, trace: None };
 /// let numbered = store.append(&topic, vec![new("a"), new("b")]).await?;
 /// assert_eq!((numbered[0].offset(), numbered[1].offset()), (0, 1));
 /// let read = store.read(&topic, 1, 10, usize::MAX).await?;
@@ -286,7 +286,8 @@ impl Logs for MemoryStore {
                             new.payload,
                             new.published_at,
                         )
-                        .with_event_type(new.event_type),
+                        .with_event_type(new.event_type)
+                        .with_trace(new.trace),
                     );
                     log.next += 1;
                     let size = cost(&message);
@@ -435,6 +436,7 @@ mod tests {
             payload: vec![b'x'; size].into(),
             published_at: SystemTime::now(),
             event_type: None,
+            trace: None,
             idempotency: None,
         }
     }
@@ -587,6 +589,7 @@ mod tests {
             let old = NewMessage {
                 published_at: SystemTime::now() - Duration::from_secs(120),
                 event_type: None,
+                trace: None,
                 ..new(5)
             };
             store.append(&t, vec![old]).await.unwrap();

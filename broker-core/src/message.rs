@@ -18,6 +18,8 @@ pub struct Message {
     pub(crate) payload: Bytes,
     pub(crate) published_at: SystemTime,
     pub(crate) event_type: Option<EventType>,
+    /// The trace its publish joined (the publish span's context).
+    pub(crate) trace: Option<Box<crate::TraceContext>>,
 }
 
 impl Message {
@@ -39,7 +41,20 @@ impl Message {
             payload,
             published_at,
             event_type: None,
+            trace: None,
         }
+    }
+
+    /// The same message with the trace context its publish kept.
+    pub fn with_trace(mut self, trace: Option<crate::TraceContext>) -> Self {
+        self.trace = trace.map(Box::new);
+        self
+    }
+
+    /// The trace context its publish kept: its attempts are children of
+    /// this span.
+    pub fn trace(&self) -> Option<&crate::TraceContext> {
+        self.trace.as_deref()
     }
 
     /// The same message with the event type its publisher named.
@@ -84,6 +99,7 @@ impl Message {
     pub fn held_bytes(&self) -> usize {
         self.payload.len()
             + self.event_type.as_ref().map_or(0, |t| t.as_str().len())
+            + self.trace.as_ref().map_or(0, |t| t.held_bytes())
             + crate::memory::MESSAGE_OVERHEAD
     }
     /// When the broker accepted it.
@@ -109,6 +125,9 @@ pub struct Draft {
     /// The publisher's idempotency key: a publish with a key the topic's
     /// log remembers appends nothing and is answered as the first was.
     pub idempotency_key: Option<crate::IdempotencyKey>,
+    /// The publisher's trace context (`traceparent`, `tracestate`): the
+    /// publish joins that trace.
+    pub trace: Option<crate::TraceContext>,
 }
 
 impl Draft {
@@ -119,12 +138,19 @@ impl Draft {
             payload,
             event_type: None,
             idempotency_key: None,
+            trace: None,
         }
     }
 
     /// The same with an event type.
     pub fn with_event_type(mut self, event_type: Option<EventType>) -> Self {
         self.event_type = event_type;
+        self
+    }
+
+    /// The same with the publisher's trace context.
+    pub fn with_trace(mut self, trace: Option<crate::TraceContext>) -> Self {
+        self.trace = trace;
         self
     }
 

@@ -333,6 +333,9 @@ pub struct NewMessage {
     /// Its idempotency key, if its publisher gave one: an append of a key
     /// the store remembers appends nothing ([`crate::KeyTable`]).
     pub idempotency: Option<crate::Keyed>,
+    /// The trace context of its publish span: the store keeps it with
+    /// the message ([`Message::trace`]).
+    pub trace: Option<crate::TraceContext>,
 }
 
 /// Messages read from a topic's log, and where the log stands.

@@ -18,6 +18,10 @@ static WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestam
 static WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
 /// The message's event type, when it has one.
 pub(crate) static WEBHOOK_EVENT_TYPE: HeaderName = HeaderName::from_static("webhook-event-type");
+/// W3C trace context: the attempt's span.
+pub(crate) static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// W3C trace context: the publisher's vendor state, passed on.
+pub(crate) static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 const USER_AGENT: HeaderValue =
     HeaderValue::from_static(concat!("webhook-broker/", env!("CARGO_PKG_VERSION")));
 
@@ -92,6 +96,7 @@ pub(crate) fn build_request(
     signers: &Signers,
     endpoint: &broker_core::Endpoint,
     message: &Message,
+    span: Option<&broker_core::TraceContext>,
 ) -> Result<Request<Full<bytes::Bytes>>, BoxError> {
     let id = HeaderValue::from_str(message.id())?;
     let timestamp = timestamp_header();
@@ -129,6 +134,22 @@ pub(crate) fn build_request(
             WEBHOOK_EVENT_TYPE.clone(),
             HeaderValue::from_str(event_type.as_str())?,
         );
+    }
+    if let Some(span) = span {
+        // The attempt's span, a child of the publish's (W3C trace
+        // context; it replaces any the subscriber's headers set).
+        headers.insert(
+            TRACEPARENT.clone(),
+            HeaderValue::from_str(&span.traceparent())?,
+        );
+        match span.state.as_deref().map(HeaderValue::from_str) {
+            Some(Ok(state)) => {
+                headers.insert(TRACESTATE.clone(), state);
+            }
+            _ => {
+                headers.remove(&TRACESTATE);
+            }
+        }
     }
     Ok(request)
 }

@@ -960,6 +960,8 @@ async fn attempt_once(
     shared: &Shared,
 ) -> (Attempt, Seen) {
     let prepared = Prepared::current(subscriber, cursor, shared);
+    // The attempt's span: a child of the message's publish span.
+    let span = message.trace().map(broker_core::TraceContext::child);
     // The semaphore is never closed; `ok()` only avoids a panic path.
     let _slot = prepared.host_slots.acquire().await.ok();
     let send = async {
@@ -976,6 +978,7 @@ async fn attempt_once(
             &signers,
             &prepared.endpoint,
             message,
+            span.as_ref(),
         )?;
         let response = shared.client.request(request).await?;
         let attempt = Attempt::from_response(response.status(), response.headers());

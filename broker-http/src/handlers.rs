@@ -283,6 +283,14 @@ fn event_type(h: &HeaderMap) -> Result<Option<broker_core::EventType>, ApiError>
     Ok(Some(broker_core::EventType::new(value)?))
 }
 
+/// A publish's W3C trace context (`traceparent`, `tracestate`); an
+/// invalid one is ignored, as the W3C recommendation says.
+fn trace_context(h: &HeaderMap) -> Option<broker_core::TraceContext> {
+    let parent = h.get("traceparent")?.to_str().ok()?;
+    let state = h.get("tracestate").and_then(|v| v.to_str().ok());
+    broker_core::TraceContext::parse(parent, state)
+}
+
 /// The request header naming a published message's event type.
 pub(crate) const EVENT_TYPE: &str = "event-type";
 
@@ -347,7 +355,8 @@ where
         .and_then(|v| http::HeaderValue::from_bytes(v.as_bytes()).ok());
     let draft = broker_core::Draft::new(content_type, payload)
         .with_event_type(event_type)
-        .with_idempotency_key(key);
+        .with_idempotency_key(key)
+        .with_trace(trace_context(h));
     let receipt = api.broker().publish_draft(topic, token, draft).await?;
     Ok(published(
         receipt.replayed,
@@ -646,6 +655,7 @@ where
     json::require_json(h)?;
     // As for a single publish: no body is read for a wrong token.
     api.broker().authorize_publisher(topic, token).await?;
+    let trace = trace_context(h);
     let bytes = json::read_body(
         h,
         body,
@@ -711,7 +721,8 @@ where
         messages.push(
             broker_core::Draft::from(message)
                 .with_event_type(event_type)
-                .with_idempotency_key(key),
+                .with_idempotency_key(key)
+                .with_trace(trace.clone()),
         );
     }
     drop(request);

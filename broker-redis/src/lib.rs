@@ -91,7 +91,7 @@
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! let topic = TopicName::new("orders")?;
 //! let store = RedisStore::open("redis://127.0.0.1:6379/", Options::default()).await?;
-//! let new = NewMessage { content_type: None, payload: "hello".into(), published_at: SystemTime::now(), event_type: None, idempotency: None };
+//! let new = NewMessage { content_type: None, payload: "hello".into(), published_at: SystemTime::now(), event_type: None, idempotency: None, trace: None };
 //! let numbered = store.append(&topic, vec![new]).await?;
 //! let offset = numbered[0].offset();
 //! let id = numbered[0].id().to_owned();
@@ -101,7 +101,7 @@
 //! let other = RedisStore::open("redis://127.0.0.1:6379/", Options::default()).await?;
 //! let read = other.read(&topic, offset, 10, usize::MAX).await?;
 //! assert_eq!(read.messages[0].id(), id);
-//! let new = NewMessage { content_type: None, payload: "again".into(), published_at: SystemTime::now(), event_type: None, idempotency: None };
+//! let new = NewMessage { content_type: None, payload: "again".into(), published_at: SystemTime::now(), event_type: None, idempotency: None, trace: None };
 //! assert_eq!(other.append(&topic, vec![new]).await?[0].offset(), offset + 1);
 //! # Ok::<_, Box<dyn std::error::Error>>(())
 //! # }).unwrap();
@@ -993,6 +993,10 @@ impl Logs for RedisStore {
                     .arg(format!("{:016x}:{}", k.fingerprint, k.subscribers)),
             };
             call.arg(m.payload.as_ref());
+            match &m.trace {
+                None => call.arg(""),
+                Some(trace) => call.arg(trace.encode()),
+            };
         }
         // Announced to the other replicas by the same script.
         call.arg(s.keys.channel())
@@ -1042,7 +1046,8 @@ impl Logs for RedisStore {
                             // As a read gives it back: to the millisecond.
                             at_millis(millis(m.published_at)),
                         )
-                        .with_event_type(m.event_type),
+                        .with_event_type(m.event_type)
+                        .with_trace(m.trace),
                     ))
                 }
                 Value::BulkString(replay) => {
@@ -1111,9 +1116,10 @@ impl Logs for RedisStore {
             return Err(s.corrupt(key(), "messages but no id prefix").into());
         };
         let mut expected = from.max(first);
-        read.messages.reserve(entries.len() / 5);
+        read.messages.reserve(entries.len() / 6);
         let mut entries = entries.into_iter();
-        while let (Some(id), Some(t), Some(c), Some(e), Some(p)) = (
+        while let (Some(id), Some(t), Some(c), Some(e), Some(x), Some(p)) = (
+            entries.next(),
             entries.next(),
             entries.next(),
             entries.next(),
@@ -1171,7 +1177,11 @@ impl Logs for RedisStore {
                     Bytes::from(payload),
                     at_millis(published),
                 )
-                .with_event_type(event_type),
+                .with_event_type(event_type)
+                .with_trace(match x {
+                    Value::BulkString(x) => broker_core::TraceContext::decode(&x),
+                    _ => None,
+                }),
             ));
             expected += 1;
         }

@@ -18,9 +18,10 @@ use redis::Script;
 /// the count n, now (ms), the keys' window (ms), the most keys a topic
 /// keeps, then n times: published ms, content type (`''` for none, else
 /// `'='` and the value), event type (`''` for none), idempotency key
-/// (`''` for none), `<fingerprint hex>:<subscribers>`, payload. The event
-/// type is the entry's field `e`, left out when none (entries written
-/// before event types have none either).
+/// (`''` for none), `<fingerprint hex>:<subscribers>`, payload, trace
+/// context (`''` for none). The event type is the entry's field `e`, the
+/// trace context its field `x`, each left out when none (entries written
+/// before them have none either).
 ///
 /// A keyed message whose key the topic remembers within the window (or
 /// that an earlier message of the batch has) is not appended: its answer
@@ -61,7 +62,7 @@ local oldest = now - window
 local W = 6
 local verdicts, batch, fresh = {}, {}, 0
 for i = 0, n - 1 do
-  local a = W + 6 * i
+  local a = W + 7 * i
   local key = ARGV[a + 3]
   local fp, subs = string.match(ARGV[a + 4], '^([^:]*):(.*)$')
   local verdict = 0
@@ -92,13 +93,13 @@ end
 local first = redis.call('INCRBY', KEYS[2], fresh) - fresh
 local size = 0
 for i = 0, n - 1 do
-  if verdicts[i + 1] == 0 then size = size + #ARGV[W + 6 * i + 5] end
+  if verdicts[i + 1] == 0 then size = size + #ARGV[W + 7 * i + 5] end
 end
 local total = redis.call('INCRBY', KEYS[4], string.format('%d', size)) - size
 local offsets, at = {}, first
 for i = 0, n - 1 do
   if verdicts[i + 1] == 0 then
-    local a = W + 6 * i
+    local a = W + 7 * i
     local ct, et, key, p = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 5]
     local id = string.format('%d-0', at + 1)
     total = total + #p
@@ -110,6 +111,10 @@ for i = 0, n - 1 do
     if et ~= '' then
       fields[#fields + 1] = 'e'
       fields[#fields + 1] = et
+    end
+    if ARGV[a + 6] ~= '' then
+      fields[#fields + 1] = 'x'
+      fields[#fields + 1] = ARGV[a + 6]
     end
     fields[#fields + 1] = 'p'
     fields[#fields + 1] = p
@@ -139,7 +144,7 @@ for i = 0, n - 1 do
   if type(v) == 'table' then v = string.format('%d', offsets[v[1]]) .. ':' .. v[2] end
   out[#out + 1] = v
 end
-local tail = W + 6 * n
+local tail = W + 7 * n
 if fresh > 0 then
   redis.call('PUBLISH', ARGV[tail], string.format('a %s %d %d %s', ARGV[tail + 1], first, first + fresh, ARGV[tail + 2]))
 end
@@ -153,7 +158,7 @@ return out
 ///
 /// Returns `{first, next, prefix or nil}` followed, per message, by its
 /// entry id, published ms, content type (nil for none), event type (nil
-/// for none) and payload: at
+/// for none), trace context (nil for none) and payload: at
 /// least one message whenever one is there, none that would take the
 /// payload bytes past the limit after the first. Entries are fetched in
 /// chunks sized by the bytes left and the sizes seen, so that large
@@ -175,10 +180,10 @@ while left > 0 do
   local entries = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', count)
   for _, e in ipairs(entries) do
     local f = e[2]
-    local t, c, ev, p = false, false, false, ''
+    local t, c, ev, x, p = false, false, false, false, ''
     for j = 1, #f, 2 do
       local k = f[j]
-      if k == 't' then t = f[j + 1] elseif k == 'c' then c = f[j + 1] elseif k == 'e' then ev = f[j + 1] elseif k == 'p' then p = f[j + 1] end
+      if k == 't' then t = f[j + 1] elseif k == 'c' then c = f[j + 1] elseif k == 'e' then ev = f[j + 1] elseif k == 'x' then x = f[j + 1] elseif k == 'p' then p = f[j + 1] end
     end
     bytes = bytes + #p
     if bytes > max_bytes and got > 0 then return out end
@@ -186,6 +191,7 @@ while left > 0 do
     out[#out + 1] = t
     out[#out + 1] = c
     out[#out + 1] = ev
+    out[#out + 1] = x
     out[#out + 1] = p
     got = got + 1
     left = left - 1

@@ -35,6 +35,7 @@ fn new(payload: impl Into<bytes::Bytes>) -> NewMessage {
         payload: payload.into(),
         published_at: SystemTime::now(),
         event_type: None,
+        trace: None,
         idempotency: None,
     }
 }
@@ -141,6 +142,7 @@ async fn reads_page_by_count_and_by_bytes_and_keep_everything_but_nanoseconds() 
             payload: vec![b'0' + n as u8; 100].into(),
             published_at: at,
             event_type: None,
+            trace: None,
             idempotency: None,
         })
         .collect();
@@ -1127,6 +1129,11 @@ async fn event_types_are_kept_and_old_entries_have_none() {
     let t = topic("t");
     let mut typed = new("typed");
     typed.event_type = Some(broker_core::EventType::new("invoice.paid").unwrap());
+    let trace = broker_core::TraceContext::parse(
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        Some("congo=t61rcWkgMzE"),
+    );
+    typed.trace = trace.clone();
     store.append(&t, vec![typed, new("untyped")]).await.unwrap();
     // As a build before event types appended it.
     let client = redis::Client::open(server.url()).unwrap();
@@ -1156,6 +1163,9 @@ async fn event_types_are_kept_and_old_entries_have_none() {
         .await
         .unwrap();
     let read = store.read(&t, 0, 10, usize::MAX).await.unwrap();
+    // The trace context is kept; the others have none.
+    let traces: Vec<_> = read.messages.iter().map(|m| m.trace().cloned()).collect();
+    assert_eq!(traces, [trace, None, None]);
     let got: Vec<_> = read
         .messages
         .iter()

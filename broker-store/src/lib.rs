@@ -28,7 +28,7 @@
 //! let dir = tempfile::tempdir()?;
 //! let topic = TopicName::new("orders")?;
 //! let store = DiskStore::open(dir.path(), Options::default())?;
-//! let new = NewMessage { content_type: None, payload: "hello".into(), published_at: SystemTime::now(), event_type: None, idempotency: None };
+//! let new = NewMessage { content_type: None, payload: "hello".into(), published_at: SystemTime::now(), event_type: None, idempotency: None, trace: None };
 //! let numbered = store.append(&topic, vec![new]).await?;
 //! assert_eq!(numbered[0].offset(), 0);
 //! let id = numbered[0].id().to_owned();
@@ -670,6 +670,7 @@ mod tests {
             payload: payload.into(),
             published_at: SystemTime::now(),
             event_type: None,
+            trace: None,
             idempotency: None,
         }
     }

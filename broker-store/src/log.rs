@@ -547,6 +547,7 @@ impl TopicLog {
                 fingerprint: k.fingerprint,
                 subscribers: k.subscribers,
             });
+            let trace = m.trace.as_ref().map(broker_core::TraceContext::encode);
             encode_record(
                 &mut buf,
                 state.next + i as u64,
@@ -554,6 +555,7 @@ impl TopicLog {
                 ct,
                 et.as_bytes(),
                 key,
+                trace.as_deref().unwrap_or_default(),
                 &m.payload,
             );
         }
@@ -578,7 +580,8 @@ impl TopicLog {
                     m.payload,
                     m.published_at,
                 )
-                .with_event_type(m.event_type),
+                .with_event_type(m.event_type)
+                .with_trace(m.trace),
             ));
         }
         active
@@ -788,7 +791,8 @@ impl TopicLog {
                         Bytes::copy_from_slice(r.payload),
                         UNIX_EPOCH + Duration::from_millis(r.time_ms),
                     )
-                    .with_event_type(event_type(r.event_type)),
+                    .with_event_type(event_type(r.event_type))
+                    .with_trace(broker_core::TraceContext::decode(r.trace)),
                 ));
                 offset = r.offset + 1;
                 true
@@ -880,6 +884,7 @@ mod tests {
             payload: Bytes::copy_from_slice(payload),
             published_at: SystemTime::now(),
             event_type: None,
+            trace: None,
             idempotency: None,
         }
     }
@@ -1100,6 +1105,11 @@ mod tests {
         assert_eq!(recovered.truncated_bytes, 0);
         let mut typed = new(b"new 2");
         typed.event_type = Some(broker_core::EventType::new("invoice.paid").unwrap());
+        let trace = broker_core::TraceContext::parse(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            Some("congo=t61rcWkgMzE"),
+        );
+        typed.trace = trace.clone();
         let (m, _) = log.append(vec![typed], ROLL, false, &NO).unwrap();
         assert_eq!(m[0].id(), message_id("0123456789ab", 2));
         assert_eq!(log.segments().len(), 2, "a new segment for the new format");
@@ -1120,6 +1130,8 @@ mod tests {
             );
             assert_eq!(read.messages[0].content_type().unwrap(), "text/plain");
             assert_eq!(read.messages[1].content_type(), None);
+            let traces: Vec<_> = read.messages.iter().map(|m| m.trace().cloned()).collect();
+            assert_eq!(traces, [None, None, trace.clone()], "kept in format 4");
         }
 
         // An empty segment of the old format: replaced in place.

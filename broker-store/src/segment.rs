@@ -3,16 +3,18 @@
 //!
 //! ```text
 //! header (32 bytes): "WHBLOG" | version u16 | base offset u64 | id prefix (12 ASCII hex) | crc32 of the 28 bytes before
-//! record, version 3: length u32 | crc32 u32 | offset u64 | publish time (ms since the epoch) u64 |
+//! record, version 4: length u32 | crc32 u32 | offset u64 | publish time (ms since the epoch) u64 |
 //!                    content-type length u16 | event-type length u8 | key length u8 |
+//!                    trace length u16 |
 //!                    content type | event type | idempotency key |
 //!                    (when the key length is not 0) fingerprint u64 | subscribers u32 |
-//!                    payload
-//! record, version 2: the same without the key, its length and what follows the key
+//!                    trace context (broker_core::TraceContext::encode) | payload
+//! record, version 3: version 4 without the trace, and its length
+//! record, version 2: version 3 without the key, its length and what follows the key
 //! record, version 1: version 2 without the event type and its length
 //! ```
 //!
-//! This build writes version 3 and reads all three: a segment written by
+//! This build writes version 4 and reads all four: a segment written by
 //! an older build is read as it is and never appended to (the log starts
 //! a new segment for its next append), so no data dir needs a migration.
 //!
@@ -34,7 +36,7 @@ use std::{
 use parking_lot::Mutex;
 
 /// The format version this build writes.
-pub(crate) const VERSION: u16 = 3;
+pub(crate) const VERSION: u16 = 4;
 /// The oldest version this build reads.
 pub(crate) const OLDEST: u16 = 1;
 const MAGIC: &[u8; 6] = b"WHBLOG";
@@ -45,8 +47,10 @@ pub(crate) const RECORD_HEAD: usize = 8;
 const BODY_FIXED_V1: usize = 8 + 8 + 2;
 /// Offset, time, content-type and event-type lengths (version 2).
 const BODY_FIXED_V2: usize = BODY_FIXED_V1 + 1;
-/// Offset, time, content-type, event-type and key lengths.
-const BODY_FIXED: usize = BODY_FIXED_V2 + 1;
+/// Offset, time, content-type, event-type and key lengths (version 3).
+const BODY_FIXED_V3: usize = BODY_FIXED_V2 + 1;
+/// Offset, time, content-type, event-type, key and trace lengths.
+const BODY_FIXED: usize = BODY_FIXED_V3 + 2;
 /// The fingerprint and subscriber count after a key.
 const KEYED_FIXED: usize = 8 + 4;
 /// No record is longer: a length past it is garbage, not a record.
@@ -116,7 +120,9 @@ pub(crate) struct RecordKey<'a> {
     pub(crate) subscribers: u32,
 }
 
-/// Appends one record to `out`, in [`VERSION`].
+/// Appends one record to `out`, in [`VERSION`]: its fields, borrowed,
+/// one argument each.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn encode_record(
     out: &mut Vec<u8>,
     offset: u64,
@@ -124,6 +130,7 @@ pub(crate) fn encode_record(
     content_type: &[u8],
     event_type: &[u8],
     key: Option<RecordKey<'_>>,
+    trace: &[u8],
     payload: &[u8],
 ) {
     encode_versioned(
@@ -134,12 +141,13 @@ pub(crate) fn encode_record(
         content_type,
         event_type,
         key,
+        trace,
         payload,
     );
 }
 
-/// Appends one record to `out` in format `version` (2 or 3; 2 drops the
-/// key).
+/// Appends one record to `out` in format `version` (2 to 4; 2 drops the
+/// key, 3 the trace).
 #[allow(clippy::too_many_arguments)]
 fn encode_versioned(
     out: &mut Vec<u8>,
@@ -149,19 +157,25 @@ fn encode_versioned(
     content_type: &[u8],
     event_type: &[u8],
     key: Option<RecordKey<'_>>,
+    trace: &[u8],
     payload: &[u8],
 ) {
+    let trace = if version >= 4 {
+        &trace[..trace.len().min(u16::MAX as usize)]
+    } else {
+        &[][..]
+    };
     let ct = &content_type[..content_type.len().min(u16::MAX as usize)];
     let et = &event_type[..event_type.len().min(u8::MAX as usize)];
     let key = key.filter(|k| version >= 3 && !k.key.is_empty());
     let k = key.map_or(&[][..], |k| &k.key[..k.key.len().min(u8::MAX as usize)]);
-    let fixed = if version >= 3 {
-        BODY_FIXED
-    } else {
-        BODY_FIXED_V2
+    let fixed = match version {
+        4.. => BODY_FIXED,
+        3 => BODY_FIXED_V3,
+        _ => BODY_FIXED_V2,
     };
     let keyed = if key.is_some() { KEYED_FIXED } else { 0 };
-    let len = fixed + ct.len() + et.len() + k.len() + keyed + payload.len();
+    let len = fixed + ct.len() + et.len() + k.len() + keyed + trace.len() + payload.len();
     out.reserve(RECORD_HEAD + len);
     out.extend_from_slice(&(len as u32).to_le_bytes());
     let crc_at = out.len();
@@ -174,6 +188,9 @@ fn encode_versioned(
     if version >= 3 {
         out.push(k.len() as u8);
     }
+    if version >= 4 {
+        out.extend_from_slice(&(trace.len() as u16).to_le_bytes());
+    }
     out.extend_from_slice(ct);
     out.extend_from_slice(et);
     if let Some(key) = key {
@@ -181,6 +198,7 @@ fn encode_versioned(
         out.extend_from_slice(&key.fingerprint.to_le_bytes());
         out.extend_from_slice(&key.subscribers.to_le_bytes());
     }
+    out.extend_from_slice(trace);
     out.extend_from_slice(payload);
     let crc = crc32fast::hash(&out[body_at..]);
     out[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
@@ -205,6 +223,7 @@ pub(crate) fn encode_record_v2(
         content_type,
         event_type,
         None,
+        &[],
         payload,
     );
 }
@@ -219,6 +238,9 @@ pub(crate) struct RecordRef<'a> {
     pub(crate) event_type: &'a [u8],
     /// Its idempotency key (never in a segment older than version 3).
     pub(crate) key: Option<RecordKey<'a>>,
+    /// Its trace context, encoded; empty for none (and always before
+    /// version 4).
+    pub(crate) trace: &'a [u8],
     pub(crate) payload: &'a [u8],
     /// Bytes it takes in the file.
     pub(crate) size: usize,
@@ -240,6 +262,7 @@ fn decode(buf: &[u8], version: u16) -> Decoded<'_> {
     let fixed = match version {
         1 => BODY_FIXED_V1,
         2 => BODY_FIXED_V2,
+        3 => BODY_FIXED_V3,
         _ => BODY_FIXED,
     };
     let len = u32::from_le_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
@@ -259,12 +282,18 @@ fn decode(buf: &[u8], version: u16) -> Decoded<'_> {
     let et_len = if version == 1 { 0 } else { body[18] as usize };
     let key_len = if version >= 3 { body[19] as usize } else { 0 };
     let keyed = if key_len > 0 { KEYED_FIXED } else { 0 };
-    if fixed + ct_len + et_len + key_len + keyed > len {
-        return Decoded::Corrupt("content type, event type or key past the record");
+    let trace_len = if version >= 4 {
+        u16::from_le_bytes([body[20], body[21]]) as usize
+    } else {
+        0
+    };
+    if fixed + ct_len + et_len + key_len + keyed + trace_len > len {
+        return Decoded::Corrupt("content type, event type, key or trace past the record");
     }
     let et_at = fixed + ct_len;
     let key_at = et_at + et_len;
-    let payload_at = key_at + key_len + keyed;
+    let trace_at = key_at + key_len + keyed;
+    let payload_at = trace_at + trace_len;
     let key = (key_len > 0).then(|| {
         let at = key_at + key_len;
         RecordKey {
@@ -279,6 +308,7 @@ fn decode(buf: &[u8], version: u16) -> Decoded<'_> {
         content_type: &body[fixed..et_at],
         event_type: &body[et_at..key_at],
         key,
+        trace: &body[trace_at..payload_at],
         payload: &body[payload_at..],
         size,
     })
@@ -540,15 +570,25 @@ mod tests {
             b"text/plain",
             b"invoice.paid",
             None,
+            &[],
             b"hello",
         );
-        encode_record(&mut buf, 8, 1235, b"", b"", None, b"");
+        encode_record(&mut buf, 8, 1235, b"", b"", None, &[], b"");
         let key = RecordKey {
             key: b"order-42",
             fingerprint: 0xdead_beef_0123_4567,
             subscribers: 9,
         };
-        encode_record(&mut buf, 9, 1236, b"", b"a.b", Some(key), b"keyed");
+        encode_record(
+            &mut buf,
+            9,
+            1236,
+            b"",
+            b"a.b",
+            Some(key),
+            b"trace",
+            b"keyed",
+        );
         let Decoded::Record(r) = decode(&buf, VERSION) else {
             panic!()
         };
@@ -574,8 +614,29 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            (r3.offset, r3.event_type, r3.key, r3.payload),
-            (9, &b"a.b"[..], Some(key), &b"keyed"[..])
+            (r3.offset, r3.event_type, r3.key, r3.trace, r3.payload),
+            (9, &b"a.b"[..], Some(key), &b"trace"[..], &b"keyed"[..])
+        );
+        assert_eq!(r.trace, b"");
+        // Version 3 (before trace contexts): read with its key, no trace.
+        let mut v3 = Vec::new();
+        encode_versioned(
+            &mut v3,
+            3,
+            9,
+            1236,
+            b"",
+            b"a.b",
+            Some(key),
+            b"dropped",
+            b"keyed",
+        );
+        let Decoded::Record(old) = decode(&v3, 3) else {
+            panic!()
+        };
+        assert_eq!(
+            (old.key, old.trace, old.payload),
+            (Some(key), &b""[..], &b"keyed"[..])
         );
         assert!(matches!(decode(&buf[..5], VERSION), Decoded::Incomplete(8)));
         assert!(matches!(
@@ -610,8 +671,8 @@ mod tests {
             version: 1,
         });
         assert_eq!(decode_header(&header).map(|h| h.version), Ok(1));
-        header[6] = 4;
-        assert_eq!(decode_header(&header), Err(HeaderError::Version(4)));
+        header[6] = 5;
+        assert_eq!(decode_header(&header), Err(HeaderError::Version(5)));
     }
 
     /// A version 2 record (as written by builds before idempotency keys):

@@ -147,6 +147,8 @@ impl Broker {
                 payload: draft.payload,
                 published_at: now,
                 event_type: draft.event_type,
+                // The publish span: a child of the publisher's.
+                trace: draft.trace.as_ref().map(crate::TraceContext::child),
             })
             .collect();
         let appended = self.shared.store.append(&topic, new).await?;

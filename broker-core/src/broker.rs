@@ -20,6 +20,7 @@ mod lookup;
 mod progress;
 mod publish;
 mod records;
+mod spans;
 mod subscribers;
 #[cfg(test)]
 mod test_support;
@@ -97,6 +98,8 @@ struct Shared {
     cluster: Option<Arc<dyn crate::Cluster>>,
     /// Checks JWT-shaped tokens; set once ([`Broker::with_token_verifier`]).
     verifier: std::sync::OnceLock<Box<dyn TokenVerifier>>,
+    /// Where traced messages' spans go; set once ([`Broker::with_spans`]).
+    spans: std::sync::OnceLock<Box<dyn crate::Spans>>,
 }
 
 /// A [`Broker`] that a notifier holds without keeping it alive: the broker
@@ -138,6 +141,7 @@ impl Broker {
                 limits,
                 closed: AtomicBool::new(false),
                 verifier: std::sync::OnceLock::new(),
+                spans: std::sync::OnceLock::new(),
             }),
         }
     }

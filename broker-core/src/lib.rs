@@ -86,6 +86,7 @@ mod registry;
 mod replay;
 mod retry;
 mod secret;
+mod spans;
 mod stats;
 mod store;
 mod subscriber;
@@ -121,6 +122,7 @@ pub use ops::{DisableReason, OpEvent, EVENTS_TOPIC};
 pub use replay::{Replay, ReplayFrom};
 pub use retry::{format_duration, parse_duration, Retry, MAX_SCHEDULE, MAX_WAIT};
 pub use secret::{SigningSecret, Token};
+pub use spans::{SpanKind, SpanRecord, SpanValue, Spans};
 pub use stats::Registration;
 pub use store::{
     message_id, new_id_prefix, Change, CredentialRecord, DeadLetter, FilterRecord, GroupRecord,

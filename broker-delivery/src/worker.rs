@@ -250,6 +250,8 @@ struct Seen {
     response: Option<bytes::Bytes>,
     /// Why no response came.
     error: Option<String>,
+    /// The attempt's span, when its message joined a trace.
+    span: Option<broker_core::TraceContext>,
 }
 
 /// The message bytes a worker holds, read ahead or in flight, charged to
@@ -749,8 +751,50 @@ async fn record(broker: &Broker, subscriber: &Subscriber, cursor: &Cursor, tried
         error: tried.seen.error.clone(),
         response: tried.seen.response.clone(),
     };
+    if let (Some(span), Some(parent)) = (&tried.seen.span, tried.message.trace()) {
+        broker.span(attempt_span(subscriber, tried, &record, span, parent, at));
+    }
     if let Err(e) = broker.record_attempt(subscriber, record).await {
         tracing::warn!(subscriber = subscriber.id(), error = %e, "recording an attempt failed");
+    }
+}
+
+/// The span of an attempt, a child of its message's publish span.
+fn attempt_span(
+    subscriber: &Subscriber,
+    tried: &Tried,
+    record: &AttemptRecord,
+    span: &broker_core::TraceContext,
+    parent: &broker_core::TraceContext,
+    at: SystemTime,
+) -> broker_core::SpanRecord {
+    use broker_core::SpanValue::{Int, Str};
+    let mut attributes = vec![
+        (
+            "messaging.destination.name",
+            Str(subscriber.topic().to_string()),
+        ),
+        ("messaging.message.id", Str(record.message_id.clone())),
+        ("broker.subscriber.id", Str(subscriber.id().to_owned())),
+        ("broker.attempt", Int(i64::from(record.attempt))),
+        ("broker.duration_ms", Int(i64::from(record.duration_ms))),
+    ];
+    if let Some(status) = record.status {
+        attributes.push(("http.response.status_code", Int(i64::from(status))));
+    }
+    if let Some(error) = &record.error {
+        attributes.push(("error.type", Str(error.clone())));
+    }
+    broker_core::SpanRecord {
+        trace_id: span.trace_id,
+        span_id: span.span_id,
+        parent_span_id: parent.span_id,
+        name: format!("deliver {}", subscriber.topic()),
+        kind: broker_core::SpanKind::Client,
+        start: at,
+        end: at + tried.seen.duration,
+        ok: matches!(tried.result, Attempt::Delivered),
+        attributes,
     }
 }
 
@@ -1007,6 +1051,7 @@ async fn attempt_once(
     let mut seen = Seen {
         at: Some(at),
         duration,
+        span: span.clone(),
         ..Seen::default()
     };
     let attempt = match outcome {

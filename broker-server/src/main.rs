@@ -241,6 +241,13 @@ struct Args {
     #[arg(long, env = "BROKER_ATTEMPT_LOG", default_value_t = Limits::default().attempt_log)]
     attempt_log: usize,
 
+    /// Export spans (a publish, each delivery attempt) over OTLP/HTTP to
+    /// this collector (`POST <URL>/v1/traces`, protobuf), from a bounded
+    /// queue: an unreachable collector slows nothing, dropped spans are
+    /// counted in `/metrics`. Off by default.
+    #[arg(long, env = "BROKER_OTLP_ENDPOINT", value_name = "URL")]
+    otlp_endpoint: Option<String>,
+
     /// Most message bytes held in memory (payloads and 160 bytes a
     /// message): the topic logs (with `--data-dir`, their tail caches),
     /// which evict their oldest messages past it, and what deliveries hold,
@@ -625,6 +632,18 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
         None => broker,
     };
+    let otlp = args
+        .otlp_endpoint
+        .as_deref()
+        .map(|url| broker_otel::OtlpExporter::start(broker_otel::OtlpConfig::new(url)))
+        .transpose()?;
+    let broker = match &otlp {
+        Some(exporter) => {
+            tracing::info!(endpoint = ?args.otlp_endpoint, "exporting spans over OTLP/HTTP");
+            broker.with_spans(exporter.clone())
+        }
+        None => broker,
+    };
     if args.admin_token.is_none() && jwt.is_none() {
         tracing::warn!(
             "no admin token set (--admin-token / BROKER_ADMIN_TOKEN): \
@@ -647,11 +666,15 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             admin_token: args.admin_token,
             max_body_bytes: args.max_body_bytes,
             body_timeout: args.body_timeout,
-            metrics: Some(Arc::new(
-                Metrics::new(&broker)
+            metrics: Some(Arc::new({
+                let metrics = Metrics::new(&broker)
                     .with_collector(notifier.collector())
-                    .with_live(&live),
-            )),
+                    .with_live(&live);
+                match &otlp {
+                    Some(exporter) => metrics.with_collector(exporter.collector()),
+                    None => metrics,
+                }
+            })),
             live: Some(live),
             default_retry: Some(args.default_retry.clone().unwrap_or_else(|| {
                 if args.data_dir.is_some() || args.redis_url.is_some() {

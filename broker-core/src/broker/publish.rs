@@ -135,6 +135,12 @@ impl Broker {
         }
         let now = SystemTime::now();
         let count = subscribers.len();
+        // The publishers' trace contexts, for the publish spans.
+        let given: Vec<Option<crate::TraceContext>> = if self.is_tracing() {
+            messages.iter().map(|d| d.trace.clone()).collect()
+        } else {
+            Vec::new()
+        };
         let new = messages
             .into_iter()
             .map(|draft| NewMessage {
@@ -147,8 +153,7 @@ impl Broker {
                 payload: draft.payload,
                 published_at: now,
                 event_type: draft.event_type,
-                // The publish span: a child of the publisher's.
-                trace: draft.trace.as_ref().map(crate::TraceContext::child),
+                trace: self.publish_context(draft.trace.as_ref()),
             })
             .collect();
         let appended = self.shared.store.append(&topic, new).await?;
@@ -172,6 +177,13 @@ impl Broker {
                 .collect(),
             subscribers: count,
         };
+        if !given.is_empty() {
+            for (a, given) in appended.iter().zip(&given) {
+                if let Appended::New(m) = a {
+                    self.publish_span(m, given.as_ref(), now);
+                }
+            }
+        }
         let appended: Vec<Arc<Message>> = appended
             .into_iter()
             .filter_map(|a| match a {

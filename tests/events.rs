@@ -93,6 +93,16 @@ async fn a_410_disables_with_an_event_and_enabling_says_so_too() {
         .await;
     s.settle().await;
     assert!(events.drain_now().is_empty());
+    let metrics = String::from_utf8_lossy(&s.get("/metrics").await.body).into_owned();
+    for line in [
+        "broker_operational_events_total{type=\"subscriber.disabled\"} 1",
+        "broker_operational_events_total{type=\"subscriber.enabled\"} 1",
+        "broker_operational_events_total{type=\"topic.created\"} 1",
+        // The 410, and the two events delivered.
+        "broker_attempts_recorded_total 3",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
 }
 
 #[tokio::test]

@@ -98,6 +98,10 @@ struct Shared {
     cluster: Option<Arc<dyn crate::Cluster>>,
     /// Checks JWT-shaped tokens; set once ([`Broker::with_token_verifier`]).
     verifier: std::sync::OnceLock<Box<dyn TokenVerifier>>,
+    /// Operational events published, by [`crate::OpEvent::index`].
+    events_published: [AtomicU64; 7],
+    /// Delivery attempts recorded (attempt log and endpoint stats).
+    attempts_recorded: AtomicU64,
     /// Where traced messages' spans go; set once ([`Broker::with_spans`]).
     spans: std::sync::OnceLock<Box<dyn crate::Spans>>,
 }
@@ -142,6 +146,8 @@ impl Broker {
                 closed: AtomicBool::new(false),
                 verifier: std::sync::OnceLock::new(),
                 spans: std::sync::OnceLock::new(),
+                events_published: Default::default(),
+                attempts_recorded: AtomicU64::new(0),
             }),
         }
     }

@@ -118,7 +118,7 @@ pub use limits::Limits;
 pub use memory::{MemoryStore, Retention, MAX_DEAD_LETTERS};
 pub use message::{is_json_type, BatchReceipt, Draft, Message, Publish, Receipt, Subscribers};
 pub use notifier::Notifier;
-pub use ops::{DisableReason, OpEvent, EVENTS_TOPIC};
+pub use ops::{DisableReason, OpEvent, EVENTS_TOPIC, EVENT_KINDS};
 pub use replay::{Replay, ReplayFrom};
 pub use retry::{format_duration, parse_duration, Retry, MAX_SCHEDULE, MAX_WAIT};
 pub use secret::{SigningSecret, Token};

@@ -87,18 +87,34 @@ pub enum OpEvent {
     },
 }
 
+/// Every event type, in [`OpEvent::index`] order.
+pub const EVENT_KINDS: [&str; 7] = [
+    "subscriber.disabled",
+    "subscriber.enabled",
+    "subscriber.circuit_opened",
+    "subscriber.circuit_closed",
+    "message.dead_lettered",
+    "topic.created",
+    "topic.deleted",
+];
+
 impl OpEvent {
+    /// Its place in [`EVENT_KINDS`].
+    pub fn index(&self) -> usize {
+        match self {
+            OpEvent::SubscriberDisabled { .. } => 0,
+            OpEvent::SubscriberEnabled { .. } => 1,
+            OpEvent::CircuitOpened { .. } => 2,
+            OpEvent::CircuitClosed { .. } => 3,
+            OpEvent::MessageDeadLettered { .. } => 4,
+            OpEvent::TopicCreated { .. } => 5,
+            OpEvent::TopicDeleted { .. } => 6,
+        }
+    }
+
     /// Its `type`, also the message's event type.
     pub fn kind(&self) -> &'static str {
-        match self {
-            OpEvent::SubscriberDisabled { .. } => "subscriber.disabled",
-            OpEvent::SubscriberEnabled { .. } => "subscriber.enabled",
-            OpEvent::CircuitOpened { .. } => "subscriber.circuit_opened",
-            OpEvent::CircuitClosed { .. } => "subscriber.circuit_closed",
-            OpEvent::MessageDeadLettered { .. } => "message.dead_lettered",
-            OpEvent::TopicCreated { .. } => "topic.created",
-            OpEvent::TopicDeleted { .. } => "topic.deleted",
-        }
+        EVENT_KINDS[self.index()]
     }
 
     /// The topic it is about.

@@ -181,6 +181,24 @@ impl Collector for State {
             subscribers as i64,
         )?;
 
+        let mut events = encoder.encode_descriptor(
+            "operational_events",
+            "Operational events published on broker.events, by type",
+            None,
+            MetricType::Counter,
+        )?;
+        for (kind, n) in self.broker.events_published() {
+            ConstCounter::new(n).encode(events.encode_family(&[("type", kind)])?)?;
+        }
+        let attempts = ConstCounter::new(self.broker.attempts_recorded());
+        let metric = encoder.encode_descriptor(
+            "attempts_recorded",
+            "Delivery attempts recorded in the attempt log and endpoint stats",
+            None,
+            attempts.metric_type(),
+        )?;
+        attempts.encode(metric)?;
+
         let mut published = encoder.encode_descriptor(
             "messages_published",
             "Messages published, by topic (reset when a topic is removed)",

@@ -37,11 +37,26 @@ impl Broker {
             event.to_json(SystemTime::now()).into(),
         )
         .with_event_type(EventType::new(event.kind()).ok());
-        if let Err(e) = self
+        match self
             .publish_to(topic, subscribers, &stats, vec![draft])
             .await
         {
-            tracing::warn!(event = event.kind(), error = %e, "publishing an operational event failed");
+            Ok(_) => {
+                self.shared.events_published[event.index()]
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::warn!(event = event.kind(), error = %e, "publishing an operational event failed");
+            }
         }
+    }
+
+    /// Operational events published so far, by type (this process's).
+    pub fn events_published(&self) -> Vec<(&'static str, u64)> {
+        crate::EVENT_KINDS
+            .iter()
+            .zip(&self.shared.events_published)
+            .map(|(kind, n)| (*kind, n.load(std::sync::atomic::Ordering::Relaxed)))
+            .collect()
     }
 }

@@ -27,6 +27,9 @@ impl Broker {
             record.succeeded(),
             u64::from(record.duration_ms),
         );
+        self.shared
+            .attempts_recorded
+            .fetch_add(1, Ordering::Relaxed);
         let keep = self.shared.limits.attempt_log;
         if keep == 0 {
             return Ok(());
@@ -35,6 +38,11 @@ impl Broker {
             .store
             .record_attempts(subscriber.topic(), &subscriber.id, vec![record], keep)
             .await
+    }
+
+    /// Delivery attempts recorded so far (this process's).
+    pub fn attempts_recorded(&self) -> u64 {
+        self.shared.attempts_recorded.load(Ordering::Relaxed)
     }
 
     /// Subscriber `id`'s attempts on `topic` that `query` wants, newest

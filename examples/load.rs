@@ -10,6 +10,10 @@
 //!     [--data-dir PATH (the broker keeps its log there, --fsync always;
 //!      default: in memory)]
 //!     [--keyed true (every publish carries a new `Idempotency-Key`)]
+//!     [--attempt-log N (attempts kept per subscriber; 0 records none;
+//!      default 1000, as the server)]
+//!     [--otlp true (spans exported to an in-process OTLP/HTTP collector
+//!      that answers 200 to every export)]
 //!     [--filter CEL (every subscriber takes this filter expression, and
 //!      publishes alternate `Event-Type: even` and `odd`: with
 //!      `"event_type == 'even'"` half the messages are delivered, and the
@@ -60,6 +64,8 @@ struct Options {
     data_dir: Option<String>,
     filter: Option<String>,
     keyed: bool,
+    attempt_log: usize,
+    otlp: bool,
 }
 
 fn options() -> Options {
@@ -74,6 +80,8 @@ fn options() -> Options {
         data_dir: None,
         filter: None,
         keyed: false,
+        attempt_log: broker_core::Limits::default().attempt_log,
+        otlp: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     fn parse<T: std::str::FromStr>(flag: &str, value: Option<&String>) -> T {
@@ -95,6 +103,8 @@ fn options() -> Options {
             "--data-dir" => o.data_dir = Some(parse(flag, value)),
             "--filter" => o.filter = Some(parse(flag, value)),
             "--keyed" => o.keyed = parse(flag, value),
+            "--attempt-log" => o.attempt_log = parse(flag, value),
+            "--otlp" => o.otlp = parse(flag, value),
             other => panic!("unknown option {other}"),
         }
     }
@@ -109,6 +119,27 @@ struct Received {
     /// Publish→receive latencies in microseconds, when measuring.
     latencies: Mutex<Vec<u32>>,
     measuring: AtomicBool,
+}
+
+/// An OTLP/HTTP collector on 127.0.0.1 that reads each export and
+/// answers 200.
+async fn start_collector() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = service_fn(|req: Request<Incoming>| async move {
+                let _ = req.into_body().collect().await;
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+            });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
 }
 
 async fn start_sink(received: Arc<Received>) -> SocketAddr {
@@ -267,15 +298,32 @@ async fn main() {
         max_in_flight: o.max_in_flight,
         ..DeliveryConfig::default()
     });
+    let limits = broker_core::Limits {
+        attempt_log: o.attempt_log,
+        ..broker_core::Limits::default()
+    };
     let broker = match &o.data_dir {
-        None => Broker::new(notifier.clone()),
+        None => Broker::with_limits(notifier.clone(), limits),
         Some(dir) => {
             let store = broker_store::DiskStore::open(dir, broker_store::Options::default())
                 .expect("the data dir opens");
-            Broker::open(notifier.clone(), broker_core::Limits::default(), store)
-                .await
-                .unwrap()
+            Broker::open(notifier.clone(), limits, store).await.unwrap()
         }
+    };
+    let exporter = if o.otlp {
+        let collector = start_collector().await;
+        Some(
+            broker_otel::OtlpExporter::start(broker_otel::OtlpConfig::new(format!(
+                "http://{collector}"
+            )))
+            .unwrap(),
+        )
+    } else {
+        None
+    };
+    let broker = match &exporter {
+        Some(exporter) => broker.with_spans(exporter.clone()),
+        None => broker,
     };
     let token = broker
         .register_publisher("load", "load")
@@ -403,6 +451,13 @@ async fn main() {
         lat.last().map_or(f64::NAN, |&m| f64::from(m) / 1000.0),
         lat.len()
     );
+    if let Some(exporter) = &exporter {
+        println!(
+            "spans exported {}, dropped {}",
+            exporter.exported(),
+            exporter.dropped()
+        );
+    }
     println!(
         "RATIO deliveries/s to ceiling: {:.3}",
         deliveries_per_s / ceiling

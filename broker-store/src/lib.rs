@@ -664,6 +664,26 @@ mod tests {
 
     use super::*;
 
+    /// A subscriber's registration on topic `t`.
+    fn subscriber_record(id: &str) -> Record {
+        Record::Subscriber(SubscriberRecord {
+            id: id.into(),
+            topic: "t".into(),
+            url: "http://h/".into(),
+            method: "POST".into(),
+            headers: vec![],
+            max_attempts: 1,
+            schedule: None,
+            ordered: false,
+            filter: None,
+            enabled: true,
+            secret: "whsec_x".into(),
+            previous_secret: None,
+            order: 0,
+            cursor: 0,
+        })
+    }
+
     fn new(payload: String) -> NewMessage {
         NewMessage {
             content_type: None,
@@ -885,24 +905,7 @@ mod tests {
             last_error: "the endpoint answered with an error status".into(),
             failed_at: std::time::UNIX_EPOCH + Duration::from_millis(1_795_430_227_250),
         };
-        let record = |id: &str| {
-            Record::Subscriber(SubscriberRecord {
-                id: id.into(),
-                topic: "t".into(),
-                url: "http://h/".into(),
-                method: "POST".into(),
-                headers: vec![],
-                max_attempts: 1,
-                schedule: None,
-                ordered: false,
-                filter: None,
-                enabled: true,
-                secret: "whsec_x".into(),
-                previous_secret: None,
-                order: 0,
-                cursor: 0,
-            })
-        };
+        let record = subscriber_record;
         {
             let store = DiskStore::open(dir.path(), Options::default()).unwrap();
             for id in ["sub_1", "sub_10"] {
@@ -1055,24 +1058,7 @@ mod tests {
             error: None,
             response: Some(bytes::Bytes::from_static(b"ok")),
         };
-        let record = |id: &str| {
-            Record::Subscriber(SubscriberRecord {
-                id: id.into(),
-                topic: "t".into(),
-                url: "http://h/".into(),
-                method: "POST".into(),
-                headers: vec![],
-                max_attempts: 1,
-                schedule: None,
-                ordered: false,
-                filter: None,
-                enabled: true,
-                secret: "whsec_x".into(),
-                previous_secret: None,
-                order: 0,
-                cursor: 0,
-            })
-        };
+        let record = subscriber_record;
         let seqs = |found: Vec<broker_core::AttemptRecord>| {
             found.iter().map(|a| a.seq - now).collect::<Vec<_>>()
         };

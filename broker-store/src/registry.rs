@@ -34,6 +34,19 @@ fn dead_range(subscriber: &str) -> (String, String) {
     (format!("{subscriber}/"), format!("{subscriber}0"))
 }
 
+/// The first key of `table` in `from..to`: a subscriber's oldest entry.
+fn oldest_in(
+    table: &redb::Table<'_, &str, &[u8]>,
+    from: &str,
+    to: &str,
+) -> Result<Option<String>, redb::StorageError> {
+    Ok(table
+        .range(from..to)?
+        .next()
+        .transpose()?
+        .map(|(key, _)| key.value().to_owned()))
+}
+
 pub(crate) struct Registry {
     db: Database,
     /// How many dead letters each subscriber has, counted from the table
@@ -191,13 +204,7 @@ impl Registry {
                 let (from, to) = dead_range(id);
                 let count = counted.get_mut(id).expect("counted above");
                 loop {
-                    let oldest = table
-                        .range(from.as_str()..to.as_str())
-                        .map_err(|e| err(e.into()))?
-                        .next()
-                        .transpose()
-                        .map_err(|e| err(e.into()))?
-                        .map(|(key, _)| key.value().to_owned());
+                    let oldest = oldest_in(&table, &from, &to).map_err(|e| err(e.into()))?;
                     let Some(oldest) = oldest else { break };
                     let seq = oldest
                         .rsplit('/')
@@ -330,13 +337,7 @@ impl Registry {
                 count += 1;
             }
             while count > max {
-                let oldest = table
-                    .range(from.as_str()..to.as_str())
-                    .map_err(|e| err(e.into()))?
-                    .next()
-                    .transpose()
-                    .map_err(|e| err(e.into()))?
-                    .map(|(key, _)| key.value().to_owned());
+                let oldest = oldest_in(&table, &from, &to).map_err(|e| err(e.into()))?;
                 let Some(oldest) = oldest else { break };
                 table.remove(oldest.as_str()).map_err(|e| err(e.into()))?;
                 count -= 1;

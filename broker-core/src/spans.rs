@@ -32,8 +32,10 @@ pub struct SpanRecord {
     pub span_id: [u8; 8],
     /// Its parent's id (all zero for a root span).
     pub parent_span_id: [u8; 8],
-    /// Its name: `publish <topic>`, `deliver <topic>`.
-    pub name: String,
+    /// Its name: `publish` or `deliver` (the topic is an attribute,
+    /// `messaging.destination.name`, as OpenTelemetry's messaging
+    /// conventions allow).
+    pub name: &'static str,
     /// What it did.
     pub kind: SpanKind,
     /// When it started.

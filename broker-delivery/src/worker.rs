@@ -777,7 +777,6 @@ fn attempt_span(
         ("messaging.message.id", Str(record.message_id.clone())),
         ("broker.subscriber.id", Str(subscriber.id().to_owned())),
         ("broker.attempt", Int(i64::from(record.attempt))),
-        ("broker.duration_ms", Int(i64::from(record.duration_ms))),
     ];
     if let Some(status) = record.status {
         attributes.push(("http.response.status_code", Int(i64::from(status))));
@@ -789,7 +788,7 @@ fn attempt_span(
         trace_id: span.trace_id,
         span_id: span.span_id,
         parent_span_id: parent.span_id,
-        name: format!("deliver {}", subscriber.topic()),
+        name: "deliver",
         kind: broker_core::SpanKind::Client,
         start: at,
         end: at + tried.seen.duration,

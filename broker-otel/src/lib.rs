@@ -184,6 +184,9 @@ async fn run(
     counts: Arc<Counts>,
     config: OtlpConfig,
 ) {
+    let scope = InstrumentationScope::builder("webhook-broker")
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .build();
     let mut batch = Vec::with_capacity(config.batch);
     loop {
         let Some(first) = rx.recv().await else {
@@ -198,7 +201,7 @@ async fn run(
             }
         }
         let n = batch.len() as u64;
-        let data: Vec<SpanData> = batch.drain(..).map(span_data).collect();
+        let data: Vec<SpanData> = batch.drain(..).map(|s| span_data(s, &scope)).collect();
         match tokio::time::timeout(config.timeout, exporter.export(data)).await {
             Ok(Ok(())) => {
                 counts.exported.fetch_add(n, Ordering::Relaxed);
@@ -216,10 +219,7 @@ async fn run(
 }
 
 /// A broker span as the SDK's span data.
-fn span_data(span: broker_core::SpanRecord) -> SpanData {
-    let scope = InstrumentationScope::builder("webhook-broker")
-        .with_version(env!("CARGO_PKG_VERSION"))
-        .build();
+fn span_data(span: broker_core::SpanRecord, scope: &InstrumentationScope) -> SpanData {
     SpanData {
         span_context: SpanContext::new(
             TraceId::from_bytes(span.trace_id),
@@ -234,7 +234,7 @@ fn span_data(span: broker_core::SpanRecord) -> SpanData {
             broker_core::SpanKind::Producer => SpanKind::Producer,
             broker_core::SpanKind::Client => SpanKind::Client,
         },
-        name: Cow::Owned(span.name),
+        name: Cow::Borrowed(span.name),
         start_time: span.start,
         end_time: span.end,
         attributes: span
@@ -253,7 +253,7 @@ fn span_data(span: broker_core::SpanRecord) -> SpanData {
         } else {
             Status::error("the attempt failed")
         },
-        instrumentation_scope: scope,
+        instrumentation_scope: scope.clone(),
     }
 }
 

@@ -64,7 +64,7 @@ impl Broker {
             trace_id: trace.trace_id,
             span_id: trace.span_id,
             parent_span_id: given.map_or([0; 8], |g| g.span_id),
-            name: format!("publish {}", message.topic()),
+            name: "publish",
             kind: SpanKind::Producer,
             start,
             end: SystemTime::now(),

@@ -3,7 +3,7 @@
 //! transaction, committed with
 //! redb's default durability (fsynced before `commit` returns).
 
-use std::{path::Path, time::UNIX_EPOCH};
+use std::{collections::HashMap, path::Path, time::UNIX_EPOCH};
 
 use broker_core::{DeadLetter, PendingRetry, Record};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -139,9 +139,10 @@ impl Registry {
     ) -> Result<(), StoreError> {
         let (cursors, retries) = (&batch.cursors, &batch.retries);
         let err = db_error(path);
-        // Held across the transaction: the counts and the table agree.
+        // Held across the transaction: the counts and the table agree
+        // (the new counts are kept apart until it commits).
         let mut counts = self.attempt_counts.lock();
-        let mut counted = counts.clone();
+        let mut updated = HashMap::<&str, usize>::new();
         let tx = self.db.begin_write().map_err(|e| err(e.into()))?;
         {
             let registrations = tx.open_table(REGISTRATIONS).map_err(|e| err(e.into()))?;
@@ -174,12 +175,18 @@ impl Registry {
                 }
             }
             let mut table = tx.open_table(ATTEMPTS).map_err(|e| err(e.into()))?;
-            let mut touched = std::collections::BTreeSet::new();
+            // Looked up once a subscriber per batch: a batch holds
+            // thousands of attempts of a few subscribers.
+            let mut known = HashMap::<&str, bool>::new();
             for (_, id, record) in &batch.attempts {
-                if !registered(id)? {
+                let is_registered = match known.get(id.as_str()) {
+                    Some(&r) => r,
+                    None => *known.entry(id.as_str()).or_insert(registered(id)?),
+                };
+                if !is_registered {
                     continue;
                 }
-                let count = match counted.get(id.as_str()) {
+                let count = match updated.get(id.as_str()).or(counts.get(id.as_str())) {
                     Some(&n) => n,
                     None => {
                         let (from, to) = dead_range(id);
@@ -196,31 +203,40 @@ impl Registry {
                     )
                     .map_err(|e| err(e.into()))?
                     .is_some();
-                counted.insert(id.clone(), count + usize::from(!replaced));
-                touched.insert(id.as_str());
+                updated.insert(id.as_str(), count + usize::from(!replaced));
             }
-            // The oldest go: past the count, or older than retention.
-            for id in touched {
+            // The oldest go: past the count, or older than retention; found
+            // in one pass over the front of each log written to.
+            for (id, count) in updated.iter_mut() {
                 let (from, to) = dead_range(id);
-                let count = counted.get_mut(id).expect("counted above");
-                loop {
-                    let oldest = oldest_in(&table, &from, &to).map_err(|e| err(e.into()))?;
-                    let Some(oldest) = oldest else { break };
-                    let seq = oldest
+                let excess = count.saturating_sub(batch.attempt_keep);
+                let mut doomed = Vec::new();
+                for entry in table
+                    .range(from.as_str()..to.as_str())
+                    .map_err(|e| err(e.into()))?
+                {
+                    let (key, _) = entry.map_err(|e| err(e.into()))?;
+                    let key = key.value();
+                    let seq = key
                         .rsplit('/')
                         .next()
                         .and_then(|s| s.parse::<u64>().ok())
                         .unwrap_or(0);
-                    if *count <= batch.attempt_keep && seq >= not_before {
+                    if doomed.len() >= excess && seq >= not_before {
                         break;
                     }
-                    table.remove(oldest.as_str()).map_err(|e| err(e.into()))?;
-                    *count -= 1;
+                    doomed.push(key.to_owned());
                 }
+                for key in &doomed {
+                    table.remove(key.as_str()).map_err(|e| err(e.into()))?;
+                }
+                *count -= doomed.len();
             }
         }
         tx.commit().map_err(|e| err(e.into()))?;
-        *counts = counted;
+        for (id, count) in updated {
+            counts.insert(id.to_owned(), count);
+        }
         Ok(())
     }
 

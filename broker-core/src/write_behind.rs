@@ -72,6 +72,8 @@ pub struct WriteBehind {
     cursors: Mutex<HashMap<String, u64>>,
     retries: Mutex<HashMap<(String, u64), RetryChange>>,
     attempts: Mutex<Attempts>,
+    /// Charged with the attempt records buffered, when set.
+    budget: Option<crate::MemoryBudget>,
     cap: usize,
     /// Changes dropped because the buffer was full, since the last flush.
     dropped: AtomicU64,
@@ -94,6 +96,7 @@ impl WriteBehind {
             cursors: Mutex::default(),
             retries: Mutex::default(),
             attempts: Mutex::default(),
+            budget: None,
             cap,
             dropped: AtomicU64::new(0),
             turn: tokio::sync::Mutex::new(()),
@@ -126,6 +129,14 @@ impl WriteBehind {
         }
     }
 
+    /// The same buffer, counting the attempt records it holds in
+    /// `budget` (as held bytes, released once they are written).
+    #[must_use]
+    pub fn with_budget(mut self, budget: crate::MemoryBudget) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
     /// `subscriber`'s attempts on `topic` (oldest first), for a log that
     /// keeps its newest `keep`.
     pub fn attempts(
@@ -137,6 +148,7 @@ impl WriteBehind {
     ) {
         let mut buffered = self.attempts.lock();
         buffered.keep = keep;
+        let mut added = 0;
         for record in records {
             let bytes = record.held_bytes();
             if buffered.bytes + bytes > MAX_BUFFERED_ATTEMPT_BYTES {
@@ -144,9 +156,14 @@ impl WriteBehind {
                 continue;
             }
             buffered.bytes += bytes;
+            added += bytes;
             buffered
                 .records
                 .push((topic.clone(), subscriber.to_owned(), record));
+        }
+        drop(buffered);
+        if let Some(budget) = &self.budget {
+            budget.add(added);
         }
     }
 
@@ -156,13 +173,19 @@ impl WriteBehind {
         {
             let mut buffered = self.attempts.lock();
             let Attempts { records, bytes, .. } = &mut *buffered;
+            let mut freed = 0;
             records.retain(|(_, owner, record)| {
                 let keep = owner != subscriber;
                 if !keep {
-                    *bytes -= record.held_bytes();
+                    freed += record.held_bytes();
                 }
                 keep
             });
+            *bytes -= freed;
+            drop(buffered);
+            if let Some(budget) = &self.budget {
+                budget.release(freed);
+            }
         }
         self.cursors.lock().remove(subscriber);
         self.retries
@@ -234,6 +257,9 @@ impl WriteBehind {
             );
         }
         let attempts = std::mem::take(&mut *self.attempts.lock());
+        if let Some(budget) = &self.budget {
+            budget.release(attempts.bytes);
+        }
         ProgressBatch {
             attempts: attempts.records,
             attempt_keep: attempts.keep,
@@ -265,13 +291,18 @@ impl WriteBehind {
         // Before those recorded since: the log stays in order.
         let mut buffered = self.attempts.lock();
         let newer = std::mem::replace(&mut buffered.records, batch.attempts);
-        buffered.bytes += buffered
+        let back: usize = buffered
             .records
             .iter()
             .map(|(_, _, r)| r.held_bytes())
-            .sum::<usize>();
+            .sum();
+        buffered.bytes += back;
         buffered.records.extend(newer);
         buffered.keep = buffered.keep.max(batch.attempt_keep);
+        drop(buffered);
+        if let Some(budget) = &self.budget {
+            budget.add(back);
+        }
     }
 }
 
@@ -420,5 +451,56 @@ mod tests {
         buffer.retry("b", 0, None);
         buffer.forget("a");
         assert_eq!(buffer.len(), (1, 1));
+    }
+}
+
+#[cfg(test)]
+mod attempt_tests {
+    use super::*;
+
+    fn record(seq: u64) -> crate::AttemptRecord {
+        crate::AttemptRecord {
+            seq,
+            message_id: "msg_1".into(),
+            offset: seq,
+            attempt: 1,
+            duration_ms: 1,
+            status: Some(500),
+            error: None,
+            response: Some(bytes::Bytes::from(vec![b'x'; 1000])),
+        }
+    }
+
+    /// Buffered attempt records count in the budget until written; a
+    /// failed write puts them back (and counts them again), in order.
+    #[tokio::test]
+    async fn attempts_are_counted_until_written_and_kept_in_order_on_failure() {
+        let budget = crate::MemoryBudget::new(1 << 20);
+        let buffer = WriteBehind::default().with_budget(budget.clone());
+        let t = crate::TopicName::new("t").unwrap();
+        buffer.attempts(&t, "s", vec![record(1), record(2)], 10);
+        let held = budget.used();
+        assert!(held >= 2_000, "{held}");
+        let failed = buffer
+            .flush(async |_: &ProgressBatch| Err::<(), ()>(()))
+            .await;
+        assert!(failed.is_err());
+        assert_eq!(budget.used(), held, "back in the buffer, counted again");
+        buffer.attempts(&t, "s", vec![record(3)], 10);
+        let mut seqs = Vec::new();
+        buffer
+            .flush(async |batch: &ProgressBatch| {
+                seqs = batch.attempts.iter().map(|(_, _, r)| r.seq).collect();
+                assert_eq!(batch.attempt_keep, 10);
+                Ok::<_, ()>(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(seqs, [1, 2, 3]);
+        assert_eq!(budget.used(), 0);
+        buffer.attempts(&t, "s", vec![record(4)], 10);
+        buffer.forget("s");
+        assert_eq!(budget.used(), 0);
+        assert!(buffer.is_empty());
     }
 }

@@ -396,18 +396,19 @@ impl RedisStore {
         .map_err(|_| connect_err(format!("no connection within {timeout:?}")))?
         .map_err(|e| connect_err(scrub(e.to_string())))?;
 
+        let memory = MemoryBudget::new(options.memory_bytes);
         let shared = Arc::new(Shared {
             conn,
             client,
             replica: new_id_prefix(),
             feed: cluster::Feed::default(),
             keys: Keys::new(&options.namespace),
-            memory: MemoryBudget::new(options.memory_bytes),
+            progress: WriteBehind::default().with_budget(memory.clone()),
+            memory,
             options,
             url: shown,
             secrets,
             scripts: Scripts::new(),
-            progress: WriteBehind::default(),
             incarnations: Default::default(),
         });
         let (stop, stopped) = tokio::sync::watch::channel(false);

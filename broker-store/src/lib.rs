@@ -216,6 +216,7 @@ impl DiskStore {
         let registry = registry::Registry::open(&registry_path)?;
         let memory = MemoryBudget::new(options.memory_bytes);
         let keys = KeyTable::new(options.idempotency, memory.clone());
+        let progress = WriteBehind::default().with_budget(memory.clone());
         let mut logs = HashMap::new();
         for entry in fs::read_dir(&topics_dir).map_err(io(&topics_dir))? {
             let entry = entry.map_err(io(&topics_dir))?;
@@ -250,7 +251,7 @@ impl DiskStore {
                 held: Default::default(),
             },
             keys,
-            progress: WriteBehind::default(),
+            progress,
             syncer: sync::Syncer::default(),
             _lock: lock,
         });

@@ -751,7 +751,10 @@ async fn record(broker: &Broker, subscriber: &Subscriber, cursor: &Cursor, tried
         error: tried.seen.error.clone(),
         response: tried.seen.response.clone(),
     };
-    if let (Some(span), Some(parent)) = (&tried.seen.span, tried.message.trace()) {
+    // Built only when someone takes spans.
+    if let (Some(span), Some(parent), true) =
+        (&tried.seen.span, tried.message.trace(), broker.is_tracing())
+    {
         broker.span(attempt_span(subscriber, tried, &record, span, parent, at));
     }
     if let Err(e) = broker.record_attempt(subscriber, record).await {

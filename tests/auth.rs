@@ -196,12 +196,21 @@ async fn an_admin_jwt_manages_but_publishes_only_with_a_publish_scope() {
         r.headers["www-authenticate"],
         r#"Bearer error="insufficient_scope", scope="publish:t""#
     );
-    // Any other scope is not admin: 403, naming what is missing.
+    // Any other scope is not admin: 403, naming what is missing (a
+    // topic's `manage:` scope, or `admin` for what only the admin does).
     for scope in ["publish:*", "listen:*", "", "Admin"] {
         let token = jwt(scope);
-        let r = call_as(&s, "GET", "/v1/topics", &token, None).await;
+        let r = call_as(&s, "GET", "/v1/topics/t", &token, None).await;
+        let message = refused(&r, 403, "forbidden", &token);
+        assert!(message.contains("`manage:t`"), "{message}");
+        let r = call_as(&s, "GET", "/metrics", &token, None).await;
         let message = refused(&r, 403, "forbidden", &token);
         assert!(message.contains("`admin`"), "{message}");
+        // The topic list shows only what the token may listen to.
+        let r = call_as(&s, "GET", "/v1/topics", &token, None).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let listed = r.json()["topics"].as_array().unwrap().len();
+        assert_eq!(listed, usize::from(scope == "listen:*"), "{scope}");
     }
     // A registered token never manages.
     let publisher = s.broker.register_publisher("t", "q").await.unwrap().item;
@@ -658,4 +667,180 @@ async fn x_api_key_carries_any_token_and_must_agree_with_authorization() {
         .call("GET", "/v1/topics", &[("x-api-key", "nope")], "")
         .await;
     refused(&r, 401, "unauthorized", "nope");
+}
+
+/// A tenant's `manage:` scope: every management call on its own topics,
+/// `403` on anyone else's; the topic list shows only its own; what only
+/// the admin does stays the admin's.
+#[tokio::test]
+async fn a_tenant_manages_its_own_topics_and_no_others() {
+    let s = server(Some(ADMIN)).await;
+    let tenant = jwt("manage:acme.* listen:acme.*");
+    // The admin sets up the same things on a tenant's topic and another's.
+    let mut ids = std::collections::HashMap::new();
+    for topic in ["acme.orders", "other"] {
+        let setup = |path: String, body: Value| {
+            let s = &s;
+            async move {
+                let r = call_as(s, "POST", &path, ADMIN, Some(body)).await;
+                assert!(r.status.is_success(), "{path}: {:?}", r.body);
+                r.json()
+            }
+        };
+        let p = setup(
+            format!("/v1/topics/{topic}/publishers"),
+            json!({"name": "p"}),
+        )
+        .await;
+        let l = setup(
+            format!("/v1/topics/{topic}/listeners"),
+            json!({"name": "l"}),
+        )
+        .await;
+        let sub = setup(
+            format!("/v1/topics/{topic}/subscribers"),
+            json!({"url": "http://127.0.0.1:9/hook"}),
+        )
+        .await;
+        setup(format!("/v1/topics/{topic}/groups"), json!({"name": "g"})).await;
+        ids.insert(
+            topic,
+            (
+                p["id"].as_str().unwrap().to_owned(),
+                l["id"].as_str().unwrap().to_owned(),
+                sub["id"].as_str().unwrap().to_owned(),
+            ),
+        );
+    }
+    let calls = |topic: &str| {
+        let (p, l, sub) = &ids[topic];
+        vec![
+            ("GET", format!("/v1/topics/{topic}"), None),
+            (
+                "POST",
+                format!("/v1/topics/{topic}/publishers"),
+                Some(json!({"name": "p2"})),
+            ),
+            (
+                "POST",
+                format!("/v1/topics/{topic}/listeners"),
+                Some(json!({"name": "l2"})),
+            ),
+            (
+                "POST",
+                format!("/v1/topics/{topic}/subscribers"),
+                Some(json!({"url": "http://127.0.0.1:9/two"})),
+            ),
+            ("GET", format!("/v1/topics/{topic}/subscribers/{sub}"), None),
+            (
+                "PATCH",
+                format!("/v1/topics/{topic}/subscribers/{sub}"),
+                Some(json!({"ordered": true})),
+            ),
+            (
+                "GET",
+                format!("/v1/topics/{topic}/subscribers/{sub}/attempts"),
+                None,
+            ),
+            (
+                "GET",
+                format!("/v1/topics/{topic}/subscribers/{sub}/dead-letters"),
+                None,
+            ),
+            (
+                "POST",
+                format!("/v1/topics/{topic}/subscribers/{sub}/redrive"),
+                Some(json!({})),
+            ),
+            (
+                "POST",
+                format!("/v1/topics/{topic}/subscribers/{sub}/replay"),
+                Some(json!({"from_offset": 0})),
+            ),
+            (
+                "POST",
+                format!("/v1/topics/{topic}/subscribers/{sub}/enable"),
+                Some(json!({})),
+            ),
+            (
+                "POST",
+                format!("/v1/topics/{topic}/subscribers/{sub}/rotate-secret"),
+                Some(json!({})),
+            ),
+            (
+                "GET",
+                format!("/v1/topics/{topic}/groups/g/dead-letters"),
+                None,
+            ),
+            (
+                "POST",
+                format!("/v1/topics/{topic}/groups/g/redrive"),
+                Some(json!({})),
+            ),
+            (
+                "POST",
+                format!("/v1/topics/{topic}/groups"),
+                Some(json!({"name": "g2"})),
+            ),
+            ("DELETE", format!("/v1/topics/{topic}/groups/g2"), None),
+            ("DELETE", format!("/v1/topics/{topic}/publishers/{p}"), None),
+            ("DELETE", format!("/v1/topics/{topic}/listeners/{l}"), None),
+            (
+                "DELETE",
+                format!("/v1/topics/{topic}/subscribers/{sub}"),
+                None,
+            ),
+            ("DELETE", format!("/v1/topics/{topic}"), None),
+        ]
+    };
+    // Another's first: nothing there may change before the check.
+    for (method, path, body) in calls("other") {
+        let r = call_as(&s, method, &path, &tenant, body).await;
+        let message = refused(&r, 403, "forbidden", &tenant);
+        assert!(
+            message.contains("`manage:other`"),
+            "{method} {path}: {message}"
+        );
+    }
+    let listed = call_as(&s, "GET", "/v1/topics", &tenant, None).await.json();
+    let names: Vec<_> = listed["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["acme.orders"]);
+    for (method, path, body) in calls("acme.orders") {
+        let r = call_as(&s, method, &path, &tenant, body).await;
+        assert!(r.status.is_success(), "{method} {path}: {:?}", r.body);
+    }
+    // Creating: its own prefix only. The admin's own calls stay admin's.
+    let r = call_as(
+        &s,
+        "POST",
+        "/v1/topics",
+        &tenant,
+        Some(json!({"name": "acme.new"})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let r = call_as(
+        &s,
+        "POST",
+        "/v1/topics",
+        &tenant,
+        Some(json!({"name": "rival"})),
+    )
+    .await;
+    assert!(refused(&r, 403, "forbidden", &tenant).contains("`manage:rival`"));
+    for path in ["/metrics", "/v1/stats"] {
+        let r = call_as(&s, "GET", path, &tenant, None).await;
+        assert!(
+            refused(&r, 403, "forbidden", &tenant).contains("`admin`"),
+            "{path}"
+        );
+    }
+    // The other topic is as the admin left it.
+    let other = call_as(&s, "GET", "/v1/topics/other", ADMIN, None).await;
+    assert_eq!(other.json()["subscribers"].as_array().unwrap().len(), 1);
 }

@@ -133,6 +133,7 @@ pub struct Grants {
     admin: bool,
     publish: Vec<Pattern>,
     listen: Vec<Pattern>,
+    manage: Vec<Pattern>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,6 +178,8 @@ impl Grants {
                 grants.publish.push(p);
             } else if let Some(p) = entry.strip_prefix("listen:").and_then(Pattern::parse) {
                 grants.listen.push(p);
+            } else if let Some(p) = entry.strip_prefix("manage:").and_then(Pattern::parse) {
+                grants.manage.push(p);
             }
         }
         grants
@@ -197,6 +200,13 @@ impl Grants {
     pub fn may_listen(&self, topic: &str) -> bool {
         self.admin || self.listen.iter().any(|p| p.covers(topic))
     }
+
+    /// Whether they may manage `topic` (`manage:<topic>`, a tenant's
+    /// scope): every management call on it, from its detail to its
+    /// subscribers' dead letters. `admin` may manage every topic.
+    pub fn may_manage(&self, topic: &str) -> bool {
+        self.admin || self.manage.iter().any(|p| p.covers(topic))
+    }
 }
 
 #[cfg(test)]
@@ -216,6 +226,10 @@ mod tests {
         let g = Grants::from_scope("publish:* ADMIN Listen:t");
         assert!(g.may_publish("t") && !g.is_admin() && !g.may_listen("t"));
         assert_eq!(Grants::from_scope(""), Grants::default());
+        let g = Grants::from_scope("manage:acme.* listen:acme.*");
+        assert!(g.may_manage("acme.orders") && !g.may_manage("other"));
+        assert!(!g.may_publish("acme.orders") && !g.is_admin());
+        assert!(Grants::from_scope("admin").may_manage("any"));
         let g = Grants::from_entries(["listen:a.*", "publish:b"]);
         assert!(g.may_listen("a.") && g.may_listen("a.b") && !g.may_listen("a"));
         assert!(g.may_publish("b") && !g.may_publish("b.c"));

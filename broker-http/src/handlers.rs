@@ -748,12 +748,19 @@ where
 const MAX_BATCH: usize = 1_000;
 
 /// `POST /v1/topics` `{"name"}`: `201`, or `409` when it exists.
-pub(crate) async fn create_topic<B>(api: &Api, h: &HeaderMap, body: B) -> Reply
+pub(crate) async fn create_topic<B>(
+    api: &Api,
+    h: &HeaderMap,
+    body: B,
+    who: &crate::Manager,
+) -> Reply
 where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let req: json::TopicRequest = management_json(api, h, body).await?;
+    // A tenant creates only topics it may manage.
+    who.require(&req.name)?;
     api.broker().create_topic(&req.name).await?;
     Ok(reply(
         StatusCode::CREATED,
@@ -768,14 +775,15 @@ pub(crate) async fn delete_topic(api: &Api, topic: &str) -> Reply {
     Ok(no_content())
 }
 
-/// `GET /v1/topics`
-pub(crate) fn list_topics(api: &Api) -> Response<ResponseBody> {
+/// `GET /v1/topics`: for a tenant, the topics it may manage or listen to.
+pub(crate) fn list_topics(api: &Api, who: &crate::Manager) -> Response<ResponseBody> {
     let topics = api.broker().topics();
     reply(
         StatusCode::OK,
         &json::TopicList {
             topics: topics
                 .iter()
+                .filter(|t| who.sees(t.name.as_str()))
                 .map(|t| json::TopicListItem {
                     name: t.name.as_str(),
                     publishers: t.publishers,

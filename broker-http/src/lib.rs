@@ -247,23 +247,22 @@ impl Api {
         }
     }
 
-    /// Management takes the admin token, or a JWT with `admin` in its
-    /// scope; it is open to anyone only when the API has no admin token
-    /// and the broker no token verifier.
-    fn require_admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+    /// Who makes a management call: the admin (the admin token, a JWT
+    /// with `admin` in its scope, or anyone when the API has no admin
+    /// token and the broker no token verifier), or a tenant with the
+    /// grants of its JWT (`manage:`, `listen:`), checked per topic by the
+    /// route table.
+    fn manager(&self, headers: &HeaderMap) -> Result<Manager, ApiError> {
         if self.inner.config.admin_token.is_none() && !self.inner.broker.has_token_verifier() {
-            return Ok(());
+            return Ok(Manager::Admin);
         }
         let presented = handlers::credential(headers)?.ok_or(ApiError::AdminUnauthorized)?;
         if self.is_admin(presented) {
-            return Ok(());
+            return Ok(Manager::Admin);
         }
         match self.inner.broker.verify_token(presented)? {
-            Some(grants) if grants.is_admin() => Ok(()),
-            Some(_) => Err(broker_core::Error::InsufficientScope {
-                needed: "admin".to_owned(),
-            }
-            .into()),
+            Some(grants) if grants.is_admin() => Ok(Manager::Admin),
+            Some(grants) => Ok(Manager::Tenant(grants)),
             None => Err(ApiError::AdminUnauthorized),
         }
     }
@@ -285,6 +284,55 @@ impl Api {
             .live
             .as_ref()
             .ok_or(ApiError::LiveDisabled)
+    }
+}
+
+/// Who makes a management call ([`Api::manager`]).
+#[derive(Debug, Clone)]
+pub(crate) enum Manager {
+    /// Every call.
+    Admin,
+    /// Calls on the topics its grants may manage.
+    Tenant(broker_core::Grants),
+}
+
+impl Manager {
+    /// Whether it may manage `topic`.
+    pub(crate) fn may_manage(&self, topic: &str) -> bool {
+        match self {
+            Manager::Admin => true,
+            Manager::Tenant(grants) => grants.may_manage(topic),
+        }
+    }
+
+    /// Whether `topic` is listed to it: one it may manage or listen to.
+    pub(crate) fn sees(&self, topic: &str) -> bool {
+        match self {
+            Manager::Admin => true,
+            Manager::Tenant(grants) => grants.may_manage(topic) || grants.may_listen(topic),
+        }
+    }
+
+    /// `403` unless it may manage `topic`.
+    pub(crate) fn require(&self, topic: &str) -> Result<(), ApiError> {
+        if self.may_manage(topic) {
+            return Ok(());
+        }
+        Err(broker_core::Error::InsufficientScope {
+            needed: format!("manage:{topic}"),
+        }
+        .into())
+    }
+
+    /// `403` unless it is the admin.
+    pub(crate) fn require_admin(&self) -> Result<(), ApiError> {
+        match self {
+            Manager::Admin => Ok(()),
+            Manager::Tenant(_) => Err(broker_core::Error::InsufficientScope {
+                needed: "admin".to_owned(),
+            }
+            .into()),
+        }
     }
 }
 

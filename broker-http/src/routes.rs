@@ -9,6 +9,33 @@ use crate::{
     live, Api, ApiError, ResponseBody,
 };
 
+impl<'a> Route<'a> {
+    /// The topic the route is about, if one.
+    pub(crate) fn topic(self) -> Option<&'a str> {
+        use Route::*;
+        match self {
+            Health | Stats | Ready | Metrics | OpenApi | Topics | WebSocket => None,
+            Topic(t) | Publishers(t) | Subscribers(t) | Messages(t) | Batch(t) | Groups(t)
+            | Listeners(t) | Events(t) => Some(t),
+            Publisher(t, _)
+            | Subscriber(t, _)
+            | DeadLetters(t, _)
+            | Message(t, _)
+            | Attempts(t, _)
+            | Redrive(t, _)
+            | SubscriberReplay(t, _)
+            | Enable(t, _)
+            | RotateSecret(t, _)
+            | Group(t, _)
+            | Pull(t, _)
+            | Ack(t, _)
+            | GroupDeadLetters(t, _)
+            | GroupRedrive(t, _)
+            | Listener(t, _) => Some(t),
+        }
+    }
+}
+
 /// A recognised path, with its parameters borrowed from the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Route<'a> {
@@ -225,14 +252,21 @@ where
         (&Method::POST, Route::Messages(topic)) => handlers::publish(api, topic, h, body).await,
         (&Method::POST, Route::Batch(topic)) => handlers::publish_batch(api, topic, h, body).await,
         (method, route) => {
-            // Everything else is management: the admin token guards it.
-            api.require_admin(h)?;
+            // Everything else is management: the admin token guards it,
+            // or a tenant's `manage:` scope for its own topics; listing
+            // and creating topics check per topic, the rest is admin's.
+            let who = api.manager(h)?;
+            match (method, route, route.topic()) {
+                (_, _, Some(topic)) => who.require(topic)?,
+                (&Method::GET | &Method::POST, Route::Topics, None) => {}
+                _ => who.require_admin()?,
+            }
             match (method, route) {
-                (&Method::GET, Route::Topics) => Ok(handlers::list_topics(api)),
+                (&Method::GET, Route::Topics) => Ok(handlers::list_topics(api, &who)),
                 (&Method::GET, Route::Stats) => Ok(handlers::stats(api)),
                 (&Method::GET, Route::Metrics) => handlers::metrics(api),
                 (&Method::GET, Route::Topic(t)) => handlers::topic_detail(api, t).await,
-                (&Method::POST, Route::Topics) => handlers::create_topic(api, h, body).await,
+                (&Method::POST, Route::Topics) => handlers::create_topic(api, h, body, &who).await,
                 (&Method::DELETE, Route::Topic(t)) => handlers::delete_topic(api, t).await,
                 (&Method::POST, Route::Publishers(t)) => {
                     handlers::register_credential(api, Role::Publish, t, h, body).await

@@ -392,13 +392,7 @@ pub(crate) async fn fetch(api: &Api, topic: &str, parts: &http::request::Parts) 
                     .map_err(|_| ApiError::InvalidQuery("offset must be a whole number"))?;
             }
             "limit" => {
-                limit = value
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=1_000).contains(n))
-                    .ok_or(ApiError::InvalidQuery(
-                        "limit must be a whole number from 1 to 1000",
-                    ))?;
+                limit = listing_limit(value)?;
             }
             "wait" => {
                 wait = broker_core::parse_duration(value)
@@ -898,13 +892,7 @@ pub(crate) async fn attempts(api: &Api, topic: &str, id: &str, query: Option<&st
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         match key {
             "limit" => {
-                wanted.limit = value
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=1_000).contains(n))
-                    .ok_or(ApiError::InvalidQuery(
-                        "limit must be a whole number from 1 to 1000",
-                    ))?;
+                wanted.limit = listing_limit(value)?;
             }
             "status" => {
                 wanted.succeeded = Some(match value {
@@ -947,18 +935,23 @@ pub(crate) enum Owner<'a> {
     Group(&'a str),
 }
 
+/// A listing's `limit` (fetch, dead letters, attempts): 1–1000.
+fn listing_limit(value: &str) -> Result<usize, ApiError> {
+    value
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (1..=1_000).contains(n))
+        .ok_or(ApiError::InvalidQuery(
+            "limit must be a whole number from 1 to 1000",
+        ))
+}
+
 /// The `limit` of a dead-letter listing: 1–1000, default 100.
 fn dead_letter_limit(query: Option<&str>) -> Result<usize, ApiError> {
     let mut limit = 100;
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         if let Some(value) = pair.strip_prefix("limit=") {
-            limit = value
-                .parse::<usize>()
-                .ok()
-                .filter(|n| (1..=1_000).contains(n))
-                .ok_or(ApiError::InvalidQuery(
-                    "limit must be a whole number from 1 to 1000",
-                ))?;
+            limit = listing_limit(value)?;
         }
     }
     Ok(limit)

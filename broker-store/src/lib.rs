@@ -997,22 +997,7 @@ mod tests {
             attempts,
             due: at(1_795_430_227_000 + offset),
         };
-        let record = Record::Subscriber(SubscriberRecord {
-            id: "sub_1".into(),
-            topic: "t".into(),
-            url: "http://h/".into(),
-            method: "POST".into(),
-            headers: vec![],
-            max_attempts: 1,
-            schedule: None,
-            ordered: false,
-            filter: None,
-            enabled: true,
-            secret: "whsec_x".into(),
-            previous_secret: None,
-            order: 0,
-            cursor: 0,
-        });
+        let record = subscriber_record("sub_1");
         {
             let store = DiskStore::open(dir.path(), Options::default()).unwrap();
             store.save(Change::Put(&record)).await.unwrap();

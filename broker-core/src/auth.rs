@@ -185,6 +185,69 @@ impl Grants {
         grants
     }
 
+    /// Grants from a scope the broker is asked to put in a token it mints
+    /// ([`TokenRequest`](crate::TokenRequest)): strict where
+    /// [`Grants::from_scope`] is lenient. Every entry must be `admin`, or
+    /// `publish:`, `listen:` or `manage:` with a topic name or a prefix of
+    /// one ending in `*`; at least one entry.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidScope`](crate::Error::InvalidScope) naming the
+    /// first entry that is not one of those.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use broker_core::Grants;
+    ///
+    /// let grants = Grants::parse_scope("manage:acme.* listen:acme.*").unwrap();
+    /// assert!(grants.may_manage("acme.orders"));
+    /// assert!(Grants::parse_scope("openid").is_err());
+    /// assert!(Grants::parse_scope("publish:bad/topic").is_err());
+    /// assert!(Grants::parse_scope("").is_err());
+    /// ```
+    pub fn parse_scope(scope: &str) -> Result<Self, crate::Error> {
+        let bad = |reason: String| crate::Error::InvalidScope { reason };
+        if scope.len() > crate::MAX_SCOPE_LEN {
+            return Err(bad(format!(
+                "it is longer than {} bytes",
+                crate::MAX_SCOPE_LEN
+            )));
+        }
+        let mut entries = 0;
+        for entry in scope.split_whitespace() {
+            entries += 1;
+            if entry == "admin" {
+                continue;
+            }
+            let topic = ["publish:", "listen:", "manage:"]
+                .iter()
+                .find_map(|kind| entry.strip_prefix(kind))
+                .ok_or_else(|| {
+                    bad(format!(
+                        "{entry:?} is not admin, publish:<topic>, listen:<topic> or manage:<topic>"
+                    ))
+                })?;
+            let valid = match topic.strip_suffix('*') {
+                // A prefix: what comes before the `*` may be empty, or
+                // must be made of a topic's characters.
+                Some(prefix) => prefix.is_empty() || crate::topic::validate_prefix(prefix),
+                None => crate::topic::validate(topic).is_ok(),
+            };
+            if !valid {
+                return Err(bad(format!(
+                    "{entry:?} names no valid topic (1-128 characters of [A-Za-z0-9._-], \
+                     or a prefix of them ending in *)"
+                )));
+            }
+        }
+        if entries == 0 {
+            return Err(bad("it is empty".to_owned()));
+        }
+        Ok(Self::from_scope(scope))
+    }
+
     /// Whether they grant `admin`.
     pub fn is_admin(&self) -> bool {
         self.admin
@@ -233,6 +296,42 @@ mod tests {
         let g = Grants::from_entries(["listen:a.*", "publish:b"]);
         assert!(g.may_listen("a.") && g.may_listen("a.b") && !g.may_listen("a"));
         assert!(g.may_publish("b") && !g.may_publish("b.c"));
+    }
+
+    #[test]
+    fn a_scope_to_mint_is_parsed_strictly() {
+        for good in [
+            "admin",
+            "manage:acme.* listen:acme.*",
+            "publish:orders  listen:*",
+            "manage:a-b_c.d",
+        ] {
+            assert!(Grants::parse_scope(good).is_ok(), "{good}");
+        }
+        assert_eq!(
+            Grants::parse_scope("manage:acme.*").unwrap(),
+            Grants::from_scope("manage:acme.*")
+        );
+        for bad in [
+            "",
+            "   ",
+            "openid",
+            "ADMIN",
+            "manage:",
+            "manage:a/b",
+            "listen:**",
+            "publish:a*b",
+            "manage:..",
+            "manage:acme.* write:acme",
+        ] {
+            let error = Grants::parse_scope(bad).unwrap_err();
+            assert!(
+                matches!(error, crate::Error::InvalidScope { .. }),
+                "{bad}: {error}"
+            );
+        }
+        let long = format!("manage:{}", "a".repeat(crate::MAX_SCOPE_LEN));
+        assert!(Grants::parse_scope(&long).is_err());
     }
 
     #[test]

@@ -27,6 +27,29 @@ pub enum Error {
     /// Only the broker publishes on this topic (`broker.events`): no
     /// publisher is registered there and no publish taken.
     ReservedTopic,
+    /// A token's scope, as asked of the minter, does not parse: an entry
+    /// other than `admin` or `publish:`/`listen:`/`manage:` with a topic
+    /// or a prefix ending in `*`.
+    InvalidScope {
+        /// Why, naming the entry.
+        reason: String,
+    },
+    /// A minted token's lifetime is zero, or longer than the minter's
+    /// longest.
+    InvalidTtl {
+        /// Why.
+        reason: String,
+    },
+    /// A minted token's subject is not 1-255 printable ASCII characters.
+    InvalidSubject {
+        /// Why.
+        reason: String,
+    },
+    /// The minter could not sign a token.
+    TokenNotMinted {
+        /// Why.
+        reason: String,
+    },
     /// The idempotency key was used on this topic within the window for
     /// a message with another payload or event type.
     IdempotencyKeyReused,
@@ -136,6 +159,10 @@ impl Error {
             Error::InvalidIdempotencyKey { .. } => "invalid_idempotency_key",
             Error::IdempotencyKeyReused => "idempotency_key_reused",
             Error::ReservedTopic => "reserved_topic",
+            Error::InvalidScope { .. } => "invalid_scope",
+            Error::InvalidTtl { .. } => "invalid_ttl",
+            Error::InvalidSubject { .. } => "invalid_subject",
+            Error::TokenNotMinted { .. } => "token_not_minted",
             Error::InvalidFilter { .. } => "invalid_filter",
             Error::InvalidPublisherName { .. } => "invalid_publisher_name",
             Error::InvalidListenerName { .. } => "invalid_listener_name",
@@ -177,6 +204,10 @@ impl fmt::Display for Error {
             Error::InvalidIdempotencyKey { reason } => {
                 write!(f, "invalid idempotency key: {reason}")
             }
+            Error::InvalidScope { reason } => write!(f, "invalid scope: {reason}"),
+            Error::InvalidTtl { reason } => write!(f, "invalid ttl: {reason}"),
+            Error::InvalidSubject { reason } => write!(f, "invalid subject: {reason}"),
+            Error::TokenNotMinted { reason } => write!(f, "the token was not minted: {reason}"),
             Error::ReservedTopic => f.write_str(
                 "only the broker publishes on broker.events: no publisher may register or publish there",
             ),

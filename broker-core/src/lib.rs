@@ -80,6 +80,7 @@ mod idempotency;
 mod limits;
 mod memory;
 mod message;
+mod mint;
 mod notifier;
 mod ops;
 mod registry;
@@ -117,6 +118,7 @@ pub use idempotency::{
 pub use limits::Limits;
 pub use memory::{MemoryStore, Retention, MAX_DEAD_LETTERS};
 pub use message::{is_json_type, BatchReceipt, Draft, Message, Publish, Receipt, Subscribers};
+pub use mint::{MintedToken, TokenMinter, TokenRequest, MAX_SCOPE_LEN, MAX_SUBJECT_LEN};
 pub use notifier::Notifier;
 pub use ops::{DisableReason, OpEvent, EVENTS_TOPIC, EVENT_KINDS};
 pub use replay::{Replay, ReplayFrom};

@@ -52,6 +52,15 @@ impl TopicName {
     }
 }
 
+/// Whether `prefix` could begin a topic name: at most 128 characters of
+/// a topic's own (a scope's `manage:acme.*` names the prefix `acme.`).
+pub(crate) fn validate_prefix(prefix: &str) -> bool {
+    prefix.len() < MAX_TOPIC_LEN
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 pub(crate) fn validate(name: &str) -> Result<(), Error> {
     let reason = if name.is_empty() {
         "it must not be empty"

@@ -68,7 +68,10 @@ impl ApiError {
                 | E::InvalidPublisherName { .. }
                 | E::InvalidListenerName { .. }
                 | E::InvalidEndpoint { .. }
-                | E::InvalidGroup { .. } => StatusCode::BAD_REQUEST,
+                | E::InvalidGroup { .. }
+                | E::InvalidScope { .. }
+                | E::InvalidTtl { .. }
+                | E::InvalidSubject { .. } => StatusCode::BAD_REQUEST,
                 E::TopicNotFound
                 | E::PublisherNotFound
                 | E::SubscriberNotFound

@@ -783,10 +783,67 @@ pub(crate) fn list_topics(api: &Api, who: &crate::Manager) -> Response<ResponseB
                     publishers: t.publishers,
                     listeners: t.listeners,
                     subscribers: t.subscribers,
+                    groups: t.groups,
+                    published: t.published,
+                    lag: t.lag,
+                    failing: t.failing,
+                    disabled: t.disabled,
                 })
                 .collect(),
         },
     )
+}
+
+/// `GET /v1/whoami`: whether the caller is the admin or a tenant (what
+/// the console shows, and which calls it makes).
+pub(crate) fn whoami(who: &crate::Manager) -> Response<ResponseBody> {
+    reply(
+        StatusCode::OK,
+        &json::WhoAmI {
+            role: match who {
+                crate::Manager::Admin => "admin",
+                crate::Manager::Tenant(_) => "tenant",
+            },
+        },
+    )
+}
+
+/// The lifetime of a minted token that asks for none.
+const DEFAULT_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// `POST /v1/tokens`: the admin mints a token (a tenant's portal token,
+/// a publisher's JWT) signed with the broker's key.
+pub(crate) async fn mint_token<B>(api: &Api, h: &HeaderMap, body: B) -> Reply
+where
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let minter = api.config().minter.as_ref().ok_or(ApiError::NotFound)?;
+    let req: json::TokenRequest = management_json(api, h, body).await?;
+    let ttl = match req.ttl {
+        None => DEFAULT_TOKEN_TTL.min(minter.max_ttl()),
+        Some(json::Ttl::Seconds(seconds)) => std::time::Duration::from_secs(seconds),
+        Some(json::Ttl::Text(text)) => broker_core::parse_duration(&text)
+            .map_err(|reason| broker_core::Error::InvalidTtl { reason })?,
+    };
+    let request =
+        broker_core::TokenRequest::new(&req.scope, ttl, req.subject.as_deref(), minter.max_ttl())?;
+    let minted = minter.mint(&request)?;
+    let mut response = reply(
+        StatusCode::CREATED,
+        &json::Minted {
+            token: &minted.token,
+            expires_at: broker_core::time::format_rfc3339(minted.expires_at),
+            scope: request.scope(),
+            subject: request.subject(),
+        },
+    );
+    // A credential: not for any cache.
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    Ok(response)
 }
 
 /// `GET /v1/stats`: messages published and subscribers per topic (seed

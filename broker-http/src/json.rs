@@ -414,6 +414,45 @@ pub(crate) struct TopicListItem<'a> {
     pub(crate) publishers: usize,
     pub(crate) listeners: usize,
     pub(crate) subscribers: usize,
+    pub(crate) groups: usize,
+    pub(crate) published: u64,
+    pub(crate) lag: u64,
+    pub(crate) failing: usize,
+    pub(crate) disabled: usize,
+}
+
+/// `GET /v1/whoami`
+#[derive(Serialize)]
+pub(crate) struct WhoAmI {
+    pub(crate) role: &'static str,
+}
+
+/// `POST /v1/tokens`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TokenRequest {
+    pub(crate) scope: String,
+    #[serde(default)]
+    pub(crate) ttl: Option<Ttl>,
+    #[serde(default)]
+    pub(crate) subject: Option<String>,
+}
+
+/// A lifetime: `"1h"`, `"30d"`, or a number of seconds.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(crate) enum Ttl {
+    Seconds(u64),
+    Text(String),
+}
+
+/// `201` of `POST /v1/tokens`
+#[derive(Serialize)]
+pub(crate) struct Minted<'a> {
+    pub(crate) token: &'a str,
+    pub(crate) expires_at: String,
+    pub(crate) scope: &'a str,
+    pub(crate) subject: Option<&'a str>,
 }
 
 #[derive(Serialize)]

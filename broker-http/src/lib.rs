@@ -53,6 +53,7 @@ mod live;
 mod metrics;
 mod routes;
 mod server;
+mod ui;
 
 use std::{convert::Infallible, future::Future, pin::Pin, sync::Arc};
 
@@ -70,6 +71,7 @@ pub use live::{LiveConfig, LiveHub, Overflow};
 pub type ResponseBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 pub use metrics::Metrics;
 pub use server::{serve, ServerConfig};
+pub use ui::UiConfig;
 
 /// Settings of the HTTP API.
 #[derive(Clone)]
@@ -104,6 +106,18 @@ pub struct ApiConfig {
     /// After a secret rotation, how long deliveries are signed with the old
     /// secret too. Default 24 h.
     pub secret_overlap: std::time::Duration,
+    /// Signs the tokens of `POST /v1/tokens` (the admin's call); the
+    /// broker's token verifier must accept what it signs. `None`, the
+    /// default: that path answers `404`.
+    pub minter: Option<Arc<dyn broker_core::TokenMinter>>,
+    /// Whether the broker's token verifier, when it has one, closes
+    /// management to callers without a credential even when no admin token
+    /// is set (then a JWT with `admin` scope is the way in). Default true.
+    /// The server turns it off when the verifier holds only the key it
+    /// mints with, so that a broker given no credential stays open.
+    pub verifier_guards_management: bool,
+    /// The console at `/ui`. `None`, the default: no console.
+    pub ui: Option<UiConfig>,
 }
 
 impl ApiConfig {
@@ -118,6 +132,9 @@ impl ApiConfig {
             live: None,
             default_retry: None,
             secret_overlap: std::time::Duration::from_secs(24 * 3600),
+            minter: None,
+            verifier_guards_management: true,
+            ui: None,
         }
     }
 }
@@ -139,6 +156,12 @@ impl std::fmt::Debug for ApiConfig {
             .field("live", &self.live)
             .field("default_retry", &self.default_retry)
             .field("secret_overlap", &self.secret_overlap)
+            .field("minter", &self.minter.is_some())
+            .field(
+                "verifier_guards_management",
+                &self.verifier_guards_management,
+            )
+            .field("ui", &self.ui)
             .finish()
     }
 }
@@ -248,21 +271,34 @@ impl Api {
     }
 
     /// Who makes a management call: the admin (the admin token, a JWT
-    /// with `admin` in its scope, or anyone when the API has no admin
-    /// token and the broker no token verifier), or a tenant with the
-    /// grants of its JWT (`manage:`, `listen:`), checked per topic by the
-    /// route table.
+    /// with `admin` in its scope, or anyone when management is open), or a
+    /// tenant with the grants of its JWT (`manage:`, `listen:`), checked
+    /// per topic by the route table.
+    ///
+    /// Management is open when the API has no admin token and the broker
+    /// no token verifier that guards it
+    /// ([`ApiConfig::verifier_guards_management`]). A JWT presented to an
+    /// open broker still counts: a tenant's narrows what is seen (a portal
+    /// on an open broker), and one the verifier refuses is `401`.
     fn manager(&self, headers: &HeaderMap) -> Result<Manager, ApiError> {
-        if self.inner.config.admin_token.is_none() && !self.inner.broker.has_token_verifier() {
-            return Ok(Manager::Admin);
-        }
-        let presented = handlers::credential(headers)?.ok_or(ApiError::AdminUnauthorized)?;
+        let config = &self.inner.config;
+        let verifier = self.inner.broker.has_token_verifier();
+        let open = config.admin_token.is_none() && !(verifier && config.verifier_guards_management);
+        let presented = handlers::credential(headers)?;
+        let Some(presented) = presented else {
+            return if open {
+                Ok(Manager::Admin)
+            } else {
+                Err(ApiError::AdminUnauthorized)
+            };
+        };
         if self.is_admin(presented) {
             return Ok(Manager::Admin);
         }
         match self.inner.broker.verify_token(presented)? {
             Some(grants) if grants.is_admin() => Ok(Manager::Admin),
             Some(grants) => Ok(Manager::Tenant(grants)),
+            None if open => Ok(Manager::Admin),
             None => Err(ApiError::AdminUnauthorized),
         }
     }

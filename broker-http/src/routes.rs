@@ -14,7 +14,8 @@ impl<'a> Route<'a> {
     pub(crate) fn topic(self) -> Option<&'a str> {
         use Route::*;
         match self {
-            Health | Stats | Ready | Metrics | OpenApi | Topics | WebSocket => None,
+            Health | Stats | Ready | Metrics | OpenApi | Topics | WebSocket | Tokens | WhoAmI
+            | Ui(_) => None,
             Topic(t) | Publishers(t) | Subscribers(t) | Messages(t) | Batch(t) | Groups(t)
             | Listeners(t) | Events(t) => Some(t),
             Publisher(t, _)
@@ -70,6 +71,12 @@ pub(crate) enum Route<'a> {
     Listener(&'a str, &'a str),
     Events(&'a str),
     WebSocket,
+    /// `POST /v1/tokens`: the admin mints a token.
+    Tokens,
+    /// `GET /v1/whoami`: the admin or a tenant.
+    WhoAmI,
+    /// The console: the path after `/ui` (empty, or from its `/`).
+    Ui(&'a str),
 }
 
 impl<'a> Route<'a> {
@@ -77,6 +84,11 @@ impl<'a> Route<'a> {
     /// decoding): topic names and ids never need escaping, so an escaped
     /// one is simply invalid.
     pub(crate) fn recognise(path: &'a str) -> Option<Self> {
+        if let Some(rest) = path.strip_prefix("/ui") {
+            if rest.is_empty() || rest.starts_with('/') {
+                return Some(Route::Ui(rest));
+            }
+        }
         let rest = path.strip_prefix('/')?;
         let mut segments = rest.split('/');
         let parts: [Option<&str>; 6] = std::array::from_fn(|_| segments.next());
@@ -91,6 +103,8 @@ impl<'a> Route<'a> {
             [Some("metrics"), None, ..] => Route::Metrics,
             [Some("v1"), Some("openapi.json"), None, ..] => Route::OpenApi,
             [Some("v1"), Some("ws"), None, ..] => Route::WebSocket,
+            [Some("v1"), Some("tokens"), None, ..] => Route::Tokens,
+            [Some("v1"), Some("whoami"), None, ..] => Route::WhoAmI,
             [Some("v1"), Some("topics"), None, ..] => Route::Topics,
             [Some("v1"), Some("topics"), Some(t), None, ..] => Route::Topic(t),
             [Some("v1"), Some("topics"), Some(t), Some("publishers"), None, _] => {
@@ -180,6 +194,9 @@ impl<'a> Route<'a> {
             Route::Listener(..) => "listener",
             Route::Events(_) => "events",
             Route::WebSocket => "ws",
+            Route::Tokens => "tokens",
+            Route::WhoAmI => "whoami",
+            Route::Ui(_) => "ui",
         }
     }
 
@@ -196,7 +213,9 @@ impl<'a> Route<'a> {
             | Route::Attempts(..)
             | Route::Message(..)
             | Route::GroupDeadLetters(..)
+            | Route::WhoAmI
             | Route::WebSocket => "GET",
+            Route::Ui(_) => "GET, HEAD",
             Route::Messages(_) | Route::Topics => "GET, POST",
             Route::Topic(_) => "GET, DELETE",
             Route::Publishers(_)
@@ -210,6 +229,7 @@ impl<'a> Route<'a> {
             | Route::SubscriberReplay(..)
             | Route::Enable(..)
             | Route::RotateSecret(..)
+            | Route::Tokens
             | Route::Listeners(_) => "POST",
             Route::Subscriber(..) => "GET, PATCH, DELETE",
             Route::Publisher(..) | Route::Listener(..) | Route::Group(..) => "DELETE",
@@ -231,8 +251,12 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let route = route.ok_or(ApiError::NotFound)?;
-    // Live listening authorises with its own tokens.
+    // Live listening authorises with its own tokens; the console's files
+    // are for anyone (they hold no data).
     match (&parts.method, route) {
+        (method, Route::Ui(rest)) => {
+            return crate::ui::serve(api.config().ui.as_ref(), method, rest)
+        }
         (&Method::GET, Route::Events(topic)) => return live::sse::events(api, topic, parts).await,
         (&Method::GET, Route::WebSocket) => return live::ws::upgrade(api, parts, on_upgrade).await,
         // Fetching by offset is listening too: a listener or the admin.
@@ -258,11 +282,14 @@ where
             let who = api.manager(h)?;
             match (method, route, route.topic()) {
                 (_, _, Some(topic)) => who.require(topic)?,
-                (&Method::GET | &Method::POST, Route::Topics, None) => {}
+                (&Method::GET | &Method::POST, Route::Topics, None)
+                | (&Method::GET, Route::WhoAmI, None) => {}
                 _ => who.require_admin()?,
             }
             match (method, route) {
                 (&Method::GET, Route::Topics) => Ok(handlers::list_topics(api, &who)),
+                (&Method::GET, Route::WhoAmI) => Ok(handlers::whoami(&who)),
+                (&Method::POST, Route::Tokens) => handlers::mint_token(api, h, body).await,
                 (&Method::GET, Route::Stats) => Ok(handlers::stats(api)),
                 (&Method::GET, Route::Metrics) => handlers::metrics(api),
                 (&Method::GET, Route::Topic(t)) => handlers::topic_detail(api, t).await,
@@ -375,6 +402,12 @@ mod tests {
             ("/v1/topics/a/listeners", Some(Listeners("a"))),
             ("/v1/topics/a/listeners/l", Some(Listener("a", "l"))),
             ("/v1/ws", Some(WebSocket)),
+            ("/v1/tokens", Some(Tokens)),
+            ("/v1/whoami", Some(WhoAmI)),
+            ("/ui", Some(Ui(""))),
+            ("/ui/", Some(Ui("/"))),
+            ("/ui/pages/topic.js", Some(Ui("/pages/topic.js"))),
+            ("/uix", None),
             ("/v1/ws/x", None),
             ("/v1/topics//publishers", Some(Publishers(""))),
             ("/v1/topics/%2F/messages", Some(Messages("%2F"))),

@@ -10,8 +10,8 @@
 //! - Only the algorithms of the configured keys are accepted, each only
 //!   with keys of its own family: `alg: none` is refused, and so is an
 //!   HS256 token made with an RSA public key as its secret.
-//! - `exp` is required and `nbf` honoured, with [`LEEWAY`] either way for
-//!   clock skew; `iss` and `aud`, when configured, are required and must
+//! - `exp` is required and `nbf` honoured, with [`LEEWAY`] (or
+//!   [`JwtConfig::leeway`]) either way for clock skew; `iss` and `aud`, when configured, are required and must
 //!   match.
 //! - The `scope` claim (a space-separated string, or an array of strings)
 //!   becomes the token's [`broker_core::Grants`].
@@ -43,6 +43,7 @@
 
 mod error;
 mod keys;
+mod mint;
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
@@ -54,6 +55,7 @@ use serde::Deserialize;
 
 pub use error::Error;
 use keys::Key;
+pub use mint::{generate_secret, JwtMinter, DEFAULT_MAX_TTL};
 
 /// Clock skew allowed on `exp` and `nbf`: a token is taken until 30 s
 /// after its `exp`, and from 30 s before its `nbf`.
@@ -91,6 +93,8 @@ pub struct JwtConfig {
     /// When set, the `aud` a token must name. When not, `aud` is not
     /// looked at.
     pub audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`; `None`: [`LEEWAY`].
+    pub leeway: Option<Duration>,
 }
 
 impl std::fmt::Debug for JwtConfig {
@@ -101,6 +105,7 @@ impl std::fmt::Debug for JwtConfig {
             .field("jwks", &self.jwks)
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
+            .field("leeway", &self.leeway)
             .finish()
     }
 }
@@ -202,10 +207,15 @@ impl JwtVerifier {
         self.shared.files.read().keys.len()
     }
 
+    /// The clock skew allowed.
+    fn leeway(&self) -> Duration {
+        self.shared.config.leeway.unwrap_or(LEEWAY)
+    }
+
     fn validation(&self, alg: Algorithm) -> Validation {
         let config = &self.shared.config;
         let mut validation = Validation::new(alg);
-        validation.leeway = LEEWAY.as_secs();
+        validation.leeway = self.leeway().as_secs();
         validation.validate_nbf = true;
         let mut required = vec!["exp"];
         if let Some(issuer) = &config.issuer {
@@ -322,7 +332,8 @@ impl TokenVerifier for JwtVerifier {
                     };
                     // As jsonwebtoken rounds it; it took it as a u64.
                     let exp = data.claims.exp.round() as u64;
-                    files.remember(token, &grants, exp.saturating_add(LEEWAY.as_secs()));
+                    let until = exp.saturating_add(self.leeway().as_secs());
+                    files.remember(token, &grants, until);
                     return Ok(grants);
                 }
                 Err(e) => match rejection(e.kind()) {

@@ -112,6 +112,12 @@ impl Keys {
         format!("{}:{{r}}:lease:{subscriber}", self.namespace)
     }
 
+    /// A secret every replica shares (the key tokens are minted with):
+    /// set once, by whichever replica comes first.
+    pub(crate) fn secret(&self, name: &str) -> String {
+        format!("{}:{{r}}:secret:{name}", self.namespace)
+    }
+
     /// A lock (a consumer group's): the holder's token, with a TTL.
     pub(crate) fn lock(&self, name: &str) -> String {
         format!("{}:{{r}}:lock:{name}", self.namespace)

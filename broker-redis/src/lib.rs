@@ -438,6 +438,43 @@ impl RedisStore {
         self.shared.flush().await
     }
 
+    /// The secret `name` that every replica on this Redis shares: the one
+    /// stored, or else `candidate`, stored now (`SET NX`, so when replicas
+    /// start at once, all take the first one written). Deleting the key
+    /// and restarting every replica makes a new one (a rotation).
+    ///
+    /// # Errors
+    ///
+    /// When Redis cannot be asked; [`RedisStoreError::Corrupt`] when the
+    /// key holds something else than text.
+    pub async fn shared_secret(
+        &self,
+        name: &str,
+        candidate: &str,
+    ) -> Result<String, RedisStoreError> {
+        let shared = &self.shared;
+        let key = shared.keys.secret(name);
+        let mut conn = shared.conn.clone();
+        let _: Option<String> = shared
+            .call(
+                "store a secret",
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(candidate)
+                    .arg("NX")
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let stored: Option<Vec<u8>> = shared
+            .call(
+                "read a secret",
+                redis::cmd("GET").arg(&key).query_async(&mut conn),
+            )
+            .await?;
+        let stored = stored.ok_or_else(|| shared.corrupt(key.clone(), "deleted as it was set"))?;
+        String::from_utf8(stored).map_err(|_| shared.corrupt(key, "not text"))
+    }
+
     /// Applies retention to every topic now (otherwise done in the
     /// background).
     ///

@@ -13,7 +13,9 @@ use std::{
 
 use broker_core::{Broker, IdempotencyLimits, Limits, MemoryStore, Retention, Retry};
 use broker_delivery::{DeliveryConfig, DestinationPolicy, WebhookNotifier};
-use broker_http::{serve, Api, ApiConfig, LiveConfig, LiveHub, Metrics, Overflow, ServerConfig};
+use broker_http::{
+    serve, Api, ApiConfig, LiveConfig, LiveHub, Metrics, Overflow, ServerConfig, UiConfig,
+};
 use broker_jwt::{JwtConfig, JwtVerifier};
 use broker_redis::RedisStore;
 use broker_store::{DiskStore, Fsync, Options};
@@ -87,6 +89,27 @@ struct Args {
     /// The `aud` every JWT must name.
     #[arg(long, env = "BROKER_JWT_AUDIENCE")]
     jwt_audience: Option<String>,
+
+    /// Clock skew allowed on a JWT's `exp` and `nbf`.
+    #[arg(long, env = "BROKER_JWT_LEEWAY", default_value = "30s", value_parser = duration)]
+    jwt_leeway: Duration,
+
+    /// The longest lifetime of a token minted with `POST /v1/tokens`.
+    /// Minted tokens are signed with `--jwt-secret` when set; otherwise
+    /// with a key the broker makes and keeps (`token.key` in the data
+    /// dir, a shared key in Redis, or memory).
+    #[arg(long, env = "BROKER_MAX_TOKEN_TTL", default_value = "30d", value_parser = duration)]
+    max_token_ttl: Duration,
+
+    /// Serve no console at `/ui`.
+    #[arg(long, env = "BROKER_NO_UI")]
+    no_ui: bool,
+
+    /// Who may show the console in a frame: CSP `frame-ancestors` sources
+    /// (`https://app.example.com`, `'self'`), for a tenant portal inside
+    /// the customer's own app. Default `'none'`.
+    #[arg(long, env = "BROKER_UI_FRAME_ANCESTORS", default_value = "'none'")]
+    ui_frame_ancestors: String,
 
     /// Largest accepted message body, in bytes.
     #[arg(long, env = "BROKER_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
@@ -450,33 +473,95 @@ fn main() -> ExitCode {
     }
 }
 
-/// The JWT verifier the flags ask for, if any; a bad key file is an
-/// error at start.
-fn jwt_verifier(args: &Args) -> Result<Option<JwtVerifier>, Box<dyn std::error::Error>> {
+/// Whether the flags give any JWT key (then JWTs close management to all
+/// but the admin token and `admin` JWTs).
+fn jwt_configured(args: &Args) -> bool {
+    args.jwt_secret.is_some() || args.jwt_public_key.is_some() || args.jwt_jwks.is_some()
+}
+
+/// The JWT verifier: the keys the flags give, and the key tokens are
+/// minted with (`minting`, which is `--jwt-secret` when set); a bad key
+/// file is an error at start.
+fn jwt_verifier(args: &Args, minting: &str) -> Result<JwtVerifier, Box<dyn std::error::Error>> {
+    if !jwt_configured(args) && (args.jwt_issuer.is_some() || args.jwt_audience.is_some()) {
+        return Err("--jwt-issuer and --jwt-audience need a JWT key: \
+                    --jwt-secret, --jwt-public-key or --jwt-jwks"
+            .into());
+    }
     let config = JwtConfig {
-        secret: args.jwt_secret.as_ref().map(|s| s.as_bytes().to_vec()),
+        secret: Some(minting.as_bytes().to_vec()),
         public_key: args.jwt_public_key.clone(),
         jwks: args.jwt_jwks.clone(),
         issuer: args.jwt_issuer.clone(),
         audience: args.jwt_audience.clone(),
+        leeway: Some(args.jwt_leeway),
     };
-    if config.secret.is_none() && config.public_key.is_none() && config.jwks.is_none() {
-        if config.issuer.is_some() || config.audience.is_some() {
-            return Err("--jwt-issuer and --jwt-audience need a JWT key: \
-                        --jwt-secret, --jwt-public-key or --jwt-jwks"
-                .into());
-        }
-        return Ok(None);
-    }
     let verifier = JwtVerifier::new(config).map_err(|e| format!("JWT keys: {e}"))?;
-    tracing::info!(
-        secret = args.jwt_secret.is_some(),
-        file_keys = verifier.file_keys(),
-        issuer = args.jwt_issuer.as_deref().unwrap_or("(any)"),
-        audience = args.jwt_audience.as_deref().unwrap_or("(any)"),
-        "JWT bearer tokens accepted"
-    );
-    Ok(Some(verifier))
+    if jwt_configured(args) {
+        tracing::info!(
+            secret = args.jwt_secret.is_some(),
+            file_keys = verifier.file_keys(),
+            issuer = args.jwt_issuer.as_deref().unwrap_or("(any)"),
+            audience = args.jwt_audience.as_deref().unwrap_or("(any)"),
+            "JWT bearer tokens accepted"
+        );
+    }
+    Ok(verifier)
+}
+
+/// The key tokens are minted with: `--jwt-secret`, or the one kept in the
+/// store (made now if there is none), or a new one for this process.
+async fn token_key(args: &Args, storage: &Storage) -> Result<String, Box<dyn std::error::Error>> {
+    if let Some(secret) = &args.jwt_secret {
+        return Ok(secret.clone());
+    }
+    let fresh = broker_jwt::generate_secret();
+    let key = match storage {
+        Storage::Memory => fresh,
+        Storage::Disk(store) => {
+            let path = store.dir().join(TOKEN_KEY_FILE);
+            tokio::task::spawn_blocking(move || kept_key(&path, &fresh)).await??
+        }
+        Storage::Redis(store) => store.shared_secret("token-key", &fresh).await?,
+    };
+    Ok(key)
+}
+
+/// The file in the data dir that holds the key tokens are minted with.
+const TOKEN_KEY_FILE: &str = "token.key";
+
+/// The key in `path`, or `fresh` written there first (mode 0600, synced,
+/// so a token minted before a crash still verifies after it).
+fn kept_key(path: &std::path::Path, fresh: &str) -> std::io::Result<String> {
+    use std::io::Write as _;
+    let bad = |why: &str| {
+        std::io::Error::other(format!(
+            "{}: {why}; delete it to make a new key (tokens minted with the old one stop working)",
+            path.display()
+        ))
+    };
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let key = text.trim();
+            if key.len() < broker_jwt::MIN_SECRET_BYTES {
+                return Err(bad("the token key is too short"));
+            }
+            return Ok(key.to_owned());
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(fresh.as_bytes())?;
+    file.sync_all()?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(fresh.to_owned())
 }
 
 /// On each SIGHUP, reads the JWT key files again; a bad file keeps the
@@ -512,7 +597,10 @@ fn reload_on_hangup(_: JwtVerifier) -> std::io::Result<()> {
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let jwt = jwt_verifier(&args)?;
+    let ui = (!args.no_ui)
+        .then(|| UiConfig::new().with_frame_ancestors(&args.ui_frame_ancestors))
+        .transpose()
+        .map_err(|e| format!("--ui-frame-ancestors: {e}"))?;
     let listener = TcpListener::bind(args.listen).await?;
     let tcp_listener = match args.tcp_listen {
         Some(addr) => Some(TcpListener::bind(addr).await?),
@@ -625,13 +713,15 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             (broker, Storage::Disk(store))
         }
     };
-    let broker = match &jwt {
-        Some(verifier) => {
-            reload_on_hangup(verifier.clone())?;
-            broker.with_token_verifier(verifier.clone())
-        }
-        None => broker,
-    };
+    // Every broker verifies the tokens it mints; the flags' keys join in.
+    let minting = token_key(&args, &storage).await?;
+    let verifier = jwt_verifier(&args, &minting)?;
+    let minter = broker_jwt::JwtMinter::new(minting.as_bytes(), args.max_token_ttl)
+        .map_err(|e| format!("the token key: {e}"))?
+        .with_claims(args.jwt_issuer.clone(), args.jwt_audience.clone());
+    drop(minting);
+    reload_on_hangup(verifier.clone())?;
+    let broker = broker.with_token_verifier(verifier);
     let otlp = args
         .otlp_endpoint
         .as_deref()
@@ -644,7 +734,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
         None => broker,
     };
-    if args.admin_token.is_none() && jwt.is_none() {
+    if args.admin_token.is_none() && !jwt_configured(&args) {
         tracing::warn!(
             "no admin token set (--admin-token / BROKER_ADMIN_TOKEN): \
              anyone who can reach this port may register and deregister"
@@ -660,6 +750,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         write_timeout: args.write_timeout,
         ..TcpConfig::default()
     };
+    let guards = jwt_configured(&args);
     let api = Api::new(
         broker.clone(),
         ApiConfig {
@@ -684,6 +775,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 }
             })),
             secret_overlap: args.secret_overlap,
+            minter: Some(Arc::new(minter)),
+            verifier_guards_management: guards,
+            ui,
             ..ApiConfig::default()
         },
     );

@@ -31,6 +31,11 @@ pub struct TopicSummary {
     pub lag: u64,
     /// Its subscribers that are disabled.
     pub disabled: usize,
+    /// Its enabled subscribers whose circuit is not closed: their
+    /// endpoint is failing now.
+    pub failing: usize,
+    /// Its consumer groups.
+    pub groups: usize,
 }
 
 /// Everything registered on one topic.
@@ -149,7 +154,7 @@ impl Broker {
             .values()
             .map(|t| {
                 let end = t.stats.log_end.load(Ordering::Acquire);
-                TopicSummary {
+                let summary = TopicSummary {
                     name: t.name.clone(),
                     publishers: t.publishers.len(),
                     listeners: t.listeners.len(),
@@ -162,9 +167,21 @@ impl Broker {
                         .map(|s| end.saturating_sub(s.cursor()))
                         .sum(),
                     disabled: t.subscribers.iter().filter(|s| !s.is_enabled()).count(),
-                }
+                    failing: 0,
+                    groups: t.groups.len(),
+                };
+                (summary, t.subscribers.clone())
             })
             .collect();
+        // The circuits are the notifier's: asked with the registry's lock
+        // dropped, so the notifier may take its own locks in any order.
+        for (summary, subscribers) in &mut topics {
+            summary.failing = subscribers
+                .iter()
+                .filter(|s| s.is_enabled() && self.circuit(s) != crate::Circuit::Closed)
+                .count();
+        }
+        let mut topics: Vec<_> = topics.into_iter().map(|(summary, _)| summary).collect();
         topics.sort_by(|a, b| a.name.cmp(&b.name));
         topics
     }

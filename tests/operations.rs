@@ -163,6 +163,8 @@ async fn the_openapi_document_is_served_and_covers_every_route() {
         ("/v1/topics/{topic}/listeners/{id}", &["delete"]),
         ("/v1/topics/{topic}/events", &["get"]),
         ("/v1/ws", &["get"]),
+        ("/v1/tokens", &["post"]),
+        ("/v1/whoami", &["get"]),
     ] {
         let item = paths
             .get(path)
@@ -181,5 +183,5 @@ async fn the_openapi_document_is_served_and_covers_every_route() {
             assert_ne!(r.json()["error"]["code"], "not_found", "{path}");
         }
     }
-    assert_eq!(paths.len(), 31, "a documented path the test does not know");
+    assert_eq!(paths.len(), 33, "a documented path the test does not know");
 }

@@ -178,6 +178,8 @@ async fn a_scope_that_does_not_parse_and_a_ttl_out_of_bounds_are_400() {
         (json!({"scope": "admin", "ttl": "8d"}), "invalid_ttl"),
         (json!({"scope": "admin", "ttl": 0}), "invalid_ttl"),
         (json!({"scope": "admin", "ttl": "soon"}), "invalid_ttl"),
+        (json!({"scope": "admin", "ttl": " 1h"}), "invalid_ttl"),
+        (json!({"scope": "admin", "ttl": 1.5}), "invalid_json"),
         (
             json!({"scope": "admin", "subject": "two words"}),
             "invalid_subject",
@@ -280,5 +282,5 @@ async fn an_open_broker_mints_stays_open_and_a_tenant_token_narrows_the_view() {
 async fn without_a_minter_there_is_no_token_call() {
     let s = TestServer::start().await;
     let r = mint(&s, None, json!({"scope": "admin"})).await;
-    assert_eq!(r.error_code(404), "not_found");
+    assert_eq!(r.error_code(404), "minting_disabled");
 }

@@ -45,6 +45,8 @@ pub enum ApiError {
     TooManyLiveConnections,
     /// Live listening (SSE, WebSocket) is not set up on this API.
     LiveDisabled,
+    /// Minting tokens is not set up on this API (no minter).
+    MintingDisabled,
     /// A query parameter is malformed.
     InvalidQuery(&'static str),
     /// A JSON body that parsed but asks for something impossible.
@@ -105,7 +107,9 @@ impl ApiError {
             ApiError::InvalidQuery(_)
             | ApiError::InvalidRequest(_)
             | ApiError::ConflictingCredentials => StatusCode::BAD_REQUEST,
-            ApiError::NotFound | ApiError::LiveDisabled => StatusCode::NOT_FOUND,
+            ApiError::NotFound | ApiError::LiveDisabled | ApiError::MintingDisabled => {
+                StatusCode::NOT_FOUND
+            }
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
@@ -128,6 +132,7 @@ impl ApiError {
             ApiError::InvalidRequest(_) => "invalid_request",
             ApiError::NotFound => "not_found",
             ApiError::LiveDisabled => "live_disabled",
+            ApiError::MintingDisabled => "minting_disabled",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
         }
     }
@@ -284,6 +289,9 @@ impl fmt::Display for ApiError {
             }
             ApiError::LiveDisabled => {
                 f.write_str("live listening (SSE, WebSocket) is not enabled on this server")
+            }
+            ApiError::MintingDisabled => {
+                f.write_str("this server mints no tokens (it has no token minter)")
             }
             ApiError::InvalidQuery(why) => write!(f, "invalid query: {why}"),
             ApiError::InvalidRequest(why) => write!(f, "invalid request: {why}"),

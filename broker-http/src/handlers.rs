@@ -818,11 +818,22 @@ where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let minter = api.config().minter.as_ref().ok_or(ApiError::NotFound)?;
+    let minter = api
+        .config()
+        .minter
+        .as_ref()
+        .ok_or(ApiError::MintingDisabled)?;
     let req: json::TokenRequest = management_json(api, h, body).await?;
     let ttl = match req.ttl {
         None => DEFAULT_TOKEN_TTL.min(minter.max_ttl()),
         Some(json::Ttl::Seconds(seconds)) => std::time::Duration::from_secs(seconds),
+        // As the OpenAPI says: digits and a unit, nothing around them.
+        Some(json::Ttl::Text(text)) if !text.bytes().all(|b| b.is_ascii_alphanumeric()) => {
+            return Err(broker_core::Error::InvalidTtl {
+                reason: format!("{text:?} is not a duration like 1h, 30m or 7d"),
+            }
+            .into())
+        }
         Some(json::Ttl::Text(text)) => broker_core::parse_duration(&text)
             .map_err(|reason| broker_core::Error::InvalidTtl { reason })?,
     };

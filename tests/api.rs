@@ -392,8 +392,24 @@ async fn listing_and_detail_never_show_secrets() {
 
     let list = s.get("/v1/topics").await;
     assert_eq!(list.status, 200);
+    let mut listed = list.json();
+    // The delivery to port 9 fails as it may: its lag and circuit are
+    // looked at elsewhere (tests/operations.rs).
+    for (topic, published) in listed["topics"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .zip([0, 1])
+    {
+        let topic = topic.as_object_mut().unwrap();
+        assert_eq!(topic.remove("published"), Some(json!(published)));
+        assert_eq!(topic.remove("groups"), Some(json!(0)));
+        assert_eq!(topic.remove("disabled"), Some(json!(0)));
+        assert!(topic.remove("lag").unwrap().as_u64().unwrap() <= published);
+        assert!(topic.remove("failing").unwrap().as_u64().unwrap() <= 1);
+    }
     assert_eq!(
-        list.json(),
+        listed,
         json!({"topics": [
             {"name": "a-topic", "publishers": 1, "listeners": 0, "subscribers": 0},
             {"name": "b-topic", "publishers": 1, "listeners": 1, "subscribers": 1},

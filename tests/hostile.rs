@@ -834,8 +834,10 @@ async fn registry_limits_refuse_clearly_and_keep_the_rest() {
     assert_eq!(
         topics,
         json!({"topics": [
-            {"name": "a", "publishers": 2, "listeners": 0, "subscribers": 2},
-            {"name": "b", "publishers": 1, "listeners": 0, "subscribers": 0},
+            {"name": "a", "publishers": 2, "listeners": 0, "subscribers": 2, "groups": 0,
+             "published": 0, "lag": 0, "failing": 0, "disabled": 0},
+            {"name": "b", "publishers": 1, "listeners": 0, "subscribers": 0, "groups": 0,
+             "published": 0, "lag": 0, "failing": 0, "disabled": 0},
         ]})
     );
 }

@@ -928,6 +928,21 @@ pub(crate) async fn topic_detail(api: &Api, topic: &str) -> Reply {
                     .map_or(0, |hub| hub.listening(topic)),
             },
             subscribers,
+            groups: t
+                .groups
+                .iter()
+                .map(|g| {
+                    let (leased, floor) = g.outstanding();
+                    json::GroupItem {
+                        name: g.name(),
+                        ack_timeout: broker_core::format_duration(g.config().ack_timeout),
+                        max_deliveries: g.config().max_deliveries,
+                        leased,
+                        offset: floor,
+                        lag: end.saturating_sub(floor),
+                    }
+                })
+                .collect(),
             counters: json::TopicCounters {
                 published: t.published,
                 deliveries: t.deliveries.into(),

@@ -462,7 +462,22 @@ pub(crate) struct TopicDetail<'a> {
     pub(crate) listeners: Vec<CredentialItem<'a>>,
     pub(crate) live: Live,
     pub(crate) subscribers: Vec<SubscriberItem<'a>>,
+    pub(crate) groups: Vec<GroupItem<'a>>,
     pub(crate) counters: TopicCounters,
+}
+
+/// A consumer group in a topic's detail.
+#[derive(Serialize)]
+pub(crate) struct GroupItem<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) ack_timeout: String,
+    pub(crate) max_deliveries: u32,
+    /// Messages leased to its consumers right now.
+    pub(crate) leased: usize,
+    /// Every offset below is done.
+    pub(crate) offset: u64,
+    /// Messages from `offset` to the log's end.
+    pub(crate) lag: u64,
 }
 
 #[derive(Serialize)]

@@ -196,6 +196,13 @@ fn the_console_shows_an_operator_what_failed_and_redrives_it() {
     ok(call(
         &addr,
         "POST",
+        "/v1/topics/shop.orders/groups",
+        ADMIN,
+        r#"{"name":"fulfilment"}"#,
+    ));
+    ok(call(
+        &addr,
+        "POST",
         "/v1/topics/globex.billing/subscribers",
         ADMIN,
         &format!(r#"{{"url":"http://{hook}/ok"}}"#),

@@ -407,12 +407,16 @@ fn the_data_dir_is_private_to_its_owner() {
     assert_eq!(mode(&data), 0o700);
     assert_eq!(mode(&data.join("registry.redb")), 0o600);
     assert_eq!(mode(&segments(&data)[0]), 0o600);
+    assert_eq!(mode(&data.join("token.key")), 0o600);
     let mut names: Vec<String> = fs::read_dir(&data)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     names.sort();
-    assert_eq!(names, ["FORMAT", "LOCK", "registry.redb", "topics"]);
+    assert_eq!(
+        names,
+        ["FORMAT", "LOCK", "registry.redb", "token.key", "topics"]
+    );
 }
 
 /// The webhook delivery issue's crash test: a subscriber whose endpoint is

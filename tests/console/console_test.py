@@ -102,6 +102,7 @@ def operator(browser, errors):
     row = page.locator(f'[data-testid=subscribers] [data-subscriber="{SUBSCRIBER}"]')
     expect(row).to_be_visible(timeout=WAIT_MS)
     expect(page.locator("[data-testid=test-message]")).to_be_visible()
+    expect(page.locator("[data-testid=groups]")).to_contain_text("fulfilment", timeout=WAIT_MS)
     check_labels(page, "topic")
     shot(page, "operator-topic-1400")
 
@@ -127,7 +128,7 @@ def operator(browser, errors):
     step("…watches the live tail while a message is published")
     page.goto(f"{BASE}/ui/#/topics/shop.orders")
     tail = page.locator("[data-testid=live-tail]")
-    expect(tail).to_contain_text("live", timeout=WAIT_MS)
+    expect(tail.locator(".stream-live")).to_be_visible(timeout=WAIT_MS)
     status, body = post(
         f"{BASE}/v1/topics/shop.orders/messages",
         '{"order":2,"note":"published meanwhile"}',
@@ -140,8 +141,12 @@ def operator(browser, errors):
 
     step("…sends a test message from the form")
     form = page.locator("[data-testid=test-message]")
+    # The admin token is not a publisher's: the form registers one.
+    form.get_by_role("button", name="Register a console publisher").click()
+    expect(form).to_contain_text("console", timeout=WAIT_MS)
+    expect(form.get_by_label("Publisher token")).not_to_have_value("", timeout=WAIT_MS)
     form.get_by_label("Payload").fill('{"from":"the console form"}')
-    form.get_by_role("button", name="Send").click()
+    form.get_by_role("button", name="Send", exact=True).click()
     expect(form).to_contain_text("msg_", timeout=WAIT_MS)
     expect(tail).to_contain_text("the console form", timeout=WAIT_MS)
 

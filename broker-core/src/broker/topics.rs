@@ -49,6 +49,8 @@ pub struct TopicDetail {
     pub listeners: Vec<Arc<Listener>>,
     /// Its subscribers, in registration order.
     pub subscribers: Vec<Arc<Subscriber>>,
+    /// Its consumer groups, by name.
+    pub groups: Vec<Arc<crate::Group>>,
     /// Messages published on it since it was created.
     pub published: u64,
     /// Outcomes of its deliveries since it was created.
@@ -199,11 +201,14 @@ impl Broker {
         publishers.sort_by(|a, b| a.name.cmp(&b.name));
         let mut listeners: Vec<_> = t.listeners.values().cloned().collect();
         listeners.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut groups: Vec<_> = t.groups.values().cloned().collect();
+        groups.sort_by(|a, b| a.name().cmp(b.name()));
         Ok(TopicDetail {
             name: t.name.clone(),
             publishers,
             listeners,
             subscribers: t.subscribers.to_vec(),
+            groups,
             published: t.stats.published.load(Ordering::Relaxed),
             deliveries: t.stats.deliveries.snapshot(),
         })

@@ -10,7 +10,7 @@ export function render(main, ctx) {
   fill(main,
     h('h1', {}, 'Topics'),
     status,
-    section('All topics', { 'data-testid': 'topics' }, list),
+    section(ctx.role === 'admin' ? 'All topics' : 'Your topics', { 'data-testid': 'topics' }, list),
     ctx.role === 'admin' ? createTopic(ctx, () => refresh()) : null);
 
   let previous = null; // the last poll: {at, published: Map name → count}
@@ -50,7 +50,7 @@ function topicTable(topics, rates) {
       { 'data-topic': t.name, class: t.failing > 0 || t.disabled > 0 ? 'attention' : null },
       [
         [link(topicRoute(t.name), t.name, { 'data-key': `topic:${t.name}` }),
-          isSystemTopic(t.name) ? pill('system') : null],
+          isSystemTopic(t.name) ? [' ', pill('system')] : null],
         num(t.publishers),
         num(t.subscribers),
         num(t.lag),

@@ -86,7 +86,9 @@ function settingsView(s) {
     : 'none: every message';
   const retry = s.retry?.schedule?.length
     ? `${s.retry.max_attempts} attempts, waits ${s.retry.schedule.join(', ')}`
-    : `${num(s.retry?.max_attempts)} attempts, exponential backoff`;
+    : s.retry?.max_attempts === 1
+      ? '1 attempt, no retries'
+      : `${num(s.retry?.max_attempts)} attempts, exponential backoff`;
   const c = s.counters || {};
   return [
     h('dl', { class: 'props' },

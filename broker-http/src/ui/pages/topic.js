@@ -30,7 +30,7 @@ export function render(main, ctx) {
     h('div', { class: 'columns' },
       section('Publishers', {}, publishers),
       section('Listeners', {}, listeners),
-      section('Groups', {}, groups)),
+      section('Groups', { 'data-testid': 'groups' }, groups)),
     h('div', { class: 'columns columns-2' },
       system
         ? section('Send a test message', {}, notice('Only the broker publishes on this reserved topic.'))
@@ -87,16 +87,11 @@ function namedTable(items, empty) {
   return table(['Name', 'ID'], items.map((p) => row({}, [text(p.name), h('code', {}, p.id)])));
 }
 
-// The topic detail may not list groups; when it does, each is a name or an
-// object with one.
+// Consumer groups: how far each has got, and what its consumers hold.
 function groupTable(groups) {
-  if (!Array.isArray(groups)) return h('p', { class: 'empty' }, 'This broker does not list consumer groups here.');
-  if (!groups.length) return h('p', { class: 'empty' }, 'No consumer groups.');
-  return table(['Name', 'Details'], groups.map((g) => {
-    if (typeof g !== 'object' || g === null) return row({}, [text(g), '—']);
-    const rest = Object.entries(g).filter(([k, v]) => k !== 'name' && typeof v !== 'object');
-    return row({}, [text(g.name), rest.map(([k, v]) => `${k.replace('_', ' ')}: ${v}`).join(', ') || '—']);
-  }));
+  if (!groups?.length) return h('p', { class: 'empty' }, 'No consumer groups.');
+  return table(['Name', 'Lag', 'Leased', 'Offset', 'Ack timeout', 'Max deliveries'], groups.map((g) =>
+    row({}, [text(g.name), num(g.lag), num(g.leased), num(g.offset), text(g.ack_timeout), num(g.max_deliveries)])));
 }
 
 // Live tail: the topic's messages as they are published (SSE), newest first.

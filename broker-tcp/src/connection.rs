@@ -1,8 +1,8 @@
 //! One session: read commands, carry them out in order, answer each.
 
-use std::{fmt::Write as _, future::Future, io, sync::Arc, time::Duration};
+use std::{fmt::Write as _, future::Future, io, time::Duration};
 
-use broker_core::{Broker, Draft, Message, TopicName};
+use broker_core::{Broker, Draft, Message, Read, TopicName};
 use bytes::{BufMut, BytesMut};
 use subtle::ConstantTimeEq;
 use tokio::{
@@ -21,6 +21,11 @@ const OUTPUT_HIGH: usize = 64 * 1024;
 /// A fetched payload larger than this is written from the message itself
 /// rather than copied into the answer buffer.
 const INLINE_PAYLOAD: usize = 16 * 1024;
+
+/// Most payload bytes one multi-message `FETCH` answers with (at least one
+/// message, whatever its size): what the connection holds of the log at
+/// once.
+pub const FETCH_BYTES: usize = 1024 * 1024;
 /// An empty read buffer that grew past this (for a large payload) is let
 /// go, so an idle connection holds little.
 const KEEP_CAPACITY: usize = 64 * 1024;
@@ -128,11 +133,6 @@ enum Event {
     Read(io::Result<usize>),
     Deadline,
     Stop,
-}
-
-enum Fetched {
-    Message(Arc<Message>),
-    Nothing { next: u64 },
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
@@ -319,35 +319,52 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
                 self.queue(topic, draft).await;
                 self.publish_batch().await;
             }
-            Command::Fetch { topic, offset } => match self.fetch(&topic, offset).await {
-                Ok(Fetched::Message(message)) => {
-                    let payload = message.payload();
-                    let _ = write!(
-                        self.output,
-                        "MSG {} {}\r\n",
-                        message.offset(),
-                        payload.len()
-                    );
-                    if payload.len() <= INLINE_PAYLOAD {
-                        self.output.extend_from_slice(payload);
-                    } else {
-                        self.flush().await?;
-                        write_all(&mut self.io, payload, self.config.write_timeout).await?;
+            Command::Fetch { topic, offset, max } => {
+                match self.fetch(&topic, offset, max).await {
+                    Ok(read) => {
+                        let caught_up = read
+                            .messages
+                            .last()
+                            .is_none_or(|last| last.offset() + 1 >= read.next);
+                        for message in &read.messages {
+                            self.write_message(message).await?;
+                        }
+                        // Seed 002's FETCH answers one record; a multi-message
+                        // one says where the log ends once it got there.
+                        if read.messages.is_empty() || (max.is_some() && caught_up) {
+                            let _ = write!(self.output, "NONE {}\r\n", read.next);
+                        }
                     }
-                    self.output.extend_from_slice(b"\r\n");
+                    Err(e) => self.refuse(&e),
                 }
-                Ok(Fetched::Nothing { next }) => {
-                    let _ = write!(self.output, "NONE {next}\r\n");
-                }
-                Err(e) => self.refuse(&e),
-            },
+            }
         }
+        Ok(())
+    }
+
+    /// Buffers (or, when large, writes) `MSG <offset> <size>` and the
+    /// payload.
+    async fn write_message(&mut self, message: &Message) -> Result<(), Error> {
+        let payload = message.payload();
+        let _ = write!(
+            self.output,
+            "MSG {} {}\r\n",
+            message.offset(),
+            payload.len()
+        );
+        if payload.len() <= INLINE_PAYLOAD {
+            self.output.extend_from_slice(payload);
+        } else {
+            self.flush().await?;
+            write_all(&mut self.io, payload, self.config.write_timeout).await?;
+        }
+        self.output.extend_from_slice(b"\r\n");
         Ok(())
     }
 
     /// A listener token of the topic or the admin token; never anonymous
     /// (as the HTTP API's fetch).
-    async fn fetch(&self, topic: &str, offset: u64) -> Result<Fetched, Error> {
+    async fn fetch(&self, topic: &str, offset: u64, max: Option<u32>) -> Result<Read, Error> {
         TopicName::validate(topic)?;
         let token = self
             .token
@@ -362,16 +379,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
                 checked => checked?,
             }
         }
-        // One message, whatever its size, without waiting;
-        // `topic_not_found` for a topic nothing is registered on.
-        let read = self
-            .broker
-            .fetch(topic, offset, 1, 0, Duration::ZERO)
-            .await?;
-        Ok(match read.messages.into_iter().next() {
-            Some(message) => Fetched::Message(message),
-            None => Fetched::Nothing { next: read.next },
-        })
+        // Without waiting; `topic_not_found` for a topic nothing is
+        // registered on. One message whatever its size, or up to `max` and
+        // [`FETCH_BYTES`] of payload (at least one message).
+        let read = match max {
+            None => {
+                self.broker
+                    .fetch(topic, offset, 1, 0, Duration::ZERO)
+                    .await?
+            }
+            Some(max) => {
+                self.broker
+                    .fetch(topic, offset, max as usize, FETCH_BYTES, Duration::ZERO)
+                    .await?
+            }
+        };
+        Ok(read)
     }
 
     fn is_admin(&self, token: &str) -> bool {

@@ -8,7 +8,7 @@
 //! - `PUB <topic> <size> [<event_type>]`, then exactly `size` payload
 //!   bytes, and `\r\n` (optional: seed 002's clients send none; a command
 //!   line never starts with one, so either way is read the same)
-//! - `FETCH <topic> <offset>`
+//! - `FETCH <topic> <offset> [<max>]`
 
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -21,6 +21,9 @@ pub const MAX_LINE: usize = 4096;
 
 /// What the connection reads at once while it waits for a line.
 pub(crate) const READ_CHUNK: usize = 16 * 1024;
+
+/// The most messages one `FETCH <topic> <offset> <max>` answers with.
+pub const MAX_FETCH: u32 = 1000;
 
 /// A command, whole and well-formed (whether it is allowed is the
 /// broker's to say).
@@ -35,8 +38,13 @@ pub(crate) enum Command {
         payload: Bytes,
         event_type: Option<broker_core::EventType>,
     },
-    /// `FETCH <topic> <offset>`
-    Fetch { topic: String, offset: u64 },
+    /// `FETCH <topic> <offset> [<max>]`: without `max`, one message (seed
+    /// 002's command); with it, up to `max` ([`MAX_FETCH`]).
+    Fetch {
+        topic: String,
+        offset: u64,
+        max: Option<u32>,
+    },
 }
 
 /// What a whole frame makes.
@@ -205,7 +213,6 @@ impl Decoder {
         let mut words = line.split(|&b| b == b' ').filter(|w| !w.is_empty());
         let verb = words.next();
         let (first, second, third) = (words.next(), words.next(), words.next());
-        let more = third.is_some();
         let refused = |why| Parsed::Done(Decoded::Refused(Error::BadCommand(why)));
         let Some(verb) = verb else {
             return refused("empty line: send AUTH, PUB or FETCH");
@@ -216,14 +223,24 @@ impl Decoder {
                 _ => refused("usage: AUTH <token>"),
             }
         } else if verb.eq_ignore_ascii_case(b"FETCH") {
-            match (first, second.and_then(number), more) {
-                (Some(topic), Some(offset), false) => {
+            let max = match third.map(number) {
+                None => Some(None),
+                Some(Some(max)) if (1..=u64::from(MAX_FETCH)).contains(&max) => {
+                    Some(Some(max as u32))
+                }
+                Some(_) => None,
+            };
+            match (first, second.and_then(number), max, words.next()) {
+                (Some(topic), Some(offset), Some(max), None) => {
                     Parsed::Done(Decoded::Command(Command::Fetch {
                         topic: text(topic),
                         offset,
+                        max,
                     }))
                 }
-                _ => refused("usage: FETCH <topic> <offset>, the offset a number"),
+                _ => refused(
+                    "usage: FETCH <topic> <offset> [<max>], the offset a number, max 1-1000",
+                ),
             }
         } else if verb.eq_ignore_ascii_case(b"PUB") {
             // Without a size the payload cannot be skipped: closing is the
@@ -370,7 +387,7 @@ mod tests {
             out,
             [
                 r#"Auth("tok")"#,
-                r#"Fetch { topic: "t", offset: 7 }"#,
+                r#"Fetch { topic: "t", offset: 7, max: None }"#,
                 r#"Pub { topic: "t", payload: b"a\r\nb", event_type: None }"#,
                 r#"Pub { topic: "t", payload: b"xyz", event_type: None }"#,
             ]
@@ -381,11 +398,12 @@ mod tests {
     #[test]
     fn refuses_bad_commands_and_reads_on() {
         let (out, _) = decode_all(
-            b"\r\nHELLO\r\nAUTH\r\nAUTH a b\r\nFETCH t\r\nFETCH t -1\r\nFETCH t +1\r\nFETCH t 99999999999999999999\r\nFETCH t 1\r\n",
+            b"\r\nHELLO\r\nAUTH\r\nAUTH a b\r\nFETCH t\r\nFETCH t -1\r\nFETCH t +1\r\nFETCH t 99999999999999999999\r\nFETCH t 1 0\r\nFETCH t 1 1001\r\nFETCH t 1 x\r\nFETCH t 1 2 3\r\nFETCH t 1\r\nFETCH t 1 1000\r\n",
             true,
         );
-        let mut expected = vec!["refused bad_command"; 8];
-        expected.push(r#"Fetch { topic: "t", offset: 1 }"#);
+        let mut expected = vec!["refused bad_command"; 12];
+        expected.push(r#"Fetch { topic: "t", offset: 1, max: None }"#);
+        expected.push(r#"Fetch { topic: "t", offset: 1, max: Some(1000) }"#);
         assert_eq!(out, expected);
     }
 
@@ -444,7 +462,7 @@ mod tests {
             [
                 r#"Pub { topic: "t", payload: b"abc", event_type: None }"#,
                 r#"Pub { topic: "t", payload: b"xy", event_type: Some("order.created") }"#,
-                r#"Fetch { topic: "t", offset: 0 }"#,
+                r#"Fetch { topic: "t", offset: 0, max: None }"#,
             ]
         );
         assert!(rest.is_empty());
@@ -479,7 +497,7 @@ mod tests {
             out,
             [
                 "refused invalid_event_type",
-                r#"Fetch { topic: "t", offset: 0 }"#,
+                r#"Fetch { topic: "t", offset: 0, max: None }"#,
             ]
         );
     }

@@ -6,6 +6,8 @@
 //! PUB <topic> <size>\r\n<payload>\r\n  -> OK <offset>\r\n
 //! FETCH <topic> <offset>\r\n           -> MSG <offset> <size>\r\n<payload>\r\n
 //!                                         or NONE <next_offset>\r\n
+//! FETCH <topic> <offset> <max>\r\n     -> up to max MSG records, then
+//!                                         NONE <next_offset>\r\n if it ran out
 //! any refusal                          -> ERR <code> <message>\r\n
 //! ```
 //!
@@ -17,7 +19,12 @@
 //!   [`TcpConfig::max_payload_bytes`].
 //! - `FETCH` answers the message at `offset`, or the first one retained
 //!   after it when retention removed it (the `MSG` offset shows the gap),
-//!   or `NONE` with the offset the next message will get.
+//!   or `NONE` with the offset the next message will get. With `<max>`
+//!   (1 to [`MAX_FETCH`]) it answers up to `max` messages in a row, at most
+//!   [`FETCH_BYTES`] of payload (at least one message), and ends with
+//!   `NONE <next_offset>` when it reached the end of the log; cut short by
+//!   `max` or the bytes, it ends after the last `MSG`, and the client asks
+//!   again from that offset plus one.
 //! - Error codes are broker-core's ([`broker_core::Error::code`], the same
 //!   as the HTTP API's) and `bad_command`, `payload_too_large`,
 //!   `line_too_long`, `timeout`; see [`Error`]. A connection stays usable
@@ -87,9 +94,9 @@ mod server;
 
 use std::{fmt, time::Duration};
 
-pub use connection::serve_connection;
+pub use connection::{serve_connection, FETCH_BYTES};
 pub use error::Error;
-pub use frame::MAX_LINE;
+pub use frame::{MAX_FETCH, MAX_LINE};
 pub use server::serve;
 
 /// Settings of the TCP protocol.

@@ -271,7 +271,10 @@ async fn bad_commands_are_refused_and_the_connection_goes_on() {
             "AUTH\r\n",
             "AUTH a b\r\n",
             "FETCH t\r\n",
-            "FETCH t 0 1\r\n",
+            "FETCH t 0 0\r\n",
+            "FETCH t 0 1001\r\n",
+            "FETCH t 0 1 2\r\n",
+            "FETCH t 0 many\r\n",
             "FETCH t x\r\n",
             "FETCH t -1\r\n",
             "FETCH t 18446744073709551616\r\n",
@@ -629,6 +632,83 @@ async fn fetch_before_retention_shows_the_gap_and_none_at_the_end() {
         assert_eq!(c.msg().await, (9, b"message 09".to_vec()));
         assert_eq!(c.line().await, "NONE 10");
         assert_eq!(c.line().await, "NONE 10");
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_multi_message_fetch_answers_up_to_max_then_none_where_the_log_ends() {
+    within(async {
+        let server = Server::start(config()).await;
+        let mut c = server.client().await;
+        c.send(format!("AUTH {}\r\n", server.publisher)).await;
+        assert_eq!(c.line().await, "OK");
+        for i in 0..5 {
+            c.send(format!("PUB t 4\r\nm{i}\r\n\r\n")).await;
+            assert_eq!(c.line().await, format!("OK {i}"));
+        }
+        // Pipelined: three at most, the rest and the end, past the end,
+        // and seed 002's one-message FETCH between them.
+        c.send(format!(
+            "AUTH {}\r\nFETCH t 0 3\r\nFETCH t 3 1000\r\nFETCH t 1\r\nFETCH t 5 10\r\nFETCH t 2 2\r\n",
+            server.listener
+        ))
+        .await;
+        assert_eq!(c.line().await, "OK");
+        for i in 0..3 {
+            assert_eq!(c.msg().await, (i, format!("m{i}\r\n").into_bytes()));
+        }
+        // Cut by max: no NONE; the client goes on from offset 3.
+        for i in 3..5 {
+            assert_eq!(c.msg().await, (i, format!("m{i}\r\n").into_bytes()));
+        }
+        assert_eq!(c.line().await, "NONE 5", "it ran out: where the log ends");
+        assert_eq!(c.msg().await, (1, b"m1\r\n".to_vec()), "one, and no NONE");
+        assert_eq!(c.line().await, "NONE 5", "nothing yet");
+        for i in 2..4 {
+            assert_eq!(c.msg().await, (i, format!("m{i}\r\n").into_bytes()));
+        }
+        // Max reached exactly at the log's end: NONE says so.
+        c.send("FETCH t 3 2\r\nFETCH other 0 5\r\n").await;
+        assert_eq!(c.msg().await.0, 3);
+        assert_eq!(c.msg().await.0, 4);
+        assert_eq!(c.line().await, "NONE 5");
+        c.err("forbidden").await;
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_multi_message_fetch_holds_at_most_a_mebibyte_of_payload() {
+    within(async {
+        let server = Server::start(TcpConfig {
+            max_payload_bytes: 600 * 1024,
+            ..config()
+        })
+        .await;
+        let mut c = server.client().await;
+        c.send(format!("AUTH {}\r\n", server.publisher)).await;
+        assert_eq!(c.line().await, "OK");
+        let big = vec![b'x'; 400 * 1024];
+        for i in 0..4 {
+            c.send(format!("PUB t {}\r\n", big.len())).await;
+            c.send(&big).await;
+            c.send("\r\n").await;
+            assert_eq!(c.line().await, format!("OK {i}"));
+        }
+        c.send(format!("AUTH {}\r\nFETCH t 0 10\r\n", server.listener))
+            .await;
+        assert_eq!(c.line().await, "OK");
+        // 1 MiB holds two of 400 KiB; the third would pass it. No NONE:
+        // there is more.
+        assert_eq!(c.msg().await, (0, big.clone()));
+        assert_eq!(c.msg().await, (1, big.clone()));
+        c.send("FETCH t 2 10\r\n").await;
+        assert_eq!(c.msg().await, (2, big.clone()));
+        assert_eq!(c.msg().await, (3, big.clone()));
+        assert_eq!(c.line().await, "NONE 4");
         server.stop().await;
     })
     .await;

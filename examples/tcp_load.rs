@@ -2,16 +2,18 @@
 //! broker: (a) publishes/s over TCP (one command in flight per connection,
 //! then `--depth` pipelined) as a ratio to publishes/s over HTTP (a hyper
 //! client on keep-alive connections, measured before and after in the same
-//! run); (b) FETCH throughput over TCP, pipelined, in messages/s.
+//! run); (b) FETCH throughput over TCP, pipelined, in messages/s; (c)
+//! multi-message FETCH (`FETCH <topic> <offset> <max>`, one command in
+//! flight per connection), in messages/s.
 //!
 //! ```text
 //! cargo run --release -p broker-tcp --example tcp_load -- [--connections 16]
-//!     [--depth 64] [--payload 100] [--seconds 3]
+//!     [--depth 64] [--payload 100] [--seconds 3] [--max 100]
 //!     [--data-dir PATH (the broker keeps its log there, --fsync always;
 //!      default: in memory)]
 //! ```
 //!
-//! Everything runs on 127.0.0.1, five phases of `--seconds` each.
+//! Everything runs on 127.0.0.1, six phases of `--seconds` each.
 
 use std::{
     net::SocketAddr,
@@ -42,6 +44,7 @@ struct Options {
     depth: usize,
     payload: usize,
     seconds: u64,
+    max: usize,
     data_dir: Option<String>,
 }
 
@@ -51,6 +54,7 @@ fn options() -> Options {
         depth: 64,
         payload: 100,
         seconds: 3,
+        max: 100,
         data_dir: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -68,6 +72,7 @@ fn options() -> Options {
             "--depth" => o.depth = n.max(1),
             "--payload" => o.payload = n,
             "--seconds" => o.seconds = n as u64,
+            "--max" => o.max = n.clamp(1, broker_tcp::MAX_FETCH as usize),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -104,6 +109,72 @@ async fn http_publisher(addr: SocketAddr, token: String, payload: Bytes, deadlin
         let _ = res.into_body().collect().await;
     }
     accepted
+}
+
+/// One TCP connection reading the log with `FETCH <topic> <offset> <max>`,
+/// one command at a time, from `start` on (back to `first` at the end)
+/// until `deadline`; returns the messages read.
+async fn multi_fetcher(
+    addr: SocketAddr,
+    token: &str,
+    max: usize,
+    (first, start): (u64, u64),
+    deadline: Instant,
+) -> u64 {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+        .write_all(format!("AUTH {token}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut input = BytesMut::with_capacity(256 * 1024);
+    let mut read = 0u64;
+    let mut offset = start;
+    let mut authed = false;
+    while Instant::now() < deadline {
+        stream
+            .write_all(format!("FETCH {TOPIC} {offset} {max}\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut got = 0;
+        // Until `max` records or a NONE: the end of this answer.
+        loop {
+            let Some(newline) = input.iter().position(|&b| b == b'\n') else {
+                if stream.read_buf(&mut input).await.unwrap() == 0 {
+                    panic!("the server closed the connection");
+                }
+                continue;
+            };
+            let line = &input[..newline - 1];
+            if let Some(header) = line.strip_prefix(b"MSG ") {
+                let mut words = std::str::from_utf8(header).unwrap().split(' ');
+                let at: u64 = words.next().unwrap().parse().unwrap();
+                let size: usize = words.next().unwrap().parse().unwrap();
+                while input.len() < newline + 1 + size + 2 {
+                    if stream.read_buf(&mut input).await.unwrap() == 0 {
+                        panic!("the server closed the connection");
+                    }
+                }
+                input.advance(newline + 1 + size + 2);
+                offset = at + 1;
+                got += 1;
+                read += 1;
+                if got == max {
+                    break;
+                }
+            } else if line.starts_with(b"NONE") {
+                input.advance(newline + 1);
+                offset = first;
+                break;
+            } else if line.starts_with(b"OK") && !authed {
+                input.advance(newline + 1);
+                authed = true;
+            } else {
+                panic!("{}", String::from_utf8_lossy(line));
+            }
+        }
+    }
+    read
 }
 
 /// One TCP connection keeping `depth` commands in flight until `deadline`
@@ -309,6 +380,18 @@ async fn main() {
         })
         .await
     };
+    let multi_rate = {
+        let token = listener.clone();
+        let deadline = Instant::now() + run_for;
+        let connections = o.connections as u64;
+        let max = o.max;
+        rate(o.connections, move |i| {
+            let token = token.clone();
+            let start = first + span / connections * i as u64;
+            async move { multi_fetcher(tcp_addr, &token, max, (first, start), deadline).await }
+        })
+        .await
+    };
     let http_after = http_rate().await;
     let http = (http_before + http_after) / 2.0;
 
@@ -329,5 +412,10 @@ async fn main() {
         o.depth,
         fetch_rate / http,
         span
+    );
+    println!(
+        "TCP FETCH <max {}>, 1 in flight per connection: {multi_rate:.0} messages/s = {:.2} x one-message FETCH",
+        o.max,
+        multi_rate / fetch_rate
     );
 }

@@ -778,8 +778,14 @@ mod tests {
         assert!(later[0].new_message().is_some());
     }
 
+    /// 64 appenders at once on the multi-threaded runtime, sharing the
+    /// syncer's fsyncs: dense, distinct offsets under every policy, and
+    /// with `Always` each append readable (so fsynced) the moment it is
+    /// answered.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_appends_get_dense_distinct_offsets_under_every_policy() {
+        const APPENDERS: u64 = 64;
+        const EACH: u64 = 20;
         for fsync in [
             Fsync::Always,
             Fsync::Every(Duration::from_millis(5)),
@@ -797,14 +803,19 @@ mod tests {
                 .unwrap(),
             );
             let topic = TopicName::new("t").unwrap();
-            let tasks: Vec<_> = (0..16)
+            let tasks: Vec<_> = (0..APPENDERS)
                 .map(|i| {
                     let (store, topic) = (store.clone(), topic.clone());
                     tokio::spawn(async move {
                         let mut offsets = Vec::new();
-                        for n in 0..50 {
+                        for n in 0..EACH {
                             let m = store.append(&topic, vec![new(format!("{i}.{n}"))]).await;
-                            offsets.push(m.unwrap()[0].offset());
+                            let offset = m.unwrap()[0].offset();
+                            if fsync == Fsync::Always {
+                                let (_, end) = store.bounds(&topic).await.unwrap();
+                                assert!(end > offset, "{offset} answered before it was synced");
+                            }
+                            offsets.push(offset);
                         }
                         offsets
                     })
@@ -815,17 +826,18 @@ mod tests {
                 offsets.extend(t.await.unwrap());
             }
             offsets.sort_unstable();
-            assert_eq!(offsets, (0..800).collect::<Vec<_>>(), "{fsync:?}");
+            let total = APPENDERS * EACH;
+            assert_eq!(offsets, (0..total).collect::<Vec<_>>(), "{fsync:?}");
             store.flush().unwrap();
-            let read = store.read(&topic, 0, 1000, usize::MAX).await.unwrap();
-            assert_eq!(read.messages.len(), 800, "{fsync:?}");
-            assert_eq!(store.bounds(&topic).await.unwrap(), (0, 800));
+            let read = store.read(&topic, 0, 2000, usize::MAX).await.unwrap();
+            assert_eq!(read.messages.len() as u64, total, "{fsync:?}");
+            assert_eq!(store.bounds(&topic).await.unwrap(), (0, total));
             // Everything is there after a reopen too.
             drop(read);
             let store = Arc::into_inner(store).unwrap();
             drop(store);
             let store = DiskStore::open(dir.path(), Options::default()).unwrap();
-            assert_eq!(store.bounds(&topic).await.unwrap(), (0, 800));
+            assert_eq!(store.bounds(&topic).await.unwrap(), (0, total));
         }
     }
 

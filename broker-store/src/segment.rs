@@ -59,6 +59,10 @@ pub(crate) const MAX_RECORD: usize = 1 << 30;
 const INDEX_EVERY: u64 = 8 * 1024;
 /// Bytes read at once when scanning.
 const CHUNK: usize = 256 * 1024;
+/// Bytes a read for messages starts with ([`scan_from`]); each further
+/// read doubles, up to [`CHUNK`]. A fetch of a few messages then copies a
+/// few KiB out of the page cache, not 256 KiB.
+pub(crate) const FIRST_READ: usize = 16 * 1024;
 
 /// What a segment's header says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -327,19 +331,34 @@ pub(crate) enum Stop {
 
 /// Calls `f` with each record between `start` and `end` (file
 /// positions) of a segment in format `version`, in order, until it
-/// returns `false`, a record is bad, or `end` is reached.
+/// returns `false`, a record is bad, or `end` is reached. Reads
+/// [`CHUNK`] at a time: for scans of whole segments.
 pub(crate) fn scan(
     file: &File,
     version: u16,
     start: u64,
     end: u64,
+    f: impl FnMut(u64, &RecordRef<'_>) -> bool,
+) -> io::Result<Stop> {
+    scan_from(file, version, start, end, CHUNK, f)
+}
+
+/// As [`scan`], the first read `first` bytes, each further read twice
+/// the last, up to [`CHUNK`]: for reads that may want only a few records.
+pub(crate) fn scan_from(
+    file: &File,
+    version: u16,
+    start: u64,
+    end: u64,
+    first: usize,
     mut f: impl FnMut(u64, &RecordRef<'_>) -> bool,
 ) -> io::Result<Stop> {
     let mut buf = Vec::new();
     let mut pos = start;
-    let mut need = CHUNK;
+    let mut chunk = first.clamp(1, CHUNK);
+    let mut need = chunk;
     while pos < end {
-        let want = need.max(CHUNK).min((end - pos) as usize);
+        let want = need.max(chunk).min((end - pos) as usize);
         buf.resize(want, 0);
         file.read_exact_at(&mut buf, pos)?;
         let mut at = 0;
@@ -362,6 +381,7 @@ pub(crate) fn scan(
             }
         }
         pos += at as u64;
+        chunk = (chunk * 2).min(CHUNK);
     }
     Ok(Stop::End(pos))
 }

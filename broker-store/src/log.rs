@@ -189,6 +189,45 @@ impl Drop for Cache {
     }
 }
 
+/// Writes zeros ahead of `end` (the end of the records just written)
+/// when the file holds none: [`segment::PREALLOCATE`] bytes. Best effort:
+/// on failure the file keeps what it had, and appends go on without.
+fn preallocate(file: &std::fs::File, segment: &Segment, end: u64) {
+    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+    let allocated = segment.allocated.load(Ordering::Acquire);
+    if allocated >= end {
+        return;
+    }
+    let target = end + segment::PREALLOCATE;
+    let mut at = end;
+    while at < target {
+        let n = ((target - at) as usize).min(ZEROS.len());
+        if file.write_all_at(&ZEROS[..n], at).is_err() {
+            break;
+        }
+        at += n as u64;
+    }
+    segment.allocated.store(at.max(end), Ordering::Release);
+}
+
+/// Where the bytes of `file` between `from` and `to` stop being anything
+/// but zeros at the end: past its last byte that is not zero (`from` when
+/// all are).
+fn data_end(file: &std::fs::File, from: u64, to: u64) -> io::Result<u64> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut end = from;
+    let mut at = from;
+    while at < to {
+        let n = ((to - at) as usize).min(buf.len());
+        file.read_exact_at(&mut buf[..n], at)?;
+        if let Some(last) = buf[..n].iter().rposition(|&b| b != 0) {
+            end = at + last as u64 + 1;
+        }
+        at += n as u64;
+    }
+    Ok(end)
+}
+
 /// A topic with no append for this long closes its newest segment's file.
 const IDLE: Duration = Duration::from_secs(60);
 
@@ -404,15 +443,22 @@ impl TopicLog {
                     segment::Stop::Bad(p, why) => (p, Some(why)),
                 };
                 if good < len {
+                    // The zeros at the end were written ahead of the
+                    // records (`PREALLOCATE`): only what comes before them
+                    // is a torn record.
+                    let data = data_end(&file, good, len).map_err(io_at(&path))?;
                     file.set_len(good)
                         .and_then(|()| file.sync_all())
                         .map_err(io_at(&path))?;
-                    recovered = Recovered {
-                        truncated_bytes: len - good,
-                        reason,
-                    };
+                    if data > good {
+                        recovered = Recovered {
+                            truncated_bytes: data - good,
+                            reason,
+                        };
+                    }
                 }
                 seg.end.store(good, Ordering::Release);
+                seg.allocated.store(good, Ordering::Release);
                 // Cut off with the torn tail: not acknowledged, not kept.
                 newest_keys.retain(|k| k.offset < expected);
                 let prefix = prefix.expect("set above");
@@ -564,8 +610,10 @@ impl TopicLog {
             // Cut off whatever part made it, so the next append starts at
             // a record boundary.
             let _ = file.set_len(start);
+            active.allocated.store(start, Ordering::Release);
             return Err(io_at(&active.path)(e));
         }
+        preallocate(&file, &active, start + buf.len() as u64);
         let first = state.next;
         let mut out = Vec::with_capacity(messages.len());
         for (i, (m, pos)) in messages.into_iter().zip(positions).enumerate() {
@@ -620,9 +668,16 @@ impl TopicLog {
     fn roll(&self, state: &mut State) -> Result<(), StoreError> {
         let active = state.segments.last().expect("never empty");
         let empty = active.end() == segment::HEADER_LEN;
+        // A sealed segment holds whole records only: the zeros ahead go.
         active
             .file()
-            .and_then(|f| f.sync_data())
+            .and_then(|f| {
+                if active.allocated.load(Ordering::Acquire) > active.end() {
+                    f.set_len(active.end())?;
+                    active.allocated.store(active.end(), Ordering::Release);
+                }
+                f.sync_data()
+            })
             .map_err(io_at(&active.path))?;
         active.seal();
         let next = create_segment(
@@ -923,7 +978,15 @@ mod tests {
             ids.push(m[0].id().to_owned());
             bounds[i + 1] = log.segments()[0].1;
         }
-        (dir.join(segment::file_name(0)), bounds, ids)
+        // Without the zeros written ahead (as a sealed segment): the tests
+        // put their own bytes after the records.
+        let path = dir.join(segment::file_name(0));
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_len(bounds[3]))
+            .unwrap();
+        (path, bounds, ids)
     }
 
     fn reopen(dir: &Path) -> (TopicLog, Recovered) {
@@ -965,6 +1028,41 @@ mod tests {
         }
     }
 
+    /// The zeros written ahead of the records are no torn record: an open
+    /// after a crash cuts them without a word, and a torn record before
+    /// them is counted without them.
+    #[test]
+    fn zeros_written_ahead_are_cut_silently_and_a_torn_record_without_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(segment::file_name(0));
+        let end = {
+            let log = TopicLog::create(topic(), dir.path().to_owned()).unwrap();
+            for p in [&b"one"[..], b"two", b"three"] {
+                log.append(vec![new(p)], ROLL, false, &NO).unwrap();
+            }
+            log.segments()[0].1
+        };
+        let len = fs::metadata(&path).unwrap().len();
+        assert!(
+            len > end && len <= end + segment::PREALLOCATE,
+            "zeros ahead: {len}"
+        );
+        let (log, recovered) = reopen(dir.path());
+        assert_eq!(recovered.truncated_bytes, 0);
+        assert_eq!(all(&log), ["one", "two", "three"]);
+        assert_eq!(fs::metadata(&path).unwrap().len(), end, "cut at open");
+        // The next append writes zeros ahead again, then a crash tears it.
+        log.append(vec![new(b"torn")], ROLL, false, &NO).unwrap();
+        drop(log);
+        let file = fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&[0xab; 10], end).unwrap();
+        file.write_all_at(&vec![0; (segment::PREALLOCATE + 40) as usize], end + 10)
+            .unwrap();
+        let (log, recovered) = reopen(dir.path());
+        assert_eq!(recovered.truncated_bytes, 10, "the torn part only");
+        assert_eq!(all(&log), ["one", "two", "three"]);
+    }
+
     #[test]
     fn a_torn_last_record_is_cut_at_every_byte_position() {
         let dir = tempfile::tempdir().unwrap();
@@ -978,7 +1076,11 @@ mod tests {
             )
             .unwrap();
             let (log, recovered) = reopen(scratch.path());
-            assert_eq!(recovered.truncated_bytes, cut - bounds[2], "cut at {cut}");
+            // Counted up to its last byte that is not zero: zeros at the
+            // end are taken for those written ahead.
+            let torn = &whole[bounds[2] as usize..cut as usize];
+            let counted = torn.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
+            assert_eq!(recovered.truncated_bytes, counted as u64, "cut at {cut}");
             assert_eq!(all(&log), ["first", "second"], "cut at {cut}");
             assert_eq!(log.bounds(), (0, 2));
             // The next append takes the next offset, with the same ids.

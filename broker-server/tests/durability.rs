@@ -273,12 +273,17 @@ fn garbage_after_the_last_record_is_cut_and_logged() {
     kill9(&mut child);
     let newest = segments(dir.path()).pop().unwrap();
     let garbage = b"\x17\x00\x00\x00garbage that is no record";
-    fs::OpenOptions::new()
-        .append(true)
-        .open(&newest)
-        .unwrap()
-        .write_all(garbage)
-        .unwrap();
+    // Right after the last record (whose payload ends the non-zero bytes),
+    // over the zeros the broker writes ahead of its records.
+    let bytes = fs::read(&newest).unwrap();
+    let end = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
+    assert!(bytes[..end].ends_with(b"message 4"));
+    std::os::unix::fs::FileExt::write_all_at(
+        &fs::OpenOptions::new().write(true).open(&newest).unwrap(),
+        garbage,
+        end as u64,
+    )
+    .unwrap();
 
     let (_child, addr, early, _) = start_on(dir.path(), &[]);
     let cut = early

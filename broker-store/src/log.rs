@@ -895,7 +895,16 @@ impl TopicLog {
                 // Idle: give its file descriptor back (a topic never
                 // published again holds none). What it wrote is in the
                 // page cache; an fsync through another descriptor of the
-                // file covers it. Its tail cache goes too.
+                // file covers it. Its tail cache goes too, and so do the
+                // zeros written ahead (so that thousands of idle topics
+                // hold no disk for appends that do not come).
+                if active.allocated.load(Ordering::Acquire) > active.end() {
+                    if let Ok(file) = active.file() {
+                        if file.set_len(active.end()).is_ok() {
+                            active.allocated.store(active.end(), Ordering::Release);
+                        }
+                    }
+                }
                 active.seal();
                 self.drop_cache(cache);
             }
@@ -1163,8 +1172,24 @@ mod tests {
             .unwrap()
             .newest_ms
             .store(1, Ordering::Relaxed);
+        // Only the newest has zeros written ahead; sealed ones hold none.
+        let lengths = |log: &TopicLog| -> Vec<(u64, u64)> {
+            log.segments()
+                .iter()
+                .map(|&(base, end)| {
+                    let path = dir.path().join(segment::file_name(base));
+                    (fs::metadata(path).unwrap().len(), end)
+                })
+                .collect()
+        };
+        let before = lengths(&log);
+        let (newest, sealed) = before.split_last().unwrap();
+        assert!(sealed.iter().all(|(len, end)| len == end), "{before:?}");
+        assert!(newest.0 > newest.1, "{before:?}");
         log.sweep(Duration::from_secs(3600), u64::MAX, &NO).unwrap();
         assert_eq!(open_here(), 0);
+        // Idle: its zeros go too.
+        assert!(lengths(&log).iter().all(|(len, end)| len == end));
         log.append(vec![new(b"message 19b")], small, false, &NO)
             .unwrap();
         assert_eq!(open_here(), 1);

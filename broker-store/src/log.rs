@@ -669,15 +669,18 @@ impl TopicLog {
         let active = state.segments.last().expect("never empty");
         let empty = active.end() == segment::HEADER_LEN;
         // A sealed segment holds whole records only: the zeros ahead go.
+        if active.allocated.load(Ordering::Acquire) > active.end() {
+            // Through a descriptor open for writing: an idle segment's was
+            // closed, and a read-only one cannot cut.
+            active
+                .writable()
+                .and_then(|f| f.set_len(active.end()))
+                .map_err(io_at(&active.path))?;
+            active.allocated.store(active.end(), Ordering::Release);
+        }
         active
             .file()
-            .and_then(|f| {
-                if active.allocated.load(Ordering::Acquire) > active.end() {
-                    f.set_len(active.end())?;
-                    active.allocated.store(active.end(), Ordering::Release);
-                }
-                f.sync_data()
-            })
+            .and_then(|f| f.sync_data())
             .map_err(io_at(&active.path))?;
         active.seal();
         let next = create_segment(
@@ -899,7 +902,7 @@ impl TopicLog {
                 // zeros written ahead (so that thousands of idle topics
                 // hold no disk for appends that do not come).
                 if active.allocated.load(Ordering::Acquire) > active.end() {
-                    if let Ok(file) = active.file() {
+                    if let Ok(file) = active.writable() {
                         if file.set_len(active.end()).is_ok() {
                             active.allocated.store(active.end(), Ordering::Release);
                         }
@@ -1070,6 +1073,34 @@ mod tests {
         let (log, recovered) = reopen(dir.path());
         assert_eq!(recovered.truncated_bytes, 10, "the torn part only");
         assert_eq!(all(&log), ["one", "two", "three"]);
+    }
+
+    /// A segment closed with its zeros still ahead (its descriptor given
+    /// back) rolls all the same: the zeros are cut through a descriptor
+    /// opened for writing.
+    #[test]
+    fn a_closed_segment_with_zeros_ahead_rolls() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = TopicLog::create(topic(), dir.path().to_owned()).unwrap();
+        let small = Rolling {
+            bytes: 200,
+            age: Duration::from_secs(3600),
+        };
+        // Full at once, so the next append rolls before it writes.
+        log.append(vec![new(&[b'f'; 300])], small, false, &NO)
+            .unwrap();
+        log.state.lock().segments.last().unwrap().seal();
+        for i in 0..10u8 {
+            log.append(vec![new(&[b'a' + i; 40])], small, false, &NO)
+                .unwrap();
+        }
+        let segments = log.segments();
+        assert!(segments.len() > 1, "{segments:?}");
+        for &(base, end) in &segments[..segments.len() - 1] {
+            let path = dir.path().join(segment::file_name(base));
+            assert_eq!(fs::metadata(path).unwrap().len(), end, "sealed whole");
+        }
+        assert_eq!(all(&log).len(), 11);
     }
 
     #[test]

@@ -111,6 +111,17 @@ async fn http_publisher(addr: SocketAddr, token: String, payload: Bytes, deadlin
     accepted
 }
 
+/// A TCP connection that has sent `AUTH <token>` (its `OK` still to read).
+async fn connect(addr: SocketAddr, token: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+        .write_all(format!("AUTH {token}\r\n").as_bytes())
+        .await
+        .unwrap();
+    stream
+}
+
 /// One TCP connection reading the log with `FETCH <topic> <offset> <max>`,
 /// one command at a time, from `start` on (back to `first` at the end)
 /// until `deadline`; returns the messages read.
@@ -121,12 +132,7 @@ async fn multi_fetcher(
     (first, start): (u64, u64),
     deadline: Instant,
 ) -> u64 {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.set_nodelay(true).unwrap();
-    stream
-        .write_all(format!("AUTH {token}\r\n").as_bytes())
-        .await
-        .unwrap();
+    let mut stream = connect(addr, token).await;
     let mut input = BytesMut::with_capacity(256 * 1024);
     let mut read = 0u64;
     let mut offset = start;
@@ -188,12 +194,7 @@ async fn tcp_client(
     deadline: Instant,
     mut command: impl FnMut(u64, &mut Vec<u8>),
 ) -> u64 {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.set_nodelay(true).unwrap();
-    stream
-        .write_all(format!("AUTH {token}\r\n").as_bytes())
-        .await
-        .unwrap();
+    let mut stream = connect(addr, token).await;
     let mut input = BytesMut::with_capacity(64 * 1024);
     let mut output = Vec::with_capacity(64 * 1024);
     let (mut sent, mut answered, mut good) = (0u64, 0u64, 0u64);

@@ -315,8 +315,10 @@ impl Broker {
     /// replica does not know may have been issued by another replica a
     /// moment ago, its announcement still on the way. Reads that
     /// credential from the store and registers it here. Returns whether it
-    /// found one (then try the token again); `false` at once without a
-    /// shared store, for a token of no registry shape, or one known here.
+    /// found one (then try the token again); `true` too when the credential
+    /// is known here by now (the announcement came while the caller's check
+    /// failed: trying again finds it); `false` at once without a shared
+    /// store, or for a token of no registry shape.
     pub async fn learn_token(&self, token: &str) -> bool {
         let Some(cluster) = &self.shared.cluster else {
             return false;
@@ -331,7 +333,7 @@ impl Broker {
             return false;
         }
         if self.shared.registry.read().has_credential(id) {
-            return false;
+            return true;
         }
         // Looked up before the registration lock is taken, so that tokens
         // of nobody never hold up registrations.
